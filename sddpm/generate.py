@@ -1,0 +1,61 @@
+"""Generate images from a trained model with a chosen sampler, batch by batch, optionally over ranks.
+
+Batch b of a run always starts from the noise of `torch.Generator().manual_seed(seed + b)`, so the
+images do not depend on the batch-to-rank assignment: 1 process or N under torchrun give the same set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import DiffusionConfig, VarType
+from .data import to_uint8
+from .neuron import set_threshold_factor
+from .samplers import ddim_sample, ddpm_sample
+from .schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = 100  # DDIM only; DDPM always runs every diffusion step
+    eta: float = 0.0
+    var_type: VarType = "fixedlarge"
+    threshold_factor: float = 1.0
+
+    def __post_init__(self):
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+
+
+@torch.no_grad()
+def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, count: int, sampler: SamplerConfig,
+             batch_size: int = 64, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """`count` images as uint8 [count, C, H, W]. Under torch.distributed every rank returns all of them."""
+    cfg = model.cfg
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = next(model.parameters()).device
+    model.eval()
+    set_threshold_factor(model, sampler.threshold_factor)
+    schedule = NoiseSchedule.linear(diffusion_cfg)
+    n_batches = -(-count // batch_size)
+    mine = {}
+    for b in tqdm(range(rank, n_batches, world), desc=f"sampling ({sampler.sampler})", disable=not progress):
+        n = min(batch_size, count - b * batch_size)
+        gen = torch.Generator().manual_seed(seed + b)
+        x_T = torch.randn(n, cfg.img_ch, cfg.img_size, cfg.img_size, generator=gen).to(device)
+        if sampler.sampler == "ddpm":
+            x0 = ddpm_sample(model, x_T, schedule, var_type=sampler.var_type, generator=gen)
+        else:
+            x0 = ddim_sample(model, x_T, schedule, steps=sampler.steps, eta=sampler.eta, generator=gen)
+        mine[b] = to_uint8(x0.cpu())
+    if world > 1:
+        shards: list[dict] = [None] * world
+        dist.all_gather_object(shards, mine)
+        mine = {b: images for shard in shards for b, images in shard.items()}
+    return torch.cat([mine[b] for b in range(n_batches)])

@@ -1,0 +1,131 @@
+"""Integrate-and-fire neuron of SDDPM as plain functions with explicit state.
+
+Dynamics (SpikingJelly `IFNode`, v_reset = 0, hard reset, reset not detached), for t = 0..T-1:
+
+    h[t] = v[t-1] + x[t]                  v[-1] = 0
+    s[t] = H(h[t] - threshold)            H(z) = 1 if z >= 0 else 0
+    v[t] = h[t] * (1 - s[t])
+
+Backward uses the ATan surrogate dH/dz ~ alpha/2 / (1 + (pi/2 * alpha * z)^2) with alpha = 2,
+and differentiates through the reset: dv/dh = (1 - s) - h * dH/dz.
+
+`if_step` is the reference single step. `if_multistep` runs all T steps in one autograd node with a
+hand-written backward over time: the same maths, but one node instead of ~6T small ones, which is
+most of the neuron's cost in training (see benchmarks/bench_model.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+THRESHOLD = 1.0  # trained firing threshold of every IF neuron
+ATAN_ALPHA = 2.0  # SpikingJelly surrogate.ATan default
+
+
+def atan_surrogate_grad(z: torch.Tensor, alpha: float = ATAN_ALPHA) -> torch.Tensor:
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * z) ** 2)
+
+
+class _HeavisideATan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, alpha):
+        ctx.save_for_backward(z)
+        ctx.alpha = alpha
+        return (z >= 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * atan_surrogate_grad(z, ctx.alpha), None
+
+
+def spike_fn(z: torch.Tensor, alpha: float = ATAN_ALPHA) -> torch.Tensor:
+    """Heaviside step (spike where z >= 0) with the ATan surrogate gradient."""
+    return _HeavisideATan.apply(z, alpha)
+
+
+def if_step(x: torch.Tensor, v: torch.Tensor, threshold: float = THRESHOLD,
+            alpha: float = ATAN_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
+    """One IF step: returns (spikes, next membrane potential). Differentiable by autograd."""
+    h = v + x
+    s = spike_fn(h - threshold, alpha)
+    return s, h * (1 - s)
+
+
+class _IFMultiStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_seq, threshold, alpha):
+        h_seq = torch.empty_like(x_seq)
+        s_seq = torch.empty_like(x_seq)
+        v = torch.zeros_like(x_seq[0])
+        for t in range(x_seq.shape[0]):
+            h = torch.add(v, x_seq[t], out=h_seq[t])
+            s = s_seq[t].copy_(h >= threshold)
+            v = h * (1 - s)
+        ctx.save_for_backward(h_seq, s_seq)
+        ctx.threshold, ctx.alpha = threshold, alpha
+        return s_seq
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        h_seq, s_seq = ctx.saved_tensors
+        grad_x = torch.empty_like(h_seq)
+        grad_v = torch.zeros_like(h_seq[0])  # the final v feeds nothing
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            h, s = h_seq[t], s_seq[t]
+            sg = atan_surrogate_grad(h - ctx.threshold, ctx.alpha)
+            grad_h = grad_s[t] * sg + grad_v * ((1 - s) - h * sg)
+            grad_x[t] = grad_h
+            grad_v = grad_h
+        return grad_x, None, None
+
+
+def if_multistep(x_seq: torch.Tensor, threshold: float = THRESHOLD, alpha: float = ATAN_ALPHA) -> torch.Tensor:
+    """Run T IF steps over x_seq [T, ...] from v = 0; returns the spike train [T, ...].
+
+    The state lives only inside the call, so nothing needs resetting between forward passes.
+    """
+    if not torch.is_grad_enabled() or not x_seq.requires_grad:
+        return _if_forward_only(x_seq, threshold)
+    return _IFMultiStep.apply(x_seq, float(threshold), float(alpha))
+
+
+def _if_forward_only(x_seq: torch.Tensor, threshold: float) -> torch.Tensor:
+    s_seq = torch.empty_like(x_seq)
+    v = torch.zeros_like(x_seq[0])
+    for t in range(x_seq.shape[0]):
+        h = v + x_seq[t]
+        fired = h >= threshold
+        s_seq[t] = fired
+        v = h.masked_fill_(fired, 0.0)
+    return s_seq
+
+
+class IF(nn.Module):
+    """IF population over a time-major input [T, B, C, H, W]. Holds no state and no parameters.
+
+    `threshold` is a plain attribute so the threshold-guided strategy (every threshold times a
+    factor such as 0.997) can be set at inference with `set_threshold_factor`.
+    """
+
+    def __init__(self, threshold: float = THRESHOLD, alpha: float = ATAN_ALPHA):
+        super().__init__()
+        self.threshold = float(threshold)
+        self.alpha = float(alpha)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return if_multistep(x_seq, self.threshold, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, alpha={self.alpha}"
+
+
+def set_threshold_factor(model: nn.Module, factor: float) -> None:
+    """Threshold-guided strategy: every IF threshold becomes THRESHOLD * factor (1.0 restores training)."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"threshold factor must be a positive finite number, got {factor!r}")
+    for module in model.modules():
+        if isinstance(module, IF):
+            module.threshold = THRESHOLD * float(factor)

@@ -1,0 +1,83 @@
+"""Samplers. Each takes a denoiser callable eps = denoiser(x_t, t) and knows nothing of the network.
+
+`x_T` and a `torch.Generator` make a run deterministic: the same seed gives the same images.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import VarType
+from .schedule import NoiseSchedule, _gather
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _steps_tensor(step: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # Draw on the generator's device (a CPU generator keeps runs identical across devices), then move.
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+@torch.no_grad()
+def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule,
+                var_type: VarType = "fixedlarge", clip_x0: bool = True,
+                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
+
+    fixedlarge: sigma_t^2 = beta_t (with the posterior variance at t = 1, as in DDPM's code);
+    fixedsmall: sigma_t^2 = the posterior variance (clipped at t = 0). The predicted x0 is clipped to
+    [-1, 1] before forming the posterior mean when clip_x0 is set (DDPM's `clip_denoised`).
+    """
+    if var_type == "fixedlarge":
+        variance = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])
+    elif var_type == "fixedsmall":
+        variance = torch.cat([schedule.posterior_variance[1:2], schedule.posterior_variance[1:]])
+    else:
+        raise ValueError(f"var_type must be 'fixedlarge' or 'fixedsmall', got {var_type!r}")
+    x = x_T
+    for step in tqdm(range(schedule.steps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+        t = _steps_tensor(step, x)
+        x0 = schedule.predict_x0(x, t, denoiser(x, t))
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean = schedule.posterior_mean(x0, x, t)
+        x = mean + _gather(variance.sqrt(), t, x) * _noise(x, generator) if step > 0 else mean
+    return x.clamp(-1.0, 1.0)
+
+
+def ddim_timesteps(total: int, steps: int) -> list[int]:
+    """`steps` diffusion steps spread evenly over [0, total - 1], ascending (any count from 1 to total)."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"DDIM steps must lie in [1, {total}], got {steps}")
+    return sorted({int(s) for s in np.linspace(0, total - 1, steps).round()})
+
+
+@torch.no_grad()
+def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 100,
+                eta: float = 0.0, clip_x0: bool = True, generator: torch.Generator | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021, Eq. 12) on a sub-sequence of `steps` diffusion steps; eta = 0 is deterministic."""
+    seq = ddim_timesteps(schedule.steps, steps)
+    ab = schedule.alphas_bar
+    x = x_T
+    for i in tqdm(range(len(seq) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
+        t = _steps_tensor(seq[i], x)
+        ab_t = float(ab[seq[i]])
+        ab_prev = float(ab[seq[i - 1]]) if i > 0 else 1.0
+        eps = denoiser(x, t)
+        x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
+        x = ab_prev ** 0.5 * x0 + max(1.0 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        if sigma > 0 and i > 0:
+            x = x + sigma * _noise(x, generator)
+    return x.clamp(-1.0, 1.0)

@@ -1,0 +1,196 @@
+"""Training: Adam with linear warm-up, gradient clipping, EMA, atomic checkpoints, resume, DDP.
+
+A run lives in one directory: `last.pt` (the full training state, rewritten atomically every
+`ckpt_every` steps and at the end), `loss.jsonl` (one line per step), and `samples/step_XXXXXXX.png`.
+Starting `train` on a directory that holds `last.pt` resumes from it and reaches exactly the state
+an uninterrupted run would have: the data order, the diffusion steps and the noise all come from
+generators whose states are in the checkpoint.
+
+Under `torchrun` (WORLD_SIZE > 1) every rank trains on its shard of each batch with
+DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 writes checkpoints, logs and samples.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from .config import DiffusionConfig, ModelConfig, TrainConfig
+from .data import ImageBatches, dataset_shape, load_images
+from .images import save_grid
+from .samplers import ddim_sample
+from .schedule import NoiseSchedule, eps_loss
+from .unet import build_model
+
+CHECKPOINT_NAME = "last.pt"
+PREVIEW_DDIM_STEPS = 50
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group that `torchrun` describes in the environment; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available()
+    if world_size == 1:
+        return DistInfo(device=torch.device("cuda" if use_cuda else "cpu"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), device)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) are copied."""
+    ema_params = [p for p in ema.parameters() if p.requires_grad]
+    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Linear learning-rate warm-up over `warmup` steps (step counts from 0)."""
+    return 1.0 if warmup == 0 else min(step + 1, warmup) / warmup
+
+
+def _append_log(path: str, records: list[dict]) -> None:
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """After a resume, drop log lines of steps the checkpoint does not contain."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] < step]
+    with atomic_write(path, "w") as f:
+        f.writelines(kept)
+
+
+def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+          diffusion_cfg: DiffusionConfig = DiffusionConfig(), progress: bool = True) -> str:
+    """Train (or resume) a model in `run_dir`; returns the checkpoint path."""
+    info = init_distributed()
+    ckpt_path = os.path.join(run_dir, CHECKPOINT_NAME)
+    log_path = os.path.join(run_dir, "loss.jsonl")
+    if train_cfg.batch_size % info.world_size:
+        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} ranks")
+    channels, size = dataset_shape(train_cfg.dataset)
+    if (model_cfg.img_ch, model_cfg.img_size) != (channels, size):
+        raise ValueError(f"dataset {train_cfg.dataset!r} has {channels}x{size}x{size} images but the model "
+                         f"expects {model_cfg.img_ch}x{model_cfg.img_size}x{model_cfg.img_size}")
+
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(model_cfg).to(info.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, train_cfg.warmup))
+    data_gen = torch.Generator().manual_seed(train_cfg.seed)
+    batches = ImageBatches(load_images(train_cfg.dataset, "train", train_cfg.data_root), train_cfg.batch_size,
+                           data_gen, hflip=train_cfg.hflip, rank=info.rank, world_size=info.world_size)
+    preview_noise = torch.randn(train_cfg.sample_count, channels, size, size,
+                                generator=torch.Generator().manual_seed(train_cfg.seed + 1))
+    step = 0
+    if os.path.exists(ckpt_path):
+        step = _resume(ckpt_path, model_cfg, model, ema, optimizer, scheduler, batches)
+    if info.is_main:
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+        _truncate_log(log_path, step)
+
+    net = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
+    schedule = NoiseSchedule.linear(diffusion_cfg)
+    model.train()
+    batch_iter = iter(batches)
+    pending: list[dict] = []
+
+    def checkpoint(at_step: int) -> None:
+        if info.is_main:
+            _append_log(log_path, pending)
+            pending.clear()
+            save_checkpoint(ckpt_path, {
+                "model_config": model_cfg.to_dict(), "diffusion_config": diffusion_cfg.to_dict(),
+                "train_config": train_cfg.to_dict(), "step": at_step,
+                "model": model.state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "data": batches.state_dict(),
+            })
+        if info.world_size > 1:
+            dist.barrier()
+
+    bar = tqdm(total=train_cfg.total_steps, initial=step, desc="train", disable=not (progress and info.is_main),
+               dynamic_ncols=True)
+    while step < train_cfg.total_steps:
+        x0 = next(batch_iter).to(info.device)
+        loss = eps_loss(net, x0, schedule, generator=_noise_generator(train_cfg.seed, step, info))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema_update(ema, model, train_cfg.ema_decay)
+        step += 1
+        pending.append({"step": step - 1, "loss": float(loss), "grad_norm": float(grad_norm),
+                        "lr": optimizer.param_groups[0]["lr"]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        if step % train_cfg.ckpt_every == 0 or step == train_cfg.total_steps:
+            checkpoint(step)
+        if info.is_main and train_cfg.sample_every and step % train_cfg.sample_every == 0:
+            _preview(ema, schedule, preview_noise, os.path.join(run_dir, "samples", f"step_{step:07d}.png"))
+    bar.close()
+    if info.world_size > 1:
+        dist.destroy_process_group()
+    return ckpt_path
+
+
+def _noise_generator(seed: int, step: int, info: DistInfo) -> torch.Generator:
+    """The generator of the diffusion steps and noise of one step on one rank, a function of (seed, step, rank)
+    alone: a resumed run draws exactly what the uninterrupted run drew, with no generator state to save."""
+    return torch.Generator(device=info.device).manual_seed(seed * 1_000_003 + step * info.world_size + info.rank)
+
+
+def _resume(path, model_cfg, model, ema, optimizer, scheduler, batches) -> int:
+    data = read_checkpoint(path)
+    if data.get("model_config") != model_cfg.to_dict():
+        raise CheckpointError(f"{path}: the run directory holds a checkpoint of another model configuration "
+                              f"({data.get('model_config')}); use a new directory")
+    for field in ("model", "ema", "optimizer", "scheduler", "data"):
+        if field not in data:
+            raise CheckpointError(f"{path}: cannot resume: the checkpoint lacks {field!r}")
+    model.load_state_dict(data["model"])
+    ema.load_state_dict(data["ema"])
+    optimizer.load_state_dict(data["optimizer"])
+    scheduler.load_state_dict(data["scheduler"])
+    batches.load_state_dict(data["data"])
+    return int(data["step"])
+
+
+@torch.no_grad()
+def _preview(ema: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, path: str) -> None:
+    ema.eval()
+    device = next(ema.parameters()).device
+    images = ddim_sample(ema, x_T.to(device), schedule, steps=PREVIEW_DDIM_STEPS)
+    save_grid(images.cpu(), path)
