@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/grid.png and OUT/samples.npz (key 'images', uint8 [N, C, H, W]).")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
     p.add_argument("--out", default="out/samples", help="output folder (default: %(default)s)")
-    p.add_argument("--num", type=int, default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--num-images", type=int, default=64, help="number of images (default: %(default)s)")
     _add_sampler_args(p)
 
     p = sub.add_parser("fid", help="FID (Inception-v3 pool3) of samples against a dataset's statistics",
@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--images (an .npz from `sddpm sample`) or --checkpoint to sample first.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help=".npz with key 'images' (uint8 [N, C, H, W])")
-    src.add_argument("--checkpoint", help="sample --num images from this checkpoint first")
+    src.add_argument("--checkpoint", help="sample --num-images images from this checkpoint first")
     p.add_argument("--dataset", default="mnist", help="reference dataset (default: %(default)s)")
     p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
-    p.add_argument("--num", type=int, default=1000, help="images to sample with --checkpoint (default: %(default)s)")
+    p.add_argument("--num-images", type=int, default=1000, help="images to sample with --checkpoint (default: %(default)s)")
     p.add_argument("--ref-count", type=int, default=10000,
                    help="training images in the reference statistics (default: %(default)s)")
     p.add_argument("--real-baseline", action="store_true",
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
                                    "DDIM and write out/demo/grid.png.")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--num-images", type=int, default=64)
     return parser
 
 
@@ -156,7 +156,7 @@ def cmd_sample(args) -> None:
     from .images import save_grid
 
     started = time.time()
-    images, info = _sample_images(args, args.num)
+    images, info = _sample_images(args, args.num_images)
     if info.is_main:
         grid = save_grid(images[:256], os.path.join(args.out, "grid.png"))
         with atomic_write(os.path.join(args.out, "samples.npz")) as f:
@@ -178,7 +178,7 @@ def cmd_fid(args) -> None:
             images = torch.from_numpy(f["images"])
         is_main = True
     else:
-        images, info = _sample_images(args, args.num)
+        images, info = _sample_images(args, args.num_images)
         is_main = info.is_main
     fid = fid_against_dataset(images, args.dataset, args.ref_count, args.cache_dir, root=args.data_root)
     result = {"fid": fid, "samples": len(images), "dataset": args.dataset, "ref_count": args.ref_count}
@@ -200,9 +200,9 @@ def cmd_demo(args) -> None:
     print(f"shipped model: {cfg.kind} U-Net ch={cfg.ch} ch_mult={list(cfg.ch_mult)} T={cfg.snn_steps} "
           f"trained {loaded.step} steps on {loaded.train_config.dataset if loaded.train_config else '?'}")
     started = time.time()
-    images = generate(loaded.model, loaded.diffusion_config, args.num, SamplerConfig(sampler="ddim", steps=100))
+    images = generate(loaded.model, loaded.diffusion_config, args.num_images, SamplerConfig(sampler="ddim", steps=100))
     path = save_grid(images, os.path.join(args.out, "grid.png"))
-    print(f"sampled {args.num} images (DDIM, 100 steps) in {time.time() - started:.1f} s -> {path}")
+    print(f"sampled {args.num_images} images (DDIM, 100 steps) in {time.time() - started:.1f} s -> {path}")
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "demo": cmd_demo}

@@ -129,5 +129,5 @@ PRESETS: dict[str, ModelConfig] = {
     "mnist": ModelConfig(img_ch=1, ch_mult=(1, 2, 2, 2)),
     "celeba": ModelConfig(img_size=64),
     # What trains on a 2-core CPU in an hour (the shipped demo model).
-    "mnist-small": ModelConfig(img_ch=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1),
+    "mnist-small": ModelConfig(img_ch=1, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1),
 }

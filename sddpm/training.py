@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
 from .config import DiffusionConfig, ModelConfig, TrainConfig
-from .data import ImageBatches, dataset_shape, load_images
+from .batches import ImageBatches
+from .data import dataset_shape, load_images
 from .images import save_grid
 from .samplers import ddim_sample
 from .schedule import NoiseSchedule, eps_loss
@@ -62,9 +63,8 @@ def init_distributed() -> DistInfo:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) are copied."""
-    ema_params = [p for p in ema.parameters() if p.requires_grad]
-    params = [p.detach() for p in model.parameters() if p.requires_grad]
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    pairs = [(e, p.detach()) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
 
@@ -108,9 +108,8 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, train_cfg.warmup))
-    data_gen = torch.Generator().manual_seed(train_cfg.seed)
     batches = ImageBatches(load_images(train_cfg.dataset, "train", train_cfg.data_root), train_cfg.batch_size,
-                           data_gen, hflip=train_cfg.hflip, rank=info.rank, world_size=info.world_size)
+                           train_cfg.seed, hflip=train_cfg.hflip, rank=info.rank, world_size=info.world_size)
     preview_noise = torch.randn(train_cfg.sample_count, channels, size, size,
                                 generator=torch.Generator().manual_seed(train_cfg.seed + 1))
     step = 0
@@ -152,10 +151,11 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
         scheduler.step()
         ema_update(ema, model, train_cfg.ema_decay)
         step += 1
-        pending.append({"step": step - 1, "loss": float(loss), "grad_norm": float(grad_norm),
+        loss_value = float(loss.detach())
+        pending.append({"step": step - 1, "loss": loss_value, "grad_norm": float(grad_norm),
                         "lr": optimizer.param_groups[0]["lr"]})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}")
         if step % train_cfg.ckpt_every == 0 or step == train_cfg.total_steps:
             checkpoint(step)
         if info.is_main and train_cfg.sample_every and step % train_cfg.sample_every == 0:
