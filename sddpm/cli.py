@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, demo."""
+"""The `sddpm` command: train, sample, fid, release, demo."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default="cache/fid", help="reference statistics cache (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_sampler_args(p)
+
+    p = sub.add_parser("release", help="shrink a training checkpoint to its EMA weights and configs",
+                       description="Write a small inference checkpoint (EMA weights stored as the model, "
+                                   "configs, step; no optimizer state) for shipping.")
+    p.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/last.pt)")
+    p.add_argument("out", help="path of the inference checkpoint to write")
 
     p = sub.add_parser("demo", help="sample a grid from the shipped MNIST SDDPM",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
@@ -205,7 +211,14 @@ def cmd_demo(args) -> None:
     print(f"sampled {args.num_images} images (DDIM, 100 steps) in {time.time() - started:.1f} s -> {path}")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "demo": cmd_demo}
+def cmd_release(args) -> None:
+    from .checkpoint import release_checkpoint
+
+    payload = release_checkpoint(args.checkpoint, args.out)
+    print(f"{args.out}: step {payload['step']}, {os.path.getsize(args.out) / 2**20:.1f} MiB")
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

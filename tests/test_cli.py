@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import TINY
+from sddpm.checkpoint import save_checkpoint
+from sddpm.cli import SHIPPED_CHECKPOINT, build_parser, main
+from sddpm.config import DiffusionConfig
+from sddpm.unet import SpikingUNet
+
+
+@pytest.mark.parametrize("command, words", [
+    ([], ["train", "sample", "fid", "demo", "torchrun"]),
+    (["train"], ["resumes", "--snn-steps", "--ema-decay", "--warmup"]),
+    (["sample"], ["grid.png", "--threshold-factor", "--sampler", "--eta"]),
+    (["fid"], ["Inception", "--ref-count", "--real-baseline"]),
+])
+def test_help_explains_each_command(capsys, command, words):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in words:
+        assert word in text, word
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "tiny.pt")
+    save_checkpoint(path, {"model_config": TINY.to_dict(), "diffusion_config": DiffusionConfig().to_dict(),
+                           "step": 0, "model": SpikingUNet(TINY).state_dict()})
+    return path
+
+
+def test_sample_writes_a_grid_and_arrays(tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    assert main(["sample", "--checkpoint", tiny_checkpoint, "--out", str(out), "--num-images", "4",
+                 "--steps", "2", "--threshold-factor", "0.997"]) == 0
+    images = np.load(out / "samples.npz")["images"]
+    assert images.shape == (4, 1, 32, 32) and images.dtype == np.uint8
+    # 2 x 2 grid of 32-pixel images with 2-pixel padding: 2 + 2 * (32 + 2) = 70
+    assert Image.open(out / "grid.png").size == (70, 70)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "RUN", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["sample", "--checkpoint", "missing.pt"], "checkpoint not found"),
+    (["sample", "--checkpoint", "CKPT", "--threshold-factor", "-1"], "threshold factor"),
+])
+def test_errors_exit_2_with_the_problem_named(tmp_path, capsys, tiny_checkpoint, argv, message):
+    argv = [str(tmp_path / "run") if a == "RUN" else tiny_checkpoint if a == "CKPT" else a for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "sample" else argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_samples_the_shipped_model(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--num-images", "4"]) == 0
+    assert "shipped model: snn" in capsys.readouterr().out
+    assert Image.open(tmp_path / "grid.png").size == (70, 70)
+    assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")
