@@ -1,0 +1,64 @@
+# sddpm-loihi: environment, tests, demo, benchmarks.
+#   make venv    create/refresh .venv from the pinned requirements (idempotent, stamp-based)
+#   make test    run the test suite (what CI runs, through .ci/run)
+#   make demo    sample the shipped MNIST SDDPM -> out/demo/grid.png
+#   make bench   run every script in benchmarks/
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+# pip prints "WARNING: Location 'file:///opt/pypi-more/simple/<pkg>/' is ignored: it is neither a file
+# nor a directory." once per package not mirrored in the second local index: harmless, filtered out.
+# Only that line is dropped; errors pass through and pipefail keeps pip's exit status.
+PIP_QUIET := sed -u -e "/^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$$/d"
+PIP := $(VPY) -m pip install --progress-bar off
+
+.PHONY: help venv test demo bench
+
+help:
+	@sed -n 's/^#   make /make /p' Makefile
+
+venv: $(STAMP) $(FASHION_MNIST)
+
+# The pinned requirement files are the source of truth (pyproject.toml declares no dependencies).
+# lava-nc/lava-dl declare Python < 3.11: requirements/nodeps.txt goes in with --no-deps
+# --ignore-requires-python, then tools/patch_lava.py fixes lava-nc's one Python 3.11 bug.
+$(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml tools/patch_lava.py
+	@if [ ! -x $(VPY) ]; then \
+	  command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 1; }; \
+	  echo "creating $(VENV) with $(PYTHON)"; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	$(PIP) -r requirements/base.txt 2>&1 | $(PIP_QUIET)
+	$(PIP) --no-deps --ignore-requires-python -r requirements/nodeps.txt 2>&1 | $(PIP_QUIET)
+	$(PIP) --no-deps -e . 2>&1 | $(PIP_QUIET)
+	$(VPY) tools/patch_lava.py
+	@touch $@
+
+# Fashion-MNIST comes from Debian (research/datasets.md); checked on every `make venv`.
+$(FASHION_MNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package dataset-fashion-mnist -> $@"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	else \
+	  echo "NOTE: $@ is missing and we are not root: Fashion-MNIST will be unavailable."; \
+	  echo "      Install it with: sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"; \
+	fi
+
+test: venv
+	$(VPY) -m pytest -q
+
+demo: venv
+	$(VENV)/bin/sddpm demo
+
+bench: venv
+	@shopt -s nullglob; scripts=(benchmarks/*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in benchmarks/"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do echo "== $$s"; $(VPY) "$$s"; done

@@ -1,0 +1,1 @@
+"""Running compiled SDDPM networks on Lava (CPU simulation, fixed_pt) and Loihi 2."""

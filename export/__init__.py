@@ -1,0 +1,1 @@
+"""Compiler from the float SDDPM model to Loihi 2 fixed point: quantization, NIR, ONNX, energy."""

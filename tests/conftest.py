@@ -1,0 +1,1 @@
+"""Shared pytest configuration (markers `slow` and `lava` are declared in pyproject.toml)."""
