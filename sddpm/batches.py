@@ -44,10 +44,11 @@ class ImageBatches:
             if order_epoch != self.epoch:
                 order = torch.randperm(len(self.images), generator=self._generator(self.epoch))
                 order_epoch = self.epoch
-            index = order[self.position:self.position + self.batch_size][self.rank * per_rank:(self.rank + 1) * per_rank]
-            x = to_model_range(self.images[index])
+            mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+            x = to_model_range(self.images[order[self.position:self.position + self.batch_size][mine]])
             if self.hflip:
-                flip = torch.rand(len(index), generator=self._generator(self.epoch, self.position)) < 0.5
+                # Flips are drawn for the whole global batch, so N ranks see what 1 process would.
+                flip = (torch.rand(self.batch_size, generator=self._generator(self.epoch, self.position)) < 0.5)[mine]
                 x[flip] = x[flip].flip(-1)
             self.position += self.batch_size
             yield x
