@@ -1,7 +1,8 @@
 """Training: Adam with linear warm-up, gradient clipping, EMA, atomic checkpoints, resume, DDP.
 
 A run lives in one directory: `last.pt` (the full training state, rewritten atomically every
-`ckpt_every` steps and at the end), `loss.jsonl` (one line per step), and `samples/step_XXXXXXX.png`.
+`ckpt_every` steps and at the end), `loss.jsonl` (one line per step), `loss.png` (written at the end)
+and `samples/step_XXXXXXX.png`.
 Starting `train` on a directory that holds `last.pt` resumes from it and reaches exactly the state
 an uninterrupted run would have: the data order, the diffusion steps and the noise all come from
 generators whose states are in the checkpoint.
@@ -26,6 +27,7 @@ from .config import DiffusionConfig, ModelConfig, TrainConfig
 from .batches import ImageBatches
 from .data import dataset_shape, load_images
 from .images import save_grid
+from .plots import plot_loss
 from .samplers import ddim_sample
 from .schedule import NoiseSchedule, eps_loss
 from .unet import build_model
@@ -161,6 +163,8 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
         if info.is_main and train_cfg.sample_every and step % train_cfg.sample_every == 0:
             _preview(ema, schedule, preview_noise, os.path.join(run_dir, "samples", f"step_{step:07d}.png"))
     bar.close()
+    if info.is_main:
+        plot_loss(log_path, os.path.join(run_dir, "loss.png"))
     if info.world_size > 1:
         dist.destroy_process_group()
     return ckpt_path

@@ -51,6 +51,7 @@ def test_training_writes_checkpoint_log_and_a_moving_ema(tmp_path):
     assert [r["step"] for r in lines] == [0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in lines)
     assert load_model(path).step == 4
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
 def _train_cmd(run_dir, steps):
