@@ -35,10 +35,14 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml tools/pat
 	  echo "creating $(VENV) with $(PYTHON)"; \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
-	$(PIP) -r requirements/base.txt 2>&1 | $(PIP_QUIET)
-	$(PIP) --no-deps --ignore-requires-python -r requirements/nodeps.txt 2>&1 | $(PIP_QUIET)
-	$(PIP) --no-deps -e . 2>&1 | $(PIP_QUIET)
-	$(VPY) tools/patch_lava.py
+	@echo "== pip install -r requirements/base.txt"
+	@$(PIP) -r requirements/base.txt 2>&1 | $(PIP_QUIET)
+	@echo "== pip install --no-deps --ignore-requires-python -r requirements/nodeps.txt"
+	@$(PIP) --no-deps --ignore-requires-python -r requirements/nodeps.txt 2>&1 | $(PIP_QUIET)
+	@echo "== pip install --no-deps -e ."
+	@$(PIP) --no-deps -e . 2>&1 | $(PIP_QUIET)
+	@echo "== tools/patch_lava.py"
+	@$(VPY) tools/patch_lava.py
 	@touch $@
 
 # Fashion-MNIST comes from Debian (research/datasets.md); checked on every `make venv`.
@@ -46,7 +50,7 @@ $(FASHION_MNIST):
 	@if [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian package dataset-fashion-mnist -> $@"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Use-Pty=0 dataset-fashion-mnist; \
 	else \
 	  echo "NOTE: $@ is missing and we are not root: Fashion-MNIST will be unavailable."; \
 	  echo "      Install it with: sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"; \
