@@ -29,6 +29,9 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 1.0 adds DDPM-like noise (default: 0)")
     g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
                    help="DDPM posterior variance (default: %(default)s, as SDDPM)")
+    g.add_argument("--clip-x0", action="store_true",
+                   help="clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised); by default only "
+                        "the final images are clipped, as in the official SDDPM sampler")
     g.add_argument("--threshold-factor", type=float, default=1.0,
                    help="threshold-guided strategy: multiply every IF threshold by this factor, e.g. 0.997 "
                         "(default: 1.0, the trained thresholds)")
@@ -140,7 +143,7 @@ def _sampler_config(args):
     from .generate import SamplerConfig
 
     return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
-                         threshold_factor=args.threshold_factor)
+                         clip_x0=args.clip_x0, threshold_factor=args.threshold_factor)
 
 
 def _sample_images(args, count: int):

@@ -26,6 +26,7 @@ class SamplerConfig:
     steps: int = 100  # DDIM only; DDPM always runs every diffusion step
     eta: float = 0.0
     var_type: VarType = "fixedlarge"
+    clip_x0: bool = False
     threshold_factor: float = 1.0
 
     def __post_init__(self):
@@ -50,9 +51,11 @@ def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, count: int, sampl
         gen = torch.Generator().manual_seed(seed + b)
         x_T = torch.randn(n, cfg.img_ch, cfg.img_size, cfg.img_size, generator=gen).to(device)
         if sampler.sampler == "ddpm":
-            x0 = ddpm_sample(model, x_T, schedule, var_type=sampler.var_type, generator=gen)
+            x0 = ddpm_sample(model, x_T, schedule, var_type=sampler.var_type, clip_x0=sampler.clip_x0,
+                             generator=gen)
         else:
-            x0 = ddim_sample(model, x_T, schedule, steps=sampler.steps, eta=sampler.eta, generator=gen)
+            x0 = ddim_sample(model, x_T, schedule, steps=sampler.steps, eta=sampler.eta, clip_x0=sampler.clip_x0,
+                             generator=gen)
         mine[b] = to_uint8(x0.cpu())
     if world > 1:
         shards: list[dict] = [None] * world

@@ -28,7 +28,7 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 @torch.no_grad()
 def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule,
-                var_type: VarType = "fixedlarge", clip_x0: bool = True,
+                var_type: VarType = "fixedlarge", clip_x0: bool = False,
                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
 
@@ -62,9 +62,12 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
 
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 100,
-                eta: float = 0.0, clip_x0: bool = True, generator: torch.Generator | None = None,
+                eta: float = 0.0, clip_x0: bool = False, generator: torch.Generator | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """DDIM (Song et al. 2021, Eq. 12) on a sub-sequence of `steps` diffusion steps; eta = 0 is deterministic."""
+    """DDIM (Song et al. 2021, Eq. 12) on a sub-sequence of `steps` diffusion steps; eta = 0 is deterministic.
+
+    The returned x0 is clipped to [-1, 1]; clip_x0 clips the intermediate predictions too (see ddpm_sample).
+    """
     seq = ddim_timesteps(schedule.steps, steps)
     ab = schedule.alphas_bar
     x = x_T

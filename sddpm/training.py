@@ -64,11 +64,23 @@ def init_distributed() -> DistInfo:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) are copied."""
+    """ema <- decay * ema + (1 - decay) * model, for parameters and float buffers alike.
+
+    BN running statistics are averaged with the weights (as the official `ema()` does over the whole
+    state_dict): statistics copied from the raw model would not match the averaged weights, and an IF
+    neuron's hard threshold turns that mismatch into wrong spikes. Integer buffers are copied.
+    """
     pairs = [(e, p.detach()) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    pairs += [(e, b) for e, b in zip(ema.buffers(), model.buffers()) if b.is_floating_point()]
     torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        if not b.is_floating_point():
+            e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA warm-up: min(decay, (1 + step) / (10 + step)), so early averages do not hold on to the init."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 def warmup_factor(step: int, warmup: int) -> float:
@@ -151,7 +163,7 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        ema_update(ema, model, train_cfg.ema_decay)
+        ema_update(ema, model, ema_decay_at(step, train_cfg.ema_decay))
         step += 1
         loss_value = float(loss.detach())
         pending.append({"step": step - 1, "loss": loss_value, "grad_norm": float(grad_norm),

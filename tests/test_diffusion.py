@@ -52,7 +52,9 @@ def _oracle(target: torch.Tensor):
     lambda d, x, g: ddpm_sample(d, x, SCHEDULE, "fixedsmall", generator=g),
     lambda d, x, g: ddim_sample(d, x, SCHEDULE, steps=20, generator=g),
     lambda d, x, g: ddim_sample(d, x, SCHEDULE, steps=7, eta=1.0, generator=g),
-], ids=["ddpm-fixedlarge", "ddpm-fixedsmall", "ddim-20", "ddim-7-eta1"])
+    lambda d, x, g: ddpm_sample(d, x, SCHEDULE, clip_x0=True, generator=g),
+    lambda d, x, g: ddim_sample(d, x, SCHEDULE, steps=20, clip_x0=True, generator=g),
+], ids=["ddpm-fixedlarge", "ddpm-fixedsmall", "ddim-20", "ddim-7-eta1", "ddpm-clip", "ddim-clip"])
 def test_samplers_reach_the_data_point_with_an_oracle_denoiser(sample):
     target = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
     gen = torch.Generator().manual_seed(0)

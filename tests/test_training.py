@@ -11,7 +11,7 @@ import torch
 
 from helpers import TINY, TINY_TRAIN
 from sddpm.checkpoint import load_model, read_checkpoint
-from sddpm.training import ema_update, train, warmup_factor
+from sddpm.training import ema_decay_at, ema_update, train, warmup_factor
 from sddpm.unet import build_model
 
 TINY_ARGS = ["--dataset", "digits", "--preset", "mnist-small", "--ch", "8", "--ch-mult", "1,2",
@@ -30,7 +30,16 @@ def test_ema_update_by_hand():
     assert ema.weight.tolist() == pytest.approx([0.1, 0.1])
     ema_update(ema, model, decay=0.9)  # 0.9 * 0.1 + 0.1 * 1 = 0.19
     assert ema.weight.tolist() == pytest.approx([0.19, 0.19])
-    assert ema.running_mean.tolist() == [3.0, 3.0]  # buffers are copied, not averaged
+    # float buffers are averaged like the weights: 0.9 * (0.9 * 0 + 0.1 * 3) + 0.1 * 3 = 0.57
+    assert ema.running_mean.tolist() == pytest.approx([0.57, 0.57])
+    assert int(ema.num_batches_tracked) == int(model.num_batches_tracked)  # integer buffers are copied
+
+
+def test_ema_decay_warms_up():
+    # (1 + s) / (10 + s): 0.1 at step 0, 0.5 at step 8, then capped by the configured decay
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(8, 0.999) == pytest.approx(0.5)
+    assert ema_decay_at(100_000, 0.999) == 0.999
 
 
 def test_warmup_is_linear_then_flat():
