@@ -3,6 +3,9 @@ matches the fixed-point equations (../shared/research/lava.md, section 0), torch
 
 These guard `make venv` (requirements/*.txt and tools/patch_lava.py) and stay fast (seconds).
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,20 @@ def test_lava_dl_netx_imports():
     # and the Lava compiler imports lava/magma/compiler/var_model.py (patched for Python 3.11).
     import lava.lib.dl.netx  # noqa: F401
     import lava.magma.compiler.var_model  # noqa: F401
+
+
+@pytest.mark.lava
+def test_lava_imports_after_multiprocessing_context_is_in_use():
+    # Unpatched, Lava's `mp.set_start_method('fork')` raises "context has already been set" once
+    # anything (here a tqdm bar, which creates a multiprocessing RLock) has used the default context.
+    # A fresh interpreter, so that the result does not depend on the order of the tests.
+    code = ("import multiprocessing, tqdm\n"
+            "for _ in tqdm.tqdm(range(1), disable=True): pass\n"
+            "assert multiprocessing.get_start_method(allow_none=True) is not None\n"
+            "import lava.magma.runtime.runtime\n"
+            "assert multiprocessing.get_start_method() == 'fork'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # Hand-derived expectation for test_lava_fixed_pt_integrate_and_fire.

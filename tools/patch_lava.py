@@ -1,21 +1,33 @@
-"""Make the installed lava-nc 0.10.0 importable on Python 3.11.
+"""Make the installed lava-nc 0.10.0 work on Python 3.11 next to the rest of sddpm-loihi.
 
-Why: lava-nc 0.10.0 declares Python < 3.11. On 3.11 it fails at import time in
-``lava/magma/compiler/var_model.py``, where three dataclasses (``CoreEncoder``, ``ChipEncoder``,
-``AxonEncoder``) declare fields such as ``x: ByteEncoder = ByteEncoder()``. ``ByteEncoder`` is itself
-a ``@dataclass`` (eq=True, so ``__hash__ = None``), and since Python 3.11 ``dataclasses`` rejects
-any unhashable default with ``ValueError: mutable default <class 'ByteEncoder'> for field x is not
-allowed: use default_factory``. Because ``lava.magma.core.run_configs`` and every process model
-import this module, nothing in Lava works until it is fixed. This was the only Python 3.11
-problem found (see ../shared/research/lava.md, sections 7.5 and 9).
+Two small edits to the installed copy of lava-nc 0.10.0 (``pip`` cannot do them; the release is
+the last one and declares Python < 3.11):
 
-What: rewrite those defaults, in the installed copy, to ``field(default_factory=ByteEncoder)``
-(a fresh ``ByteEncoder`` per instance, which is also what the original code meant) and make sure
-``field`` is imported from ``dataclasses``. The file is located through
-``importlib.util.find_spec("lava")`` without importing any Lava code. The script is idempotent:
-running it on an already patched file changes nothing. Afterwards it checks, in a fresh
-interpreter, that ``lava.magma.compiler.var_model``, the compiler, ``lava.magma.core.run_configs``
-and ``lava.lib.dl.netx`` import.
+1. ``lava/magma/compiler/var_model.py`` (Python 3.11 incompatibility). Three dataclasses
+   (``CoreEncoder``, ``ChipEncoder``, ``AxonEncoder``) declare fields such as
+   ``x: ByteEncoder = ByteEncoder()``. ``ByteEncoder`` is itself a ``@dataclass`` (eq=True, so
+   ``__hash__ = None``), and since Python 3.11 ``dataclasses`` rejects any unhashable default:
+   ``ValueError: mutable default <class 'ByteEncoder'> for field x is not allowed: use
+   default_factory``. The Lava compiler imports this module, so no Lava network can run. The
+   defaults become ``field(default_factory=ByteEncoder)`` (a fresh ``ByteEncoder`` per instance,
+   which is what the code meant) and ``field`` is imported from ``dataclasses``.
+   See ../shared/research/lava.md, sections 7.5 and 9.
+
+2. ``lava/magma/runtime/message_infrastructure/multiprocessing.py`` (import-order bug, any Python).
+   At import it calls ``multiprocessing.set_start_method('fork')`` without ``force``, which raises
+   ``RuntimeError: context has already been set`` whenever anything in the process has already
+   used the default multiprocessing context, even when that context is already 'fork'. A tqdm
+   progress bar is enough (tqdm creates a ``multiprocessing.RLock``), so ``sddpm sample`` followed
+   by ``import lava.lib.dl.netx`` in one process (or one pytest session) failed. The call now
+   only happens when the start method is not already 'fork', with ``force=True`` (Lava's
+   ``SystemProcess`` is a default-context ``mp.Process`` and needs fork).
+
+Both files are located through ``importlib.util.find_spec("lava")`` (``lava`` is a namespace
+package, so no Lava code runs). The script is idempotent: on already patched files it changes
+nothing. A file that looks like neither the original nor the patched version is an error with a
+message. Afterwards it checks, in a fresh interpreter, that the patched modules, the compiler,
+``lava.magma.core.run_configs`` and ``lava.lib.dl.netx`` import, also after tqdm has used the
+multiprocessing context.
 
 Usage: ``.venv/bin/python tools/patch_lava.py`` (run by ``make venv``). Exit status 0 on success,
 1 with a message on stderr otherwise.
@@ -28,7 +40,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-RELATIVE = Path("magma") / "compiler" / "var_model.py"
+MARK = "# patched by sddpm-loihi tools/patch_lava.py"
+
+VAR_MODEL = Path("magma") / "compiler" / "var_model.py"
+MP_INFRA = Path("magma") / "runtime" / "message_infrastructure" / "multiprocessing.py"
 
 # A dataclass field whose default is a shared ByteEncoder instance, e.g. "    x: ByteEncoder = ByteEncoder()".
 MUTABLE_DEFAULT = re.compile(r"^(?P<head>[ \t]+\w+[ \t]*:[ \t]*ByteEncoder[ \t]*=[ \t]*)ByteEncoder\(\)[ \t]*$",
@@ -37,32 +52,47 @@ PATCHED_DEFAULT = re.compile(r"^[ \t]+\w+[ \t]*:[ \t]*ByteEncoder[ \t]*=[ \t]*fi
                              re.MULTILINE)
 DATACLASSES_IMPORT = re.compile(r"^from dataclasses import (?P<names>[^\n(]+)$", re.MULTILINE)
 
-# `lava.magma.core.run_configs` alone does NOT import var_model.py (it imports fine even unpatched);
-# the compiler does, on the first `run()`. So import var_model and the compiler explicitly.
+# lava-nc 0.10.0, multiprocessing.py L46-47.
+START_METHOD = re.compile(r"^(?P<indent>[ \t]+)mp\.set_start_method\('fork'\)[ \t]*$", re.MULTILINE)
+
+# `lava.magma.core.run_configs` alone does NOT import var_model.py (it imports fine unpatched);
+# the compiler does, on the first `run()`. So import var_model and the compiler explicitly. The
+# tqdm bar first puts the default multiprocessing context in use (patch 2).
 VERIFY_MODULES = ("lava.magma.compiler.var_model", "lava.magma.compiler.compiler",
                   "lava.magma.core.run_configs", "lava.lib.dl.netx")
+VERIFY_CODE = """\
+import importlib, sys, tqdm
+for _ in tqdm.tqdm(range(1), disable=True):
+    pass
+for m in sys.argv[1:]:
+    importlib.import_module(m)
+"""
 
 
 class PatchError(RuntimeError):
     """The installed Lava does not look like lava-nc 0.10.0 as expected."""
 
 
-def find_var_model() -> Path:
-    """Path of the installed lava/magma/compiler/var_model.py, found without importing Lava."""
+def unexpected(path: Path, what: str) -> PatchError:
+    return PatchError(f"{path}: {what}; this is not the lava-nc 0.10.0 file this script knows how to patch")
+
+
+def lava_file(relative: Path) -> Path:
+    """Path of an installed lava-nc file, found without importing Lava."""
     spec = importlib.util.find_spec("lava")  # `lava` is a namespace package: no code runs here
     if spec is None or not spec.submodule_search_locations:
         raise PatchError(f"lava-nc is not installed for {sys.executable} (no `lava` package found); "
                          "install requirements/nodeps.txt first")
-    candidates = [Path(loc) / RELATIVE for loc in spec.submodule_search_locations]
-    found = [c for c in candidates if c.is_file()]
-    if not found:
-        raise PatchError("lava is importable but has no magma/compiler/var_model.py under "
-                         + ", ".join(map(str, spec.submodule_search_locations))
-                         + " (is lava-nc installed, and is it version 0.10.0?)")
-    return found[0]
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    raise PatchError(f"lava is importable but has no {relative.as_posix()} under "
+                     + ", ".join(map(str, spec.submodule_search_locations))
+                     + " (is lava-nc installed, and is it version 0.10.0?)")
 
 
-def ensure_field_import(text: str) -> str:
+def ensure_field_import(text: str, path: Path) -> str:
     """Return `text` with `field` imported from dataclasses (unchanged if it already is)."""
     for m in DATACLASSES_IMPORT.finditer(text):
         names = [n.strip() for n in m.group("names").split("#")[0].split(",")]
@@ -70,31 +100,60 @@ def ensure_field_import(text: str) -> str:
             return text
     m = DATACLASSES_IMPORT.search(text)
     if m is None:
-        raise PatchError("var_model.py has no `from dataclasses import ...` line; "
-                         "this is not the lava-nc 0.10.0 file this script knows how to patch")
-    # Add a separate import line right after the existing one (keeps `from __future__` first).
-    return text[:m.end()] + "\nfrom dataclasses import field  # added by sddpm-loihi tools/patch_lava.py" + text[m.end():]
+        raise unexpected(path, "no `from dataclasses import ...` line")
+    # A separate import line right after the existing one (keeps `from __future__` first).
+    return text[:m.end()] + f"\nfrom dataclasses import field  {MARK}" + text[m.end():]
 
 
-def patch_text(text: str) -> tuple[str, int]:
-    """Return (patched text, number of defaults rewritten). Raise PatchError on an unexpected file."""
+def patch_var_model(text: str, path: Path = VAR_MODEL) -> tuple[str, int]:
+    """Return (patched text, number of ByteEncoder defaults rewritten)."""
     if not re.search(r"^class ByteEncoder\b", text, re.MULTILINE):
-        raise PatchError("var_model.py defines no `class ByteEncoder`; "
-                         "this is not the lava-nc 0.10.0 file this script knows how to patch")
+        raise unexpected(path, "no `class ByteEncoder`")
     new_text, count = MUTABLE_DEFAULT.subn(r"\g<head>field(default_factory=ByteEncoder)", text)
-    if count == 0 and not PATCHED_DEFAULT.search(text):
-        raise PatchError("var_model.py has neither `x: ByteEncoder = ByteEncoder()` fields nor patched "
-                         "`field(default_factory=ByteEncoder)` fields; this is not the lava-nc 0.10.0 "
-                         "file this script knows how to patch")
-    if PATCHED_DEFAULT.search(new_text):
-        new_text = ensure_field_import(new_text)
+    if not PATCHED_DEFAULT.search(new_text):
+        raise unexpected(path, "neither `x: ByteEncoder = ByteEncoder()` fields nor patched "
+                               "`field(default_factory=ByteEncoder)` fields")
+    return ensure_field_import(new_text, path), count
+
+
+def patch_start_method(text: str, path: Path = MP_INFRA) -> tuple[str, int]:
+    """Return (patched text, number of `set_start_method` calls rewritten)."""
+    if MARK in text:
+        return text, 0
+
+    def repl(m: re.Match) -> str:
+        i = m.group("indent")
+        return (f"{i}if mp.get_start_method(allow_none=True) != 'fork':  {MARK}\n"
+                f"{i}    mp.set_start_method('fork', force=True)")
+
+    new_text, count = START_METHOD.subn(repl, text)
+    if count != 1:
+        raise unexpected(path, f"expected one `mp.set_start_method('fork')` line, found {count}")
     return new_text, count
+
+
+PATCHES = (
+    (VAR_MODEL, patch_var_model, "ByteEncoder default(s) -> field(default_factory=ByteEncoder)"),
+    (MP_INFRA, patch_start_method, "set_start_method('fork') made safe when a context is already set"),
+)
+
+
+def apply(relative: Path, patch, description: str) -> None:
+    path = lava_file(relative)
+    text = path.read_text(encoding="utf-8")
+    new_text, count = patch(text, path)
+    if new_text == text:
+        print(f"patch_lava: {path} is already patched")
+        return
+    tmp = path.with_name(path.name + ".sddpm-tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    tmp.replace(path)  # atomic on POSIX
+    print(f"patch_lava: {path}: {count} x {description}")
 
 
 def verify_imports(modules=VERIFY_MODULES) -> None:
     """Import `modules` in a fresh interpreter (a patched module must not be already cached)."""
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
-    proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", VERIFY_CODE, *modules], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise PatchError(f"after patching, `import {', '.join(modules)}` still fails with {sys.executable}:\n{tail}")
@@ -102,16 +161,8 @@ def verify_imports(modules=VERIFY_MODULES) -> None:
 
 def main() -> int:
     try:
-        path = find_var_model()
-        text = path.read_text(encoding="utf-8")
-        new_text, count = patch_text(text)
-        if new_text != text:
-            tmp = path.with_name(path.name + ".sddpm-tmp")
-            tmp.write_text(new_text, encoding="utf-8")
-            tmp.replace(path)  # atomic on POSIX
-            print(f"patch_lava: rewrote {count} ByteEncoder default(s) to field(default_factory=...) in {path}")
-        else:
-            print(f"patch_lava: {path} is already patched")
+        for relative, patch, description in PATCHES:
+            apply(relative, patch, description)
         verify_imports()
         print("patch_lava: `import " + "`, `import ".join(VERIFY_MODULES) + "` work")
         return 0
