@@ -54,16 +54,31 @@ def if_step(x: torch.Tensor, v: torch.Tensor, threshold: float = THRESHOLD,
     return s, h * (1 - s)
 
 
+def _if_scan(x_seq: torch.Tensor, threshold: float, h_seq: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward recursion over the T steps: returns the spikes, and writes h into h_seq if given.
+
+    On a CPU the neuron costs memory traffic, not arithmetic: so three passes a step (compare, 1 - s,
+    one fused multiply-add) and step-sized temporaries allocated once, not one per step.
+    """
+    steps = x_seq.shape[0]
+    s_seq = torch.empty_like(x_seq)
+    h = x_seq[0].clone() if h_seq is None else h_seq[0].copy_(x_seq[0])  # v[-1] = 0
+    keep = torch.empty_like(h)
+    for t in range(steps):
+        torch.ge(h, threshold, out=s_seq[t])
+        if t + 1 < steps:
+            torch.sub(1, s_seq[t], out=keep)
+            # h[t+1] = x[t+1] + h[t] * (1 - s[t]): the product is exactly h or +0, so this rounds like
+            # v + x. Without h_seq the new h overwrites the old one in place.
+            h = torch.addcmul(x_seq[t + 1], h, keep, out=h if h_seq is None else h_seq[t + 1])
+    return s_seq
+
+
 class _IFMultiStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, threshold, alpha):
         h_seq = torch.empty_like(x_seq)
-        s_seq = torch.empty_like(x_seq)
-        v = torch.zeros_like(x_seq[0])
-        for t in range(x_seq.shape[0]):
-            h = torch.add(v, x_seq[t], out=h_seq[t])
-            s = s_seq[t].copy_(h >= threshold)
-            v = h * (1 - s)
+        s_seq = _if_scan(x_seq, threshold, h_seq)
         ctx.save_for_backward(h_seq, s_seq)
         ctx.threshold, ctx.alpha = threshold, alpha
         return s_seq
@@ -71,14 +86,21 @@ class _IFMultiStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_s):
         h_seq, s_seq = ctx.saved_tensors
+        alpha = ctx.alpha
         grad_x = torch.empty_like(h_seq)
-        grad_v = torch.zeros_like(h_seq[0])  # the final v feeds nothing
+        # Step by step through two step-sized scratch buffers allocated once (they stay in cache). The
+        # fused multiply-adds may round differently from mul-then-add: gradients agree to float rounding.
+        sg, dv_dh = torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0])
         for t in range(h_seq.shape[0] - 1, -1, -1):
-            h, s = h_seq[t], s_seq[t]
-            sg = atan_surrogate_grad(h - ctx.threshold, ctx.alpha)
-            grad_h = grad_s[t] * sg + grad_v * ((1 - s) - h * sg)
-            grad_x[t] = grad_h
-            grad_v = grad_h
+            # atan_surrogate_grad in place, the same ops (its scalar / tensor is reciprocal() * scalar)
+            torch.sub(h_seq[t], ctx.threshold, out=sg).mul_(math.pi / 2 * alpha).square_().add_(1).reciprocal_()
+            if alpha != 2:  # alpha / 2 == 1 for the default: skip an exact multiply by one
+                sg.mul_(alpha / 2)
+            torch.mul(grad_s[t], sg, out=grad_x[t])
+            if t + 1 < h_seq.shape[0]:  # the final v feeds nothing
+                # through the reset: grad_x[t] += grad_x[t+1] * dv/dh, with dv/dh = (1 - s) - h * sg
+                torch.sub(1, s_seq[t], out=dv_dh).addcmul_(h_seq[t], sg, value=-1)
+                grad_x[t].addcmul_(grad_x[t + 1], dv_dh)
         return grad_x, None, None
 
 
@@ -88,19 +110,8 @@ def if_multistep(x_seq: torch.Tensor, threshold: float = THRESHOLD, alpha: float
     The state lives only inside the call, so nothing needs resetting between forward passes.
     """
     if not torch.is_grad_enabled() or not x_seq.requires_grad:
-        return _if_forward_only(x_seq, threshold)
+        return _if_scan(x_seq, float(threshold))
     return _IFMultiStep.apply(x_seq, float(threshold), float(alpha))
-
-
-def _if_forward_only(x_seq: torch.Tensor, threshold: float) -> torch.Tensor:
-    s_seq = torch.empty_like(x_seq)
-    v = torch.zeros_like(x_seq[0])
-    for t in range(x_seq.shape[0]):
-        h = v + x_seq[t]
-        fired = h >= threshold
-        s_seq[t] = fired
-        v = h.masked_fill_(fired, 0.0)
-    return s_seq
 
 
 class IF(nn.Module):
