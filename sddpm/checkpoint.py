@@ -175,14 +175,15 @@ def load_model(path: str, use_ema: bool = True, snn_steps: int | None = None) ->
     return LoadedModel(model.eval(), model_cfg, diffusion_cfg, train_cfg, int(data.get("step", 0)), "sddpm")
 
 
-def release_checkpoint(src: str, dst: str) -> dict[str, Any]:
-    """Write a small inference checkpoint: the EMA weights (as `model`) and the configs, no optimizer state."""
+def release_checkpoint(src: str, dst: str, use_ema: bool = True) -> dict[str, Any]:
+    """Write a small inference checkpoint: the EMA (or raw) weights as `model`, the configs, no optimizer state."""
     data = read_checkpoint(src)
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{src}: not an SDDPM training checkpoint")
-    weights = data["ema"] if data.get("ema") is not None else data["model"]
+    weights = data["ema"] if use_ema and data.get("ema") is not None else data["model"]
     payload = {"model_config": data["model_config"], "diffusion_config": data["diffusion_config"],
                "train_config": data.get("train_config"), "step": data.get("step", 0),
-               "model": {k: v.clone() for k, v in weights.items()}, "ema": None}
+               "model": {k: v.clone() for k, v in weights.items()}, "ema": None,
+               "weights": "ema" if weights is data.get("ema") else "raw"}
     save_checkpoint(dst, payload)
     return payload

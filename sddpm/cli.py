@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "configs, step; no optimizer state) for shipping.")
     p.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/last.pt)")
     p.add_argument("out", help="path of the inference checkpoint to write")
+    p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA weights")
 
     p = sub.add_parser("demo", help="sample a grid from the shipped MNIST SDDPM",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
@@ -217,8 +218,9 @@ def cmd_demo(args) -> None:
 def cmd_release(args) -> None:
     from .checkpoint import release_checkpoint
 
-    payload = release_checkpoint(args.checkpoint, args.out)
-    print(f"{args.out}: step {payload['step']}, {os.path.getsize(args.out) / 2**20:.1f} MiB")
+    payload = release_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
+    print(f"{args.out}: {payload['weights']} weights of step {payload['step']}, "
+          f"{os.path.getsize(args.out) / 2**20:.1f} MiB")
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "demo": cmd_demo}

@@ -109,3 +109,19 @@ def test_missing_and_non_dict_files(tmp_path):
         pickle.dump({"a": 1}, f)  # a plain pickle, not a torch zip archive
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+def test_release_keeps_only_the_chosen_weights(tmp_path):
+    from sddpm.checkpoint import release_checkpoint
+
+    torch.manual_seed(0)
+    raw, ema = SpikingUNet(TINY), SpikingUNet(TINY)
+    src = str(tmp_path / "last.pt")
+    _save(src, raw, ema=ema.state_dict(), optimizer={"state": {}, "param_groups": []})
+    for use_ema, expected in [(True, ema), (False, raw)]:
+        dst = str(tmp_path / f"small_{use_ema}.pt")
+        assert release_checkpoint(src, dst, use_ema=use_ema)["weights"] == ("ema" if use_ema else "raw")
+        assert "optimizer" not in torch.load(dst, weights_only=True)
+        loaded = load_model(dst)
+        assert loaded.step == 7
+        assert torch.equal(loaded.model.state_dict()["conv.weight"], expected.state_dict()["conv.weight"])
