@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .config import PRESETS, ConfigError, DiffusionConfig, ModelConfig, TrainConfig
+from .config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig
 
 SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "checkpoints", "mnist-sddpm.pt")
@@ -228,13 +228,9 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release":
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .unet import InputError
-
     try:
         COMMANDS[args.command](args)
-    except (CheckpointError, ConfigError, DataError, InputError, ValueError) as e:
+    except ValueError as e:  # CheckpointError, ConfigError, DataError and InputError are ValueErrors
         print(f"sddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
