@@ -4,8 +4,8 @@ A run lives in one directory: `last.pt` (the full training state, rewritten atom
 `ckpt_every` steps and at the end), `loss.jsonl` (one line per step), `loss.png` (written at the end)
 and `samples/step_XXXXXXX.png`.
 Starting `train` on a directory that holds `last.pt` resumes from it and reaches exactly the state
-an uninterrupted run would have: the data order, the diffusion steps and the noise all come from
-generators whose states are in the checkpoint.
+an uninterrupted run would have: the data order is a function of (seed, epoch, position), saved in
+the checkpoint, and the diffusion steps and noise of each step a function of (seed, step, rank).
 
 Under `torchrun` (WORLD_SIZE > 1) every rank trains on its shard of each batch with
 DistributedDataParallel (gloo on CPU, nccl on GPU); rank 0 writes checkpoints, logs and samples.
