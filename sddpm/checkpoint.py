@@ -35,21 +35,29 @@ class CheckpointError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator[Any]:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers never see half a file."""
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside `path` to write to; on success it is fsynced and renamed over `path`,
+    so readers never see half a file. On any error the temporary file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator[Any]:
+    """Write through a file object to a temporary file that replaces `path` once complete."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def save_checkpoint(path: str, payload: dict[str, Any]) -> None:
