@@ -1,0 +1,151 @@
+"""Bit-exact, vectorized re-implementation of Lava's fixed-point CPU process models (lava-nc 0.10.0).
+
+Reproduced models (the ones `Loihi2SimCfg(select_tag="fixed_pt")` picks), with the spec in
+../shared/research/lava.md:
+- `lif_step`, `scale_bias`: `PyLifModelBitAcc` (sections 0, 1);
+- `dense_weights`, `dense_synapse`: `PyDenseModelBitAcc` (section 2.1);
+- `conv_synapse`: `PyConvModelFixed` (section 3).
+Lava's one step of synaptic delay (a synapse sends the buffer computed in the previous step) is NOT
+modelled here: that is the network simulator's job (lava.md section 5).
+
+Conventions: every function takes torch tensors with any leading batch dims and returns int64. Lava's
+int32 arithmetic is emulated with an explicit wrap where it can overflow. Layouts are PyTorch's:
+conv spikes are [..., C_in, H, W], conv weights [C_out, C_in / groups, kH, kW] used as a
+cross-correlation (F.conv2d); dense spikes are [..., N_in] and weights [N_out, N_in].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# LIF constants, as in PyLifModelBitAcc (lava.md 1.2). Bit widths: du, dv 12-bit unsigned,
+# bias_mant 13-bit signed (stored int16), vth 17-bit unsigned, u and v 24-bit signed (stored int32).
+DECAY_SHIFT = 12                  # decays are 12-bit fractions: x * (4096 - d) >> 12
+DECAY_UNITY = 1 << DECAY_SHIFT    # 4096
+DS_OFFSET = 1                     # added to du (a Loihi-1 register): du = 0 still decays u by 1/4096
+DM_OFFSET = 0                     # added to dv
+VTH_SHIFT = 6                     # the threshold is compared as vth << 6
+ACT_SHIFT = 6                     # the input enters u as a_in << 6
+STATE_BITS = 24                   # u wraps (once) and v saturates at 24 bits
+STATE_MAX = 1 << (STATE_BITS - 1)  # 2**23
+A_IN_BITS = 32                    # a_in arrives as int32: `a_in << 6` and the u sum are int32 arithmetic
+STORE_BITS = 32                   # u, v and the scaled bias are int32: the v sum wraps there before the clip
+BIAS_MANT_BITS = 16               # bias_mant is stored as int16 (out-of-range values wrap)
+IF_DU, IF_DV = 4095, 0            # integrate-and-fire: u = a_in << 6 (no current memory), no voltage leak
+
+CONV_OUT_BITS = 24                # PyConvModelFixed wraps its output to 24 bits (signed_clamp)
+DENSE_WEIGHT_BITS = 8             # Dense weights are clipped to 8 bits magnitude (+ sign when mixed)
+
+
+def wrap_signed(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Two's-complement wrap of an integer tensor into [-2^(bits-1), 2^(bits-1) - 1]."""
+    half = 1 << (bits - 1)
+    return ((x + half) & ((1 << bits) - 1)) - half
+
+
+def _shift_toward_zero(x: torch.Tensor, bits: int) -> torch.Tensor:
+    # Lava's decays: sign(x) * (|x| >> bits), i.e. rounding toward zero (not floor) for negative x.
+    return torch.sign(x) * (x.abs() >> bits)
+
+
+def scale_bias(bias_mant, bias_exp) -> torch.Tensor:
+    """Lava's effective bias in v units: bias_mant << bias_exp, or >> -bias_exp (floor) if bias_exp < 0.
+
+    Ints or integer tensors, elementwise with broadcasting. bias_mant wraps to int16 first (numpy
+    assignment into Lava's int16 Var), then the shift is done in int32 (Lava promotes before shifting).
+    """
+    mant = wrap_signed(torch.as_tensor(bias_mant, dtype=torch.int64), BIAS_MANT_BITS)
+    exp = torch.as_tensor(bias_exp, dtype=torch.int64)
+    shifted = torch.where(exp >= 0, mant << exp.clamp(min=0), mant >> (-exp).clamp(min=0))
+    return wrap_signed(shifted, STORE_BITS)  # an int32 left shift overflows silently
+
+
+def lif_step(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, *, du: int, dv: int, vth,
+             bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One time step of PyLifModelBitAcc (lava.md 1.3). Returns the new (u, v) and the spikes (bool).
+
+    u, v, a: int64 tensors of one shape (a is the summed input of this step); du, dv: ints;
+    vth: int or int64 tensor broadcastable to v, before its << 6; bias: from `scale_bias`.
+    """
+    # Current: the product is int64 in Lava, then shifted toward zero.
+    u = _shift_toward_zero(u * (DECAY_UNITY - (du + DS_OFFSET)), DECAY_SHIFT)
+    # Lava adds `a << 6` to the decayed current in int32, so both the shift and the sum wrap at 32 bits;
+    # one wrap of the exact sum gives the same value (wrapping commutes with + and <<).
+    u = wrap_signed(u + (a << ACT_SHIFT), A_IN_BITS)
+    # ONE conditional wrap, both tests on the unwrapped value: 2^23 stays, -2^23 becomes +2^23, and a
+    # value beyond +-(2^24 + 2^23) is not brought back into 24 bits.
+    u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX, torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+    # Voltage: same decay (toward zero), plus the NEW u and the bias; the int32 sum wraps, then saturates.
+    v = _shift_toward_zero(v * (DECAY_UNITY - (dv + DM_OFFSET)), DECAY_SHIFT)
+    v = wrap_signed(v + u + bias, STORE_BITS).clamp(-(STATE_MAX - 1), STATE_MAX - 1)
+    s = v > (vth << VTH_SHIFT)  # strict
+    return u, v.masked_fill(s, 0), s  # v is reset to 0, u is not
+
+
+def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:
+    """A float dtype in which conv2d / matmul with 0/1 inputs give exact integers, given the bound
+    fan_in * max|w| on every partial sum (whatever the summation order)."""
+    # float32 holds every integer up to 2^24 and is several times faster than float64 on CPU, where
+    # PyTorch's float32 conv2d and matmul are plain IEEE float32 by default. On CUDA, cuDNN convolutions
+    # use TF32 by default (weights rounded to 11 significant bits), so float64 there.
+    if bound < 1 << 24 and device.type == "cpu":
+        return torch.float32
+    if bound < 1 << 53:
+        return torch.float64
+    raise ValueError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")
+
+
+def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
+    """PyConvModelFixed's output for the spikes of one step (lava.md 3), in PyTorch layout.
+
+    s: [..., C_in, H, W] spikes (nonzero counts as one spike, like Lava's binary mode);
+    weight: integer [C_out, C_in / groups, kH, kW], cross-correlation as in F.conv2d;
+    stride, padding, dilation: int or (H, W). Returns int64 [..., C_out, H_out, W_out]: the exact
+    integer convolution wrapped to 24 bits. Like Lava, the weights are neither clipped nor scaled
+    (Lava ignores weight_exp and num_weight_bits for Conv, lava#803).
+    """
+    lead = s.shape[:-3]
+    spikes = (s != 0).reshape(-1, *s.shape[-3:])
+    dtype = _exact_float_dtype(weight[0].numel() * int(weight.abs().max()), s.device)
+    y = F.conv2d(spikes.to(dtype), weight.to(dtype), stride=stride, padding=padding, dilation=dilation,
+                 groups=groups)
+    # round(): a no-op for direct and GEMM algorithms; it absorbs the tiny float64 error of an FFT
+    # algorithm, should cuDNN pick one.
+    y = wrap_signed(y.round().to(torch.int64), CONV_OUT_BITS)
+    return y.reshape(*lead, *y.shape[-3:])
+
+
+def dense_weights(weight, num_weight_bits: int = 8) -> torch.Tensor:
+    """PyDenseModelBitAcc's weight processing on its first step (lava.md 2.1).
+
+    The sign mode comes from the int-cast weights (floats truncate toward zero): all >= 0 excitatory,
+    else all <= 0 inhibitory, else mixed. Mixed weights are clipped to [-256, 255], the others to
+    magnitudes [0, 255]; then the low k = 8 - num_weight_bits (+1 if mixed) bits are floored away,
+    on the magnitudes for inhibitory weights. E.g. mixed, 8 bits: [3, -3, 255, -256] -> [2, -4, 254, -256].
+    """
+    if not 0 < num_weight_bits <= DENSE_WEIGHT_BITS:
+        raise ValueError(f"num_weight_bits must be in 1..{DENSE_WEIGHT_BITS}, got {num_weight_bits}")
+    w = torch.as_tensor(weight).to(torch.int64)
+    limit = (1 << DENSE_WEIGHT_BITS) - 1
+    if w.min() >= 0:    # excitatory
+        sign, low, k = 1, 0, DENSE_WEIGHT_BITS - num_weight_bits
+    elif w.max() <= 0:  # inhibitory: Lava negates, processes the magnitudes, negates back
+        sign, low, k = -1, 0, DENSE_WEIGHT_BITS - num_weight_bits
+    else:               # mixed: one bit of the 9-bit signed range goes to the sign
+        sign, low, k = 1, -limit - 1, DENSE_WEIGHT_BITS - num_weight_bits + 1
+    w = (sign * w).clamp(low, limit)
+    return sign * ((w >> k) << k)  # floor truncation
+
+
+def dense_synapse(s: torch.Tensor, weight: torch.Tensor, *, weight_exp: int = 0) -> torch.Tensor:
+    """PyDenseModelBitAcc's output for the spikes of one step (lava.md 2.1), binary-spike mode.
+
+    s: [..., N_in] spikes (nonzero counts as one spike); weight: [N_out, N_in], already processed by
+    `dense_weights`. Returns int64 [..., N_out] = (W @ s) << weight_exp, or >> -weight_exp (floor) on
+    the sum when weight_exp < 0. Lava then sends it as int32; that wrap does not change what a LIF
+    computes (lif_step wraps `a << 6` at 32 bits anyway), so it is not applied here.
+    """
+    dtype = _exact_float_dtype(weight.shape[-1] * int(weight.abs().max()), s.device)
+    a = ((s != 0).to(dtype) @ weight.to(dtype).T).to(torch.int64)
+    return a << weight_exp if weight_exp > 0 else a >> -weight_exp
