@@ -8,8 +8,8 @@ Reproduced models (the ones `Loihi2SimCfg(select_tag="fixed_pt")` picks), with t
 Lava's one step of synaptic delay (a synapse sends the buffer computed in the previous step) is NOT
 modelled here: that is the network simulator's job (lava.md section 5).
 
-Conventions: every function takes torch tensors with any leading batch dims and returns int64. Lava's
-int32 arithmetic is emulated with an explicit wrap where it can overflow. Layouts are PyTorch's:
+Conventions: tensors may have any leading batch dims; results are int64 tensors. Lava's int32
+arithmetic is emulated with an explicit wrap wherever it can overflow. Layouts are PyTorch's:
 conv spikes are [..., C_in, H, W], conv weights [C_out, C_in / groups, kH, kW] used as a
 cross-correlation (F.conv2d); dense spikes are [..., N_in] and weights [N_out, N_in].
 """
@@ -103,7 +103,8 @@ def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, 
     weight: integer [C_out, C_in / groups, kH, kW], cross-correlation as in F.conv2d;
     stride, padding, dilation: int or (H, W). Returns int64 [..., C_out, H_out, W_out]: the exact
     integer convolution wrapped to 24 bits. Like Lava, the weights are neither clipped nor scaled
-    (Lava ignores weight_exp and num_weight_bits for Conv, lava#803).
+    (Lava ignores weight_exp and num_weight_bits for Conv, lava#803). Lava agrees while the exact sums
+    stay below 2^31 in magnitude; beyond, its float64 -> int32 cast is undefined.
     """
     lead = s.shape[:-3]
     spikes = (s != 0).reshape(-1, *s.shape[-3:])
