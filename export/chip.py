@@ -13,7 +13,8 @@ A synapse holds 8-bit signed mantissas and an exponent: its integer weight is `m
 Timing. Every synapse delays by `delay` >= 1 steps (one per Lava synapse process; delays above one
 are delay lines on the chip). A population at depth d receives its inputs at steps [d, d + T), with
 its bias on only there; the first population (depth 0) receives the host's current directly at
-a_in, with no synapse. Zero-delay semantics (all populations see SNN step t together) give the same
+a_in, with no synapse: round half to even of the float32 conv of x_t over its scale, saturated to
++-HOST_INPUT_MAX. Zero-delay semantics (all populations see SNN step t together) give the same
 spikes, shifted by the depth.
 
 File. HDF5, format "sddpm-chip" version 1 (see `write_chip`): self-contained, so the simulator
@@ -48,6 +49,9 @@ BIAS_EXP_MAX = 7  # bias exponent, 3 bits (Lava: "precision 3")
 VTH_BITS = 17  # threshold mantissa (Lava: "precision 17")
 VTH_MAX = 2 ** VTH_BITS - 1
 CURRENT_LIMIT = STATE_MAX >> ACT_SHIFT  # |a| below 2^17 a-units keeps a << 6 inside u's 24 bits
+# The host saturates the current it injects into the first population to +-(2^17 - 1): an image outside
+# the calibrated range (a diverging sampling chain) then clips instead of wrapping u.
+HOST_INPUT_MAX = CURRENT_LIMIT - 1
 
 
 class ChipFormatError(ValueError):
@@ -175,7 +179,7 @@ def write_chip(path: str, net: ChipNetwork) -> None:
 
     Layout (format "sddpm-chip", version 1):
       /                attrs format, version, model_config (JSON), snn_steps, diffusion_steps, threshold_factor,
-                       neuron (JSON: du, dv, act_shift, vth_shift, state_bits)
+                       neuron (JSON: du, dv, act_shift, vth_shift, state_bits), host_input_max
       /populations/NNN attrs name, shape, scale, vth, bias_exp, depth, host_input; dataset bias_mant int16 [rows, C]
       /synapses/NNN    attrs source, target, weight_exp, stride, padding, upsample, out_offset, delay;
                        dataset weight int8 [C_out, C_in, k, k]
@@ -188,7 +192,7 @@ def write_chip(path: str, net: ChipNetwork) -> None:
         _attrs(h5, format=FORMAT, version=VERSION, model_config=json.dumps(net.model_config),
                snn_steps=net.snn_steps, diffusion_steps=net.diffusion_steps, threshold_factor=net.threshold_factor,
                neuron=json.dumps({"du": IF_DU, "dv": IF_DV, "act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
-                                  "state_bits": STATE_BITS}))
+                                  "state_bits": STATE_BITS}), host_input_max=HOST_INPUT_MAX)
         pops = h5.create_group("populations")
         for i, p in enumerate(net.populations):
             g = pops.create_group(f"{i:03d}")

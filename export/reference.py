@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chip import ACT_SHIFT, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
+from .chip import ACT_SHIFT, HOST_INPUT_MAX, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
 from .graph import HostStages, tail
 
 
@@ -36,10 +36,17 @@ def host_stages(net: ChipNetwork) -> HostStages:
 
 
 def host_input_current(net: ChipNetwork, x: torch.Tensor) -> torch.Tensor:
-    """The first population's input in a-units: round half to even of conv(x_t) / scale, in float32."""
+    """The first population's input in a-units: round half to even of conv(x_t) / scale in float32,
+    saturated to +-HOST_INPUT_MAX (with a warning when that clips)."""
     h = net.host
     current = F.conv2d(x.float(), torch.from_numpy(h.head_weight), torch.from_numpy(h.head_bias), padding=1)
-    return torch.round(current / np.float32(net.populations[0].scale)).long()
+    a = torch.round(current / np.float32(net.populations[0].scale))
+    clipped = int((a.abs() > HOST_INPUT_MAX).sum())
+    if clipped:
+        warnings.warn(f"population {net.populations[0].name}: the host saturated {clipped} input currents at "
+                      f"+-{HOST_INPUT_MAX} a-units (x_t outside the calibrated range)", ChipOverflowWarning,
+                      stacklevel=3)
+    return a.clamp(-HOST_INPUT_MAX, HOST_INPUT_MAX).long()
 
 
 def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.Tensor], batch: int) -> torch.Tensor:

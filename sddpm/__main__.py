@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from toolchain.cli import main  # the command lives in the top layer, which may import every package
 
 sys.exit(main())

@@ -6,7 +6,7 @@ images do not depend on the batch-to-rank assignment: 1 process or N under torch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.distributed as dist
@@ -34,27 +34,32 @@ class SamplerConfig:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
 
 
-@torch.no_grad()
-def generate(model: nn.Module, diffusion_cfg: DiffusionConfig, count: int, sampler: SamplerConfig,
-             batch_size: int = 64, seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """`count` images as uint8 [count, C, H, W]. Under torch.distributed every rank returns all of them."""
-    cfg = model.cfg
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    device = next(model.parameters()).device
+def model_denoiser(model: nn.Module, threshold_factor: float = 1.0) -> nn.Module:
+    """The model in eval mode with every IF threshold times `threshold_factor` (ANNs ignore it)."""
     model.eval()
-    set_threshold_factor(model, sampler.threshold_factor)
+    set_threshold_factor(model, threshold_factor)
+    return model
+
+
+@torch.no_grad()
+def generate(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], image_shape: tuple[int, int, int],
+             diffusion_cfg: DiffusionConfig, count: int, sampler: SamplerConfig, batch_size: int = 64, seed: int = 0,
+             progress: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`count` images as uint8 [count, C, H, W] from eps = denoiser(x_t, t) (a model from `model_denoiser`,
+    or any other backend). Under torch.distributed every rank returns all of them."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     schedule = NoiseSchedule.linear(diffusion_cfg)
     n_batches = -(-count // batch_size)
     mine = {}
     for b in tqdm(range(rank, n_batches, world), desc=f"sampling ({sampler.sampler})", disable=not progress):
         n = min(batch_size, count - b * batch_size)
         gen = torch.Generator().manual_seed(seed + b)
-        x_T = torch.randn(n, cfg.img_ch, cfg.img_size, cfg.img_size, generator=gen).to(device)
+        x_T = torch.randn(n, *image_shape, generator=gen).to(device)
         if sampler.sampler == "ddpm":
-            x0 = ddpm_sample(model, x_T, schedule, var_type=sampler.var_type, clip_x0=sampler.clip_x0,
+            x0 = ddpm_sample(denoiser, x_T, schedule, var_type=sampler.var_type, clip_x0=sampler.clip_x0,
                              generator=gen)
         else:
-            x0 = ddim_sample(model, x_T, schedule, steps=sampler.steps, eta=sampler.eta, clip_x0=sampler.clip_x0,
+            x0 = ddim_sample(denoiser, x_T, schedule, steps=sampler.steps, eta=sampler.eta, clip_x0=sampler.clip_x0,
                              generator=gen)
         mine[b] = to_uint8(x0.cpu())
     if world > 1:

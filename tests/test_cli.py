@@ -5,7 +5,7 @@ from PIL import Image
 
 from helpers import TINY
 from sddpm.checkpoint import save_checkpoint
-from sddpm.cli import SHIPPED_CHECKPOINT, build_parser, main
+from toolchain.cli import SHIPPED_CHECKPOINT, build_parser, main
 from sddpm.config import DiffusionConfig
 from sddpm.unet import SpikingUNet
 

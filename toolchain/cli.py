@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, release, demo."""
+"""The `sddpm` command: train, sample, fid, release, compile, verify, demo."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig
+from sddpm.config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig
 
 SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "checkpoints", "mnist-sddpm.pt")
@@ -38,6 +38,28 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images per sampling batch (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="batch b starts from the noise of seed + b")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=("float", "sim"), default="float",
+                   help="float: the PyTorch model; sim: compile it and run every denoising step on the "
+                        "bit-accurate chip simulator (default: %(default)s)")
+    g.add_argument("--sim-mode", choices=("zero_delay", "delayed"), default="zero_delay",
+                   help="simulator timing (default: %(default)s; both give identical results)")
+    _add_calibration_args(p)
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from export.compiler import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES
+
+    g = p.add_argument_group("calibration (compiling to the chip)")
+    g.add_argument("--dataset", help="calibration images (default: the checkpoint's training dataset)")
+    g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    g.add_argument("--calibration-batches", type=int, default=CALIBRATION_BATCHES,
+                   help="batches of noisy training images (default: %(default)s)")
+    g.add_argument("--calibration-batch-size", type=int, default=CALIBRATION_BATCH_SIZE,
+                   help="images per calibration batch, t spread over all diffusion steps (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/samples", help="output folder (default: %(default)s)")
     p.add_argument("--num-images", type=int, default=64, help="number of images (default: %(default)s)")
     _add_sampler_args(p)
+    _add_backend_args(p)
 
     p = sub.add_parser("fid", help="FID (Inception-v3 pool3) of samples against a dataset's statistics",
                        description="Frechet Inception Distance of generated images against reference "
@@ -107,6 +130,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="path of the inference checkpoint to write")
     p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA weights")
 
+    p = sub.add_parser("compile", help="compile a checkpoint into a Loihi 2 chip network file",
+                       description="Fold BN, rewrite the analog paths into spike-to-current synapses, turn the "
+                                   "time embedding into bias tables, calibrate on noisy training images and "
+                                   "quantize to 8-bit weights and integer thresholds; write the chip network "
+                                   "(HDF5, format sddpm-chip) and print its populations.")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--out", default="out/chip/network.h5", help="chip network file (default: %(default)s)")
+    p.add_argument("--threshold-factor", type=float, default=1.0,
+                   help="threshold-guided strategy: integer thresholds of threshold x factor (default: 1.0)")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("verify", help="prove denoising steps on the chip network: float vs quantized vs simulator",
+                       description="Run a float DDIM chain from seeded noise and, at --steps denoising steps spread "
+                                   "over it, compare the float model with the quantized reference (eps relative "
+                                   "L2, PSNR, spike agreement) and the quantized reference with the bit-accurate "
+                                   "simulator reading the exported file (identical spikes and output currents, or "
+                                   "the first (population, SNN step, index) that differs). Exit status 1 if not "
+                                   "identical.")
+    p.add_argument("--backend", choices=("sim",), default="sim", help="what to check against the reference")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps to check (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    p.add_argument("--sim-mode", choices=("delayed", "zero_delay"), default="delayed",
+                   help="delayed: Lava's timing; zero_delay: all populations see SNN step t together "
+                        "(default: %(default)s)")
+    p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of both networks")
+    p.add_argument("--chip-out", default="out/chip/network.h5", help="where the exported file is written")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
+
     p = sub.add_parser("demo", help="sample a grid from the shipped MNIST SDDPM",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
                                    "DDIM and write out/demo/grid.png.")
@@ -116,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_config(args) -> ModelConfig:
-    from .data import dataset_shape
+    from sddpm.data import dataset_shape
 
     channels, size = dataset_shape(args.dataset)
     preset = args.preset or ("mnist" if channels == 1 else "celeba" if size == 64 else "cifar10")
@@ -129,7 +184,7 @@ def _model_config(args) -> ModelConfig:
 
 
 def cmd_train(args) -> None:
-    from .training import train
+    from sddpm.training import train
 
     model_cfg = _model_config(args)
     train_cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
@@ -141,29 +196,61 @@ def cmd_train(args) -> None:
 
 
 def _sampler_config(args):
-    from .generate import SamplerConfig
+    from sddpm.generate import SamplerConfig
 
     return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
                          clip_x0=args.clip_x0, threshold_factor=args.threshold_factor)
 
 
+def _calibration_dataset(args, loaded) -> str:
+    if args.dataset:
+        return args.dataset
+    if loaded.train_config is None:
+        raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: give --dataset")
+    return loaded.train_config.dataset
+
+
+def _compile(args, loaded, threshold_factor: float, path: str):
+    """Compile the loaded model, calibrated on its dataset, and write the chip file; returns the network."""
+    from export.chip import write_chip
+    from export.compiler import calibration_batches, compile_model
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+
+    images = load_images(_calibration_dataset(args, loaded), "train", args.data_root)
+    batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), args.calibration_batches,
+                                  args.calibration_batch_size)
+    net = compile_model(loaded.model, batches, threshold_factor)
+    write_chip(path, net)
+    return net
+
+
 def _sample_images(args, count: int):
-    from .checkpoint import load_model
-    from .generate import generate
-    from .training import init_distributed
+    from sddpm.checkpoint import load_model
+    from sddpm.generate import generate, model_denoiser
+    from sddpm.training import init_distributed
 
     info = init_distributed()
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
-    model = loaded.model.to(info.device)
-    return generate(model, loaded.diffusion_config, count, _sampler_config(args), batch_size=args.batch_size,
-                    seed=args.seed, progress=info.is_main), info
+    cfg = loaded.model_config
+    if getattr(args, "backend", "float") == "sim":
+        from simulators.network import ChipSimulator
+
+        chip_path = os.path.join(args.out, "network.h5")
+        _compile(args, loaded, args.threshold_factor, chip_path)
+        denoiser, device = ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu"
+    else:
+        denoiser, device = model_denoiser(loaded.model.to(info.device), args.threshold_factor), info.device
+    return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
+                    _sampler_config(args), batch_size=args.batch_size, seed=args.seed, progress=info.is_main,
+                    device=device), info
 
 
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from .checkpoint import atomic_write
-    from .images import save_grid
+    from sddpm.checkpoint import atomic_write
+    from sddpm.images import save_grid
 
     started = time.time()
     images, info = _sample_images(args, args.num_images)
@@ -179,7 +266,7 @@ def cmd_fid(args) -> None:
     import numpy as np
     import torch
 
-    from .fid import fid_against_dataset, real_vs_real_fid
+    from sddpm.fid import fid_against_dataset, real_vs_real_fid
 
     if args.images:
         with np.load(args.images) as f:
@@ -200,37 +287,90 @@ def cmd_fid(args) -> None:
               "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
 
 
+def cmd_compile(args) -> None:
+    from sddpm.checkpoint import load_model
+
+    loaded = load_model(args.checkpoint)
+    net = _compile(args, loaded, args.threshold_factor, args.out)
+    print(format_network(net))
+    print(f"chip network -> {args.out}")
+
+
+def format_network(net) -> str:
+    """Populations, scales, thresholds and synapses of a chip network as a terminal table."""
+    lines = [f"{'population':<24} {'shape':<14} {'depth':>5} {'scale':>10} {'vth':>6} {'bias_exp':>8} {'inputs':>6}"]
+    for p in net.populations:
+        inputs = "host" if p.host_input else str(len(net.inputs_of(p.name)))
+        lines.append(f"{p.name:<24} {'x'.join(map(str, p.shape)):<14} {p.depth:>5} {p.scale:>10.3e} {p.vth:>6} "
+                     f"{p.bias_exp:>8} {inputs:>6}")
+    r = net.readout
+    lines.append(f"{'readout':<24} {'x'.join(map(str, r.shape)):<14} {r.depth:>5} {r.scale:>10.3e} {'-':>6} {'-':>8} "
+                 f"{len(net.inputs_of('readout')):>6}")
+    weights = sum(s.weight.size for s in net.synapses)
+    lines.append(f"{len(net.populations)} populations, {len(net.synapses)} synapses ({weights:,} 8-bit weights), "
+                 f"{net.steps_per_denoising_step} chip steps per denoising step, threshold factor "
+                 f"{net.threshold_factor}")
+    return "\n".join(lines)
+
+
+def cmd_verify(args) -> int:
+    import torch
+
+    from sddpm.checkpoint import load_model
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from simulators.network import ChipSimulator
+    from toolchain.verify import chain_states, format_ladder, run_ladder
+
+    loaded = load_model(args.checkpoint)
+    model, cfg = loaded.model.eval(), loaded.model_config
+    net = _compile(args, loaded, args.threshold_factor, args.chip_out)
+    sim = ChipSimulator.from_file(args.chip_out)
+    model_denoiser(model, args.threshold_factor)
+    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
+                      generator=torch.Generator().manual_seed(args.seed))
+    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, args.ddim_steps, args.steps)
+    report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
+    if args.json:
+        print(json.dumps({**report.to_json(), "chip_file": args.chip_out, "threshold_factor": args.threshold_factor,
+                          "batch_size": args.batch_size}))
+    else:
+        print(format_ladder(report))
+    return 0 if report.identical else 1
+
+
 def cmd_demo(args) -> None:
-    from .checkpoint import load_model
-    from .generate import SamplerConfig, generate
-    from .images import save_grid
+    from sddpm.checkpoint import load_model
+    from sddpm.generate import SamplerConfig, generate, model_denoiser
+    from sddpm.images import save_grid
 
     loaded = load_model(SHIPPED_CHECKPOINT)
     cfg = loaded.model_config
     print(f"shipped model: {cfg.kind} U-Net ch={cfg.ch} ch_mult={list(cfg.ch_mult)} T={cfg.snn_steps} "
           f"trained {loaded.step} steps on {loaded.train_config.dataset if loaded.train_config else '?'}")
     started = time.time()
-    images = generate(loaded.model, loaded.diffusion_config, args.num_images, SamplerConfig(sampler="ddim", steps=100))
+    images = generate(model_denoiser(loaded.model), (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config,
+                      args.num_images, SamplerConfig(sampler="ddim", steps=100))
     path = save_grid(images, os.path.join(args.out, "grid.png"))
     print(f"sampled {args.num_images} images (DDIM, 100 steps) in {time.time() - started:.1f} s -> {path}")
 
 
 def cmd_release(args) -> None:
-    from .checkpoint import release_checkpoint
+    from sddpm.checkpoint import release_checkpoint
 
     payload = release_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
     print(f"{args.out}: {payload['weights']} weights of step {payload['step']}, "
           f"{os.path.getsize(args.out) / 2**20:.1f} MiB")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
+            "verify": cmd_verify, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
-    except ValueError as e:  # CheckpointError, ConfigError, DataError and InputError are ValueErrors
+        return COMMANDS[args.command](args) or 0
+    except ValueError as e:  # every named error of the packages (checkpoint, config, data, chip...) is a ValueError
         print(f"sddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0

@@ -1,0 +1,326 @@
+"""Bit-accurate simulator of a compiled SDDPM chip network, read from its exported file.
+
+It reads only the file (format "sddpm-chip" v1, written by `export.chip.write_chip`) and reproduces
+what Lava's fixed-point models compute (`simulators.fixed_point`), batched over images:
+
+- `delayed` mode is Lava's timing: every synapse delivers the spikes of step tau - delay at step tau
+  (one step per Lava synapse process), the first population receives the host's current directly at
+  steps [0, T), and every population's bias is on only inside its window [depth, depth + T). A
+  forward pass takes readout_depth + T chip steps. Spikes outside a window are an error.
+- `zero_delay` mode runs SNN step t of every population together, in dependency order, the
+  semantics of the quantized reference. Both modes must give the same spikes.
+
+Synapses without up-sampling are Lava `Conv` processes (their output wraps at 24 bits); synapses
+that up-sample are `Sparse` matrices on Lava (no wrap), computed here as the conv of the up-sampled
+spikes. The host stages (first conv, tail) run in float32 as the file describes them.
+
+This module must not import `sddpm` or `export`: it and the reference cannot share a bug.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fixed_point import CONV_OUT_BITS, IF_DU, IF_DV, conv_synapse, lif_step, scale_bias
+
+FORMAT = "sddpm-chip"
+VERSIONS = (1,)
+READOUT = "readout"
+WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
+MODES = ("zero_delay", "delayed")
+
+
+class ChipFileError(ValueError):
+    """The file is not a readable chip network of a version this simulator knows."""
+
+
+class TimingError(RuntimeError):
+    """A population spiked outside its window: the delays of the network are not balanced."""
+
+
+@dataclass(frozen=True)
+class Population:
+    name: str
+    shape: tuple[int, int, int]
+    scale: float
+    vth: int
+    bias_mant: torch.Tensor  # int64 [rows, C]
+    bias_exp: int
+    depth: int
+    host_input: bool
+
+
+@dataclass(frozen=True)
+class Synapse:
+    source: str
+    target: str
+    weight: torch.Tensor  # int64 [C_out, C_in, k, k]: mantissa << weight_exp
+    stride: int
+    padding: int
+    upsample: int
+    out_offset: int
+    delay: int
+
+    @property
+    def peak(self) -> int:
+        """Largest |output| any 0/1 input can produce: the largest sum of |w| into one output."""
+        return int(self.weight.abs().flatten(1).sum(1).max())
+
+
+@dataclass(frozen=True)
+class SynapseGroup:
+    """Synapses into one target with one geometry, computed as a single conv over their sources'
+    spikes stacked along channels. Only synapses whose output can never reach 2^23 are grouped: for
+    them Lava's per-synapse 24-bit wrap is the identity, so the sum of the group is exactly the sum of
+    the synapses. A synapse that could wrap stays a group of its own."""
+    synapses: tuple[Synapse, ...]
+    weight: torch.Tensor  # int64 [C_out, sum C_in, k, k]
+
+    @classmethod
+    def of(cls, synapses: list[Synapse]) -> SynapseGroup:
+        return cls(tuple(synapses), torch.cat([s.weight for s in synapses], dim=1))
+
+    def current(self, spikes: list[torch.Tensor]) -> torch.Tensor:
+        """Integer output for the spikes each member delivers ([N, C_k, H, W] each), without delay."""
+        first = self.synapses[0]
+        s = spikes[0] if len(spikes) == 1 else torch.cat(spikes, dim=-3)
+        if first.upsample != 1:  # Lava Sparse: the conv of the up-sampled spikes, exact, no wrap
+            s = s.repeat_interleave(first.upsample, dim=-2).repeat_interleave(first.upsample, dim=-1)
+        # Lava Conv: exact conv, then the 24-bit wrap (the identity for a group, and for any Sparse
+        # synapse whose peak stays below 2^23, which the grouping rule checks)
+        return conv_synapse(s, self.weight, stride=first.stride, padding=first.padding)
+
+
+def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
+    groups: dict[tuple, list[Synapse]] = {}
+    alone = []
+    for syn in synapses:
+        if syn.peak >= WRAP_FREE_PEAK:
+            if syn.upsample != 1:
+                raise ChipFileError(f"synapse {syn.source} -> {syn.target}: an up-sampling synapse whose output "
+                                    f"can reach 2^23 is outside what this simulator models")
+            alone.append([syn])
+            continue
+        key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, tuple(syn.weight.shape[::2]))
+        groups.setdefault(key, []).append(syn)
+    return [SynapseGroup.of(members) for members in list(groups.values()) + alone]
+
+
+@dataclass
+class SimRun:
+    spikes: dict[str, torch.Tensor]  # population -> bool [T, B, C, H, W], aligned to SNN steps
+    readout: torch.Tensor  # int64 [T, B, C, H, W]
+    eps: torch.Tensor  # float32 [B, img_ch, H, W]
+    chip_steps: int
+
+
+def _read_attr(group, key):
+    value = group.attrs[key]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ChipSimulator:
+    def __init__(self, populations, synapses, readout, host, snn_steps, diffusion_steps, meta):
+        self.populations: tuple[Population, ...] = populations
+        self.synapses: tuple[Synapse, ...] = synapses
+        self.readout = readout  # dict: shape, scale, depth, bias, temb
+        self.host = host  # dict of float32 tensors + membrane_decay
+        self.snn_steps = snn_steps
+        self.diffusion_steps = diffusion_steps
+        self.meta = meta
+        self._shape = {p.name: p.shape for p in populations}
+        targets = [p.name for p in populations] + [READOUT]
+        self._groups = {name: group_synapses([s for s in synapses if s.target == name]) for name in targets}
+
+    @classmethod
+    def from_file(cls, path: str) -> ChipSimulator:
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError as err:
+            raise ChipFileError(f"{path}: not a readable HDF5 file ({err})") from None
+        with h5:
+            try:
+                return cls._read(h5)
+            except (KeyError, ValueError, TypeError) as err:
+                if isinstance(err, ChipFileError):
+                    raise
+                raise ChipFileError(f"{path}: malformed chip network ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _read(cls, h5) -> ChipSimulator:
+        if _read_attr(h5, "format") != FORMAT or int(h5.attrs["version"]) not in VERSIONS:
+            raise ChipFileError(f"not an {FORMAT} file of version {VERSIONS}: format "
+                                f"{h5.attrs.get('format')!r}, version {h5.attrs.get('version')!r}")
+        neuron = json.loads(_read_attr(h5, "neuron"))
+        if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
+            raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
+                                f"(du={IF_DU}, dv={IF_DV})")
+        pops = []
+        for key in sorted(h5["populations"]):
+            g = h5["populations"][key]
+            pops.append(Population(_read_attr(g, "name"), tuple(int(v) for v in g.attrs["shape"]),
+                                   float(g.attrs["scale"]), int(g.attrs["vth"]),
+                                   torch.from_numpy(g["bias_mant"][()].astype(np.int64)), int(g.attrs["bias_exp"]),
+                                   int(g.attrs["depth"]), bool(g.attrs["host_input"])))
+        syns = []
+        for key in sorted(h5["synapses"]):
+            g = h5["synapses"][key]
+            mant = torch.from_numpy(g["weight"][()].astype(np.int64))
+            syns.append(Synapse(_read_attr(g, "source"), _read_attr(g, "target"), mant << int(g.attrs["weight_exp"]),
+                                int(g.attrs["stride"]), int(g.attrs["padding"]), int(g.attrs["upsample"]),
+                                int(g.attrs["out_offset"]), int(g.attrs["delay"])))
+        r = h5["readout"]
+        readout = {"shape": tuple(int(v) for v in r.attrs["shape"]), "scale": float(r.attrs["scale"]),
+                   "depth": int(r.attrs["depth"]), "bias": torch.from_numpy(r["bias"][()]),
+                   "temb": torch.from_numpy(r["temb"][()]) if "temb" in r else None}
+        host = {k: torch.from_numpy(h5["host"][k][()]) for k in h5["host"]}
+        host["membrane_decay"] = float(h5["host"].attrs["membrane_decay"])
+        sim = cls(tuple(pops), tuple(syns), readout, host, int(h5.attrs["snn_steps"]),
+                  int(h5.attrs["diffusion_steps"]),
+                  {"model_config": json.loads(_read_attr(h5, "model_config")),
+                   "threshold_factor": float(h5.attrs["threshold_factor"]),
+                   "host_input_max": int(h5.attrs["host_input_max"])})
+        sim._check()
+        return sim
+
+    def _check(self) -> None:
+        names = {p.name: p for p in self.populations}
+        depth = {p.name: p.depth for p in self.populations}
+        depth[READOUT] = self.readout["depth"]
+        for s in self.synapses:
+            if s.source not in names or s.target not in depth:
+                raise ChipFileError(f"synapse {s.source} -> {s.target}: unknown population")
+            if depth[s.target] - depth[s.source] != s.delay:
+                raise ChipFileError(f"synapse {s.source} -> {s.target}: delay {s.delay} does not balance depths "
+                                    f"{depth[s.source]} -> {depth[s.target]}")
+        if sum(p.host_input for p in self.populations) != 1 or not self.populations[0].host_input:
+            raise ChipFileError("the first population, and only it, must take the host's input current")
+
+    # -- host stages (float32) ------------------------------------------------------------------
+
+    def host_input(self, x: torch.Tensor) -> torch.Tensor:
+        """a-units of the first population: round half to even of float32 conv(x_t) / scale, saturated."""
+        current = F.conv2d(x.float(), self.host["head_weight"], self.host["head_bias"], padding=1)
+        limit = self.meta["host_input_max"]
+        return torch.round(current / np.float32(self.populations[0].scale)).clamp(-limit, limit).long()
+
+    def eps_from_readout(self, a_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        r, p = self.readout, self.host
+        bias = r["bias"][None, :].expand(t.shape[0], -1)
+        if r["temb"] is not None:
+            bias = bias + r["temb"][t]
+        h = a_out.float() * np.float32(r["scale"]) + bias[None, :, :, None, None]
+        steps, batch = h.shape[:2]
+        x = h.flatten(0, 1)
+        x = F.silu(x * p["tail_bn_scale"][:, None, None] + p["tail_bn_shift"][:, None, None])
+        x = F.conv2d(x, p["tail_conv_weight"], p["tail_conv_bias"], padding=1)
+        y = F.conv2d(x, p["time_conv_weight"], p["time_conv_bias"], padding=1)  # Conv3d (3, 3, 1) per step
+        y = F.silu(y * p["last_bn_scale"][:, None, None] + p["last_bn_shift"][:, None, None])
+        out = (y + x).view(steps, batch, *x.shape[1:])
+        decay = p["membrane_decay"] ** torch.arange(steps - 1, -1, -1, dtype=out.dtype)
+        return (out * decay.view(-1, 1, 1, 1, 1)).sum(0)  # membrane output layer
+
+    # -- chip -----------------------------------------------------------------------------------
+
+    def _bias(self, p: Population, t: torch.Tensor) -> torch.Tensor:
+        rows = t if p.bias_mant.shape[0] > 1 else torch.zeros_like(t)
+        return scale_bias(p.bias_mant[rows], p.bias_exp)[:, :, None, None]  # v-units [B, C, 1, 1]
+
+    def _sum(self, target: str, shape, batch: int, spikes_of) -> torch.Tensor:
+        """Sum of the synapses into `target` for a batch of `batch` rows; spikes_of(synapse) gives the
+        spikes [batch, C, H, W] the synapse delivers (None: nothing yet)."""
+        a = torch.zeros(batch, *shape, dtype=torch.int64)
+        for group in self._groups[target]:
+            spikes = [spikes_of(syn) for syn in group.synapses]
+            if all(s is None or not s.any() for s in spikes):  # no spike, no current
+                continue
+            spikes = [torch.zeros(batch, *self._shape[syn.source], dtype=torch.bool)
+                      if s is None else s for s, syn in zip(spikes, group.synapses)]
+            out = group.current(spikes)
+            first = group.synapses[0]
+            a[:, first.out_offset:first.out_offset + out.shape[1]] += out
+        return a
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> SimRun:
+        """One forward pass on x_t [B, C, H, W] at diffusion steps t [B]."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        cfg = self.meta["model_config"]
+        expected = (cfg["img_ch"], cfg["img_size"], cfg["img_size"])
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must have shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        t = t.long().cpu()
+        if t.shape != (x.shape[0],) or int(t.min()) < 0 or int(t.max()) >= self.diffusion_steps:
+            raise ValueError(f"t must be [B] diffusion steps in [0, {self.diffusion_steps})")
+        run = self._zero_delay if mode == "zero_delay" else self._delayed
+        spikes, readout, chip_steps = run(self.host_input(x), t)
+        return SimRun(spikes, readout, self.eps_from_readout(readout, t), chip_steps)
+
+    def _zero_delay(self, a_host, t):
+        """Population by population, all T steps at once: in a feed-forward network the inputs of
+        step t are the sources' spikes of step t, so the layer-major order computes exactly what the
+        step-major order does, with one batched conv per synapse group instead of T."""
+        batch, steps = a_host.shape[0], self.snn_steps
+        spikes = {}
+
+        def flat(syn):  # [T * B, C, H, W] spikes of the synapse's source
+            return spikes[syn.source].flatten(0, 1)
+
+        for p in self.populations:
+            if p.host_input:
+                a_seq = a_host.expand(steps, *a_host.shape)
+            else:
+                a_seq = self._sum(p.name, p.shape, steps * batch, flat).view(steps, batch, *p.shape)
+            bias = self._bias(p, t)
+            u = v = torch.zeros(batch, *p.shape, dtype=torch.int64)
+            out = []
+            for step in range(steps):
+                u, v, s = lif_step(u, v, a_seq[step], du=IF_DU, dv=IF_DV, vth=p.vth, bias=bias)
+                out.append(s)
+            spikes[p.name] = torch.stack(out)
+        readout = self._sum(READOUT, self.readout["shape"], steps * batch, flat)
+        return spikes, readout.view(steps, batch, *self.readout["shape"]), steps
+
+    def _delayed(self, a_host, t):
+        batch, steps = a_host.shape[0], self.snn_steps
+        chip_steps = self.readout["depth"] + steps
+        state = {p.name: (torch.zeros(batch, *p.shape, dtype=torch.int64),) * 2 for p in self.populations}
+        bias = {p.name: self._bias(p, t) for p in self.populations}
+        zero_bias = torch.zeros(1, dtype=torch.int64)
+        history: dict[str, list] = {p.name: [] for p in self.populations}  # spikes of every chip step so far
+        readout = []
+        for tau in range(chip_steps):
+            def delivered(syn, tau=tau):  # what the synapse's delay line releases at step tau
+                k = tau - syn.delay
+                return history[syn.source][k] if k >= 0 else None
+
+            now = {}
+            for p in self.populations:
+                if p.host_input:  # direct connection to a_in: no synapse, no delay
+                    a = a_host if tau < steps else torch.zeros_like(a_host)
+                else:
+                    a = self._sum(p.name, p.shape, batch, delivered)
+                window = p.depth <= tau < p.depth + steps
+                u, v, s = lif_step(*state[p.name], a, du=IF_DU, dv=IF_DV, vth=p.vth,
+                                   bias=bias[p.name] if window else zero_bias)
+                if not window and s.any():
+                    raise TimingError(f"population {p.name} spiked at chip step {tau}, outside its window "
+                                      f"[{p.depth}, {p.depth + steps})")
+                state[p.name] = (u, v)
+                now[p.name] = s
+            for name, s in now.items():
+                history[name].append(s)
+            if tau >= self.readout["depth"]:
+                readout.append(self._sum(READOUT, self.readout["shape"], batch, delivered))
+        spikes = {p.name: torch.stack(history[p.name][p.depth:p.depth + steps]) for p in self.populations}
+        return spikes, torch.stack(readout), chip_steps
+
+    def denoiser(self, mode: str = "zero_delay"):
+        """eps = f(x_t, t) for the samplers of `sddpm.samplers`."""
+        return lambda x, t: self.run(x, t, mode).eps.to(x.dtype)

@@ -1,0 +1,158 @@
+"""The verification ladder for denoising steps of real sampling chains.
+
+For each checked denoising step (x_t of a float DDIM chain started from seeded noise):
+  float model vs quantized reference: relative L2 error of eps, PSNR of eps, per-population spike
+      agreement (fraction of equal spikes) and firing rates;
+  quantized reference vs simulator: identical spikes of every population at every SNN step and
+      identical integer output currents; the first difference is named (population, SNN step, index).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from export.chip import ChipNetwork
+from export.reference import run_reference
+from sddpm.neuron import IF
+from sddpm.samplers import ddim_sample
+from sddpm.schedule import NoiseSchedule
+from simulators.network import ChipSimulator
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    denoising_step: int  # diffusion step t
+    population: str  # a population name, or "readout"
+    snn_step: int
+    index: tuple[int, ...]  # (image, channel, y, x)
+    reference: int
+    simulator: int
+
+
+@dataclass
+class LadderReport:
+    backend: str
+    mode: str
+    diffusion_steps: list[int] = field(default_factory=list)
+    eps_rel_l2: list[float] = field(default_factory=list)
+    psnr_db: list[float] = field(default_factory=list)
+    spike_agreement: dict[str, list[float]] = field(default_factory=dict)
+    rate_float: dict[str, list[float]] = field(default_factory=dict)
+    rate_chip: dict[str, list[float]] = field(default_factory=dict)
+    first_mismatch: Mismatch | None = None
+
+    @property
+    def identical(self) -> bool:
+        return self.first_mismatch is None
+
+    @property
+    def steps_checked(self) -> int:
+        return len(self.diffusion_steps)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.update(identical=self.identical, steps_checked=self.steps_checked)
+        return out
+
+
+def first_difference(expected: torch.Tensor, actual: torch.Tensor) -> tuple[int, tuple[int, ...]] | None:
+    """(SNN step, index) of the first element where two [T, B, ...] tensors differ, in step-major order."""
+    diff = expected != actual
+    if not bool(diff.any()):
+        return None
+    flat = int(torch.nonzero(diff.flatten())[0])
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    return where[0], where[1:]
+
+
+def compare_runs(order: list[str], ref_spikes, ref_readout, sim_spikes, sim_readout, t: int) -> Mismatch | None:
+    """Exact comparison, populations in dependency order, then the output currents."""
+    pairs = [(name, ref_spikes[name], sim_spikes[name]) for name in order] + [("readout", ref_readout, sim_readout)]
+    for name, expected, actual in pairs:
+        if expected.shape != actual.shape:
+            return Mismatch(t, name, -1, (), -1, -1)
+        hit = first_difference(expected, actual)
+        if hit is not None:
+            step, index = hit
+            return Mismatch(t, name, step, index, int(expected[(step, *index)]), int(actual[(step, *index)]))
+    return None
+
+
+def psnr_db(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """PSNR of `actual` against `expected`, with the peak taken as the range of `expected`."""
+    mse = float(((actual.double() - expected.double()) ** 2).mean())
+    peak = float(expected.max() - expected.min())
+    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)
+
+
+@torch.no_grad()
+def float_spikes(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """eps and the spikes [T, B, C, H, W] of every IF population of the float model."""
+    spikes, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, IF):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: spikes.__setitem__(name, o > 0)))
+    try:
+        eps = model(x, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return eps, spikes
+
+
+def chain_states(model: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, ddim_steps: int,
+                 check: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x_t, t) at `check` denoising steps spread evenly over a deterministic float DDIM chain from x_T."""
+    seen = []
+
+    def recording(x, t):
+        seen.append((x.clone(), t.clone()))
+        return model(x, t)
+
+    ddim_sample(recording, x_T, schedule, steps=ddim_steps)
+    picks = sorted({round(i * (len(seen) - 1) / max(check - 1, 1)) for i in range(min(check, len(seen)))})
+    return [seen[i] for i in picks]
+
+
+def run_ladder(model: nn.Module, net: ChipNetwork, sim: ChipSimulator, states, mode: str = "delayed",
+               progress: bool = True) -> LadderReport:
+    report = LadderReport(backend="sim", mode=mode)
+    order = [p.name for p in net.populations]
+    for x, t in tqdm(states, desc=f"verify ({mode})", disable=not progress):
+        eps_f, spikes_f = float_spikes(model, x, t)
+        ref = run_reference(net, x, t)
+        out = sim.run(x, t, mode)
+        step = int(t[0])
+        report.diffusion_steps.append(step)
+        report.eps_rel_l2.append(float((ref.eps - eps_f).norm() / eps_f.norm()))
+        report.psnr_db.append(psnr_db(eps_f, ref.eps))
+        for name in order:
+            report.spike_agreement.setdefault(name, []).append(float((spikes_f[name] == ref.spikes[name]).float().mean()))
+            report.rate_float.setdefault(name, []).append(float(spikes_f[name].float().mean()))
+            report.rate_chip.setdefault(name, []).append(float(ref.spikes[name].float().mean()))
+        if report.first_mismatch is None:
+            report.first_mismatch = compare_runs(order, ref.spikes, ref.readout, out.spikes, out.readout, step)
+    return report
+
+
+def format_ladder(report: LadderReport) -> str:
+    """The ladder as a terminal table."""
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    agree = [a for values in report.spike_agreement.values() for a in values]
+    rows = [
+        ("float model vs quantized reference", "eps relative L2",
+         f"mean {mean(report.eps_rel_l2):.4f}, max {max(report.eps_rel_l2):.4f}"),
+        ("", "eps PSNR", f"mean {mean(report.psnr_db):.1f} dB, min {min(report.psnr_db):.1f} dB"),
+        ("", "spike agreement", f"mean {mean(agree):.4f}, min {min(agree):.4f} (over populations)"),
+        (f"quantized reference vs simulator ({report.mode})", "spikes + output currents",
+         "identical" if report.identical else f"DIFFER at {report.first_mismatch}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"verification ladder, {report.steps_checked} denoising steps (t = "
+             f"{', '.join(map(str, report.diffusion_steps))})"]
+    lines += [f"  {a:<{width}}  {b:<24} {c}" for a, b, c in rows]
+    return "\n".join(lines)
