@@ -2,7 +2,7 @@
 
 Reproduced models (the ones `Loihi2SimCfg(select_tag="fixed_pt")` picks), with the spec in
 ../shared/research/lava.md:
-- `lif_step`, `scale_bias`: `PyLifModelBitAcc` (sections 0, 1);
+- `lif_step`, `scale_bias`: `PyLifModelBitAcc` (sections 0, 1); `if_step`, its IF case in int32;
 - `dense_weights`, `dense_synapse`: `PyDenseModelBitAcc` (section 2.1);
 - `conv_synapse`: `PyConvModelFixed` (section 3).
 Lava's one step of synaptic delay (a synapse sends the buffer computed in the previous step) is NOT
@@ -80,6 +80,28 @@ def lif_step(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, *, du: int, dv: 
     v = wrap_signed(v + u + bias, STORE_BITS).clamp(-(STATE_MAX - 1), STATE_MAX - 1)
     s = v > (vth << VTH_SHIFT)  # strict
     return u, v.masked_fill(s, 0), s  # v is reset to 0, u is not
+
+
+def if_step(v: torch.Tensor, a: torch.Tensor, *, vth, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lif_step` with du = IF_DU, dv = IF_DV (integrate-and-fire), in Lava's own int32 arithmetic.
+
+    With du = 4095 the decayed current is rz(u * 0, 12) = 0, and with dv = 0 the decayed voltage is
+    rz(v * 4096, 12) = v, so a step is u = wrap24(a << 6), v = sat24(v + u + bias). Computing it in
+    int32, as Lava does, makes the int32 wraps of `a << 6` and of the v sum free. Bool tensors are slow
+    on CPU, so the spike test and the reset are integer arithmetic too.
+    v: int32 state; a: integer-valued input (any dtype holding integers); vth: below 2^17 (Lava's
+    17 bits); bias: v units. Returns the new v and the spikes, both int32 (spikes 0/1, as Lava sends them).
+    """
+    u = a.to(torch.int32) << ACT_SHIFT  # int32 shift: wraps like Lava's
+    low, high = torch.aminmax(u)
+    if low <= -STATE_MAX or high > STATE_MAX:  # the one conditional wrap, only when some u needs it
+        u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX, torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+    v = torch.add(v, u, out=u).add_(bias.to(torch.int32))  # int32 sums wrap like Lava's
+    v.clamp_(-(STATE_MAX - 1), STATE_MAX - 1)  # then v saturates
+    # Strict v > vth << 6 as a sign bit: (vth << 6) - v lies within +-2^24, so >> 31 gives -1 exactly
+    # where it is negative, i.e. where the neuron fires, and 0 elsewhere.
+    fired = ((torch.as_tensor(vth, dtype=torch.int32) << VTH_SHIFT) - v) >> 31
+    return v.bitwise_and_(fired.bitwise_not()), fired.neg_()  # reset v to 0 where fired
 
 
 def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:

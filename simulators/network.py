@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fixed_point import CONV_OUT_BITS, IF_DU, IF_DV, conv_synapse, lif_step, scale_bias
+from .fixed_point import CONV_OUT_BITS, IF_DU, IF_DV, conv_synapse, if_step, scale_bias
 
 FORMAT = "sddpm-chip"
 VERSIONS = (1,)
@@ -80,17 +80,28 @@ class SynapseGroup:
     the synapses. A synapse that could wrap stays a group of its own."""
     synapses: tuple[Synapse, ...]
     weight: torch.Tensor  # int64 [C_out, sum C_in, k, k]
+    weight_f32: torch.Tensor
+    peak: int  # largest |output| of the group for any 0/1 input
 
     @classmethod
     def of(cls, synapses: list[Synapse]) -> SynapseGroup:
-        return cls(tuple(synapses), torch.cat([s.weight for s in synapses], dim=1))
+        weight = torch.cat([s.weight for s in synapses], dim=1)
+        return cls(tuple(synapses), weight, weight.float(), int(weight.abs().flatten(1).sum(1).max()))
 
-    def current(self, spikes: list[torch.Tensor]) -> torch.Tensor:
-        """Integer output for the spikes each member delivers ([N, C_k, H, W] each), without delay."""
+    def current(self, spikes: list[torch.Tensor], exact_float32: bool) -> torch.Tensor:
+        """Output for the spikes each member delivers ([N, C_k, H, W] each), without delay.
+
+        exact_float32: the caller guarantees peak < 2^23; then every partial sum of the conv is an integer
+        below 2^24 in magnitude, exact in float32 whatever the summation order, and the 24-bit wrap is the
+        identity: the float32 conv *is* `conv_synapse`, without its conversions. Returns float32 then,
+        int64 otherwise.
+        """
         first = self.synapses[0]
         s = spikes[0] if len(spikes) == 1 else torch.cat(spikes, dim=-3)
         if first.upsample != 1:  # Lava Sparse: the conv of the up-sampled spikes, exact, no wrap
             s = s.repeat_interleave(first.upsample, dim=-2).repeat_interleave(first.upsample, dim=-1)
+        if exact_float32:
+            return F.conv2d(s.float(), self.weight_f32, stride=first.stride, padding=first.padding)
         # Lava Conv: exact conv, then the 24-bit wrap (the identity for a group, and for any Sparse
         # synapse whose peak stays below 2^23, which the grouping rule checks)
         return conv_synapse(s, self.weight, stride=first.stride, padding=first.padding)
@@ -113,10 +124,15 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
 
 @dataclass
 class SimRun:
-    spikes: dict[str, torch.Tensor]  # population -> bool [T, B, C, H, W], aligned to SNN steps
+    spike_trains: dict[str, torch.Tensor]  # population -> 0/1 [T, B, C, H, W] (float32 or int32), SNN-step aligned
     readout: torch.Tensor  # int64 [T, B, C, H, W]
     eps: torch.Tensor  # float32 [B, img_ch, H, W]
     chip_steps: int
+
+    @property
+    def spikes(self) -> dict[str, torch.Tensor]:
+        """Spike trains as bool tensors (converted on demand: a sampling chain needs only eps)."""
+        return {name: s.bool() for name, s in self.spike_trains.items()}
 
 
 def _read_attr(group, key):
@@ -136,6 +152,11 @@ class ChipSimulator:
         self._shape = {p.name: p.shape for p in populations}
         targets = [p.name for p in populations] + [READOUT]
         self._groups = {name: group_synapses([s for s in synapses if s.target == name]) for name in targets}
+        # A target's input can be summed in float32 when every group is wrap-free and all of them together
+        # stay below 2^24: every partial sum is then an exact integer.
+        self._float32 = {name: all(g.peak < WRAP_FREE_PEAK for g in groups) and sum(g.peak for g in groups) < 1 << 24
+                         for name, groups in self._groups.items()}
+        self.exact_float32 = True  # False forces the int64 path of `conv_synapse` everywhere (tests compare both)
 
     @classmethod
     def from_file(cls, path: str) -> ChipSimulator:
@@ -146,7 +167,8 @@ class ChipSimulator:
         with h5:
             try:
                 return cls._read(h5)
-            except (KeyError, ValueError, TypeError) as err:
+            # OSError: h5py reading a damaged chunk or B-tree of a file whose header still opens
+            except (KeyError, ValueError, TypeError, OSError) as err:
                 if isinstance(err, ChipFileError):
                     raise
                 raise ChipFileError(f"{path}: malformed chip network ({type(err).__name__}: {err})") from None
@@ -231,20 +253,27 @@ class ChipSimulator:
         rows = t if p.bias_mant.shape[0] > 1 else torch.zeros_like(t)
         return scale_bias(p.bias_mant[rows], p.bias_exp)[:, :, None, None]  # v-units [B, C, 1, 1]
 
-    def _sum(self, target: str, shape, batch: int, spikes_of) -> torch.Tensor:
+    def _sum(self, target: str, shape, batch: int, spikes_of, skip_silent: bool = False) -> torch.Tensor:
         """Sum of the synapses into `target` for a batch of `batch` rows; spikes_of(synapse) gives the
-        spikes [batch, C, H, W] the synapse delivers (None: nothing yet)."""
-        a = torch.zeros(batch, *shape, dtype=torch.int64)
+        spikes [batch, C, H, W] the synapse delivers (None: nothing yet). Float32 holding exact integers
+        where `_float32` allows it, int64 otherwise."""
+        fast = self.exact_float32 and self._float32[target]
+        a = None
         for group in self._groups[target]:
             spikes = [spikes_of(syn) for syn in group.synapses]
-            if all(s is None or not s.any() for s in spikes):  # no spike, no current
+            if skip_silent and all(s is None or not s.any() for s in spikes):  # no spike, no current
                 continue
-            spikes = [torch.zeros(batch, *self._shape[syn.source], dtype=torch.bool)
+            spikes = [torch.zeros(batch, *self._shape[syn.source], dtype=torch.int32)
                       if s is None else s for s, syn in zip(spikes, group.synapses)]
-            out = group.current(spikes)
+            out = group.current(spikes, fast)
             first = group.synapses[0]
+            if a is None and first.out_offset == 0 and out.shape[1] == shape[0]:
+                a = out  # the first group covering every channel: no zeros to add it to
+                continue
+            if a is None:
+                a = torch.zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64)
             a[:, first.out_offset:first.out_offset + out.shape[1]] += out
-        return a
+        return torch.zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64) if a is None else a
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> SimRun:
@@ -267,32 +296,30 @@ class ChipSimulator:
         step t are the sources' spikes of step t, so the layer-major order computes exactly what the
         step-major order does, with one batched conv per synapse group instead of T."""
         batch, steps = a_host.shape[0], self.snn_steps
-        spikes = {}
-
-        def flat(syn):  # [T * B, C, H, W] spikes of the synapse's source
-            return spikes[syn.source].flatten(0, 1)
+        spikes = {}  # name -> float32 0/1 [T * B, C, H, W], the conv input of the consumers
 
         for p in self.populations:
             if p.host_input:
                 a_seq = a_host.expand(steps, *a_host.shape)
             else:
-                a_seq = self._sum(p.name, p.shape, steps * batch, flat).view(steps, batch, *p.shape)
+                a_seq = self._sum(p.name, p.shape, steps * batch, lambda syn: spikes[syn.source])
+                a_seq = a_seq.view(steps, batch, *p.shape)
             bias = self._bias(p, t)
-            u = v = torch.zeros(batch, *p.shape, dtype=torch.int64)
-            out = []
+            v = torch.zeros(batch, *p.shape, dtype=torch.int32)
+            out = torch.empty(steps, batch, *p.shape, dtype=torch.float32)
             for step in range(steps):
-                u, v, s = lif_step(u, v, a_seq[step], du=IF_DU, dv=IF_DV, vth=p.vth, bias=bias)
-                out.append(s)
-            spikes[p.name] = torch.stack(out)
-        readout = self._sum(READOUT, self.readout["shape"], steps * batch, flat)
-        return spikes, readout.view(steps, batch, *self.readout["shape"]), steps
+                v, out[step] = if_step(v, a_seq[step], vth=p.vth, bias=bias)
+            spikes[p.name] = out.flatten(0, 1)
+        readout = self._sum(READOUT, self.readout["shape"], steps * batch, lambda syn: spikes[syn.source])
+        trains = {p.name: spikes[p.name].view(steps, batch, *p.shape) for p in self.populations}
+        return trains, readout.long().view(steps, batch, *self.readout["shape"]), steps
 
     def _delayed(self, a_host, t):
         batch, steps = a_host.shape[0], self.snn_steps
         chip_steps = self.readout["depth"] + steps
-        state = {p.name: (torch.zeros(batch, *p.shape, dtype=torch.int64),) * 2 for p in self.populations}
+        v = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int32) for p in self.populations}
         bias = {p.name: self._bias(p, t) for p in self.populations}
-        zero_bias = torch.zeros(1, dtype=torch.int64)
+        zero_bias = torch.zeros(1, dtype=torch.int32)
         history: dict[str, list] = {p.name: [] for p in self.populations}  # spikes of every chip step so far
         readout = []
         for tau in range(chip_steps):
@@ -305,21 +332,19 @@ class ChipSimulator:
                 if p.host_input:  # direct connection to a_in: no synapse, no delay
                     a = a_host if tau < steps else torch.zeros_like(a_host)
                 else:
-                    a = self._sum(p.name, p.shape, batch, delivered)
+                    a = self._sum(p.name, p.shape, batch, delivered, skip_silent=True)
                 window = p.depth <= tau < p.depth + steps
-                u, v, s = lif_step(*state[p.name], a, du=IF_DU, dv=IF_DV, vth=p.vth,
-                                   bias=bias[p.name] if window else zero_bias)
+                v[p.name], s = if_step(v[p.name], a, vth=p.vth, bias=bias[p.name] if window else zero_bias)
                 if not window and s.any():
                     raise TimingError(f"population {p.name} spiked at chip step {tau}, outside its window "
                                       f"[{p.depth}, {p.depth + steps})")
-                state[p.name] = (u, v)
                 now[p.name] = s
             for name, s in now.items():
                 history[name].append(s)
             if tau >= self.readout["depth"]:
-                readout.append(self._sum(READOUT, self.readout["shape"], batch, delivered))
+                readout.append(self._sum(READOUT, self.readout["shape"], batch, delivered, skip_silent=True))
         spikes = {p.name: torch.stack(history[p.name][p.depth:p.depth + steps]) for p in self.populations}
-        return spikes, torch.stack(readout), chip_steps
+        return spikes, torch.stack(readout).long(), chip_steps
 
     def denoiser(self, mode: str = "zero_delay"):
         """eps = f(x_t, t) for the samplers of `sddpm.samplers`."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from simulators import fixed_point
 from simulators.fixed_point import (IF_DU, IF_DV, conv_synapse, dense_synapse, dense_weights, lif_step,
                                     scale_bias, wrap_signed)
 
@@ -184,3 +185,21 @@ def test_dense_synapse_shifts_the_sum_with_floor():
     assert dense_synapse(s, w, weight_exp=-2).tolist() == [[-1, -1], [2, 63], [0, -1]]
     assert dense_synapse(s, w, weight_exp=2).tolist() == [[-8, -8], [32, 1008], [8, -8]]
     assert dense_synapse(s[None], w).shape == (1, 3, 2)
+
+
+@pytest.mark.parametrize("scale", [1 << 10, 1 << 18, 1 << 26, 1 << 31])
+def test_if_step_is_lif_step_with_du_4095_dv_0(scale):
+    # The int32 fast path must equal the general int64 step for the IF setting, including inputs that
+    # wrap u (|a| >= 2^17), overflow `a << 6` in int32 (|a| >= 2^25) and saturate v.
+    gen = torch.Generator().manual_seed(scale % 1000)
+    shape = (3, 4, 5, 6)
+    u = v = torch.zeros(shape, dtype=torch.int64)
+    v32 = torch.zeros(shape, dtype=torch.int32)
+    vth = torch.randint(0, 1 << 17, (4, 1, 1), generator=gen)
+    bias = scale_bias(torch.randint(-4095, 4096, (4, 1, 1), generator=gen), 6)
+    for _ in range(12):
+        a = torch.randint(-scale, scale, shape, generator=gen)
+        u, v, s = lif_step(u, v, a, du=IF_DU, dv=IF_DV, vth=vth, bias=bias)
+        v32, s32 = fixed_point.if_step(v32, a, vth=vth, bias=bias)
+        assert s32.dtype == torch.int32 and torch.equal(s, s32.bool())
+        assert torch.equal(v, v32.long())
