@@ -1,0 +1,84 @@
+"""`sddpm compile` and `sddpm verify` end to end on a tiny checkpoint calibrated on scikit-learn digits."""
+import dataclasses
+import json
+
+import h5py
+import pytest
+
+from chip_helpers import firing_tiny_model
+from helpers import TINY, TINY_TRAIN
+from sddpm.checkpoint import save_checkpoint
+from sddpm.config import DiffusionConfig
+from sddpm.unet import ANNUNet
+from simulators.network import ChipSimulator
+from toolchain.cli import main
+
+SMALL = ["--calibration-batches", "1", "--calibration-batch-size", "4"]
+VERIFY = ["verify", "--steps", "2", "--batch-size", "2", "--ddim-steps", "4", "--json", *SMALL]
+# An untrained model's DDIM chain diverges: its late x_t lie far outside the calibrated range, and the
+# reference says so. The saturating and wrapping integers must still agree, which these tests check.
+DIVERGING_CHAIN = pytest.mark.filterwarnings("ignore::export.reference.ChipOverflowWarning")
+
+
+def _checkpoint(path: str, model) -> str:
+    # TINY_TRAIN names the dataset, so compile and verify calibrate on digits without --dataset
+    save_checkpoint(path, {"model_config": model.cfg.to_dict(), "diffusion_config": DiffusionConfig().to_dict(),
+                           "train_config": TINY_TRAIN.to_dict(), "step": 0, "model": model.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.pt"), firing_tiny_model())
+
+
+def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "net.h5")
+    assert main(["compile", "--checkpoint", checkpoint, "--out", out, "--threshold-factor", "0.997", *SMALL]) == 0
+    text = capsys.readouterr().out
+    sim = ChipSimulator.from_file(out)
+    assert sim.meta["threshold_factor"] == 0.997
+    for name in [p.name for p in sim.populations] + ["readout"]:
+        assert f"\n{name} " in text, name
+    assert f"{len(sim.populations)} populations, {len(sim.synapses)} synapses" in text
+    assert text.rstrip().endswith(f"chip network -> {out}")
+
+
+@DIVERGING_CHAIN
+def test_verify_reports_identical_runs_as_json(checkpoint, tmp_path, capsys):
+    chip = str(tmp_path / "net.h5")
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", chip]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identical"] is True and report["first_mismatch"] is None
+    assert report["steps_checked"] == 2 and len(report["eps_rel_l2"]) == 2 and len(report["diffusion_steps"]) == 2
+    assert report["chip_file"] == chip and report["mode"] == "delayed"
+
+
+@DIVERGING_CHAIN
+def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
+    read = ChipSimulator.from_file
+
+    def read_a_tampered_file(path):
+        with h5py.File(path, "r+") as h5:
+            weight = h5["synapses/000/weight"]
+            weight[...] = -weight[...]  # mantissas lie within +-127, so negating never wraps
+            target = h5["synapses/000"].attrs["target"]
+        found.append(target.decode() if isinstance(target, bytes) else target)
+        return read(path)
+
+    found = []
+    monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", str(tmp_path / "net.h5")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["identical"] is False
+    first = report["first_mismatch"]
+    # the simulator read a network whose first synapse is reversed: its target is the first to differ
+    assert first["population"] == found[0] and first["denoising_step"] == report["diffusion_steps"][0]
+    assert 0 <= first["snn_step"] < TINY.snn_steps and len(first["index"]) == 4
+
+
+def test_compiling_the_ann_twin_exits_2_with_the_reason(tmp_path, capsys):
+    path = _checkpoint(str(tmp_path / "ann.pt"), ANNUNet(dataclasses.replace(TINY, kind="ann")))
+    assert main(["compile", "--checkpoint", path, "--out", str(tmp_path / "net.h5"), *SMALL]) == 2
+    assert "the compiler maps SpikingUNet models, got ANNUNet" in capsys.readouterr().err
+    assert not (tmp_path / "net.h5").exists()

@@ -1,0 +1,196 @@
+"""The compiler: float rewrite of the U-Net into IF populations, refusal of unknown layers, quantization
+to the chip's integer ranges, and the overflow warning."""
+import copy
+import dataclasses
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from chip_helpers import digits_batches, firing_tiny_model
+from export.compiler import compile_model
+from export.graph import (Expr, FloatGraph, FloatPopulation, HostStages, Term, UnsupportedModelError, extract_graph,
+                          run_float)
+from export.quantize import Calibration, quantize, quantize_weight
+from export.reference import ChipOverflowWarning, run_reference
+from helpers import TINY, assert_close
+from sddpm.neuron import IF
+from sddpm.unet import ANNUNet, SpkResBlock
+from tolerances import FLOAT64_REWRITE_ATOL
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(model, calibration batches, chip network at threshold factor 1)."""
+    model, batches = firing_tiny_model(), digits_batches()
+    return model, batches, compile_model(model, batches)
+
+
+def _if_outputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """eps and the spike train of every IF module, captured by forward hooks in call order."""
+    spikes, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, IF):
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: spikes.__setitem__(name, out)))
+    try:
+        with torch.no_grad():
+            eps = model(x, t)
+    finally:
+        for h in hooks:
+            h.remove()
+    return eps, spikes
+
+
+def test_float_graph_reproduces_the_model_spike_for_spike():
+    model = firing_tiny_model().double()
+    graph = extract_graph(model)
+    # Every kind of analog path is rewritten: identity and 1x1 shortcuts, stride-2 and up-sampling convs.
+    assert {type(b.shortcut) for b in model.modules() if isinstance(b, SpkResBlock)} == {nn.Identity, nn.Conv2d}
+    terms = [term for p in graph.populations for term in p.current.terms]
+    assert {term.stride for term in terms} == {1, 2} and {term.upsample for term in terms} == {1, 2}
+
+    x, t = digits_batches()[0]  # a different diffusion step per image
+    assert len(set(t.tolist())) == len(t)
+    x = x.double()
+    eps, spikes = _if_outputs(model, x, t)
+    run = run_float(graph, x, t)
+    assert list(run.spikes) == list(spikes)  # one population per IF module, in the order the model calls them
+    for name, s in spikes.items():
+        assert 0.02 < float(s.mean()) < 0.8, f"{name} fires at {float(s.mean()):.3f}: the test would be vacuous"
+        assert torch.equal(run.spikes[name], s), name
+    assert_close(run.eps, eps, atol=FLOAT64_REWRITE_ATOL, what="eps of the float chip graph vs the model")
+
+
+@pytest.mark.parametrize("swap, named", [
+    (lambda m: setattr(m.downblocks[0], "bn1", nn.GroupNorm(2, 8)), "downblocks.0.bn1 (GroupNorm)"),
+    (lambda m: setattr(m.middleblocks[1], "shortcut", nn.Dropout(0.1)), "middleblocks.1.shortcut (Dropout)"),
+    (lambda m: setattr(m.upblocks[2], "neuron", nn.ReLU()), "upblocks.2.neuron (ReLU)"),
+])
+def test_an_unknown_layer_is_refused_by_name(swap, named):
+    model = firing_tiny_model()
+    swap(model)
+    with pytest.raises(UnsupportedModelError, match=re.escape(named)):
+        extract_graph(model)
+
+
+def test_the_ann_twin_is_refused():
+    model = ANNUNet(dataclasses.replace(TINY, kind="ann"))
+    with pytest.raises(UnsupportedModelError, match="the compiler maps SpikingUNet models, got ANNUNet"):
+        compile_model(model, digits_batches())
+
+
+def test_integers_fit_the_hardware_ranges(compiled):
+    net = compiled[2]
+    for syn in net.synapses:
+        where = f"{syn.source} -> {syn.target}"
+        # 8-bit signed mantissas, symmetric range: +-(2^7 - 1)
+        assert syn.weight.dtype == np.int8 and np.abs(syn.weight.astype(int)).max() <= 127, where
+        assert syn.weight_exp >= 0 and syn.delay >= 1, where
+    for pop in net.populations:
+        # 13-bit signed bias mantissas +-(2^12 - 1), 3-bit exponent, 17-bit unsigned threshold
+        assert np.abs(pop.bias_mant.astype(int)).max() <= 4095 and 0 <= pop.bias_exp <= 7, pop.name
+        assert 0 <= pop.vth <= 2 ** 17 - 1, pop.name
+
+
+def test_every_weight_is_rounded_to_the_nearest_step_of_the_smallest_exponent(compiled):
+    model, _, net = compiled
+    graph = extract_graph(copy.deepcopy(model).double())
+    scale = {p.name: p.scale for p in net.populations} | {"readout": net.readout.scale}
+    expected = [(term, p.name) for p in graph.populations for term in p.current.terms]
+    expected += [(term, "readout") for term in graph.readout.terms]
+    assert [(term.source, target) for term, target in expected] == [(s.source, s.target) for s in net.synapses]
+    for (term, target), syn in zip(expected, net.synapses):
+        ideal = term.weight.numpy() / scale[target]  # a-units
+        step = 2 ** syn.weight_exp
+        # rounding, never clipping: within half a step of the float weight
+        assert np.abs(syn.integer_weight() - ideal).max() <= step / 2, f"{syn.source} -> {target}"
+        # the exponent is the smallest that fits: with e - 1 the peak would exceed 127, so |mant| >= 64
+        assert syn.weight_exp == 0 or np.abs(syn.weight.astype(int)).max() >= 64, f"{syn.source} -> {target}"
+
+
+def _differences(a, b, where: str) -> list[str]:
+    """Paths at which two nested chip-network values differ (dataclasses, sequences, dicts, arrays)."""
+    if dataclasses.is_dataclass(a):
+        return [d for f in dataclasses.fields(a) for d in _differences(getattr(a, f.name), getattr(b, f.name),
+                                                                         f"{where}.{f.name}")]
+    if isinstance(a, (tuple, list)):
+        if len(a) != len(b):
+            return [where]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, dict):
+        if a.keys() != b.keys():
+            return [where]
+        return [d for k in a for d in _differences(a[k], b[k], f"{where}[{k!r}]")]
+    if isinstance(a, np.ndarray):
+        return [] if a.dtype == b.dtype and np.array_equal(a, b) else [where]
+    return [] if a == b else [where]
+
+
+def test_threshold_factor_moves_every_threshold_and_nothing_else(compiled):
+    model, batches, net = compiled
+    guided = compile_model(model, batches, threshold_factor=0.997)
+    assert guided.threshold_factor == 0.997
+    assert [p.name for p, q in zip(net.populations, guided.populations) if not q.vth < p.vth] == []
+    aligned = dataclasses.replace(guided, threshold_factor=net.threshold_factor, populations=tuple(
+        dataclasses.replace(q, vth=p.vth) for p, q in zip(net.populations, guided.populations)))
+    assert _differences(aligned, net, "net") == []
+
+
+@pytest.mark.parametrize("weight, scale, mantissas, exp", [
+    # /scale: [64, -128, 32]; the peak 128 > 127 needs e = ceil(log2(128 / 127)) = 1: [32, -64, 16]
+    ([0.5, -1.0, 0.25], 1 / 128, [32, -64, 16], 1),
+    # peak 100 <= 127: e = 0; round half to even: 2.5 -> 2, -1.5 -> -2
+    ([2.5, -1.5, 100.0], 1.0, [2, -2, 100], 0),
+    # e = ceil(log2(1000 / 127)) = ceil(2.98) = 3: 1000 / 8 = 125, -3 / 8 = -0.375 -> 0
+    ([1000.0, -3.0], 1.0, [125, 0], 3),
+    # peak exactly 2 * 127: e = log2(2) = 1, and the peak maps to 127 itself
+    ([254.0, 1.0], 1.0, [127, 0], 1),  # 1 / 2 = 0.5 -> 0 (half to even)
+    ([0.0, 0.0], 1.0, [0, 0], 0),
+])
+def test_quantize_weight_derived_by_hand(weight, scale, mantissas, exp):
+    mant, e = quantize_weight(torch.tensor(weight, dtype=torch.float64), scale)
+    assert mant.dtype == np.int8 and mant.tolist() == mantissas and e == exp
+
+
+def _one_population_graph() -> FloatGraph:
+    """A host-fed population of one neuron, threshold 1, read out by a 1x1 synapse of weight 1."""
+    shape = (1, 1, 1)
+    pop = FloatPopulation("p", shape, 1.0, Expr(shape), host_input=True)
+    readout = Expr(shape, (Term("p", torch.ones(1, 1, 1, 1, dtype=torch.float64), padding=0),))
+    return FloatGraph((pop,), readout, HostStages(torch.zeros(1, 1, 3, 3), torch.zeros(1)), snn_steps=1,
+                      diffusion_steps=1)
+
+
+@pytest.mark.parametrize("peak, factor, scale, vth", [
+    # peak 1: the range bound 2 * 1 / 2^17 is below the resolution bound 2^-12, so scale = 2^-12.
+    # v (a-units) spikes iff v * 2^-12 >= 1 iff v >= 4096 iff v > 4095 = ceil(4096) - 1.
+    (1.0, 1.0, 2 ** -12, 4095),
+    # factor 0.997: theta / scale = 4083.712; v >= 4083.712 iff v > 4083 = ceil(4083.712) - 1
+    (1.0, 0.997, 2 ** -12, 4083),
+    # peak 128: the range bound HEADROOM * 128 / 2^17 = 2^-9 wins; theta / scale = 512 -> vth 511
+    (128.0, 1.0, 2 ** -9, 511),
+    # 0.997 * 512 = 510.464: v = 511 a-units is 0.998 >= 0.997 and spikes, v = 510 is 0.9961 and does not
+    (128.0, 0.997, 2 ** -9, 510),
+])
+def test_integer_threshold_derived_by_hand(peak, factor, scale, vth):
+    calib = Calibration({"p": peak}, {"p": 0.0}, peak_readout=1.0, samples=1, diffusion_steps=(0,))
+    pop = quantize(_one_population_graph(), calib, TINY.to_dict(), threshold_factor=factor).populations[0]
+    assert (pop.scale, pop.vth) == (scale, vth)
+
+
+def test_input_outside_the_calibrated_range_warns_naming_the_population(compiled):
+    _, batches, net = compiled
+    x, t = batches[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChipOverflowWarning)
+        run_reference(net, x, t)  # the calibration data itself stays inside the 24-bit states
+    with pytest.warns(ChipOverflowWarning) as caught:
+        run_reference(net, 1000 * x, t)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("population neuron: the host saturated") for m in messages), messages
+    names = {p.name for p in net.populations}
+    for m in messages:
+        assert re.match(r"population (\S+):", m).group(1) in names, m
