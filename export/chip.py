@@ -179,7 +179,8 @@ def write_chip(path: str, net: ChipNetwork) -> None:
 
     Layout (format "sddpm-chip", version 1):
       /                attrs format, version, model_config (JSON), snn_steps, diffusion_steps, threshold_factor,
-                       neuron (JSON: du, dv, act_shift, vth_shift, state_bits), host_input_max
+                       neuron (JSON: du, dv, act_shift, vth_shift, state_bits), host_input_max,
+                       partition (JSON: what runs on the host and what on the chip)
       /populations/NNN attrs name, shape, scale, vth, bias_exp, depth, host_input; dataset bias_mant int16 [rows, C]
       /synapses/NNN    attrs source, target, weight_exp, stride, padding, upsample, out_offset, delay;
                        dataset weight int8 [C_out, C_in, k, k]
@@ -192,7 +193,8 @@ def write_chip(path: str, net: ChipNetwork) -> None:
         _attrs(h5, format=FORMAT, version=VERSION, model_config=json.dumps(net.model_config),
                snn_steps=net.snn_steps, diffusion_steps=net.diffusion_steps, threshold_factor=net.threshold_factor,
                neuron=json.dumps({"du": IF_DU, "dv": IF_DV, "act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
-                                  "state_bits": STATE_BITS}), host_input_max=HOST_INPUT_MAX)
+                                  "state_bits": STATE_BITS}), host_input_max=HOST_INPUT_MAX,
+               partition=json.dumps(net.partition()))
         pops = h5.create_group("populations")
         for i, p in enumerate(net.populations):
             g = pops.create_group(f"{i:03d}")

@@ -82,3 +82,20 @@ def test_compiling_the_ann_twin_exits_2_with_the_reason(tmp_path, capsys):
     assert main(["compile", "--checkpoint", path, "--out", str(tmp_path / "net.h5"), *SMALL]) == 2
     assert "the compiler maps SpikingUNet models, got ANNUNet" in capsys.readouterr().err
     assert not (tmp_path / "net.h5").exists()
+
+
+@DIVERGING_CHAIN
+def test_sample_on_the_simulator_gives_the_same_images_in_both_timings(checkpoint, tmp_path):
+    # Lava's timing and the zero-delay mode compute identical integers, so whole sampling chains agree.
+    import numpy as np
+
+    args = ["sample", "--checkpoint", checkpoint, "--backend", "sim", "--num-images", "2", "--steps", "3",
+            "--batch-size", "2", *SMALL]
+    images = {}
+    for mode in ("zero_delay", "delayed"):
+        out = str(tmp_path / mode)
+        assert main([*args, "--sim-mode", mode, "--out", out]) == 0
+        with np.load(f"{out}/samples.npz") as f:
+            images[mode] = f["images"]
+    assert images["zero_delay"].shape == (2, 1, 32, 32)
+    assert np.array_equal(images["zero_delay"], images["delayed"])
