@@ -65,7 +65,8 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sddpm",
-        description="Spiking denoising diffusion models (SDDPM): train, sample, and measure FID. "
+        description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
+                    "Loihi 2 and verify the chip network on a bit-accurate simulator. "
                     "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m sddpm ...`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
