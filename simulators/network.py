@@ -33,6 +33,13 @@ VERSIONS = (1,)
 READOUT = "readout"
 WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
 MODES = ("zero_delay", "delayed")
+# Every state, spike and current tensor of a run is channels-last (NHWC in memory): oneDNN's convolutions
+# are markedly faster on it, and elementwise work between tensors of one layout stays contiguous.
+CHANNELS_LAST = torch.channels_last
+
+
+def _zeros(*shape, dtype) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype, memory_format=CHANNELS_LAST).zero_()
 
 
 class ChipFileError(ValueError):
@@ -86,7 +93,8 @@ class SynapseGroup:
     @classmethod
     def of(cls, synapses: list[Synapse]) -> SynapseGroup:
         weight = torch.cat([s.weight for s in synapses], dim=1)
-        return cls(tuple(synapses), weight, weight.float(), int(weight.abs().flatten(1).sum(1).max()))
+        return cls(tuple(synapses), weight, weight.float().contiguous(memory_format=CHANNELS_LAST),
+                   int(weight.abs().flatten(1).sum(1).max()))
 
     def current(self, spikes: list[torch.Tensor], exact_float32: bool) -> torch.Tensor:
         """Output for the spikes each member delivers ([N, C_k, H, W] each), without delay.
@@ -263,7 +271,7 @@ class ChipSimulator:
             spikes = [spikes_of(syn) for syn in group.synapses]
             if skip_silent and all(s is None or not s.any() for s in spikes):  # no spike, no current
                 continue
-            spikes = [torch.zeros(batch, *self._shape[syn.source], dtype=torch.int32)
+            spikes = [_zeros(batch, *self._shape[syn.source], dtype=torch.int32)
                       if s is None else s for s, syn in zip(spikes, group.synapses)]
             out = group.current(spikes, fast)
             first = group.synapses[0]
@@ -271,9 +279,9 @@ class ChipSimulator:
                 a = out  # the first group covering every channel: no zeros to add it to
                 continue
             if a is None:
-                a = torch.zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64)
+                a = _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64)
             a[:, first.out_offset:first.out_offset + out.shape[1]] += out
-        return torch.zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64) if a is None else a
+        return _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64) if a is None else a
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> SimRun:
@@ -288,7 +296,7 @@ class ChipSimulator:
         if t.shape != (x.shape[0],) or int(t.min()) < 0 or int(t.max()) >= self.diffusion_steps:
             raise ValueError(f"t must be [B] diffusion steps in [0, {self.diffusion_steps})")
         run = self._zero_delay if mode == "zero_delay" else self._delayed
-        spikes, readout, chip_steps = run(self.host_input(x), t)
+        spikes, readout, chip_steps = run(self.host_input(x).contiguous(memory_format=CHANNELS_LAST), t)
         return SimRun(spikes, readout, self.eps_from_readout(readout, t), chip_steps)
 
     def _zero_delay(self, a_host, t):
@@ -305,19 +313,21 @@ class ChipSimulator:
                 a_seq = self._sum(p.name, p.shape, steps * batch, lambda syn: spikes[syn.source])
                 a_seq = a_seq.view(steps, batch, *p.shape)
             bias = self._bias(p, t)
-            v = torch.zeros(batch, *p.shape, dtype=torch.int32)
-            out = torch.empty(steps, batch, *p.shape, dtype=torch.float32)
+            v = _zeros(batch, *p.shape, dtype=torch.int32)
+            out = torch.empty(steps * batch, *p.shape, dtype=torch.float32, memory_format=CHANNELS_LAST)
+            out = out.view(steps, batch, *p.shape)
             for step in range(steps):
                 v, out[step] = if_step(v, a_seq[step], vth=p.vth, bias=bias)
             spikes[p.name] = out.flatten(0, 1)
         readout = self._sum(READOUT, self.readout["shape"], steps * batch, lambda syn: spikes[syn.source])
         trains = {p.name: spikes[p.name].view(steps, batch, *p.shape) for p in self.populations}
-        return trains, readout.long().view(steps, batch, *self.readout["shape"]), steps
+        return trains, readout.long().contiguous().view(steps, batch, *self.readout["shape"]), steps
 
     def _delayed(self, a_host, t):
         batch, steps = a_host.shape[0], self.snn_steps
         chip_steps = self.readout["depth"] + steps
-        v = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int32) for p in self.populations}
+        v = {p.name: _zeros(batch, *p.shape, dtype=torch.int32)
+             for p in self.populations}
         bias = {p.name: self._bias(p, t) for p in self.populations}
         zero_bias = torch.zeros(1, dtype=torch.int32)
         history: dict[str, list] = {p.name: [] for p in self.populations}  # spikes of every chip step so far
@@ -344,7 +354,7 @@ class ChipSimulator:
             if tau >= self.readout["depth"]:
                 readout.append(self._sum(READOUT, self.readout["shape"], batch, delivered, skip_silent=True))
         spikes = {p.name: torch.stack(history[p.name][p.depth:p.depth + steps]) for p in self.populations}
-        return spikes, torch.stack(readout).long(), chip_steps
+        return spikes, torch.stack(readout).long().contiguous(), chip_steps
 
     def denoiser(self, mode: str = "zero_delay"):
         """eps = f(x_t, t) for the samplers of `sddpm.samplers`."""
