@@ -130,7 +130,11 @@ class MembraneOutputLayer(nn.Module):
         return (x * coef).sum(0)
 
 
-def _check_inputs(cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor) -> None:
+def check_inputs(cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor) -> None:
+    """Raise InputError naming what is wrong with (x, t) for a model of configuration `cfg`."""
+    if torch.jit.is_tracing():
+        # A traced graph (the ONNX export) cannot hold Python-side checks; its loader runs them instead.
+        return
     expected = (cfg.img_ch, cfg.img_size, cfg.img_size)
     if x.dim() != 4 or tuple(x.shape[1:]) != expected:
         raise InputError(f"model input x must have shape [B, {expected[0]}, {expected[1]}, {expected[2]}], "
@@ -197,7 +201,7 @@ class SpikingUNet(nn.Module):
         init.zeros_(self.tail_conv.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _check_inputs(self.cfg, x, t)
+        check_inputs(self.cfg, x, t)
         steps, batch = self.timestep, x.shape[0]
         temb = self.time_embedding(t)
 
@@ -308,7 +312,7 @@ class ANNUNet(nn.Module):
         init.zeros_(self.tail[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        _check_inputs(self.cfg, x, t)
+        check_inputs(self.cfg, x, t)
         temb = self.time_embedding(t)
         h = self.head(x)
         hs = [h]

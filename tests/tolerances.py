@@ -12,3 +12,6 @@ SAMPLER_ATOL = 1e-4
 # The float64 chip graph against the float64 model: the same maths with BN folded and 1x1 convs multiplied
 # into 3x3 ones, i.e. summed in another order; ~1e-15 relative on eps of order 10, with a wide margin.
 FLOAT64_REWRITE_ATOL = 1e-10
+# onnxruntime against PyTorch, float32, where every spike agrees: the same maths, the convolutions summed in
+# another order; ~1e-6 on eps of order 1-10 (DESIGN.md's first rung of the verification ladder).
+ONNX_ATOL = 1e-4

@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, release, compile, verify, demo."""
+"""The `sddpm` command: train, sample, fid, release, compile, verify, export, demo."""
 from __future__ import annotations
 
 import argparse
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sddpm",
         description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
-                    "Loihi 2 and verify the chip network on a bit-accurate simulator. "
+                    "Loihi 2 and verify the chip network on a bit-accurate simulator; export the float denoiser "
+                    "(ONNX). "
                     "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m sddpm ...`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -162,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip-out", default="out/chip/network.h5", help="where the exported file is written")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
+
+    p = sub.add_parser("export", help="export a checkpoint's float denoiser (ONNX) and check the file against PyTorch",
+                       description="Write the float denoiser eps = f(x_t, t) of a checkpoint (a SpikingUNet with its "
+                                   "T SNN steps unrolled, or the ANN twin) to an interchange format, atomically, then "
+                                   "run the file on noisy training images and compare it with PyTorch. onnx: inputs "
+                                   "x float32 [batch, C, H, W] and t int64 [batch], output eps float32 [batch, C, H, "
+                                   "W], metadata naming the model configuration; run with onnxruntime and compared "
+                                   "image by image and spike by spike. Exit status 1 if the file disagrees beyond "
+                                   "float32 rounding.")
+    p.add_argument("--format", required=True, choices=sorted(EXPORTERS),
+                   help="onnx: the float denoiser for onnxruntime or any other ONNX runtime")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--out", help="file to write (default: out/export/<checkpoint name>.<format>)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    g = p.add_argument_group("check (the written file against PyTorch)")
+    g.add_argument("--dataset", help="noisy images of this dataset (default: the checkpoint's training dataset)")
+    g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    g.add_argument("--check-images", type=int, default=16,
+                   help="images, t spread over all diffusion steps (default: %(default)s)")
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
@@ -343,6 +363,53 @@ def cmd_verify(args) -> int:
     return 0 if report.identical else 1
 
 
+def cmd_export(args) -> int:
+    from sddpm.checkpoint import load_model
+
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
+    name = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    return EXPORTERS[args.format](args, loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"))
+
+
+def _export_onnx(args, loaded, path: str) -> int:
+    from export.compiler import calibration_batches
+    from export.onnx_export import OPSET, compare_onnx, export_onnx
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+
+    export_onnx(loaded.model, path)
+    cfg = loaded.model_config
+    image = f"[batch, {cfg.img_ch}, {cfg.img_size}, {cfg.img_size}]"
+    print(f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 [batch] -> "
+          f"eps float32 {image}")
+    dataset = _calibration_dataset(args, loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images)
+    report = compare_onnx(loaded.model, path, x, t)
+    print(f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:")
+    print(format_onnx_comparison(report, t))
+    return 0 if report.ok else 1
+
+
+def format_onnx_comparison(report, t) -> str:
+    """Agreement of eps on the images with identical spikes, and each image whose spikes differ."""
+    from export.onnx_export import ONNX_ATOL, TIE_ATOL
+
+    same = len(report.eps_diff) - len(report.flips)
+    images = (f"{same} images with identical spike trains ({report.spikes_compared:,} neuron-steps each)"
+              if report.spikes_compared else f"{same} images (no spiking layers)")
+    lines = [f"  {images}: max |eps diff| {report.same_spikes_max_abs_diff:.2e} (tolerance {ONNX_ATOL:.0e})"]
+    for f in report.flips:
+        kind = "a float32 tie" if f.is_tie else f"NOT a tie (membranes more than {TIE_ATOL:.0e} apart)"
+        lines.append(f"  image {f.image} (t={int(t[f.image])}): first differing spike {f.population}, SNN step "
+                     f"{f.snn_step}, (c, y, x) = {f.index}: h - threshold {f.z_torch:.2e} (PyTorch) vs "
+                     f"{f.z_onnx:.2e} (onnxruntime), {kind}; its eps differs by {report.eps_diff[f.image]:.2e}")
+    verdict = "DISAGREES" if not report.ok else "agrees" + (
+        ": every larger difference follows a spike flipped at a float32 tie" if report.flips else "")
+    lines.append(f"  max |eps diff| over all images: {report.max_abs_diff:.2e} -> {verdict}")
+    return "\n".join(lines)
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -386,8 +453,10 @@ def cmd_release(args) -> None:
           f"{os.path.getsize(args.out) / 2**20:.1f} MiB")
 
 
+# `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
+EXPORTERS = {"onnx": _export_onnx}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "demo": cmd_demo}
+            "verify": cmd_verify, "export": cmd_export, "demo": cmd_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
