@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, release, compile, verify, export, demo."""
+"""The `sddpm` command: train, sample, fid, release, compile, verify, export, energy, demo."""
 from __future__ import annotations
 
 import argparse
@@ -63,11 +63,13 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.energy import LOIHI_DAVIES_2018
+
     parser = argparse.ArgumentParser(
         prog="sddpm",
         description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
-                    "Loihi 2 and verify the chip network on a bit-accurate simulator; export the float denoiser "
-                    "(ONNX). "
+                    "Loihi 2, verify the chip network on a bit-accurate simulator and count its operations and "
+                    "energy; export the float denoiser (ONNX). "
                     "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m sddpm ...`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -182,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
     g.add_argument("--check-images", type=int, default=16,
                    help="images, t spread over all diffusion steps (default: %(default)s)")
+
+    p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
+                                      "chip network; energy per step and per image against the ANN twin",
+                       description="Compile a checkpoint, run the bit-accurate simulator on --steps denoising steps "
+                                   "spread over a float DDIM chain from seeded noise, and count exactly, per "
+                                   "population, the spikes and the synaptic operations (SOPs: spikes x fan-out) of "
+                                   "its outgoing synapses, plus neuron updates and the host's MACs. Prints them per "
+                                   "denoising step of one image with the energy of a step and of a generated image "
+                                   "(DDPM 1000, DDIM 100 and DDIM 50 steps) under the paper's 45 nm model and a "
+                                   "Loihi-style model, against the ANN twin of the same configuration.")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps to count (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of the chip network")
+    p.add_argument("--chip-out", default="out/chip/network.h5", help="where the chip network file is written")
+    g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
+    g.add_argument("--loihi-sop-pj", type=float, default=LOIHI_DAVIES_2018.sop_pj,
+                   help="energy per synaptic operation, pJ (default: %(default)s)")
+    g.add_argument("--loihi-update-pj", type=float, default=LOIHI_DAVIES_2018.update_pj,
+                   help="energy per neuron update inside its window, pJ (default: %(default)s)")
+    g.add_argument("--loihi-idle-update-pj", type=float, default=LOIHI_DAVIES_2018.idle_update_pj,
+                   help="energy per idle neuron update, pJ (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
@@ -363,6 +391,82 @@ def cmd_verify(args) -> int:
     return 0 if report.identical else 1
 
 
+def cmd_energy(args) -> None:
+    import dataclasses
+
+    import torch
+
+    from export.energy import ENERGY_MODELS, LOIHI_DAVIES_2018, ann_operations, count_forward, summarize
+    from sddpm.checkpoint import load_model
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from simulators.network import ChipSimulator
+    from toolchain.verify import chain_states
+
+    loaded = load_model(args.checkpoint)
+    model, cfg = loaded.model.eval(), loaded.model_config
+    net = _compile(args, loaded, args.threshold_factor, args.chip_out)
+    sim = ChipSimulator.from_file(args.chip_out)
+    model_denoiser(model, args.threshold_factor)
+    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
+                      generator=torch.Generator().manual_seed(args.seed))
+    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, args.ddim_steps, args.steps)
+    runs = [count_forward(net, sim.run(x, t).spike_trains) for x, t in states]
+    loihi = dataclasses.replace(LOIHI_DAVIES_2018, sop_pj=args.loihi_sop_pj, update_pj=args.loihi_update_pj,
+                                idle_update_pj=args.loihi_idle_update_pj)
+    report = summarize(runs, ann_operations(cfg), tuple(loihi if m is LOIHI_DAVIES_2018 else m for m in ENERGY_MODELS))
+    report.update(checkpoint=args.checkpoint, chip_file=args.chip_out, ddim_chain=args.ddim_steps,
+                  images=args.batch_size, denoising_steps=[int(t[0]) for _, t in states],
+                  threshold_factor=args.threshold_factor)
+    print(json.dumps(report) if args.json else format_energy(report))
+
+
+def _si(value: float, unit: str) -> str:
+    """3 significant digits with an SI prefix: 1.23e-5 J -> '12.3 uJ'."""
+    for prefix, scale in (("", 1.0), ("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def format_energy(report: dict) -> str:
+    """The counts of `export.energy.summarize` and the energies as terminal tables."""
+    steps = report["denoising_steps"]
+    lines = [f"one denoising step of one image, T = {report['snn_steps']}: mean over {len(steps)} denoising steps (t = "
+             f"{', '.join(map(str, steps))}) of a DDIM-{report['ddim_chain']} chain of {report['images']} images",
+             f"{'population':<24} {'neurons':>9} {'rate':>7} {'spikes':>12} {'SOPs (outgoing)':>16}"]
+    for p in report["populations"]:
+        lines.append(f"{p['name']:<24} {p['neurons']:>9,} {p['firing_rate']:>7.3f} {p['spikes']:>12,.0f} "
+                     f"{p['sops']:>16,.0f}")
+    step, neurons = report["per_denoising_step"], sum(p["neurons"] for p in report["populations"])
+    rate = step["spikes"] / (neurons * report["snn_steps"])
+    lines.append(f"{'all ' + str(len(report['populations'])) + ' populations':<24} {neurons:>9,} {rate:>7.3f} "
+                 f"{step['spikes']:>12,.0f} {step['sops']:>16,.0f}")
+    host = step["host_macs"]
+    lines += [
+        f"SOPs per SNN step: {', '.join(f'{v:,.0f}' for v in step['sops_per_snn_step'])}",
+        f"neuron updates: {step['neuron_updates']:,} in the windows (neurons x T), {step['idle_neuron_updates']:,} "
+        f"idle at the other chip steps of Lava's timing ({report['chip_steps']} per denoising step)",
+        f"host MACs: {sum(host.values()):,} ({', '.join(f'{k} {v:,}' for k, v in host.items())}); time embedding "
+        f"{step['time_embedding_macs']:,} (compiled into bias tables: not priced)",
+        f"ANN twin MACs: {report['ann']['macs']:,} (time embedding {report['ann']['time_embedding_macs']:,}, not "
+        "priced)", ""]
+    samplers = list(next(iter(report["energy"].values()))["snn"]["per_image_j"])
+    lines.append(f"{'energy model':<34} {'per step':>10} " + " ".join(f"{s:>10}" for s in samplers))
+    notes = []
+    for name, e in report["energy"].items():
+        c = e["constants_pj"]
+        label = name if e["confirmed"] else name + " *"
+        for who, kind in ((f"{label}: SNN", "snn"), ("  ANN twin", "ann")):
+            joules = e[kind]
+            lines.append(f"{who:<34} {_si(joules['per_denoising_step_j']['total'], 'J'):>10} "
+                         + " ".join(f"{_si(joules['per_image_j'][s], 'J'):>10}" for s in samplers))
+        lines.append(f"{'  SNN / ANN':<34} {e['snn_over_ann']:>10.3f}")
+        notes.append(f"{label}: {c['mac_pj']:g} pJ per MAC, {c['sop_pj']:g} pJ per SOP, {c['update_pj']:g} / "
+                     f"{c['idle_update_pj']:g} pJ per neuron update / idle update; {e['source']}")
+    return "\n".join(lines + [""] + notes)
+
+
 def cmd_export(args) -> int:
     from sddpm.checkpoint import load_model
 
@@ -456,7 +560,7 @@ def cmd_release(args) -> None:
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
 EXPORTERS = {"onnx": _export_onnx}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "export": cmd_export, "demo": cmd_demo}
+            "verify": cmd_verify, "export": cmd_export, "energy": cmd_energy, "demo": cmd_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

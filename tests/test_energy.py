@@ -1,0 +1,240 @@
+"""Energy accounting: the paper's ANN baseline, synaptic-operation counts derived by hand and by brute force,
+the counts of a compiled network, the energy formula, and `sddpm energy`."""
+import dataclasses
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chip_helpers import digits_batches, firing_tiny_model
+from export.chip import write_chip
+from export.compiler import compile_model
+from export.energy import (LOIHI_DAVIES_2018, PAPER_45NM, SAMPLERS, Operations, ann_macs, ann_operations,
+                           count_forward, energy, fanout_map, is_time_embedding, per_image, synapse_sops)
+from helpers import TINY, TINY_TRAIN
+from sddpm.checkpoint import save_checkpoint
+from sddpm.config import PRESETS, DiffusionConfig
+from simulators.network import ChipSimulator
+from toolchain.cli import main
+
+PAPER_ANN_MJ = 29.23  # SDM Tab. 4: DDPM-ANN on CIFAR-10, one forward pass of one image at 4.6 pJ per MAC
+
+
+def _conv(c_in: int, c_out: int, size: int, k: int = 3) -> int:
+    return k * k * c_in * c_out * size * size
+
+
+def _ddpm_unet_macs(ch: int, ch_mult: tuple[int, ...], res_blocks: int, size: int, img_ch: int) -> int:
+    """Conv MACs of the attention-free DDPM U-Net, walked from its layout (not from our modules)."""
+    total, skips, now = _conv(img_ch, ch, size), [ch], ch  # input conv
+    for level, mult in enumerate(ch_mult):
+        for _ in range(res_blocks):  # conv1, conv2, 1x1 shortcut where the width changes
+            total += _conv(now, ch * mult, size) + _conv(ch * mult, ch * mult, size)
+            total += _conv(now, ch * mult, size, k=1) if now != ch * mult else 0
+            now = ch * mult
+            skips.append(now)
+        if level != len(ch_mult) - 1:
+            size //= 2
+            total += _conv(now, now, size)  # stride-2 conv: its output grid
+            skips.append(now)
+    total += 4 * _conv(now, now, size)  # two middle res blocks
+    for level, mult in reversed(list(enumerate(ch_mult))):
+        for _ in range(res_blocks + 1):  # each reads the concatenation with a skip
+            c_in = skips.pop() + now
+            total += _conv(c_in, ch * mult, size) + _conv(ch * mult, ch * mult, size)
+            total += _conv(c_in, ch * mult, size, k=1) if c_in != ch * mult else 0
+            now = ch * mult
+        if level != 0:
+            size *= 2
+            total += _conv(now, now, size)  # nearest up-sampling, then a conv on the larger grid
+    return total + _conv(now, img_ch, size)  # output conv
+
+
+def test_the_cifar10_ann_costs_the_papers_29_23_mj_per_forward_pass():
+    # CIFAR-10 DDPM U-Net: ch 128, ch_mult (1, 2, 2, 4), 2 res blocks, 32x32, no attention. Conv MACs =
+    # 9 C_in C_out H W (1x1 shortcuts: C_in C_out H W); in millions, per level:
+    #   input conv 3 -> 128 at 32^2                                                        3.5
+    #   down 0 (32^2, 128): 4 convs 128->128 (151.0 each) + stride-2 conv to 16^2 (37.7)  641.7
+    #   down 1 (16^2, 256): 128->256 (75.5 + 151.0 + shortcut 8.4), 256->256 (2 x 151.0),
+    #                       stride-2 conv to 8^2 (37.7)                                     574.6
+    #   down 2 (8^2, 256): 4 x 37.7 + stride-2 conv to 4^2 (9.4)                           160.4
+    #   down 3 (4^2, 512): 256->512 (18.9 + 37.7 + 2.1), 512->512 (2 x 37.7)              134.2
+    #   middle (4^2, 512): 4 x 37.7                                                        151.0
+    #   up 3 (4^2, 512; inputs 1024, 1024, 768): 2 x (75.5 + 37.7 + 8.4) + (56.6 + 37.7 + 6.3),
+    #                       up-sampling conv 512 at 8^2 (151.0)                             494.9
+    #   up 2 (8^2, 256; inputs 768, 512, 512): (113.2 + 37.7 + 12.6) + 2 x (75.5 + 37.7 + 8.4),
+    #                       up-sampling conv 256 at 16^2 (151.0)                            557.8
+    #   up 1 (16^2, 256; inputs 512, 512, 384): 2 x (302.0 + 151.0 + 33.6) + (226.5 + 151.0 + 25.2),
+    #                       up-sampling conv 256 at 32^2 (604.0)                            1979.7
+    #   up 0 (32^2, 128; inputs 384, 256, 256): (453.0 + 151.0 + 50.3) + 2 x (302.0 + 151.0 + 33.6)  1627.4
+    #   output conv 128 -> 3 at 32^2                                                        3.5
+    # Sum 6328.9 M MACs x 4.6 pJ = 29.11 mJ: 0.4 % below the paper's 29.23 mJ, so Tab. 4 is one forward pass
+    # (one denoising step) of one image. The time-embedding MLP and projections (3.8 M MACs) are reported
+    # apart; with them it would be 29.13 mJ.
+    cfg = dataclasses.replace(PRESETS["cifar10"], kind="ann")
+    expected = _ddpm_unet_macs(128, (1, 2, 2, 4), 2, 32, 3)
+    assert expected == 6_328_942_592
+    macs = ann_macs(cfg)
+    convs = sum(v for k, v in macs.items() if not is_time_embedding(k))
+    assert convs == expected
+    # MLP 128 -> 512 -> 512, and a 512 -> width projection in each res block: 5 of width 128, 10 of 256, 7 of 512
+    assert sum(v for k, v in macs.items() if is_time_embedding(k)) == 128 * 512 + 512 * 512 + 512 * (
+        5 * 128 + 10 * 256 + 7 * 512)
+    ops = ann_operations(cfg)
+    assert ops.macs == convs and ops.sops == 0
+    mj = energy(ops, PAPER_45NM)["total"] * 1e3
+    assert abs(mj - PAPER_ANN_MJ) / PAPER_ANN_MJ < 0.01, mj
+
+
+def _one_spike(c_in: int, h: int, w: int, y: int, x: int) -> torch.Tensor:
+    spikes = torch.zeros(1, 1, c_in, h, w)
+    spikes[0, 0, c_in - 1, y, x] = 1
+    return spikes
+
+
+@pytest.mark.parametrize("geometry, position, fanout", [
+    # 3x3, padding 1, stride 1 on 4x4: a spike reaches the outputs whose 3x3 window covers it.
+    ((1, 1, 1), (0, 0), 2 * 2),  # corner: output rows {0, 1} x columns {0, 1}
+    ((1, 1, 1), (0, 2), 2 * 3),  # top edge: rows {0, 1} x columns {1, 2, 3}
+    ((1, 1, 1), (1, 2), 3 * 3),  # inside: the whole kernel
+    # stride 2, padding 1 on 4x4 -> 2x2: output y reads input rows 2y-1..2y+1, i.e. {-1, 0, 1} and {1, 2, 3}
+    ((2, 1, 1), (0, 0), 1 * 1),  # row 0 is read by output 0 only
+    ((2, 1, 1), (1, 1), 2 * 2),  # row 1 by outputs 0 and 1
+    ((2, 1, 1), (1, 2), 2 * 1),  # column 2 by output 1 only
+    ((2, 1, 1), (3, 3), 1 * 1),
+    # nearest up-sampling x2 then 3x3, padding 1 on 4x4 -> 8x8: input row y becomes rows {2y, 2y+1}, read by
+    # outputs 2y-1..2y+2 (distinct outputs: the two copies share two of them)
+    ((1, 1, 2), (1, 2), 4 * 4),  # inside: outputs 1..4 x 3..6
+    ((1, 1, 2), (0, 1), 3 * 4),  # top edge: outputs 0..2 (row -1 is off the grid) x 1..4
+    ((1, 1, 2), (3, 3), 3 * 3),  # corner: outputs 5..7 x 5..7
+    # no padding, 3x3, stride 1 on 4x4 -> 2x2: output y reads rows y..y+2
+    ((1, 0, 1), (0, 0), 1 * 1),
+    ((1, 0, 1), (1, 2), 2 * 2),
+])
+def test_the_fanout_of_a_single_spike_is_derived_by_hand(geometry, position, fanout):
+    stride, padding, upsample = geometry
+    c_out, c_in = 5, 3  # every output channel is reached, whatever the input channel
+    sops = synapse_sops(_one_spike(c_in, 4, 4, *position), (c_out, c_in, 3, 3), stride, padding, upsample)
+    assert sops.dtype == torch.int64 and sops.shape == (1, 1)
+    assert int(sops) == c_out * fanout
+
+
+def _brute_force_sops(spikes: torch.Tensor, weight_shape, stride: int, padding: int, upsample: int) -> int:
+    """For every spike, the set of (output channel, output position) pairs that some weight entry connects it to,
+    through any of its up-sampled copies."""
+    c_out, _, k_h, k_w = weight_shape
+    h_up, w_up = spikes.shape[-2] * upsample, spikes.shape[-1] * upsample
+    h_out, w_out = (h_up + 2 * padding - k_h) // stride + 1, (w_up + 2 * padding - k_w) // stride + 1
+    total = 0
+    for _, _, _, y, x in torch.nonzero(spikes).tolist():
+        reached = set()
+        for o, out_y, out_x, i, j in itertools.product(range(c_out), range(h_out), range(w_out), range(k_h),
+                                                       range(k_w)):
+            row, col = out_y * stride - padding + i, out_x * stride - padding + j  # in the up-sampled map
+            if 0 <= row < h_up and 0 <= col < w_up and (row // upsample, col // upsample) == (y, x):
+                reached.add((o, out_y, out_x))
+        total += len(reached)
+    return total
+
+
+@pytest.mark.parametrize("kernel, stride, padding, upsample, size", [
+    (3, 1, 1, 1, (5, 6)), (3, 2, 1, 1, (7, 6)), (3, 1, 1, 2, (3, 4)), (1, 1, 0, 1, (4, 5)), (3, 1, 0, 1, (5, 5)),
+    (3, 2, 1, 2, (3, 3)),
+])
+def test_sops_equal_a_brute_force_count_of_every_spike(kernel, stride, padding, upsample, size):
+    gen = torch.Generator().manual_seed(kernel * 100 + stride * 10 + upsample)
+    shape = (3, 4, kernel, kernel)
+    spikes = (torch.rand(2, 2, 4, *size, generator=gen) < 0.3).float()  # [T, B, C_in, H, W]
+    sops = synapse_sops(spikes, shape, stride, padding, upsample)
+    for step, image in itertools.product(range(2), range(2)):
+        one = spikes[step:step + 1, image:image + 1]
+        assert int(sops[step, image]) == _brute_force_sops(one, shape, stride, padding, upsample), (step, image)
+        if upsample == 1:  # one tap per (spike, output): the summed conv of the spikes with an all-ones kernel
+            ones = F.conv2d(one[0], torch.ones(shape), stride=stride, padding=padding)
+            assert int(sops[step, image]) == int(ones.sum())
+
+
+def test_the_fanout_map_is_the_kernel_clipped_at_the_borders():
+    assert fanout_map((1, 1, 3, 3), (3, 3), 1, 1, 1).tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+
+
+@pytest.fixture(scope="module")
+def tiny_counts(tmp_path_factory):
+    """The TINY network compiled, and the counts of one forward pass of 3 images on the simulator."""
+    batches = digits_batches(batches=2, batch_size=3)
+    net = compile_model(firing_tiny_model(), batches[:1])
+    path = str(tmp_path_factory.mktemp("chip") / "network.h5")
+    write_chip(path, net)
+    trains = ChipSimulator.from_file(path).run(*batches[1]).spike_trains
+    return net, trains, count_forward(net, trains)
+
+
+def test_counts_of_the_tiny_network_add_up_and_are_integers(tiny_counts):
+    net, trains, counts = tiny_counts
+    steps, batch = net.snn_steps, 3
+    assert [p.name for p in counts.populations] == [p.name for p in net.populations]
+    assert len(counts.synapses) == len(net.synapses)
+    for c in counts.synapses:
+        assert c.sops.dtype == torch.int64 and c.sops.shape == (steps, batch)
+    total = counts.sops
+    assert torch.equal(total, sum(c.sops for c in counts.synapses))
+    assert torch.equal(total, sum(p.sops for p in counts.populations))  # each synapse leaves one population
+    assert int(total.min()) > 0
+    for p in counts.populations:
+        assert p.spikes.dtype == torch.int64
+        assert torch.equal(p.spikes, trains[p.name].sum((2, 3, 4)).long())
+    assert counts.neurons == sum(c * h * w for c, h, w in (p.shape for p in net.populations))
+    assert counts.neuron_updates == counts.neurons * steps
+    assert counts.idle_updates == counts.neurons * (net.steps_per_denoising_step - steps)
+    # TINY: host conv 1 -> 8 channels, tail conv 8 -> 1 and time conv 1 -> 1 at every SNN step, 3x3 on 32x32
+    assert counts.host_macs == {"head_conv": 9 * 1 * 8 * 1024, "tail_conv": 9 * 8 * 1 * 1024 * steps,
+                                "time_conv": 9 * 1 * 1 * 1024 * steps}
+    # time embedding of ch 8 (tdim 32): MLP 8x32 + 32x32, one projection per res block (widths 8, 16, 16, 16,
+    # then up 16, 16, 8, 8)
+    assert counts.time_embedding_macs == 8 * 32 + 32 * 32 + 32 * (8 + 16 + 16 + 16 + 16 + 16 + 8 + 8)
+
+
+def test_the_energy_of_a_forward_pass_and_of_an_image():
+    ops = Operations(macs=1000, sops=2e6, updates=300, idle_updates=4000, time_embedding_macs=77)
+    paper = energy(ops, PAPER_45NM)
+    assert paper["total"] == pytest.approx(1000 * 4.6e-12 + 2e6 * 0.9e-12)  # neuron updates are free there
+    loihi = energy(ops, LOIHI_DAVIES_2018)
+    assert loihi["total"] == pytest.approx(1000 * 4.6e-12 + 2e6 * 23.6e-12 + 300 * 81e-12 + 4000 * 52e-12)
+    assert not LOIHI_DAVIES_2018.confirmed and "UNCONFIRMED" in LOIHI_DAVIES_2018.source
+    assert per_image(2.0) == {"DDPM 1000": 2000.0, "DDIM 100": 200.0, "DDIM 50": 100.0}
+    assert set(SAMPLERS) == set(per_image(1.0))
+
+
+@pytest.mark.filterwarnings("ignore::export.reference.ChipOverflowWarning")  # an untrained model's chain diverges
+def test_sddpm_energy_counts_a_chain_on_the_simulator(tmp_path, capsys):
+    ckpt = str(tmp_path / "tiny.pt")
+    model = firing_tiny_model()
+    save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "diffusion_config": DiffusionConfig().to_dict(),
+                           "train_config": TINY_TRAIN.to_dict(), "step": 0, "model": model.state_dict()})
+    chip = str(tmp_path / "net.h5")
+    common = ["energy", "--checkpoint", ckpt, "--chip-out", chip, "--steps", "2", "--ddim-steps", "4",
+              "--batch-size", "2", "--calibration-batches", "1", "--calibration-batch-size", "4"]
+    assert main([*common, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    sim = ChipSimulator.from_file(chip)
+    assert [p["name"] for p in report["populations"]] == [p.name for p in sim.populations]
+    assert report["forward_passes"] == 4 and report["images"] == 2 and len(report["denoising_steps"]) == 2
+    step = report["per_denoising_step"]
+    assert step["sops"] == pytest.approx(sum(p["sops"] for p in report["populations"]))
+    assert step["sops"] == pytest.approx(sum(step["sops_per_snn_step"]))
+    assert report["ann"]["macs"] == ann_operations(TINY).macs
+    paper = report["energy"]["paper-45nm"]
+    expected = sum(step["host_macs"].values()) * 4.6e-12 + step["sops"] * 0.9e-12
+    assert paper["snn"]["per_denoising_step_j"]["total"] == pytest.approx(expected)
+    assert paper["snn"]["per_image_j"]["DDPM 1000"] == pytest.approx(1000 * expected)
+    assert report["energy"]["loihi-davies2018"]["confirmed"] is False
+
+    assert main([*common, "--loihi-sop-pj", "10"]) == 0
+    text = capsys.readouterr().out
+    for p in report["populations"]:
+        assert f"\n{p['name']} " in text
+    for name in ("DDPM 1000", "DDIM 100", "DDIM 50", "paper-45nm", "loihi-davies2018 *", "ANN twin", "UNCONFIRMED"):
+        assert name in text
+    assert "10 pJ per SOP" in text
