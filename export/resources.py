@@ -1,0 +1,141 @@
+"""Loihi 2 resources of a chip network: neurons, synapses, neuro cores and chips.
+
+Per chip population (and the readout, whose non-spiking compartments also live on the chip):
+  neurons         compartments, C x H x W
+  synapses        of its incoming synapses, counted two ways:
+                    shared  unique weights: the weight tensors' sizes (convolutional weight sharing)
+                    dense   every (input neuron, output neuron) pair a synapse connects: per synapse, C_in x the sum
+                            over input positions of the fan-out (`export.energy.fanout_map`), exact at borders,
+                            strides and up-sampling; what a dense or sparse matrix per synapse would store
+  input axons     source neurons of its incoming synapses (one axon per source neuron and synapse)
+Cores of a population: max(ceil(neurons / neurons per core), ceil(synapse bytes / synaptic memory per core)), for
+each way of counting synapses; the larger term is what bounds it. The memory term is a lower bound: it prices each
+synapse at its weight bits alone (no index or routing overhead) and assumes weights are split across the cores of
+a population without copies. Chips: max(ceil(cores / cores per chip), ceil(synapses / synapses per chip)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .chip import READOUT, WEIGHT_BITS, ChipNetwork
+from .energy import fanout_map
+
+
+@dataclass(frozen=True)
+class Loihi2Limits:
+    """Per-core and per-chip capacities of Loihi 2; `SOURCES` says where each comes from."""
+    cores_per_chip: int = 128
+    neurons_per_core: int = 8192
+    synapses_per_chip: int = 120_000_000
+    synaptic_memory_bytes_per_core: int = 192 * 1024
+    bits_per_synapse: int = WEIGHT_BITS
+
+    @property
+    def synapses_per_core(self) -> int:
+        """Synapses that fit in one core's synaptic memory at `bits_per_synapse` each."""
+        return self.synaptic_memory_bytes_per_core * 8 // self.bits_per_synapse
+
+
+# field -> (source, confirmed). Confirmed means stated in research/paper.md section 6 (itself quoting
+# open-neuromorphic.org's Loihi 2 page) or in this project's own format.
+SOURCES = {
+    "cores_per_chip": ("128 neuro cores per chip: research/paper.md section 6 (open-neuromorphic.org, Loihi 2)", True),
+    "neurons_per_core": ("up to 1 M neurons per chip over 128 cores = 8,192 per core: research/paper.md section 6 "
+                         "(open-neuromorphic.org, Loihi 2)", True),
+    "synapses_per_chip": ("up to 120 M synapses per chip: research/paper.md section 6 (open-neuromorphic.org, "
+                          "Loihi 2)", True),
+    "synaptic_memory_bytes_per_core": ("192 KiB: UNCONFIRMED, not in research/; the figure to check is Intel Labs, "
+                                       "'Taking Neuromorphic Computing to the Next Level with Loihi 2', technology "
+                                       "brief 2021, Table 1", False),
+    "bits_per_synapse": ("8-bit weight mantissas of the chip format (export/chip.py WEIGHT_BITS); index and "
+                         "routing bits not counted", True),
+}
+LOIHI2 = Loihi2Limits()
+assert set(SOURCES) == {f.name for f in fields(Loihi2Limits)}
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One synapse into a population, as its geometry: weights [C_out, C_in, k, k] read a source of in_hw."""
+    weight_shape: tuple[int, int, int, int]
+    in_hw: tuple[int, int]
+    stride: int
+    padding: int
+    upsample: int
+
+
+@dataclass(frozen=True)
+class PopulationResources:
+    name: str
+    neurons: int
+    synapses_shared: int
+    synapses_dense: int
+    input_axons: int
+
+    def cores(self, limits: Loihi2Limits, shared: bool) -> tuple[int, str]:
+        """Cores this population needs and what bounds it ('neurons' or 'synaptic memory')."""
+        synapses = self.synapses_shared if shared else self.synapses_dense
+        by_neurons = math.ceil(self.neurons / limits.neurons_per_core)
+        by_memory = math.ceil(synapses / limits.synapses_per_core)
+        return (by_memory, "synaptic memory") if by_memory > by_neurons else (by_neurons, "neurons")
+
+
+def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> PopulationResources:
+    shared = dense = axons = 0
+    for syn in incoming:
+        c_in = syn.weight_shape[1]
+        shared += math.prod(syn.weight_shape)
+        dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample).sum())
+        axons += c_in * syn.in_hw[0] * syn.in_hw[1]
+    return PopulationResources(name, neurons, shared, dense, axons)
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    populations: tuple[PopulationResources, ...]
+    limits: Loihi2Limits
+
+    @property
+    def neurons(self) -> int:
+        return sum(p.neurons for p in self.populations)
+
+    def synapses(self, shared: bool) -> int:
+        return sum(p.synapses_shared if shared else p.synapses_dense for p in self.populations)
+
+    def cores(self, shared: bool) -> int:
+        return sum(p.cores(self.limits, shared)[0] for p in self.populations)
+
+    def chips(self, shared: bool) -> int:
+        return max(math.ceil(self.cores(shared) / self.limits.cores_per_chip),
+                   math.ceil(self.synapses(shared) / self.limits.synapses_per_chip))
+
+    def bound_by(self, shared: bool, bound: str) -> list[str]:
+        """Populations whose core count is set by `bound` ('neurons' or 'synaptic memory')."""
+        return [p.name for p in self.populations if p.cores(self.limits, shared)[1] == bound]
+
+    def to_json(self) -> dict:
+        out = {"limits": {f.name: {"value": getattr(self.limits, f.name), "source": SOURCES[f.name][0],
+                                   "confirmed": SOURCES[f.name][1]} for f in fields(self.limits)},
+               "neurons": self.neurons, "populations": []}
+        for p in self.populations:
+            row = {"name": p.name, "neurons": p.neurons, "synapses_shared": p.synapses_shared,
+                   "synapses_dense": p.synapses_dense, "input_axons": p.input_axons}
+            for key, shared in (("shared", True), ("dense", False)):
+                row[f"cores_{key}"], row[f"bound_{key}"] = p.cores(self.limits, shared)
+            out["populations"].append(row)
+        for key, shared in (("shared", True), ("dense", False)):
+            out[key] = {"synapses": self.synapses(shared), "cores": self.cores(shared), "chips": self.chips(shared),
+                        "bound_by_memory": self.bound_by(shared, "synaptic memory")}
+        return out
+
+
+def estimate(net: ChipNetwork, limits: Loihi2Limits = LOIHI2) -> ResourceEstimate:
+    """Resources of every population of `net` and of its readout, in dependency order."""
+    shapes = {p.name: p.shape for p in net.populations}
+    targets = [(p.name, p.shape) for p in net.populations] + [(READOUT, net.readout.shape)]
+    pops = tuple(population_resources(
+        name, math.prod(shape),
+        [Incoming(tuple(s.weight.shape), shapes[s.source][1:], s.stride, s.padding, s.upsample)
+         for s in net.inputs_of(name)]) for name, shape in targets)
+    return ResourceEstimate(pops, limits)

@@ -1,0 +1,67 @@
+"""Loihi 2 resource estimate: synapse counts and cores derived by hand, and the estimate of a compiled network."""
+import pytest
+
+from chip_helpers import digits_batches, firing_tiny_model
+from export.chip import READOUT
+from export.compiler import compile_model
+from export.resources import LOIHI2, SOURCES, Incoming, Loihi2Limits, ResourceEstimate, estimate, population_resources
+
+
+@pytest.mark.parametrize("incoming, dense", [
+    # 3x3, padding 1, 4x4 input, 1 -> 1 channel: 4 inner outputs read 9 taps, 8 edge outputs 6, 4 corners 4
+    (Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), 4 * 9 + 8 * 6 + 4 * 4),
+    # stride 2 -> 2x2 outputs reading 2x2, 2x3, 3x2 and 3x3 taps inside the input
+    (Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1), 4 + 6 + 6 + 9),
+    # nearest up-sampling 2x2 -> 4x4, then 3x3 padding 1: output rows 0..3 reach input rows {0}, {0,1}, {0,1},
+    # {1}, so each output reaches (1 + 2 + 2 + 1) / 4 input positions per axis: 6 x 6 pairs
+    (Incoming((1, 1, 3, 3), (2, 2), 1, 1, 2), 6 * 6),
+    # 1x1 shortcut: one pair per position
+    (Incoming((1, 1, 1, 1), (4, 4), 1, 0, 1), 16),
+])
+def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, dense):
+    one = population_resources("p", 16, [incoming])
+    assert one.synapses_dense == dense and one.synapses_shared == incoming.weight_shape[2] * incoming.weight_shape[3]
+    # channels multiply both counts: every (input channel, output channel) pair has its own kernel
+    wide = Incoming((3, 2) + incoming.weight_shape[2:], incoming.in_hw, incoming.stride, incoming.padding,
+                    incoming.upsample)
+    many = population_resources("p", 16, [wide, wide])
+    assert many.synapses_dense == 2 * 3 * 2 * dense and many.synapses_shared == 2 * 3 * 2 * one.synapses_shared
+    assert many.input_axons == 2 * 2 * incoming.in_hw[0] * incoming.in_hw[1]
+
+
+def test_cores_and_chips_take_the_binding_limit():
+    # 100 synapses per core (100 bytes at 8 bits), 10 neurons per core, 4 cores and 1,000 synapses per chip
+    limits = Loihi2Limits(cores_per_chip=4, neurons_per_core=10, synapses_per_chip=1000,
+                          synaptic_memory_bytes_per_core=100, bits_per_synapse=8)
+    pop = population_resources("p", 16, [Incoming((3, 2, 3, 3), (4, 4), 1, 1, 1)])  # shared 54, dense 600
+    assert pop.cores(limits, shared=True) == (2, "neurons")  # ceil(16 / 10) > ceil(54 / 100)
+    assert pop.cores(limits, shared=False) == (6, "synaptic memory")  # ceil(600 / 100)
+    est = ResourceEstimate((pop, population_resources("q", 45, [])), limits)
+    assert est.neurons == 61 and est.cores(True) == 2 + 5 and est.cores(False) == 6 + 5
+    assert est.chips(True) == 2  # ceil(7 / 4)
+    assert est.chips(False) == 3  # ceil(11 / 4) cores' worth; the 600 synapses fit in one chip's 1,000
+    fewer = ResourceEstimate(est.populations, Loihi2Limits(**{**limits.__dict__, "synapses_per_chip": 100}))
+    assert fewer.chips(False) == 6  # now the chip's synapse count binds: ceil(600 / 100)
+    assert est.bound_by(False, "synaptic memory") == ["p"] and est.bound_by(True, "synaptic memory") == []
+    assert Loihi2Limits(synaptic_memory_bytes_per_core=100, bits_per_synapse=4).synapses_per_core == 200
+
+
+def test_every_limit_names_its_source_and_the_unconfirmed_one_says_so():
+    assert LOIHI2.cores_per_chip == 128 and LOIHI2.neurons_per_core == 8192
+    for name, (source, confirmed) in SOURCES.items():
+        assert source and (confirmed or "UNCONFIRMED" in source), name
+    assert not SOURCES["synaptic_memory_bytes_per_core"][1]
+
+
+def test_the_estimate_of_a_compiled_network_covers_every_population_and_the_readout():
+    net = compile_model(firing_tiny_model(), digits_batches()[:1])
+    est = estimate(net)
+    assert [p.name for p in est.populations] == [p.name for p in net.populations] + [READOUT]
+    first = est.populations[0]
+    assert first.synapses_shared == first.synapses_dense == 0  # the host injects its current
+    assert est.synapses(True) == sum(s.weight.size for s in net.synapses)
+    for p in est.populations[1:]:
+        assert p.synapses_dense > p.synapses_shared > 0  # a conv reuses each weight at many positions
+    report = est.to_json()
+    assert report["neurons"] == est.neurons and len(report["populations"]) == len(est.populations)
+    assert report["dense"]["chips"] >= report["shared"]["chips"] >= 1
