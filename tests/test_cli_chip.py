@@ -99,3 +99,22 @@ def test_sample_on_the_simulator_gives_the_same_images_in_both_timings(checkpoin
             images[mode] = f["images"]
     assert images["zero_delay"].shape == (2, 1, 32, 32)
     assert np.array_equal(images["zero_delay"], images["delayed"])
+
+
+@DIVERGING_CHAIN
+def test_report_writes_markdown_plots_and_json(checkpoint, tmp_path, capsys):
+    from toolchain.report import PLOTS, REPORT
+
+    out = tmp_path / "report"
+    assert main(["report", "--checkpoint", checkpoint, "--out", str(out), "--steps", "2", "--batch-size", "2",
+                 "--ddim-steps", "4", *SMALL]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"report -> {out / REPORT}")
+    text = (out / REPORT).read_text()
+    for png in PLOTS.values():
+        assert f"]({png})" in text, png  # the Markdown names every plot, beside it
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "## Verification ladder" in text and "identical spikes" in text and "## Loihi 2 resources" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["ladder"]["identical"] is True and len(report["energy"]["denoising_steps"]) == 2
+    assert report["resources"]["populations"][-1]["name"] == "readout"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporary file

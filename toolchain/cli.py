@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, release, compile, verify, export, energy, demo."""
+"""The `sddpm` command: train, sample, fid, release, compile, verify, export, energy, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -211,12 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
 
+    p = sub.add_parser("report", help="one report: compile, verify, count energy and estimate Loihi 2 resources",
+                       description="Compile a checkpoint, run the verification ladder on --steps denoising steps of "
+                                   "a float DDIM chain from seeded noise, count the simulator's spikes and SOPs of "
+                                   "those steps (`sddpm energy`), estimate the Loihi 2 resources of the chip "
+                                   "network, and write OUT/report.md with PNG plots (firing rate and SOPs per "
+                                   "population, energy per step and per image against the ANN twin) and "
+                                   "OUT/report.json. Exit status 1 if the simulator and the reference differ.")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--out", default="out/report", help="report folder (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps to verify and count (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=2, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of the chip network")
+    _add_calibration_args(p)
+
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
                                    "DDIM (out/demo/grid.png), compile it into a chip network "
                                    "(out/demo/network.h5), and check three denoising steps of a sampling chain "
                                    "on the bit-accurate simulator (Lava timing) against the quantized "
-                                   "reference and the float model; prints the verification ladder.")
+                                   "reference and the float model; prints the verification ladder and the "
+                                   "energy of those steps, and writes the report (out/demo/report.md).")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--num-images", type=int, default=64)
     return parser
@@ -467,6 +484,46 @@ def format_energy(report: dict) -> str:
     return "\n".join(lines + [""] + notes)
 
 
+def _verify_and_report(args, loaded, net, chip_path: str, x_T, ddim_steps: int, steps: int, title: str):
+    """The ladder on `steps` denoising steps of a DDIM chain from x_T, the energy of those same simulator runs,
+    the resource estimate, and the report in args.out; returns (ladder, energy summary, report path)."""
+    from export.energy import ann_operations, count_forward, summarize
+    from export.resources import estimate
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from simulators.network import ChipSimulator
+    from toolchain.report import write_report
+    from toolchain.verify import chain_states, run_ladder
+
+    model, cfg = model_denoiser(loaded.model.eval(), net.threshold_factor), loaded.model_config
+    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, ddim_steps, steps)
+    runs = []
+    ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
+                        on_run=lambda out: runs.append(count_forward(net, out.spike_trains)))
+    summary = summarize(runs, ann_operations(cfg))
+    summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=len(x_T),
+                   denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
+    return ladder, summary, write_report(args.out, summary, ladder, estimate(net), title)
+
+
+def cmd_report(args) -> int:
+    import torch
+
+    from sddpm.checkpoint import load_model
+    from toolchain.verify import format_ladder
+
+    loaded = load_model(args.checkpoint)
+    cfg = loaded.model_config
+    chip_path = os.path.join(args.out, "network.h5")
+    net = _compile(args, loaded, args.threshold_factor, chip_path)
+    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
+                      generator=torch.Generator().manual_seed(args.seed))
+    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, x_T, args.ddim_steps, args.steps,
+                                               f"SDDPM on Loihi 2: {os.path.basename(args.checkpoint)}")
+    print(format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
+    return 0 if ladder.identical else 1
+
+
 def cmd_export(args) -> int:
     from sddpm.checkpoint import load_model
 
@@ -520,9 +577,7 @@ def cmd_demo(args) -> int:
     from sddpm.checkpoint import load_model
     from sddpm.generate import SamplerConfig, generate, model_denoiser
     from sddpm.images import save_grid
-    from sddpm.schedule import NoiseSchedule
-    from simulators.network import ChipSimulator
-    from toolchain.verify import chain_states, format_ladder, run_ladder
+    from toolchain.verify import format_ladder
 
     loaded = load_model(SHIPPED_CHECKPOINT)
     cfg = loaded.model_config
@@ -543,10 +598,10 @@ def cmd_demo(args) -> int:
     print(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}")
     print(format_network(net))
     x_T = torch.randn(2, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
-    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, 100, 3)
-    report = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed")
-    print("\n" + format_ladder(report))
-    return 0 if report.identical else 1
+    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, x_T, 100, 3,
+                                               "SDDPM on Loihi 2: the shipped MNIST model")
+    print("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
+    return 0 if ladder.identical else 1
 
 
 def cmd_release(args) -> None:
@@ -560,7 +615,8 @@ def cmd_release(args) -> None:
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
 EXPORTERS = {"onnx": _export_onnx}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "export": cmd_export, "energy": cmd_energy, "demo": cmd_demo}
+            "verify": cmd_verify, "export": cmd_export, "energy": cmd_energy, "report": cmd_report,
+            "demo": cmd_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

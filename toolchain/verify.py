@@ -9,6 +9,7 @@ For each checked denoising step (x_t of a float DDIM chain started from seeded n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -119,13 +120,16 @@ def chain_states(model: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, d
 
 
 def run_ladder(model: nn.Module, net: ChipNetwork, sim: ChipSimulator, states, mode: str = "delayed",
-               progress: bool = True) -> LadderReport:
+               progress: bool = True, on_run: Callable | None = None) -> LadderReport:
+    """`on_run(out)`, if given, receives every simulator run: counting its spikes needs no second run."""
     report = LadderReport(backend="sim", mode=mode)
     order = [p.name for p in net.populations]
     for x, t in tqdm(states, desc=f"verify ({mode})", disable=not progress):
         eps_f, spikes_f = float_spikes(model, x, t)
         ref = run_reference(net, x, t)
         out = sim.run(x, t, mode)
+        if on_run is not None:
+            on_run(out)
         step = int(t[0])
         report.diffusion_steps.append(step)
         report.eps_rel_l2.append(float((ref.eps - eps_f).norm() / eps_f.norm()))

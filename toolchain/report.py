@@ -1,0 +1,176 @@
+"""`sddpm report`: one Markdown page with PNG plots of a compiled network's activity, energy, verification and
+Loihi 2 resources, written next to the JSON it is drawn from."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from export.resources import SOURCES, ResourceEstimate
+from sddpm.checkpoint import atomic_write
+
+from .verify import LadderReport
+
+REPORT = "report.md"
+PLOTS = {"firing_rate": "firing_rate.png", "sops": "sops.png", "energy": "energy.png"}
+DPI = 120
+BAR_HEIGHT_IN = 0.19  # inches per population in the horizontal bar plots: room for one readable label each
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=DPI)
+    _pyplot().close(fig)
+
+
+def _population_bars(names, values, xlabel: str, title: str, path: str, log: bool) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.2 + BAR_HEIGHT_IN * len(names)))
+    y = np.arange(len(names))
+    ax.barh(y, values, color="tab:blue")
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()  # dependency order, top to bottom
+    ax.set(xlabel=xlabel, title=title, ylim=(len(names) - 0.5, -0.5))
+    if log:
+        ax.set_xscale("log")
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+
+
+def _energy_plot(summary: dict, path: str) -> None:
+    """Grouped bars per energy model: a denoising step and a generated image per sampler, SNN vs ANN twin."""
+    plt = _pyplot()
+    models = list(summary["energy"])
+    samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
+    groups = ["one denoising\nstep"] + [f"image,\n{s}" for s in samplers]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), sharey=True, squeeze=False)
+    x, width = np.arange(len(groups)), 0.38
+    for ax, name in zip(axes[0], models):
+        e = summary["energy"][name]
+        for offset, kind, label, color in ((-width / 2, "snn", "SNN (chip + host)", "tab:orange"),
+                                           (width / 2, "ann", "ANN twin", "tab:gray")):
+            joules = [e[kind]["per_denoising_step_j"]["total"]] + [e[kind]["per_image_j"][s] for s in samplers]
+            ax.bar(x + offset, joules, width, label=label, color=color)
+        ax.set_xticks(x, groups, fontsize=8)
+        ax.set(yscale="log", title=name + ("" if e["confirmed"] else " (unconfirmed constants)"))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("energy (J, log scale)")
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def _si(value: float, unit: str) -> str:
+    for prefix, scale in (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def _ladder_section(ladder: LadderReport) -> list[str]:
+    rows = []
+    for i, t in enumerate(ladder.diffusion_steps):
+        agree = [values[i] for values in ladder.spike_agreement.values()]
+        rows.append([t, f"{ladder.eps_rel_l2[i]:.4f}", f"{ladder.psnr_db[i]:.1f}", f"{min(agree):.4f}",
+                     f"{sum(agree) / len(agree):.4f}"])
+    verdict = ("identical spikes of every population at every SNN step and identical output currents"
+               if ladder.identical else f"DIFFER, first at {ladder.first_mismatch}")
+    return ["## Verification ladder", "",
+            f"Float model vs quantized reference at {ladder.steps_checked} denoising steps of a DDIM chain; quantized "
+            f"reference vs bit-accurate simulator ({ladder.mode} timing): **{verdict}**.", "",
+            *_table(["t", "eps relative L2", "eps PSNR (dB)", "spike agreement, min", "spike agreement, mean"], rows)]
+
+
+def _resources_section(res: ResourceEstimate) -> list[str]:
+    lim = res.limits
+    rows = []
+    for p in res.populations:
+        (c_s, b_s), (c_d, b_d) = p.cores(lim, True), p.cores(lim, False)
+        rows.append([p.name, f"{p.neurons:,}", f"{p.synapses_shared:,}", f"{p.synapses_dense:,}", f"{p.input_axons:,}",
+                     f"{c_s} ({b_s})", f"{c_d} ({b_d})"])
+    rows.append(["**total**", f"**{res.neurons:,}**", f"**{res.synapses(True):,}**", f"**{res.synapses(False):,}**",
+                 "", f"**{res.cores(True)}**", f"**{res.cores(False)}**"])
+    lines = ["## Loihi 2 resources", "",
+             "Synapses with convolutional weight sharing (unique weights) and without (every connected (input, "
+             "output) neuron pair, exact at borders, strides and up-sampling). Cores per population: the larger of "
+             "its neurons over the neurons per core and its synapse bytes over the synaptic memory per core "
+             "(the binding limit in parentheses); chips: cores over the cores per chip, or synapses over the "
+             "synapses per chip, whichever is larger.", ""]
+    for key, shared in (("with weight sharing", True), ("without weight sharing", False)):
+        memory, neurons = res.bound_by(shared, "synaptic memory"), res.bound_by(shared, "neurons")
+        lines.append(f"- **{key}**: {res.synapses(shared):,} synapses, {res.cores(shared)} cores, "
+                     f"{res.chips(shared)} chip(s); {len(memory)} of {len(res.populations)} populations bound by "
+                     "synaptic memory" + (f", by neurons: {', '.join(neurons)}" if len(neurons) <= len(memory)
+                                           else f" ({', '.join(memory)})" if memory else ", all by their neurons"))
+    lines += ["", *_table(["population", "neurons", "synapses (shared)", "synapses (dense)", "input axons",
+                           "cores, shared", "cores, dense"], rows), "", "Limits:", ""]
+    values = {"synaptic_memory_bytes_per_core": f"{lim.synaptic_memory_bytes_per_core:,} B "
+                                                f"({lim.synapses_per_core:,} synapses)"}
+    lines += [f"- `{name}` = {values.get(name, f'{getattr(lim, name):,}')}: {source}"
+              for name, (source, _) in SOURCES.items()]
+    return lines
+
+
+def _energy_section(summary: dict) -> list[str]:
+    step = summary["per_denoising_step"]
+    samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
+    rows = []
+    for name, e in summary["energy"].items():
+        for kind, label in (("snn", "SNN"), ("ann", "ANN twin")):
+            rows.append([name if kind == "snn" else "", label, _si(e[kind]["per_denoising_step_j"]["total"], "J"),
+                         *(_si(e[kind]["per_image_j"][s], "J") for s in samplers)])
+    lines = ["## Energy", "", f"![energy]({PLOTS['energy']})", "",
+             f"Per denoising step of one image (means over {summary['forward_passes']} forward passes): "
+             f"{step['sops']:,.0f} SOPs, {step['spikes']:,.0f} spikes, {step['neuron_updates']:,} neuron updates, "
+             f"{sum(step['host_macs'].values()):,} host MACs; the ANN twin: {summary['ann']['macs']:,} MACs.", "",
+             *_table(["model", "network", "per step", *(f"per image, {s}" for s in samplers)], rows), ""]
+    for name, e in summary["energy"].items():
+        c = e["constants_pj"]
+        lines.append(f"- {name}: {c['mac_pj']:g} pJ/MAC, {c['sop_pj']:g} pJ/SOP, {c['update_pj']:g} / "
+                     f"{c['idle_update_pj']:g} pJ per neuron update / idle update; SNN / ANN = "
+                     f"{e['snn_over_ann']:.3f}; {e['source']}")
+    return lines
+
+
+def write_report(out_dir: str, summary: dict, ladder: LadderReport, resources: ResourceEstimate,
+                 title: str) -> str:
+    """Write out_dir/report.md, its PNGs (`PLOTS`) and report.json; returns the Markdown's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    pops = summary["populations"]
+    names = [p["name"] for p in pops]
+    steps = summary["snn_steps"]
+    _population_bars(names, [p["firing_rate"] for p in pops], f"firing rate (spikes per neuron per SNN step, T = "
+                     f"{steps})", "firing rate per population", os.path.join(out_dir, PLOTS["firing_rate"]), log=False)
+    _population_bars(names, [max(p["sops"], 1) for p in pops], "SOPs per denoising step of one image (log)",
+                     "synaptic operations of each population's outgoing synapses",
+                     os.path.join(out_dir, PLOTS["sops"]), log=True)
+    _energy_plot(summary, os.path.join(out_dir, PLOTS["energy"]))
+    mean_rate = summary["per_denoising_step"]["spikes"] / (sum(p["neurons"] for p in pops) * steps)
+    lines = [f"# {title}", "",
+             f"{len(pops)} chip populations, T = {steps}, {summary['chip_steps']} chip steps per denoising step "
+             f"(Lava's timing); counts at diffusion steps t = {', '.join(map(str, summary['denoising_steps']))} "
+             f"of a DDIM-{summary['ddim_chain']} chain of {summary['images']} images.", "",
+             "## Activity", "", f"Mean firing rate {mean_rate:.3f}.", "",
+             f"![firing rate]({PLOTS['firing_rate']})", "", f"![SOPs]({PLOTS['sops']})", "",
+             *_energy_section(summary), "", *_ladder_section(ladder), "", *_resources_section(resources), ""]
+    with atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump({"energy": summary, "ladder": ladder.to_json(), "resources": resources.to_json()}, f)
+    path = os.path.join(out_dir, REPORT)
+    with atomic_write(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
