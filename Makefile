@@ -1,7 +1,7 @@
 # sddpm-loihi: environment, tests, demo, benchmarks.
 #   make venv    create/refresh .venv from the pinned requirements (idempotent, stamp-based)
 #   make test    run the test suite (what CI runs, through .ci/run)
-#   make demo    sample the shipped MNIST SDDPM -> out/demo/grid.png
+#   make demo    sample, compile, verify and count the shipped MNIST SDDPM -> out/demo/grid.png, out/demo/report.md
 #   make bench   run every script in benchmarks/
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
