@@ -57,6 +57,8 @@ def test_errors_exit_2_with_the_problem_named(tmp_path, capsys, tiny_checkpoint,
 
 def test_demo_samples_the_shipped_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--num-images", "4"]) == 0
-    assert "shipped model: snn" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "shipped model: snn" in out and "SNN / ANN" in out  # the energy summary, then the report's path
+    assert out.rstrip().endswith(f"report -> {tmp_path / 'report.md'}") and (tmp_path / "energy.png").exists()
     assert Image.open(tmp_path / "grid.png").size == (70, 70)
     assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")
