@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.compiler import calibration_batches
+from export.chip import ChipNetwork, write_chip
+from export.compiler import calibration_batches, compile_model
 from helpers import TINY
 from sddpm.config import DiffusionConfig
 from sddpm.data import load_images
@@ -42,3 +43,13 @@ def digits_batches(batches: int = 1, batch_size: int = 4, seed: int = 0) -> list
     """Noisy scikit-learn digits (x_t, t) with t spread over the 1000 diffusion steps."""
     return calibration_batches(load_images("digits"), NoiseSchedule.linear(DiffusionConfig()), batches, batch_size,
                                seed)
+
+
+def compiled_tiny(directory) -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
+    """The firing TINY model compiled on one batch of noisy digits and written to DIRECTORY/network.h5;
+    returns (network, its file, a second batch (x_t, t) of 3 images with a different t each)."""
+    batches = digits_batches(batches=2, batch_size=3)
+    net = compile_model(firing_tiny_model(), batches[:1])
+    path = str(directory / "network.h5")
+    write_chip(path, net)
+    return net, path, batches[1]

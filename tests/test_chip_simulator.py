@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import export.chip
-from chip_helpers import digits_batches, firing_tiny_model
+from chip_helpers import compiled_tiny
 from export.chip import READOUT, write_chip
-from export.compiler import compile_model
 from export.reference import run_reference
 from simulators.network import ChipFileError, ChipSimulator
 from toolchain.verify import Mismatch, compare_runs, first_difference
@@ -25,11 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def chip(tmp_path_factory):
     """(chip network, its file, a batch (x_t, t) with a different t per image)."""
-    batches = digits_batches(batches=2, batch_size=3)
-    net = compile_model(firing_tiny_model(), batches[:1])
-    path = str(tmp_path_factory.mktemp("chip") / "network.h5")
-    write_chip(path, net)
-    x, t = batches[1]
+    net, path, (x, t) = compiled_tiny(tmp_path_factory.mktemp("chip"))
     assert len(set(t.tolist())) == len(t)
     return net, path, (x, t)
 

@@ -8,9 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chip_helpers import digits_batches, firing_tiny_model
-from export.chip import write_chip
-from export.compiler import compile_model
+from chip_helpers import compiled_tiny, firing_tiny_model
 from export.energy import (LOIHI_DAVIES_2018, PAPER_45NM, SAMPLERS, Operations, ann_macs, ann_operations,
                            count_forward, energy, fanout_map, is_time_embedding, per_image, synapse_sops)
 from helpers import TINY, TINY_TRAIN
@@ -163,11 +161,8 @@ def test_the_fanout_map_is_the_kernel_clipped_at_the_borders():
 @pytest.fixture(scope="module")
 def tiny_counts(tmp_path_factory):
     """The TINY network compiled, and the counts of one forward pass of 3 images on the simulator."""
-    batches = digits_batches(batches=2, batch_size=3)
-    net = compile_model(firing_tiny_model(), batches[:1])
-    path = str(tmp_path_factory.mktemp("chip") / "network.h5")
-    write_chip(path, net)
-    trains = ChipSimulator.from_file(path).run(*batches[1]).spike_trains
+    net, path, batch = compiled_tiny(tmp_path_factory.mktemp("chip"))
+    trains = ChipSimulator.from_file(path).run(*batch).spike_trains
     return net, trains, count_forward(net, trains)
 
 

@@ -294,6 +294,21 @@ def _compile(args, loaded, threshold_factor: float, path: str):
     return net
 
 
+def _chain(loaded, threshold_factor: float, batch: int, seed: int, ddim_steps: int, steps: int):
+    """The float model at `threshold_factor`, and (x_t, t) at `steps` denoising steps of its DDIM chain
+    of `ddim_steps` from the noise of `seed` (`batch` images)."""
+    import torch
+
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from toolchain.verify import chain_states
+
+    cfg = loaded.model_config
+    model = model_denoiser(loaded.model.eval(), threshold_factor)
+    x_T = torch.randn(batch, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(seed))
+    return model, chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, ddim_steps, steps)
+
+
 def _sample_images(args, count: int):
     from sddpm.checkpoint import load_model
     from sddpm.generate import generate, model_denoiser
@@ -383,22 +398,14 @@ def format_network(net) -> str:
 
 
 def cmd_verify(args) -> int:
-    import torch
-
     from sddpm.checkpoint import load_model
-    from sddpm.generate import model_denoiser
-    from sddpm.schedule import NoiseSchedule
     from simulators.network import ChipSimulator
-    from toolchain.verify import chain_states, format_ladder, run_ladder
+    from toolchain.verify import format_ladder, run_ladder
 
     loaded = load_model(args.checkpoint)
-    model, cfg = loaded.model.eval(), loaded.model_config
     net = _compile(args, loaded, args.threshold_factor, args.chip_out)
     sim = ChipSimulator.from_file(args.chip_out)
-    model_denoiser(model, args.threshold_factor)
-    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
-                      generator=torch.Generator().manual_seed(args.seed))
-    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, args.ddim_steps, args.steps)
+    model, states = _chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
     if args.json:
         print(json.dumps({**report.to_json(), "chip_file": args.chip_out, "threshold_factor": args.threshold_factor,
@@ -411,23 +418,15 @@ def cmd_verify(args) -> int:
 def cmd_energy(args) -> None:
     import dataclasses
 
-    import torch
-
     from export.energy import ENERGY_MODELS, LOIHI_DAVIES_2018, ann_operations, count_forward, summarize
     from sddpm.checkpoint import load_model
-    from sddpm.generate import model_denoiser
-    from sddpm.schedule import NoiseSchedule
     from simulators.network import ChipSimulator
-    from toolchain.verify import chain_states
 
     loaded = load_model(args.checkpoint)
-    model, cfg = loaded.model.eval(), loaded.model_config
+    cfg = loaded.model_config
     net = _compile(args, loaded, args.threshold_factor, args.chip_out)
     sim = ChipSimulator.from_file(args.chip_out)
-    model_denoiser(model, args.threshold_factor)
-    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
-                      generator=torch.Generator().manual_seed(args.seed))
-    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, args.ddim_steps, args.steps)
+    _, states = _chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     runs = [count_forward(net, sim.run(x, t).spike_trains) for x, t in states]
     loihi = dataclasses.replace(LOIHI_DAVIES_2018, sop_pj=args.loihi_sop_pj, update_pj=args.loihi_update_pj,
                                 idle_update_pj=args.loihi_idle_update_pj)
@@ -484,41 +483,36 @@ def format_energy(report: dict) -> str:
     return "\n".join(lines + [""] + notes)
 
 
-def _verify_and_report(args, loaded, net, chip_path: str, x_T, ddim_steps: int, steps: int, title: str):
-    """The ladder on `steps` denoising steps of a DDIM chain from x_T, the energy of those same simulator runs,
+def _verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, ddim_steps: int, steps: int,
+                       title: str):
+    """The ladder on `steps` denoising steps of a seeded DDIM chain, the energy of those same simulator runs,
     the resource estimate, and the report in args.out; returns (ladder, energy summary, report path)."""
     from export.energy import ann_operations, count_forward, summarize
     from export.resources import estimate
-    from sddpm.generate import model_denoiser
-    from sddpm.schedule import NoiseSchedule
     from simulators.network import ChipSimulator
     from toolchain.report import write_report
-    from toolchain.verify import chain_states, run_ladder
+    from toolchain.verify import run_ladder
 
-    model, cfg = model_denoiser(loaded.model.eval(), net.threshold_factor), loaded.model_config
-    states = chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, ddim_steps, steps)
+    cfg = loaded.model_config
+    model, states = _chain(loaded, net.threshold_factor, batch, seed, ddim_steps, steps)
     runs = []
     ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
                         on_run=lambda out: runs.append(count_forward(net, out.spike_trains)))
     summary = summarize(runs, ann_operations(cfg))
-    summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=len(x_T),
+    summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
                    denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
     return ladder, summary, write_report(args.out, summary, ladder, estimate(net), title)
 
 
 def cmd_report(args) -> int:
-    import torch
-
     from sddpm.checkpoint import load_model
     from toolchain.verify import format_ladder
 
     loaded = load_model(args.checkpoint)
-    cfg = loaded.model_config
     chip_path = os.path.join(args.out, "network.h5")
     net = _compile(args, loaded, args.threshold_factor, chip_path)
-    x_T = torch.randn(args.batch_size, cfg.img_ch, cfg.img_size, cfg.img_size,
-                      generator=torch.Generator().manual_seed(args.seed))
-    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, x_T, args.ddim_steps, args.steps,
+    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, args.batch_size, args.seed,
+                                               args.ddim_steps, args.steps,
                                                f"SDDPM on Loihi 2: {os.path.basename(args.checkpoint)}")
     print(format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
     return 0 if ladder.identical else 1
@@ -572,8 +566,6 @@ def format_onnx_comparison(report, t) -> str:
 
 
 def cmd_demo(args) -> int:
-    import torch
-
     from sddpm.checkpoint import load_model
     from sddpm.generate import SamplerConfig, generate, model_denoiser
     from sddpm.images import save_grid
@@ -597,8 +589,7 @@ def cmd_demo(args) -> int:
     net = _compile(args, loaded, 1.0, chip_path)
     print(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}")
     print(format_network(net))
-    x_T = torch.randn(2, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
-    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, x_T, 100, 3,
+    ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, 2, 0, 100, 3,
                                                "SDDPM on Loihi 2: the shipped MNIST model")
     print("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
     return 0 if ladder.identical else 1
