@@ -72,6 +72,10 @@ class Expr:
         if self.bias is None:
             object.__setattr__(self, "bias", torch.zeros(self.shape[0], dtype=torch.float64))
 
+    def bias_table(self) -> torch.Tensor:
+        """The constant input, [rows, C]: one row, or one per diffusion step when there is a temb."""
+        return self.bias[None, :] if self.temb is None else self.bias[None, :] + self.temb
+
     def __add__(self, other: Expr) -> Expr:
         if self.shape != other.shape:
             raise UnsupportedModelError(f"cannot add analog values of shapes {self.shape} and {other.shape}")

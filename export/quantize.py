@@ -62,12 +62,6 @@ def calibrate(graph: FloatGraph, batches: list[tuple[torch.Tensor, torch.Tensor]
     return Calibration(current, membrane, readout, samples, tuple(sorted(steps)))
 
 
-def _bias_v(expr: Expr, scale: float) -> np.ndarray:
-    """The population's bias in v-units, [rows, C]: one row, or one per diffusion step."""
-    bias = expr.bias[None, :] if expr.temb is None else expr.bias[None, :] + expr.temb
-    return (bias * (V_PER_A / scale)).numpy()
-
-
 def _population_scale(peak: float, max_bias: float) -> float:
     return max(NOMINAL_THRESHOLD / THRESHOLD_UNITS,
                HEADROOM * peak / CURRENT_LIMIT,
@@ -96,10 +90,10 @@ def quantize(graph: FloatGraph, calib: Calibration, model_config: dict, threshol
     graph times `threshold_factor` (the threshold-guided strategy; the scales do not depend on it)."""
     pops, synapses, depth = [], [], {}
     for p in graph.populations:
-        bias_float = p.current.bias if p.current.temb is None else p.current.bias[None, :] + p.current.temb
+        bias = p.current.bias_table()  # float units, [rows, C]
         peak = max(calib.peak_current[p.name], calib.peak_membrane[p.name])
-        scale = _population_scale(peak, float(bias_float.abs().max()))
-        bias_mant, bias_exp = _quantize_bias(_bias_v(p.current, scale))
+        scale = _population_scale(peak, float(bias.abs().max()))
+        bias_mant, bias_exp = _quantize_bias((bias * (V_PER_A / scale)).numpy())  # in v-units
         depth[p.name] = 1 + max((depth[t.source] for t in p.current.terms), default=-1)
         vth = math.ceil(p.threshold * threshold_factor / scale) - 1
         pops.append(ChipPopulation(p.name, p.shape, scale, vth, bias_mant, bias_exp, depth[p.name], p.host_input))

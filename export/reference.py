@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .chip import ACT_SHIFT, HOST_INPUT_MAX, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
-from .graph import HostStages, tail
+from .graph import HostStages, head_current, tail
 
 
 class ChipOverflowWarning(UserWarning):
@@ -38,8 +38,7 @@ def host_stages(net: ChipNetwork) -> HostStages:
 def host_input_current(net: ChipNetwork, x: torch.Tensor) -> torch.Tensor:
     """The first population's input in a-units: round half to even of conv(x_t) / scale in float32,
     saturated to +-HOST_INPUT_MAX (with a warning when that clips)."""
-    h = net.host
-    current = F.conv2d(x.float(), torch.from_numpy(h.head_weight), torch.from_numpy(h.head_bias), padding=1)
+    current = head_current(host_stages(net), x)  # float32: the chip network's host weights are float32
     a = torch.round(current / np.float32(net.populations[0].scale))
     clipped = int((a.abs() > HOST_INPUT_MAX).sum())
     if clipped:
