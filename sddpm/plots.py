@@ -1,4 +1,4 @@
-"""Plots people look at: the training loss curve."""
+"""Plots people look at: the training loss curve, and the two helpers every PNG of the project uses."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,28 @@ import numpy as np
 from .checkpoint import atomic_write
 
 
-def plot_loss(log_path: str, png_path: str, window: int = 50) -> str:
-    """Per-step eps loss (light) and its running mean over `window` steps, log-scaled, as a PNG."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, png_path: str, dpi: float | None = None) -> str:
+    """Lay the figure out, write it as PNG atomically, close it."""
+    fig.tight_layout()
+    with atomic_write(png_path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return png_path
+
+
+def plot_loss(log_path: str, png_path: str, window: int = 50) -> str:
+    """Per-step eps loss (light) and its running mean over `window` steps, log-scaled, as a PNG."""
+    plt = pyplot()
     with open(log_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     steps = np.array([r["step"] for r in records])
@@ -27,8 +42,4 @@ def plot_loss(log_path: str, png_path: str, window: int = 50) -> str:
     ax.set(xlabel="step", ylabel="eps MSE", yscale="log", title="training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_write(png_path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path)

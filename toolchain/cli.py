@@ -437,16 +437,10 @@ def cmd_energy(args) -> None:
     print(json.dumps(report) if args.json else format_energy(report))
 
 
-def _si(value: float, unit: str) -> str:
-    """3 significant digits with an SI prefix: 1.23e-5 J -> '12.3 uJ'."""
-    for prefix, scale in (("", 1.0), ("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
-
-
 def format_energy(report: dict) -> str:
     """The counts of `export.energy.summarize` and the energies as terminal tables."""
+    from toolchain.report import si
+
     steps = report["denoising_steps"]
     lines = [f"one denoising step of one image, T = {report['snn_steps']}: mean over {len(steps)} denoising steps (t = "
              f"{', '.join(map(str, steps))}) of a DDIM-{report['ddim_chain']} chain of {report['images']} images",
@@ -475,8 +469,8 @@ def format_energy(report: dict) -> str:
         label = name if e["confirmed"] else name + " *"
         for who, kind in ((f"{label}: SNN", "snn"), ("  ANN twin", "ann")):
             joules = e[kind]
-            lines.append(f"{who:<34} {_si(joules['per_denoising_step_j']['total'], 'J'):>10} "
-                         + " ".join(f"{_si(joules['per_image_j'][s], 'J'):>10}" for s in samplers))
+            lines.append(f"{who:<34} {si(joules['per_denoising_step_j']['total'], 'J', 'u'):>10} "
+                         + " ".join(f"{si(joules['per_image_j'][s], 'J', 'u'):>10}" for s in samplers))
         lines.append(f"{'  SNN / ANN':<34} {e['snn_over_ann']:>10.3f}")
         notes.append(f"{label}: {c['mac_pj']:g} pJ per MAC, {c['sop_pj']:g} pJ per SOP, {c['update_pj']:g} / "
                      f"{c['idle_update_pj']:g} pJ per neuron update / idle update; {e['source']}")

@@ -9,6 +9,7 @@ import numpy as np
 
 from export.resources import SOURCES, ResourceEstimate
 from sddpm.checkpoint import atomic_write
+from sddpm.plots import pyplot, save_figure
 
 from .verify import LadderReport
 
@@ -18,24 +19,8 @@ DPI = 120
 BAR_HEIGHT_IN = 0.19  # inches per population in the horizontal bar plots: room for one readable label each
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=DPI)
-    _pyplot().close(fig)
-
-
 def _population_bars(names, values, xlabel: str, title: str, path: str, log: bool) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 1.2 + BAR_HEIGHT_IN * len(names)))
     y = np.arange(len(names))
     ax.barh(y, values, color="tab:blue")
@@ -45,12 +30,12 @@ def _population_bars(names, values, xlabel: str, title: str, path: str, log: boo
     if log:
         ax.set_xscale("log")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
 def _energy_plot(summary: dict, path: str) -> None:
     """Grouped bars per energy model: a denoising step and a generated image per sampler, SNN vs ANN twin."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(summary["energy"])
     samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
     groups = ["one denoising\nstep"] + [f"image,\n{s}" for s in samplers]
@@ -67,11 +52,12 @@ def _energy_plot(summary: dict, path: str) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("energy (J, log scale)")
     axes[0][0].legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
-def _si(value: float, unit: str) -> str:
-    for prefix, scale in (("", 1.0), ("m", 1e-3), ("µ", 1e-6), ("n", 1e-9), ("p", 1e-12)):
+def si(value: float, unit: str, micro: str = "µ") -> str:
+    """3 significant digits with an SI prefix: 1.23e-5 J -> '12.3 µJ' (micro="u" for plain-ASCII terminals)."""
+    for prefix, scale in (("", 1.0), ("m", 1e-3), (micro, 1e-6), ("n", 1e-9), ("p", 1e-12)):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}"
@@ -132,8 +118,8 @@ def _energy_section(summary: dict) -> list[str]:
     rows = []
     for name, e in summary["energy"].items():
         for kind, label in (("snn", "SNN"), ("ann", "ANN twin")):
-            rows.append([name if kind == "snn" else "", label, _si(e[kind]["per_denoising_step_j"]["total"], "J"),
-                         *(_si(e[kind]["per_image_j"][s], "J") for s in samplers)])
+            rows.append([name if kind == "snn" else "", label, si(e[kind]["per_denoising_step_j"]["total"], "J"),
+                         *(si(e[kind]["per_image_j"][s], "J") for s in samplers)])
     lines = ["## Energy", "", f"![energy]({PLOTS['energy']})", "",
              f"Per denoising step of one image (means over {summary['forward_passes']} forward passes): "
              f"{step['sops']:,.0f} SOPs, {step['spikes']:,.0f} spikes, {step['neuron_updates']:,} neuron updates, "
