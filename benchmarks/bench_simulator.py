@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from export.chip import write_chip  # noqa: E402
+from export.nir_chip import write_chip_nir  # noqa: E402
 from export.compiler import calibration_batches, compile_model  # noqa: E402
 from export.reference import ChipOverflowWarning, run_reference  # noqa: E402
 from sddpm.checkpoint import load_model  # noqa: E402
@@ -58,8 +58,8 @@ def main() -> None:
     net = compile_model(model, calibration_batches(images, schedule))
     compile_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "network.h5")
-        write_chip(path, net)
+        path = os.path.join(tmp, "network.nir")
+        write_chip_nir(path, net)
         sim = ChipSimulator.from_file(path)
     cfg = loaded.model_config
     print(f"model: {cfg.kind} ch={cfg.ch} ch_mult={list(cfg.ch_mult)} T={cfg.snn_steps}, "

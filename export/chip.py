@@ -17,21 +17,14 @@ a_in, with no synapse: round half to even of the float32 conv of x_t over its sc
 +-HOST_INPUT_MAX. Zero-delay semantics (all populations see SNN step t together) give the same
 spikes, shifted by the depth.
 
-File. HDF5, format "sddpm-chip" version 1 (see `write_chip`): self-contained, so the simulator
-needs nothing else. It is a stand-in until the NIR export replaces it.
+File. A NIR graph with the integers in node metadata (`export.nir_chip`): self-contained, so the
+simulator and the Lava backend need nothing else.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
-
-from sddpm.checkpoint import atomic_path
-
-FORMAT = "sddpm-chip"
-VERSION = 1
 
 # Lava's fixed-point LIF set up as integrate-and-fire (research/lava.md section 1.4).
 IF_DU = 4095  # current decay 4096 - (4095 + 1) = 0: u = a << 6
@@ -167,54 +160,3 @@ def check_ranges(net: ChipNetwork) -> None:
         target_shape = net.readout.shape if syn.target == READOUT else names[syn.target].shape
         if syn.weight.shape[1] != src.shape[0] or syn.out_offset + syn.weight.shape[0] > target_shape[0]:
             raise ChipFormatError(f"{where}: weight {syn.weight.shape} does not chain {src.shape} -> {target_shape}")
-
-
-def _attrs(group, **values) -> None:
-    for key, value in values.items():
-        group.attrs[key] = value
-
-
-def write_chip(path: str, net: ChipNetwork) -> None:
-    """Write the network as HDF5, atomically.
-
-    Layout (format "sddpm-chip", version 1):
-      /                attrs format, version, model_config (JSON), snn_steps, diffusion_steps, threshold_factor,
-                       neuron (JSON: du, dv, act_shift, vth_shift, state_bits), host_input_max,
-                       partition (JSON: what runs on the host and what on the chip)
-      /populations/NNN attrs name, shape, scale, vth, bias_exp, depth, host_input; dataset bias_mant int16 [rows, C]
-      /synapses/NNN    attrs source, target, weight_exp, stride, padding, upsample, out_offset, delay;
-                       dataset weight int8 [C_out, C_in, k, k]
-      /readout         attrs shape, scale, depth; datasets bias float32 [C], optional temb float32 [steps, C]
-      /host            attrs membrane_decay; datasets head_weight, head_bias and the tail's float32 arrays
-    Populations and synapses are numbered in dependency order.
-    """
-    check_ranges(net)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        _attrs(h5, format=FORMAT, version=VERSION, model_config=json.dumps(net.model_config),
-               snn_steps=net.snn_steps, diffusion_steps=net.diffusion_steps, threshold_factor=net.threshold_factor,
-               neuron=json.dumps({"du": IF_DU, "dv": IF_DV, "act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
-                                  "state_bits": STATE_BITS}), host_input_max=HOST_INPUT_MAX,
-               partition=json.dumps(net.partition()))
-        pops = h5.create_group("populations")
-        for i, p in enumerate(net.populations):
-            g = pops.create_group(f"{i:03d}")
-            _attrs(g, name=p.name, shape=p.shape, scale=p.scale, vth=p.vth, bias_exp=p.bias_exp, depth=p.depth,
-                   host_input=p.host_input)
-            g.create_dataset("bias_mant", data=p.bias_mant.astype(np.int16), compression="gzip")
-        syns = h5.create_group("synapses")
-        for i, s in enumerate(net.synapses):
-            g = syns.create_group(f"{i:03d}")
-            _attrs(g, source=s.source, target=s.target, weight_exp=s.weight_exp, stride=s.stride, padding=s.padding,
-                   upsample=s.upsample, out_offset=s.out_offset, delay=s.delay)
-            g.create_dataset("weight", data=s.weight.astype(np.int8), compression="gzip")
-        r = h5.create_group("readout")
-        _attrs(r, shape=net.readout.shape, scale=net.readout.scale, depth=net.readout.depth)
-        r.create_dataset("bias", data=net.readout.bias.astype(np.float32))
-        if net.readout.temb is not None:
-            r.create_dataset("temb", data=net.readout.temb.astype(np.float32), compression="gzip")
-        host = h5.create_group("host")
-        _attrs(host, membrane_decay=net.host.membrane_decay)
-        host.create_dataset("head_weight", data=net.host.head_weight.astype(np.float32))
-        host.create_dataset("head_bias", data=net.host.head_bias.astype(np.float32))
-        for key, value in net.host.tail.items():
-            host.create_dataset(key, data=value.astype(np.float32))

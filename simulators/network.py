@@ -1,6 +1,6 @@
 """Bit-accurate simulator of a compiled SDDPM chip network, read from its exported file.
 
-It reads only the file (format "sddpm-chip" v1, written by `export.chip.write_chip`) and reproduces
+It reads only the NIR file (`simulators.chip_file`, written by `export.nir_chip.write_chip_nir`) and reproduces
 what Lava's fixed-point models compute (`simulators.fixed_point`), batched over images:
 
 - `delayed` mode is Lava's timing: every synapse delivers the spikes of step tau - delay at step tau
@@ -18,19 +18,15 @@ This module must not import `sddpm` or `export`: it and the reference cannot sha
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fixed_point import CONV_OUT_BITS, IF_DU, IF_DV, conv_synapse, if_step, scale_bias
+from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
+from .fixed_point import CONV_OUT_BITS, conv_synapse, if_step, scale_bias
 
-FORMAT = "sddpm-chip"
-VERSIONS = (1,)
-READOUT = "readout"
 WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
 MODES = ("zero_delay", "delayed")
 # Every state, spike and current tensor of a run is channels-last (NHWC in memory): oneDNN's convolutions
@@ -42,41 +38,8 @@ def _zeros(*shape, dtype) -> torch.Tensor:
     return torch.empty(*shape, dtype=dtype, memory_format=CHANNELS_LAST).zero_()
 
 
-class ChipFileError(ValueError):
-    """The file is not a readable chip network of a version this simulator knows."""
-
-
 class TimingError(RuntimeError):
     """A population spiked outside its window: the delays of the network are not balanced."""
-
-
-@dataclass(frozen=True)
-class Population:
-    name: str
-    shape: tuple[int, int, int]
-    scale: float
-    vth: int
-    bias_mant: torch.Tensor  # int64 [rows, C]
-    bias_exp: int
-    depth: int
-    host_input: bool
-
-
-@dataclass(frozen=True)
-class Synapse:
-    source: str
-    target: str
-    weight: torch.Tensor  # int64 [C_out, C_in, k, k]: mantissa << weight_exp
-    stride: int
-    padding: int
-    upsample: int
-    out_offset: int
-    delay: int
-
-    @property
-    def peak(self) -> int:
-        """Largest |output| any 0/1 input can produce: the largest sum of |w| into one output."""
-        return int(self.weight.abs().flatten(1).sum(1).max())
 
 
 @dataclass(frozen=True)
@@ -143,11 +106,6 @@ class SimRun:
         return {name: s.bool() for name, s in self.spike_trains.items()}
 
 
-def _read_attr(group, key):
-    value = group.attrs[key]
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class ChipSimulator:
     def __init__(self, populations, synapses, readout, host, snn_steps, diffusion_steps, meta):
         self.populations: tuple[Population, ...] = populations
@@ -168,54 +126,13 @@ class ChipSimulator:
 
     @classmethod
     def from_file(cls, path: str) -> ChipSimulator:
+        """The network of a chip NIR file (`export.nir_chip.write_chip_nir`)."""
+        f = read_chip_file(path)
+        sim = cls(f.populations, f.synapses, f.readout, f.host, f.snn_steps, f.diffusion_steps, f.meta)
         try:
-            h5 = h5py.File(path, "r")
-        except OSError as err:
-            raise ChipFileError(f"{path}: not a readable HDF5 file ({err})") from None
-        with h5:
-            try:
-                return cls._read(h5)
-            # OSError: h5py reading a damaged chunk or B-tree of a file whose header still opens
-            except (KeyError, ValueError, TypeError, OSError) as err:
-                if isinstance(err, ChipFileError):
-                    raise
-                raise ChipFileError(f"{path}: malformed chip network ({type(err).__name__}: {err})") from None
-
-    @classmethod
-    def _read(cls, h5) -> ChipSimulator:
-        if _read_attr(h5, "format") != FORMAT or int(h5.attrs["version"]) not in VERSIONS:
-            raise ChipFileError(f"not an {FORMAT} file of version {VERSIONS}: format "
-                                f"{h5.attrs.get('format')!r}, version {h5.attrs.get('version')!r}")
-        neuron = json.loads(_read_attr(h5, "neuron"))
-        if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
-            raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
-                                f"(du={IF_DU}, dv={IF_DV})")
-        pops = []
-        for key in sorted(h5["populations"]):
-            g = h5["populations"][key]
-            pops.append(Population(_read_attr(g, "name"), tuple(int(v) for v in g.attrs["shape"]),
-                                   float(g.attrs["scale"]), int(g.attrs["vth"]),
-                                   torch.from_numpy(g["bias_mant"][()].astype(np.int64)), int(g.attrs["bias_exp"]),
-                                   int(g.attrs["depth"]), bool(g.attrs["host_input"])))
-        syns = []
-        for key in sorted(h5["synapses"]):
-            g = h5["synapses"][key]
-            mant = torch.from_numpy(g["weight"][()].astype(np.int64))
-            syns.append(Synapse(_read_attr(g, "source"), _read_attr(g, "target"), mant << int(g.attrs["weight_exp"]),
-                                int(g.attrs["stride"]), int(g.attrs["padding"]), int(g.attrs["upsample"]),
-                                int(g.attrs["out_offset"]), int(g.attrs["delay"])))
-        r = h5["readout"]
-        readout = {"shape": tuple(int(v) for v in r.attrs["shape"]), "scale": float(r.attrs["scale"]),
-                   "depth": int(r.attrs["depth"]), "bias": torch.from_numpy(r["bias"][()]),
-                   "temb": torch.from_numpy(r["temb"][()]) if "temb" in r else None}
-        host = {k: torch.from_numpy(h5["host"][k][()]) for k in h5["host"]}
-        host["membrane_decay"] = float(h5["host"].attrs["membrane_decay"])
-        sim = cls(tuple(pops), tuple(syns), readout, host, int(h5.attrs["snn_steps"]),
-                  int(h5.attrs["diffusion_steps"]),
-                  {"model_config": json.loads(_read_attr(h5, "model_config")),
-                   "threshold_factor": float(h5.attrs["threshold_factor"]),
-                   "host_input_max": int(h5.attrs["host_input_max"])})
-        sim._check()
+            sim._check()
+        except ChipFileError as err:
+            raise ChipFileError(f"{path}: {err}") from None
         return sim
 
     def _check(self) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.chip import ChipNetwork, write_chip
+from export.chip import ChipNetwork
+from export.nir_chip import write_chip_nir
 from export.compiler import calibration_batches, compile_model
 from helpers import TINY
 from sddpm.config import DiffusionConfig
@@ -46,10 +47,10 @@ def digits_batches(batches: int = 1, batch_size: int = 4, seed: int = 0) -> list
 
 
 def compiled_tiny(directory) -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
-    """The firing TINY model compiled on one batch of noisy digits and written to DIRECTORY/network.h5;
+    """The firing TINY model compiled on one batch of noisy digits and written to DIRECTORY/network.nir;
     returns (network, its file, a second batch (x_t, t) of 3 images with a different t each)."""
     batches = digits_batches(batches=2, batch_size=3)
     net = compile_model(firing_tiny_model(), batches[:1])
-    path = str(directory / "network.h5")
-    write_chip(path, net)
+    path = str(directory / "network.nir")
+    write_chip_nir(path, net)
     return net, path, batches[1]

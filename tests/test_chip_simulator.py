@@ -7,15 +7,17 @@ import os
 import shutil
 
 import h5py
+import nir
 import numpy as np
 import pytest
 import torch
 
-import export.chip
 from chip_helpers import compiled_tiny
-from export.chip import READOUT, write_chip
+from export.chip import READOUT
+from export.nir_chip import write_chip_nir
 from export.reference import run_reference
-from simulators.network import ChipFileError, ChipSimulator
+from simulators.chip_file import ChipFileError
+from simulators.network import ChipSimulator
 from toolchain.verify import Mismatch, compare_runs, first_difference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +32,7 @@ def chip(tmp_path_factory):
 
 
 def _copy(path: str, tmp_path) -> str:
-    out = str(tmp_path / "copy.h5")
+    out = str(tmp_path / "copy.nir")
     shutil.copyfile(path, out)
     return out
 
@@ -69,31 +71,61 @@ def _truncate(path):
         f.write(data[: len(data) // 2])
 
 
+NODES = "node/nodes"
+
+
 def _corrupt_weights(path):
     # Zero the first compressed chunk of a weight dataset: the HDF5 structure still opens, the data does not.
     with h5py.File(path, "r") as h5:
-        chunk = h5["synapses/000/weight"].id.get_chunk_info(0)
+        chunk = h5[f"{NODES}/syn0000/weight"].id.get_chunk_info(0)
     with open(path, "r+b") as f:
         f.seek(chunk.byte_offset)
         f.write(bytes(chunk.size))
 
 
-def _edit(group: str, attr: str, change):
+def _edit(dataset: str, change):
     def edit(path):
         with h5py.File(path, "r+") as h5:
-            h5[group].attrs[attr] = change(h5[group].attrs[attr])
+            h5[dataset][...] = change(h5[dataset][()])
     return edit
 
 
+def _another_tools_graph(path):
+    # what snnTorch or Norse write: Affine -> LIF, no chip integers
+    graph = nir.NIRGraph.from_list(nir.Affine(np.ones((2, 3)), np.zeros(2)),
+                                   nir.LIF(np.full(2, 1e-3), np.full(2, 10.0), np.zeros(2), np.ones(2)))
+    nir.write(path, graph)
+
+
+def _unknown_node(path):
+    # a LIF where the chip network has an IF: a leak this simulator does not run
+    graph = nir.read(path)
+    old = graph.nodes["neuron"]
+    graph.nodes["neuron"] = nir.LIF(np.full(old.r.shape, 1e-3), old.r, np.zeros(old.r.shape), old.v_threshold,
+                                    metadata=old.metadata)
+    nir.write(path, graph)
+
+
 @pytest.mark.parametrize("damage, message", [
-    pytest.param(_truncate, r"not a readable HDF5 file \(.*truncated file", id="truncated"),
-    pytest.param(_corrupt_weights, r"malformed chip network", id="corrupt-data"),
-    pytest.param(_edit("/", "format", lambda old: "nir"), r"not an sddpm-chip file of version \(1,\): format 'nir'",
+    pytest.param(_truncate, r"not a readable NIR file \(.*truncated file", id="truncated"),
+    pytest.param(_corrupt_weights, r"not a readable NIR file|malformed chip network", id="corrupt-data"),
+    pytest.param(_edit("node/metadata/format", lambda old: "nir"), r"not an sddpm-chip-nir file \(format 'nir'\)",
                  id="format"),
-    pytest.param(_edit("/", "version", lambda old: 2), r"not an sddpm-chip file .* version 2", id="version"),
-    # synapse 003 is neuron -> downblocks.1.neuron, depths 0 -> 3 (it skips a residual block)
-    pytest.param(_edit("synapses/003", "delay", lambda old: old - 1),
+    pytest.param(_another_tools_graph, r"not an sddpm-chip-nir file \(format None\): a NIR graph from another tool",
+                 id="another-tool"),
+    pytest.param(_edit("node/metadata/version", lambda old: 2), r"sddpm-chip-nir version 2 is not supported",
+                 id="version"),
+    pytest.param(_unknown_node, r"node 'neuron': NIR type LIF has no place in a chip network", id="node-type"),
+    # the IF's threshold must say what its integer vth says
+    pytest.param(_edit(f"{NODES}/neuron/v_threshold", lambda old: old + 64),
+                 r"node 'neuron': v_threshold must be \d+ everywhere", id="threshold"),
+    # an odd weight in a synapse whose exponent is above 0 is no mantissa << exponent
+    pytest.param(_edit(f"{NODES}/syn0003/weight", lambda old: old + 1), r"syn0003.*not 8-bit mantissas", id="weight"),
+    # synapse 0003 is neuron -> downblocks.1.neuron, depths 0 -> 3 (it skips a residual block)
+    pytest.param(_edit(f"{NODES}/syn0003/metadata/delay", lambda old: old - 1),
                  r"synapse neuron -> downblocks\.1\.neuron: delay 2 does not balance depths 0 -> 3", id="delay"),
+    pytest.param(_edit("node/metadata/links", lambda old: "[]"), r"reads 'upblocks\.2\.neuron\.up2', which no "
+                 r"nearest-up-sampling link x2 feeds", id="link"),
 ])
 def test_a_broken_file_is_refused_with_the_problem_named(chip, tmp_path, damage, message):
     path = _copy(chip[1], tmp_path)
@@ -102,23 +134,35 @@ def test_a_broken_file_is_refused_with_the_problem_named(chip, tmp_path, damage,
         ChipSimulator.from_file(path)
 
 
+def test_the_file_is_a_nir_graph_that_passes_its_own_type_checks(chip):
+    net, path, _ = chip
+    graph = nir.read(path)  # type_check=True: every edge chains in NIR's own inference
+    kinds = {type(node).__name__ for node in graph.nodes.values()}
+    assert kinds == {"Input", "Output", "IF", "Conv2d", "Scale"}
+    assert sum(isinstance(node, nir.Conv2d) for node in graph.nodes.values()) == len(net.synapses)
+    assert {p.name for p in net.populations} == {n for n, node in graph.nodes.items() if isinstance(node, nir.IF)}
+    # one up-sampling port pair per up-sampled source, and the host's input and the readout's output
+    ups = {s.source for s in net.synapses if s.upsample != 1}
+    assert sorted(graph.input_type) == sorted(["input", *(f"{u}.up2" for u in ups)])
+    assert sorted(graph.output_type) == sorted(["output", *(f"{u}.to_up2" for u in ups)])
+
+
 def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(chip, tmp_path, monkeypatch):
     net, path, _ = chip
     target = _copy(path, tmp_path)
     before = open(target, "rb").read()
-    write_attrs = export.chip._attrs
+    write = nir.write
 
-    def fail_at_the_host_group(group, **values):  # after the populations and synapses are written
-        if "membrane_decay" in values:
-            raise KeyboardInterrupt
-        write_attrs(group, **values)
+    def fail_after_writing(where, graph, **kwargs):  # the whole file is on disk, under its temporary name
+        write(where, graph, **kwargs)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.chip, "_attrs", fail_at_the_host_group)
+    monkeypatch.setattr(nir, "write", fail_after_writing)
     with pytest.raises(KeyboardInterrupt):
-        write_chip(target, net)
+        write_chip_nir(target, net)
     with pytest.raises(KeyboardInterrupt):
-        write_chip(str(tmp_path / "new.h5"), net)
-    assert os.listdir(tmp_path) == ["copy.h5"]
+        write_chip_nir(str(tmp_path / "new.nir"), net)
+    assert os.listdir(tmp_path) == ["copy.nir"]
     assert open(target, "rb").read() == before
 
 
@@ -151,7 +195,7 @@ def test_a_changed_weight_is_found_at_its_target_population(chip, tmp_path):
     assert syn.weight_exp >= 5 and syn.out_offset == 0
     path = _copy(path, tmp_path)
     with h5py.File(path, "r+") as h5:
-        h5[f"synapses/{index:03d}/weight"][0, channel, 1, 1] = -127 if mant >= 0 else 127
+        h5[f"{NODES}/syn{index:04d}/weight"][0, channel, 1, 1] = (-127 if mant >= 0 else 127) << syn.weight_exp
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
     order = [p.name for p in net.populations]
     found = compare_runs(order, ref.spikes, ref.readout, out.spikes, out.readout, t=int(t[0]))
@@ -224,3 +268,26 @@ def test_packages_import_in_one_direction():
                 wrong += [f"{os.path.relpath(path, ROOT)}:{line} imports {top}"
                           for top, line in _imported_packages(path) if top in forbidden]
     assert wrong == []
+
+
+def test_the_shipped_model_runs_from_its_nir_file_identically(tmp_path):
+    from export.compiler import calibration_batches, compile_model
+    from sddpm.checkpoint import load_model
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+    from toolchain.cli import SHIPPED_CHECKPOINT
+
+    loaded = load_model(SHIPPED_CHECKPOINT)
+    schedule = NoiseSchedule.linear(loaded.diffusion_config)
+    images = load_images("mnist", "train")[:64]
+    net = compile_model(loaded.model, calibration_batches(images, schedule, 2, 4, seed=0))
+    path = str(tmp_path / "network.nir")
+    write_chip_nir(path, net)
+    nir.read(path)  # loads with NIR's type checks on
+    (x, t), = calibration_batches(images, schedule, 1, 4, seed=1)
+    ref = run_reference(net, x, t)
+    out = ChipSimulator.from_file(path).run(x, t, "delayed")
+    mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
+                            t=int(t[0]))
+    assert mismatch is None, f"first difference: {mismatch}"
+    assert torch.equal(out.eps, ref.eps)

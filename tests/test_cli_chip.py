@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import h5py
+import nir
 import pytest
 
 from chip_helpers import firing_tiny_model
@@ -33,7 +34,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_path, capsys):
-    out = str(tmp_path / "net.h5")
+    out = str(tmp_path / "net.nir")
     assert main(["compile", "--checkpoint", checkpoint, "--out", out, "--threshold-factor", "0.997", *SMALL]) == 0
     text = capsys.readouterr().out
     sim = ChipSimulator.from_file(out)
@@ -46,7 +47,7 @@ def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_p
 
 @DIVERGING_CHAIN
 def test_verify_reports_identical_runs_as_json(checkpoint, tmp_path, capsys):
-    chip = str(tmp_path / "net.h5")
+    chip = str(tmp_path / "net.nir")
     assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", chip]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["identical"] is True and report["first_mismatch"] is None
@@ -60,15 +61,14 @@ def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys
 
     def read_a_tampered_file(path):
         with h5py.File(path, "r+") as h5:
-            weight = h5["synapses/000/weight"]
+            weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]  # mantissas lie within +-127, so negating never wraps
-            target = h5["synapses/000"].attrs["target"]
-        found.append(target.decode() if isinstance(target, bytes) else target)
+        found.append(next(b for a, b in nir.read(path).edges if a == "syn0000"))
         return read(path)
 
     found = []
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
-    assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", str(tmp_path / "net.h5")]) == 1
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", str(tmp_path / "net.nir")]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["identical"] is False
     first = report["first_mismatch"]
@@ -79,9 +79,9 @@ def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys
 
 def test_compiling_the_ann_twin_exits_2_with_the_reason(tmp_path, capsys):
     path = _checkpoint(str(tmp_path / "ann.pt"), ANNUNet(dataclasses.replace(TINY, kind="ann")))
-    assert main(["compile", "--checkpoint", path, "--out", str(tmp_path / "net.h5"), *SMALL]) == 2
+    assert main(["compile", "--checkpoint", path, "--out", str(tmp_path / "net.nir"), *SMALL]) == 2
     assert "the compiler maps SpikingUNet models, got ANNUNet" in capsys.readouterr().err
-    assert not (tmp_path / "net.h5").exists()
+    assert not (tmp_path / "net.nir").exists()
 
 
 @DIVERGING_CHAIN

@@ -208,7 +208,7 @@ def test_sddpm_energy_counts_a_chain_on_the_simulator(tmp_path, capsys):
     model = firing_tiny_model()
     save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "diffusion_config": DiffusionConfig().to_dict(),
                            "train_config": TINY_TRAIN.to_dict(), "step": 0, "model": model.state_dict()})
-    chip = str(tmp_path / "net.h5")
+    chip = str(tmp_path / "net.nir")
     common = ["energy", "--checkpoint", ckpt, "--chip-out", chip, "--steps", "2", "--ddim-steps", "4",
               "--batch-size", "2", "--calibration-batches", "1", "--calibration-batch-size", "4"]
     assert main([*common, "--json"]) == 0

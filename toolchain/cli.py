@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fold BN, rewrite the analog paths into spike-to-current synapses, turn the "
                                    "time embedding into bias tables, calibrate on noisy training images and "
                                    "quantize to 8-bit weights and integer thresholds; write the chip network "
-                                   "(HDF5, format sddpm-chip) and print its populations.")
+                                   "(a NIR graph with the integers in its metadata, format sddpm-chip-nir) and print its populations.")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
-    p.add_argument("--out", default="out/chip/network.h5", help="chip network file (default: %(default)s)")
+    p.add_argument("--out", default="out/chip/network.nir", help="chip network file (default: %(default)s)")
     p.add_argument("--threshold-factor", type=float, default=1.0,
                    help="threshold-guided strategy: integer thresholds of threshold x factor (default: 1.0)")
     _add_calibration_args(p)
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delayed: Lava's timing; zero_delay: all populations see SNN step t together "
                         "(default: %(default)s)")
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of both networks")
-    p.add_argument("--chip-out", default="out/chip/network.h5", help="where the exported file is written")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where the exported file is written")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="images in the chain (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of the chip network")
-    p.add_argument("--chip-out", default="out/chip/network.h5", help="where the chip network file is written")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where the chip network file is written")
     g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
     g.add_argument("--loihi-sop-pj", type=float, default=LOIHI_DAVIES_2018.sop_pj,
                    help="energy per synaptic operation, pJ (default: %(default)s)")
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
                                    "DDIM (out/demo/grid.png), compile it into a chip network "
-                                   "(out/demo/network.h5), and check three denoising steps of a sampling chain "
+                                   "(out/demo/network.nir), and check three denoising steps of a sampling chain "
                                    "on the bit-accurate simulator (Lava timing) against the quantized "
                                    "reference and the float model; prints the verification ladder and the "
                                    "energy of those steps, and writes the report (out/demo/report.md).")
@@ -281,7 +281,7 @@ def _calibration_dataset(args, loaded) -> str:
 
 def _compile(args, loaded, threshold_factor: float, path: str):
     """Compile the loaded model, calibrated on its dataset, and write the chip file; returns the network."""
-    from export.chip import write_chip
+    from export.nir_chip import write_chip_nir
     from export.compiler import calibration_batches, compile_model
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
@@ -290,7 +290,7 @@ def _compile(args, loaded, threshold_factor: float, path: str):
     batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), args.calibration_batches,
                                   args.calibration_batch_size)
     net = compile_model(loaded.model, batches, threshold_factor)
-    write_chip(path, net)
+    write_chip_nir(path, net)
     return net
 
 
@@ -320,7 +320,7 @@ def _sample_images(args, count: int):
     if getattr(args, "backend", "float") == "sim":
         from simulators.network import ChipSimulator
 
-        chip_path = os.path.join(args.out, "network.h5")
+        chip_path = os.path.join(args.out, "network.nir")
         _compile(args, loaded, args.threshold_factor, chip_path)
         denoiser, device = ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu"
     else:
@@ -503,7 +503,7 @@ def cmd_report(args) -> int:
     from toolchain.verify import format_ladder
 
     loaded = load_model(args.checkpoint)
-    chip_path = os.path.join(args.out, "network.h5")
+    chip_path = os.path.join(args.out, "network.nir")
     net = _compile(args, loaded, args.threshold_factor, chip_path)
     ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, args.batch_size, args.seed,
                                                args.ddim_steps, args.steps,
@@ -579,7 +579,7 @@ def cmd_demo(args) -> int:
     started = time.time()
     args.checkpoint, args.dataset, args.data_root = SHIPPED_CHECKPOINT, None, None
     args.calibration_batches, args.calibration_batch_size = 2, 16
-    chip_path = os.path.join(args.out, "network.h5")
+    chip_path = os.path.join(args.out, "network.nir")
     net = _compile(args, loaded, 1.0, chip_path)
     print(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}")
     print(format_network(net))

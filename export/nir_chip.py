@@ -1,0 +1,126 @@
+"""The chip network as a NIR graph: the file the simulator and the Lava backend run from.
+
+Every node is a NIR primitive, so `nir.read` loads the file and its type checks pass:
+
+- `input`: `Input` (C, H, W), the host's current into the first population, integer a-units per step.
+- one `IF` per population, named as the population: r = 64 (one a-unit of input is 64 units of v),
+  v_threshold = vth << 6, v_reset = 0, spike iff v > v_threshold (Lava's strict comparison, and
+  NIR's `Threshold`). One NIR time unit is one chip step, integrated by forward Euler, which is
+  exact for integer inputs. Node metadata carries what NIR has no field for: `vth`, `scale`,
+  the bias table per diffusion step (`bias_mant` [rows, C], `bias_exp`; on only inside the window),
+  `depth` (the window is [depth, depth + T)), `host_input`, and `v_saturate_bits` (v saturates at 24).
+- one `Conv2d` per synapse (`syn000` ...): the integer weights mant << weight_exp as float32 (exact:
+  an 8-bit mantissa times a power of two), zero outside the synapse's output channels (a concatenation
+  is a fan-in sum of zero-padded weights, NIR's only way to concatenate); metadata `weight_exp`,
+  `out_offset`, `channels` (the slice width), `delay`, `upsample`.
+- `readout`: `Scale` (the float current per a-unit) that sums the output synapses, then `output`.
+
+NIR has no up-sampling. A synapse that up-samples its source by u reads from an `Input` port
+`<source>.up<u>` of shape (C, uH, uW), and the source feeds an `Output` port `<source>.to_up<u>`; the
+graph metadata `links` joins each pair by nearest up-sampling within the step. A reader that does not
+know the links sees two more graph ports; nothing in the file claims a meaning NIR does not give it.
+
+Graph metadata: `format` ("sddpm-chip-nir"), `version`, the model config, T, diffusion steps, the
+threshold factor, the neuron's integer constants, the host's saturation, the partition (what runs
+where), `links`, and `host`: the host stages (head conv, readout bias and time embedding, tail) as
+float32 arrays. The file alone runs the network.
+"""
+from __future__ import annotations
+
+import json
+
+import nir
+import numpy as np
+
+from sddpm.checkpoint import atomic_path
+
+from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipNetwork,
+                   ChipSynapse, check_ranges)
+
+FORMAT = "sddpm-chip-nir"
+VERSION = 1
+INPUT = "input"
+OUTPUT = "output"
+V_PER_A = 1 << ACT_SHIFT  # NIR's r: units of v per a-unit of input current
+
+
+def up_ports(source: str, factor: int) -> tuple[str, str]:
+    """(Output port the source feeds, Input port the up-sampling synapses read)."""
+    return f"{source}.to_up{factor}", f"{source}.up{factor}"
+
+
+def synapse_name(index: int) -> str:
+    return f"syn{index:04d}"
+
+
+def _if_node(shape, vth: int, metadata: dict) -> nir.IF:
+    return nir.IF(r=np.full(shape, float(V_PER_A)), v_threshold=np.full(shape, float(vth << VTH_SHIFT)),
+                  v_reset=np.zeros(shape), metadata=metadata)
+
+
+def _conv_node(syn: ChipSynapse, source_shape, target_channels: int) -> nir.Conv2d:
+    c_out, c_in, k, _ = syn.weight.shape
+    weight = np.zeros((target_channels, c_in, k, k), dtype=np.float32)
+    # float32 holds mant << exp exactly: 8 significant bits times a power of two
+    weight[syn.out_offset:syn.out_offset + c_out] = syn.integer_weight()
+    _, h, w = source_shape
+    return nir.Conv2d(input_shape=(h * syn.upsample, w * syn.upsample), weight=weight, stride=syn.stride,
+                      padding=syn.padding, dilation=1, groups=1, bias=np.zeros(target_channels, dtype=np.float32),
+                      metadata={"weight_exp": syn.weight_exp, "out_offset": syn.out_offset, "channels": c_out,
+                                "delay": syn.delay, "upsample": syn.upsample})
+
+
+def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
+    check_ranges(net)
+    shapes = {p.name: p.shape for p in net.populations}
+    first = net.populations[0]
+    nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(np.array(first.shape))}
+    edges: list[tuple[str, str]] = [(INPUT, first.name)]
+    for p in net.populations:
+        nodes[p.name] = _if_node(p.shape, p.vth, {
+            "vth": p.vth, "scale": p.scale, "bias_mant": p.bias_mant.astype(np.int16), "bias_exp": p.bias_exp,
+            "depth": p.depth, "host_input": int(p.host_input), "v_saturate_bits": STATE_BITS})
+    r = net.readout
+    nodes["readout"] = nir.Scale(np.full(r.shape, r.scale), metadata={"depth": r.depth})
+    nodes[OUTPUT] = nir.Output(np.array(r.shape))
+    edges.append(("readout", OUTPUT))
+    links = []
+    for i, syn in enumerate(net.synapses):
+        name = synapse_name(i)
+        target = "readout" if syn.target == READOUT else syn.target
+        target_channels = r.shape[0] if syn.target == READOUT else shapes[syn.target][0]
+        nodes[name] = _conv_node(syn, shapes[syn.source], target_channels)
+        source = syn.source
+        if syn.upsample != 1:
+            out_port, in_port = up_ports(syn.source, syn.upsample)
+            if in_port not in nodes:
+                c, h, w = shapes[syn.source]
+                nodes[out_port] = nir.Output(np.array((c, h, w)))
+                nodes[in_port] = nir.Input(np.array((c, h * syn.upsample, w * syn.upsample)))
+                edges.append((syn.source, out_port))
+                links.append({"from": out_port, "to": in_port, "op": "nearest_upsample", "factor": syn.upsample})
+            source = in_port
+        edges += [(source, name), (name, target)]
+    host = {"head_weight": net.host.head_weight.astype(np.float32),
+            "head_bias": net.host.head_bias.astype(np.float32),
+            "readout_bias": r.bias.astype(np.float32), "membrane_decay": float(net.host.membrane_decay),
+            **{k: v.astype(np.float32) for k, v in net.host.tail.items()}}
+    if r.temb is not None:
+        host["readout_temb"] = r.temb.astype(np.float32)
+    metadata = {
+        "format": FORMAT, "version": VERSION, "model_config": json.dumps(net.model_config),
+        "snn_steps": net.snn_steps, "diffusion_steps": net.diffusion_steps,
+        "threshold_factor": net.threshold_factor,
+        "neuron": json.dumps({"du": IF_DU, "dv": IF_DV, "act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
+                              "state_bits": STATE_BITS}),
+        "host_input_max": HOST_INPUT_MAX, "partition": json.dumps(net.partition()),
+        "order": json.dumps([p.name for p in net.populations]), "links": json.dumps(links), "host": host,
+    }
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def write_chip_nir(path: str, net: ChipNetwork) -> None:
+    """Write the network as a NIR file, atomically (an interrupted write leaves the old file, or none)."""
+    graph = chip_to_nir(net)
+    with atomic_path(path) as tmp:
+        nir.write(tmp, graph)
