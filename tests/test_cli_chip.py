@@ -45,6 +45,33 @@ def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_p
     assert text.rstrip().endswith(f"chip network -> {out}")
 
 
+def test_export_nir_writes_a_nir_graph_and_checks_it_on_the_simulator(checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "net.nir")
+    assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
+                 *SMALL]) == 0
+    text = capsys.readouterr().out
+    graph = nir.read(out)
+    assert f"{len(graph.nodes)} nodes (Conv2d, IF, Input, Output, Scale)" in text
+    assert "passes nir.read's type checks" in text
+    assert "vs the in-memory quantized reference, 3 noisy digits images: identical" in text
+
+
+def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
+    read = ChipSimulator.from_file
+
+    def read_a_tampered_file(path):
+        with h5py.File(path, "r+") as h5:
+            weight = h5["node/nodes/syn0000/weight"]
+            weight[...] = -weight[...]
+        return read(path)
+
+    monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
+    out = str(tmp_path / "net.nir")
+    assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
+                 *SMALL]) == 1
+    assert "first difference at population " in capsys.readouterr().out
+
+
 @DIVERGING_CHAIN
 def test_verify_reports_identical_runs_as_json(checkpoint, tmp_path, capsys):
     chip = str(tmp_path / "net.nir")

@@ -166,24 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
 
-    p = sub.add_parser("export", help="export a checkpoint's float denoiser (ONNX) and check the file against PyTorch",
-                       description="Write the float denoiser eps = f(x_t, t) of a checkpoint (a SpikingUNet with its "
-                                   "T SNN steps unrolled, or the ANN twin) to an interchange format, atomically, then "
-                                   "run the file on noisy training images and compare it with PyTorch. onnx: inputs "
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or NIR and check the file against its source",
+                       description="Write a checkpoint to an interchange format, atomically, then run the file on "
+                                   "noisy training images and compare it with where it came from. onnx: the float "
+                                   "denoiser eps = f(x_t, t) with its T SNN steps unrolled (or the ANN twin), inputs "
                                    "x float32 [batch, C, H, W] and t int64 [batch], output eps float32 [batch, C, H, "
-                                   "W], metadata naming the model configuration; run with onnxruntime and compared "
-                                   "image by image and spike by spike. Exit status 1 if the file disagrees beyond "
-                                   "float32 rounding.")
+                                   "W]; run with onnxruntime and compared image by image and spike by spike. nir: "
+                                   "the compiled chip network (Loihi 2 integers; the simulator's and the Lava "
+                                   "backend's input), read back by nir.read with its type checks and run on the "
+                                   "bit-accurate simulator against the quantized reference: identical or the first "
+                                   "difference. Exit status 1 if the file disagrees.")
     p.add_argument("--format", required=True, choices=sorted(EXPORTERS),
-                   help="onnx: the float denoiser for onnxruntime or any other ONNX runtime")
+                   help="onnx: the float denoiser for onnxruntime; nir: the chip network as a NIR graph")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
     p.add_argument("--out", help="file to write (default: out/export/<checkpoint name>.<format>)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
-    g = p.add_argument_group("check (the written file against PyTorch)")
-    g.add_argument("--dataset", help="noisy images of this dataset (default: the checkpoint's training dataset)")
-    g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
-    g.add_argument("--check-images", type=int, default=16,
-                   help="images, t spread over all diffusion steps (default: %(default)s)")
+    p.add_argument("--threshold-factor", type=float, default=1.0, help="nir: threshold factor of the chip network")
+    p.add_argument("--check-images", type=int, default=16,
+                   help="noisy training images to check the file on, t spread over all diffusion steps "
+                        "(default: %(default)s)")
+    _add_calibration_args(p)
 
     p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
                                       "chip network; energy per step and per image against the ANN twin",
@@ -540,6 +542,36 @@ def _export_onnx(args, loaded, path: str) -> int:
     return 0 if report.ok else 1
 
 
+def _export_nir(args, loaded, path: str) -> int:
+    import nir
+    import torch
+
+    from export.compiler import calibration_batches
+    from export.reference import run_reference
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+    from simulators.network import ChipSimulator
+    from toolchain.verify import compare_runs
+
+    net = _compile(args, loaded, args.threshold_factor, path)
+    graph = nir.read(path)  # NIR's own reader, type checks on
+    kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
+    print(f"{path}: NIR {nir.__version__} graph, {len(graph.nodes)} nodes ({', '.join(kinds)}), "
+          f"{len(graph.edges)} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks")
+    dataset = _calibration_dataset(args, loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=1)
+    ref = run_reference(net, x, t)
+    out = ChipSimulator.from_file(path).run(x, t, "delayed")
+    mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
+                            t=int(t[0]))
+    what = f"simulator reading {path} vs the in-memory quantized reference, {len(x)} noisy {dataset} images"
+    found = "identical spikes, output currents and eps" if mismatch is None else \
+        f"first difference at population {mismatch.population}, SNN step {mismatch.snn_step}, index {mismatch.index}"
+    print(f"{what}: {found}")
+    return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
+
+
 def format_onnx_comparison(report, t) -> str:
     """Agreement of eps on the images with identical spikes, and each image whose spikes differ."""
     from export.onnx_export import ONNX_ATOL, TIE_ATOL
@@ -598,7 +630,7 @@ def cmd_release(args) -> None:
 
 
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
-EXPORTERS = {"onnx": _export_onnx}
+EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
             "verify": cmd_verify, "export": cmd_export, "energy": cmd_energy, "report": cmd_report,
             "demo": cmd_demo}
