@@ -187,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     _add_calibration_args(p)
 
+    p = sub.add_parser("import-nir", help="compile a NIR graph from another tool (snnTorch, Norse, Sinabs, ...) to "
+                                          "Loihi 2 integers for the simulator and Lava",
+                       description="Read a NIR graph of Affine/Linear/Conv2d synapses (optionally after a Flatten) "
+                                   "into IF/LIF/CubaLIF nodes, discretize it by forward Euler with --dt (IF adds R*I "
+                                   "per step; the current before the voltage, as Lava does), quantize it to Lava's "
+                                   "integer LIF (8-bit weight mantissas, thresholds of 1024 a-units) and write the "
+                                   "same graph with the integers in its node metadata (format sddpm-net-nir). Nodes "
+                                   "that do not map are named in the error.")
+    p.add_argument("graph", help="NIR file to compile")
+    p.add_argument("--out", required=True, help="compiled NIR file to write")
+    p.add_argument("--dt", type=float, default=1e-4,
+                   help="seconds per step for tau of LIF/CubaLIF (default: %(default)s, the snnTorch/NIR-paper "
+                        "convention)")
+
     p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
                                       "chip network; energy per step and per image against the ANN twin",
                        description="Compile a checkpoint, run the bit-accurate simulator on --steps denoising steps "
@@ -371,6 +385,34 @@ def cmd_fid(args) -> None:
     if is_main:
         print(json.dumps(result) if args.json else
               "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
+
+
+def cmd_import_nir(args) -> int:
+    import nir
+
+    from export.nir_foreign import Discretization, ForeignGraphError, write_foreign
+
+    try:
+        graph = nir.read(args.graph)
+    except Exception as err:  # nir.read raises whatever h5py or its type checks raise
+        print(f"sddpm import-nir: {args.graph}: not a readable NIR file ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        return 2
+    try:
+        compiled = write_foreign(args.out, graph, Discretization(dt=args.dt))
+    except ForeignGraphError as err:
+        print(f"sddpm import-nir: {args.graph}: {err}", file=sys.stderr)
+        return 2
+    print(f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}")
+    for name, node in sorted(compiled.nodes.items()):
+        md = node.metadata or {}
+        if "du" in md:
+            print(f"{name:<20} {type(node).__name__:<8} {md['du']:>5} {md['dv']:>5} {md['vth']:>5} "
+                  f"{md['scale']:>10.3e} {'':>10}")
+        elif "weight_exp" in md:
+            print(f"{name:<20} {type(node).__name__:<8} {'':>5} {'':>5} {'':>5} {'':>10} {md['weight_exp']:>10}")
+    print(f"compiled (dt = {args.dt:g} s) -> {args.out}")
+    return 0
 
 
 def cmd_compile(args) -> None:
@@ -632,7 +674,7 @@ def cmd_release(args) -> None:
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
 EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "export": cmd_export, "energy": cmd_energy, "report": cmd_report,
+            "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "energy": cmd_energy, "report": cmd_report,
             "demo": cmd_demo}
 
 

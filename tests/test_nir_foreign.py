@@ -1,0 +1,163 @@
+"""NIR graphs written the way other tools write them, compiled to Loihi 2 integers and run on the simulator:
+a hand-derived case, agreement with the float discretization, recurrent and convolutional graphs, the
+file round trip, and refusals that name the node."""
+import nir
+import numpy as np
+import pytest
+import torch
+
+from export.nir_foreign import Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
+from simulators.chip_file import ChipFileError
+from simulators.nir_net import NetSimulator
+
+DT = 1e-4
+# Spike agreement between the integers and the float discretization: 8-bit weights move a membrane by
+# up to 1/254 of the largest weight per input spike, which flips the odd spike of a neuron near threshold.
+SPIKE_AGREEMENT_MIN = 0.97
+
+
+def _lif(n, tau=2e-3, threshold=1.0):
+    # snnTorch's Leaky with beta = 1 - dt/tau exports tau and r = tau/dt, so that v = beta v + x
+    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / DT), v_leak=np.zeros(n), v_threshold=np.full(n, threshold))
+
+
+def _cuba(n, tau_syn=5e-4, tau_mem=2e-3, threshold=1.0):
+    return nir.CubaLIF(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, tau_mem), r=np.full(n, tau_mem / DT),
+                       v_leak=np.zeros(n), v_threshold=np.full(n, threshold), w_in=np.full(n, tau_syn / DT))
+
+
+def _spikes(steps, batch, *shape, rate=0.3, seed=0):
+    return (torch.rand(steps, batch, *shape, generator=torch.Generator().manual_seed(seed)) < rate).long()
+
+
+def _agreement(graph, inputs):
+    expected = run_discrete(graph, inputs)
+    got = NetSimulator(compile_foreign(graph)).run(inputs)
+    for name, s in expected.items():
+        rate = float(s.double().mean())
+        assert 0.02 < rate < 0.7, f"{name} fires at {rate:.3f}: vacuous comparison"
+    same = sum(int((got[n] == expected[n].bool()).sum()) for n in expected)
+    return same / sum(s.numel() for s in expected.values())
+
+
+def test_a_hand_derived_integrate_and_fire_chain():
+    graph = nir.NIRGraph.from_list(nir.Input(np.array([1])), nir.Affine(np.array([[0.5]]), np.zeros(1)),
+                                   nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)),
+                                   nir.Output(np.array([1])))
+    compiled = compile_foreign(graph)
+    # threshold 1.0 = VTH_A = 1024 a-units, so weight 0.5 = 512 a-units = mantissa 64 << 3 (512/127 needs 3 bits)
+    affine = next(node for node in compiled.nodes.values() if isinstance(node, nir.Affine))
+    assert affine.metadata["weight_exp"] == 3 and affine.metadata["weight_mant"].tolist() == [[64]]
+    # an input spike every step reaches the neuron one step later: v = 512 << 6 per step from step 1,
+    # 98304 > 1024 << 6 = 65536 first at step 3 (65536 at step 2 is not above), then every 3 steps
+    out = NetSimulator(compiled).run({"input": torch.ones(10, 1, 1, dtype=torch.long)})
+    neuron = next(n for n, node in compiled.nodes.items() if isinstance(node, nir.IF))
+    assert out[neuron][:, 0, 0].nonzero().flatten().tolist() == [3, 6, 9]
+    assert run_discrete(graph, {"input": torch.ones(10, 1, 1)})[neuron][:, 0, 0].nonzero().flatten().tolist() == \
+        [3, 6, 9]
+
+
+def test_a_feed_forward_lif_and_cubalif_graph_agrees_with_the_float_discretization():
+    rng = np.random.default_rng(0)
+    graph = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([12])),
+        "fc1": nir.Affine(rng.normal(0.0, 0.35, (16, 12)), rng.normal(0.02, 0.01, 16)),
+        "lif1": _lif(16),
+        "fc2": nir.Linear(rng.normal(0.1, 0.5, (6, 16))),
+        "cuba": _cuba(6),
+        "output": nir.Output(np.array([6])),
+    }, edges=[("input", "fc1"), ("fc1", "lif1"), ("lif1", "fc2"), ("fc2", "cuba"), ("cuba", "output")])
+    assert _agreement(graph, {"input": _spikes(60, 8, 12)}) >= SPIKE_AGREEMENT_MIN
+
+
+def test_a_recurrent_cubalif_graph_runs_with_one_step_per_synapse():
+    # snnTorch's RSynaptic exports Input -> Affine -> CubaLIF <-> Affine (w_rec) -> Output
+    rng = np.random.default_rng(1)
+    graph = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([8])),
+        "w_in": nir.Affine(rng.normal(0.4, 0.4, (10, 8)), np.zeros(10)),
+        "lif": _cuba(10),
+        "w_rec": nir.Affine(rng.normal(0.0, 0.3, (10, 10)), np.zeros(10)),
+        "output": nir.Output(np.array([10])),
+    }, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+    assert _agreement(graph, {"input": _spikes(60, 6, 8)}) >= SPIKE_AGREEMENT_MIN
+
+
+def test_a_convolutional_graph_like_sinabs_writes_it():
+    rng = np.random.default_rng(2)
+    conv = nir.Conv2d(input_shape=(8, 8), weight=rng.normal(0.15, 0.3, (4, 2, 3, 3)), stride=1, padding=1,
+                      dilation=1, groups=1, bias=np.zeros(4))
+    graph = nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([2, 8, 8])),
+        "conv": conv,
+        "if1": nir.IF(r=np.ones((4, 8, 8)), v_threshold=np.ones((4, 8, 8)), v_reset=np.zeros((4, 8, 8))),
+        "flat": nir.Flatten(input_type={"input": np.array([4, 8, 8])}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine(rng.normal(0.006, 0.05, (5, 256)), np.zeros(5)),
+        "if2": nir.IF(r=np.ones(5), v_threshold=np.ones(5), v_reset=np.zeros(5)),
+        "output": nir.Output(np.array([5])),
+    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+    assert _agreement(graph, {"input": _spikes(30, 4, 2, 8, 8)}) >= SPIKE_AGREEMENT_MIN
+
+
+def test_the_compiled_file_is_plain_nir_and_runs_as_in_memory(tmp_path):
+    rng = np.random.default_rng(3)
+    graph = nir.NIRGraph.from_list(nir.Input(np.array([5])), nir.Affine(rng.normal(0.3, 0.3, (4, 5)), np.zeros(4)),
+                                   _lif(4), nir.Output(np.array([4])))
+    path = str(tmp_path / "net.nir")
+    compiled = write_foreign(path, graph, Discretization(dt=DT))
+    read = nir.read(path)  # NIR's type checks pass: the source graph is unchanged
+    assert sorted(read.nodes) == sorted(graph.nodes)
+    inputs = {"input": _spikes(20, 3, 5)}
+    from_file, in_memory = NetSimulator.from_file(path).run(inputs), NetSimulator(compiled).run(inputs)
+    assert all(torch.equal(from_file[n], in_memory[n]) for n in in_memory)
+
+
+def _li_graph():
+    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((2, 2)), np.zeros(2)),
+                                  nir.LI(tau=np.full(2, 1e-3), r=np.ones(2), v_leak=np.zeros(2)),
+                                  nir.Output(np.array([2])))
+
+
+def _lif_graph(**changes):
+    params = {"tau": np.full(3, 2e-3), "r": np.full(3, 20.0), "v_leak": np.zeros(3), "v_threshold": np.ones(3),
+              **changes}
+    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.zeros(3)),
+                                  nir.LIF(**params), nir.Output(np.array([3])))
+
+
+def _cuba_with_bias():
+    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.ones(3)), _cuba(3),
+                                  nir.Output(np.array([3])))
+
+
+@pytest.mark.parametrize("graph, message", [
+    (_li_graph(), r"node 'li': NIR type LI has no chip mapping"),
+    (_lif_graph(v_reset=np.full(3, 0.5)), r"node 'lif': v_reset must be 0"),
+    (_lif_graph(tau=np.array([1e-3, 2e-3, 3e-3])), r"node 'lif': tau differs between neurons"),
+    (_lif_graph(tau=np.full(3, 5e-5)), r"node 'lif': dt/tau_mem = 2\.0 must lie in \(0, 1\]"),
+    (_cuba_with_bias(), r"synapse 'affine': a bias into the CubaLIF 'cubalif' has no Lava equivalent"),
+], ids=["LI", "v_reset", "tau", "dt", "bias"])
+def test_what_does_not_map_is_refused_by_node_name(graph, message):
+    with pytest.raises(ForeignGraphError, match=message):
+        compile_foreign(graph)
+
+
+def test_an_uncompiled_graph_is_refused_by_the_simulator():
+    with pytest.raises(ChipFileError, match="not an sddpm-net-nir graph"):
+        NetSimulator(_lif_graph())
+
+
+def test_cli_import_nir_compiles_a_file_and_names_what_does_not_map(tmp_path, capsys):
+    from toolchain.cli import main
+
+    source, out = str(tmp_path / "snntorch.nir"), str(tmp_path / "chip.nir")
+    nir.write(source, _lif_graph())
+    assert main(["import-nir", source, "--out", out]) == 0
+    text = capsys.readouterr().out
+    # LIF, tau 2 ms at dt 0.1 ms: dv = 4096 * 0.05 = 204.8 -> 205; no current memory: du = 4095
+    assert "lif                  LIF       4095   205  1024" in text and text.rstrip().endswith(f"-> {out}")
+    assert NetSimulator.from_file(out).run({"input": _spikes(5, 1, 2)})["lif"].shape == (5, 1, 3)
+    nir.write(source, _li_graph())
+    assert main(["import-nir", source, "--out", str(tmp_path / "li.nir")]) == 2
+    assert "node 'li': NIR type LI has no chip mapping" in capsys.readouterr().err
+    assert not (tmp_path / "li.nir").exists()
