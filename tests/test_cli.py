@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,10 @@ def test_demo_samples_the_shipped_model(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--num-images", "4"]) == 0
     out = capsys.readouterr().out
     assert "shipped model: snn" in out and "SNN / ANN" in out  # the energy summary, then the report's path
-    assert out.rstrip().endswith(f"report -> {tmp_path / 'report.md'}") and (tmp_path / "energy.png").exists()
+    assert f"report -> {tmp_path / 'report.md'}" in out and (tmp_path / "energy.png").exists()
+    # then the interchange files, each checked: ONNX against PyTorch, the float NIR read back
+    assert "onnxruntime vs PyTorch on 8 noisy mnist training images" in out
+    assert out.rstrip().endswith("(tolerance 1e-05: weights are float32 on file)") and "spikes identical" in out
+    assert {"network.nir", "denoiser.onnx", "float.nir"} <= set(os.listdir(tmp_path))
     assert Image.open(tmp_path / "grid.png").size == (70, 70)
     assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")

@@ -56,6 +56,16 @@ def test_export_nir_writes_a_nir_graph_and_checks_it_on_the_simulator(checkpoint
     assert "vs the in-memory quantized reference, 3 noisy digits images: identical" in text
 
 
+def test_export_nir_float_writes_the_float_network_and_checks_the_round_trip(checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "float.nir")
+    assert main(["export", "--format", "nir-float", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
+                 *SMALL]) == 0
+    text = capsys.readouterr().out
+    assert "(Conv2d, IF, Input, Output, Scale)" in text and "passes nir.read's type checks" in text
+    assert "3 noisy digits images): spikes identical, max |eps diff|" in text
+    assert nir.read(out).metadata["format"] == "sddpm-float-nir"
+
+
 def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
     read = ChipSimulator.from_file
 

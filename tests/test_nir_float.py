@@ -12,13 +12,9 @@ import torch
 
 from chip_helpers import digits_batches, firing_tiny_model
 from export.graph import FloatGraph, extract_graph, run_float
-from export.nir_float import NirFileError, float_graph_to_nir, read_float_nir, write_float_nir
+from export.nir_float import (FILE_ROUND_TRIP_ATOL, NirFileError, float_graph_to_nir, read_float_nir,
+                              write_float_nir)
 from helpers import assert_close
-
-# The float64 model against its graph with float32 weights and biases (relative rounding 2^-24 = 6e-8), every
-# spike equal: measured 2.5e-7 on eps of order 7, with a wide margin.
-FLOAT32_WEIGHTS_ATOL = 1e-5
-
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> tuple[torch.nn.Module, FloatGraph, str]:
@@ -69,7 +65,7 @@ def test_the_file_runs_like_the_model(written):
     # spike in both), so not one spike changes.
     for name, spikes in reference.spikes.items():
         assert torch.equal(run.spikes[name], spikes), name
-    assert_close(run.eps, eps, atol=FLOAT32_WEIGHTS_ATOL, what="eps of the NIR round trip vs the model")
+    assert_close(run.eps, eps, atol=FILE_ROUND_TRIP_ATOL, what="eps of the NIR round trip vs the model")
 
 
 def test_the_file_is_plain_nir_with_consistent_links(written):

@@ -175,9 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the compiled chip network (Loihi 2 integers; the simulator's and the Lava "
                                    "backend's input), read back by nir.read with its type checks and run on the "
                                    "bit-accurate simulator against the quantized reference: identical or the first "
-                                   "difference. Exit status 1 if the file disagrees.")
+                                   "difference. nir-float: the float spiking network (IF nodes, float weights, "
+                                   "biases per diffusion step in metadata), read back and run against the graph "
+                                   "written. Exit status 1 if the file disagrees.")
     p.add_argument("--format", required=True, choices=sorted(EXPORTERS),
-                   help="onnx: the float denoiser for onnxruntime; nir: the chip network as a NIR graph")
+                   help="onnx: the float denoiser for onnxruntime; nir: the chip network as a NIR graph; nir-float: "
+                        "the float spiking network as a NIR graph for other NIR tools")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
     p.add_argument("--out", help="file to write (default: out/export/<checkpoint name>.<format>)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
@@ -249,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(out/demo/network.nir), and check three denoising steps of a sampling chain "
                                    "on the bit-accurate simulator (Lava timing) against the quantized "
                                    "reference and the float model; prints the verification ladder and the "
-                                   "energy of those steps, and writes the report (out/demo/report.md).")
+                                   "energy of those steps, and writes the report (out/demo/report.md); then "
+                                   "exports the float denoiser to ONNX and the float spiking network to NIR and "
+                                   "checks both files against PyTorch.")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--num-images", type=int, default=64)
     return parser
@@ -614,6 +619,34 @@ def _export_nir(args, loaded, path: str) -> int:
     return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
 
 
+def _export_nir_float(args, loaded, path: str) -> int:
+    import copy
+
+    import nir
+
+    from export.compiler import calibration_batches
+    from export.graph import extract_graph, run_float
+    from export.nir_float import FILE_ROUND_TRIP_ATOL, read_float_nir, write_float_nir
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+
+    graph = extract_graph(copy.deepcopy(loaded.model).double())
+    write_float_nir(path, graph)
+    kinds = sorted({type(node).__name__ for node in nir.read(path).nodes.values()})
+    print(f"{path}: NIR {nir.__version__} graph ({', '.join(kinds)}), {os.path.getsize(path) / 1e6:.1f} MB; passes "
+          f"nir.read's type checks")
+    dataset = _calibration_dataset(args, loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=1)
+    written, read = run_float(graph, x.double(), t), run_float(read_float_nir(path), x.double(), t)
+    flips = [name for name, s in written.spikes.items() if not bool((s == read.spikes[name]).all())]
+    diff = float((written.eps - read.eps).abs().max())
+    print(f"the graph read back vs the graph written (float64, {len(x)} noisy {dataset} images): spikes "
+          f"{'identical' if not flips else 'differ in ' + ', '.join(flips)}, max |eps diff| {diff:.1e} "
+          f"(tolerance {FILE_ROUND_TRIP_ATOL:.0e}: weights are float32 on file)")
+    return 0 if not flips and diff <= FILE_ROUND_TRIP_ATOL else 1
+
+
 def format_onnx_comparison(report, t) -> str:
     """Agreement of eps on the images with identical spikes, and each image whose spikes differ."""
     from export.onnx_export import ONNX_ATOL, TIE_ATOL
@@ -660,7 +693,12 @@ def cmd_demo(args) -> int:
     ladder, summary, path = _verify_and_report(args, loaded, net, chip_path, 2, 0, 100, 3,
                                                "SDDPM on Loihi 2: the shipped MNIST model")
     print("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
-    return 0 if ladder.identical else 1
+
+    print("\ninterchange files, each read back and checked against its source:")
+    args.check_images, args.no_ema = 8, False
+    exported = [exporter(args, loaded, os.path.join(args.out, name)) == 0
+                for exporter, name in ((_export_onnx, "denoiser.onnx"), (_export_nir_float, "float.nir"))]
+    return 0 if ladder.identical and all(exported) else 1
 
 
 def cmd_release(args) -> None:
@@ -672,7 +710,7 @@ def cmd_release(args) -> None:
 
 
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
-EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir}
+EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir, "nir-float": _export_nir_float}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
             "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "energy": cmd_energy, "report": cmd_report,
             "demo": cmd_demo}
