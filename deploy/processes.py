@@ -1,0 +1,105 @@
+"""Lava processes that Lava does not ship, and the process-count limits of its CPU runtime.
+
+- `FileSink`: records what arrives at its port every step and writes the whole record to one .npy file
+  at its last step. Lava's own sinks are read with `Var.get()`, which sends every element as its own
+  message (research/lava.md section 8: 18.6 s for 688,128 values); one file read per run is the point.
+- `DelayLine`: delays an integer current by `delay` steps. Conv and Sparse synapses delay by exactly one
+  step; a longer path (a skip connection meeting a deep one) needs more. On Loihi 2 that is a synaptic
+  delay in hardware (Lava's DelayDense, dense only, up to 62 steps); on the CPU it is this ring buffer,
+  which sends before it receives, like Lava's own synapses, so loops cannot deadlock.
+
+Every Lava process is its own OS process; the main process holds about 10 file descriptors for each
+(lava.md section 8), so a large graph outgrows the common soft limit of 1024. `raise_open_file_limit`
+raises the soft limit up to the hard one, and refuses, before any process starts, a graph that needs more.
+"""
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+FDS_PER_PROCESS = 10  # measured, research/lava.md section 8
+FDS_BASE = 256  # the main process's own files, libraries and pipes
+
+
+class TooManyProcessesError(RuntimeError):
+    """The graph needs more file descriptors than this machine's hard limit allows."""
+
+
+def raise_open_file_limit(processes: int) -> str | None:
+    """Make room for `processes` Lava processes; returns a note when the soft limit was raised."""
+    needed = FDS_BASE + FDS_PER_PROCESS * processes
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return None
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise TooManyProcessesError(f"a Lava graph of {processes} processes needs about {needed} open files; the "
+                                    f"hard limit is {hard} (raise it with `ulimit -Hn` as root, or split the graph)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return f"raised the open-file limit from {soft} to {needed} for {processes} Lava processes"
+
+
+class FileSink(AbstractProcess):
+    """Records its int32 input for `steps` steps into `path` (.npy, [steps, *shape])."""
+
+    def __init__(self, shape: tuple[int, ...], steps: int, path: str):
+        super().__init__(shape=shape, steps=steps, path=path)
+        self.a_in = InPort(shape=shape)
+
+
+@implements(proc=FileSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyFileSinkModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.steps = proc_params["steps"]
+        self.path = proc_params["path"]
+        self.record = np.zeros((self.steps, *proc_params["shape"]), dtype=np.int32)
+
+    def run_spk(self):
+        self.record[self.time_step - 1] = self.a_in.recv()
+        if self.time_step == self.steps:
+            tmp = f"{self.path}.{os.getpid()}.tmp.npy"  # renamed once complete: the reader never sees half a file
+            np.save(tmp, self.record)
+            os.replace(tmp, self.path)
+
+
+class DelayLine(AbstractProcess):
+    """a_out[t] = a_in[t - delay] (zero before): an integer current delayed by `delay` >= 1 steps."""
+
+    def __init__(self, shape: tuple[int, ...], delay: int):
+        if delay < 1:
+            raise ValueError(f"a delay line delays by at least one step, got {delay}")
+        super().__init__(shape=shape, delay=delay)
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=shape)
+
+
+@implements(proc=DelayLine, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyDelayLineModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.ring = np.zeros((proc_params["delay"], *proc_params["shape"]), dtype=np.int32)
+        self.head = 0
+
+    def run_spk(self):
+        self.a_out.send(self.ring[self.head])  # what arrived `delay` steps ago
+        self.ring[self.head] = self.a_in.recv()
+        self.head = (self.head + 1) % len(self.ring)

@@ -1,0 +1,42 @@
+"""The Lava processes deploy/ adds: a file sink read once per run, a delay line, the open-file limit."""
+import resource
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.lava
+
+
+def test_a_delay_line_delays_by_its_length_and_the_file_sink_records_every_step(tmp_path):
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer
+
+    from deploy.processes import DelayLine, FileSink
+
+    # RingBuffer sends column t-1 at Lava step t; a direct connection adds no delay and the line adds 3,
+    # so the sink's row t-1 (step t) holds column t-4, zeros for the first three steps.
+    data = np.arange(1, 13, dtype=np.int32).reshape(2, 6) * np.array([[1], [-100]], dtype=np.int32)
+    source, line = RingBuffer(data=data), DelayLine(shape=(2,), delay=3)
+    direct, delayed = FileSink((2,), 6, str(tmp_path / "direct.npy")), FileSink((2,), 6, str(tmp_path / "late.npy"))
+    source.s_out.connect(line.a_in)
+    source.s_out.connect(direct.a_in)
+    line.a_out.connect(delayed.a_in)
+    try:
+        source.run(condition=RunSteps(num_steps=6), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    finally:
+        source.stop()
+    assert np.array_equal(np.load(tmp_path / "direct.npy"), data.T)
+    assert np.array_equal(np.load(tmp_path / "late.npy"), np.concatenate([np.zeros((3, 2), np.int32), data.T[:3]]))
+
+
+def test_the_open_file_limit_is_raised_or_the_graph_refused(monkeypatch):
+    from deploy import processes
+
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: calls.append(limits))
+    assert processes.raise_open_file_limit(50) is None  # 256 + 10 * 50 = 756 fit under 1024
+    assert "from 1024 to 1256" in processes.raise_open_file_limit(100) and calls == [(1256, 4096)]
+    with pytest.raises(processes.TooManyProcessesError, match="500 processes needs about 5256 open files"):
+        processes.raise_open_file_limit(500)
