@@ -14,6 +14,7 @@ raises the soft limit up to the hard one, and refuses, before any process starts
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 
@@ -72,8 +73,23 @@ class PyFileSinkModel(PyLoihiProcessModel):
         self.record[self.time_step - 1] = self.a_in.recv()
         if self.time_step == self.steps:
             tmp = f"{self.path}.{os.getpid()}.tmp.npy"  # renamed once complete: the reader never sees half a file
-            np.save(tmp, self.record)
-            os.replace(tmp, self.path)
+            # An exception in a process model hangs Lava's runtime (lava#178, #236): the sink stays silent and
+            # `read_record` reports the missing file once the runtime has stopped.
+            with contextlib.suppress(OSError):
+                np.save(tmp, self.record)
+                os.replace(tmp, self.path)
+
+
+class SinkError(RuntimeError):
+    """A FileSink wrote no record (its file could not be written)."""
+
+
+def read_record(sink: FileSink) -> np.ndarray:
+    """What a FileSink recorded, [steps, *shape], after the run has stopped."""
+    path = sink.proc_params["path"]
+    if not os.path.exists(path):
+        raise SinkError(f"Lava sink {sink.name} wrote no record to {path} (not writable?)")
+    return np.load(path)
 
 
 class DelayLine(AbstractProcess):

@@ -34,8 +34,8 @@ import numpy as np
 
 from sddpm.checkpoint import atomic_path
 
-from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipNetwork,
-                   ChipSynapse, check_ranges)
+from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipHost, ChipNetwork,
+                   ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
 FORMAT = "sddpm-chip-nir"
 VERSION = 1
@@ -124,3 +124,76 @@ def write_chip_nir(path: str, net: ChipNetwork) -> None:
     graph = chip_to_nir(net)
     with atomic_path(path) as tmp:
         nir.write(tmp, graph)
+
+
+class ChipNirError(ValueError):
+    """A file that is not a chip network in this module's NIR layout."""
+
+
+def _value(metadata: dict, key: str, where: str):
+    if key not in metadata:
+        raise ChipNirError(f"{where}: metadata lacks {key!r}")
+    value = metadata[key]
+    return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) \
+        else value
+
+
+def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
+    """The ChipNetwork a graph of `chip_to_nir` holds (the inverse of `chip_to_nir`, ranges checked)."""
+    meta = graph.metadata
+    if _value(meta, "format", "graph") != FORMAT or int(_value(meta, "version", "graph")) != VERSION:
+        raise ChipNirError(f"not an {FORMAT} graph of version {VERSION}")
+    nodes = graph.nodes
+    links = {link["to"]: link["from"] for link in json.loads(_value(meta, "links", "graph"))}
+    feeds = {}
+    for a, b in graph.edges:
+        feeds.setdefault(b, []).append(a)
+    pops = []
+    for name in json.loads(_value(meta, "order", "graph")):
+        node = nodes.get(name)
+        if not isinstance(node, nir.IF):
+            raise ChipNirError(f"population {name!r}: no IF node of that name")
+        md = node.metadata
+        pops.append(ChipPopulation(name, tuple(int(v) for v in node.v_threshold.shape), float(_value(md, "scale", name)),
+                                   int(_value(md, "vth", name)), np.asarray(_value(md, "bias_mant", name), np.int16),
+                                   int(_value(md, "bias_exp", name)), int(_value(md, "depth", name)),
+                                   bool(_value(md, "host_input", name))))
+    syns = []
+    for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d)), key=lambda n: int(n[3:])):
+        node, md = nodes[name], nodes[name].metadata
+        source = links.get(feeds[name][0], feeds[name][0])
+        source = feeds[source][0] if source in links.values() else source
+        target = next(b for a, b in graph.edges if a == name)
+        exp, offset, channels = (int(_value(md, k, name)) for k in ("weight_exp", "out_offset", "channels"))
+        weight = np.asarray(node.weight, np.float64)[offset:offset + channels]
+        syns.append(ChipSynapse(source, READOUT if target == "readout" else target,
+                                np.round(weight / 2.0 ** exp).astype(np.int8), exp,
+                                int(np.asarray(node.stride).flat[0]), int(np.asarray(node.padding).flat[0]),
+                                int(_value(md, "upsample", name)), offset, int(_value(md, "delay", name))))
+    host = _value(meta, "host", "graph")
+    scale = np.asarray(nodes["readout"].scale)
+    temb = host.get("readout_temb")
+    readout = ChipReadout(tuple(int(v) for v in scale.shape), float(scale.flat[0]),
+                          np.asarray(host["readout_bias"], np.float32),
+                          None if temb is None else np.asarray(temb, np.float32),
+                          int(_value(nodes["readout"].metadata, "depth", "readout")))
+    tail = {k: np.asarray(v, np.float32) for k, v in host.items()
+            if k not in ("head_weight", "head_bias", "readout_bias", "readout_temb", "membrane_decay")}
+    net = ChipNetwork(json.loads(_value(meta, "model_config", "graph")), int(_value(meta, "snn_steps", "graph")),
+                      int(_value(meta, "diffusion_steps", "graph")), tuple(pops), tuple(syns), readout,
+                      ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
+                               tail, float(host["membrane_decay"])),
+                      float(_value(meta, "threshold_factor", "graph")))
+    check_ranges(net)
+    return net
+
+
+def read_chip_nir(path: str) -> ChipNetwork:
+    try:
+        graph = nir.read(path)
+    except Exception as err:  # nir.read raises whatever h5py or its own type checks raise
+        raise ChipNirError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
+    try:
+        return nir_to_chip(graph)
+    except (KeyError, ValueError, TypeError, StopIteration) as err:
+        raise ChipNirError(f"{path}: {err}") from None

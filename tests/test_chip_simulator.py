@@ -291,3 +291,24 @@ def test_the_shipped_model_runs_from_its_nir_file_identically(tmp_path):
                             t=int(t[0]))
     assert mismatch is None, f"first difference: {mismatch}"
     assert torch.equal(out.eps, ref.eps)
+
+
+def test_exports_reader_rebuilds_the_chip_network_the_file_was_written_from(chip):
+    from export.nir_chip import read_chip_nir
+
+    net, path, _ = chip
+    back = read_chip_nir(path)
+    assert (back.model_config, back.snn_steps, back.diffusion_steps, back.threshold_factor) == \
+        (json.loads(json.dumps(net.model_config)), net.snn_steps, net.diffusion_steps, net.threshold_factor)
+    for p, q in zip(net.populations, back.populations, strict=True):
+        assert (p.name, p.shape, p.scale, p.vth, p.bias_exp, p.depth, p.host_input) == \
+               (q.name, q.shape, q.scale, q.vth, q.bias_exp, q.depth, q.host_input)
+        assert np.array_equal(p.bias_mant, q.bias_mant), p.name
+    for s, q in zip(net.synapses, back.synapses, strict=True):
+        assert (s.source, s.target, s.weight_exp, s.stride, s.padding, s.upsample, s.out_offset, s.delay) == \
+               (q.source, q.target, q.weight_exp, q.stride, q.padding, q.upsample, q.out_offset, q.delay)
+        assert np.array_equal(s.weight, q.weight), f"{s.source} -> {s.target}"
+    r, b = net.readout, back.readout
+    assert (r.shape, r.scale, r.depth) == (b.shape, b.scale, b.depth) and np.array_equal(r.bias, b.bias)
+    assert np.array_equal(r.temb, b.temb) and np.array_equal(net.host.head_weight, back.host.head_weight)
+    assert net.host.tail.keys() == back.host.tail.keys()

@@ -1,6 +1,7 @@
 """`sddpm compile` and `sddpm verify` end to end on a tiny checkpoint calibrated on scikit-learn digits."""
 import dataclasses
 import json
+import shutil
 
 import h5py
 import nir
@@ -112,6 +113,42 @@ def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys
     # the simulator read a network whose first synapse is reversed: its target is the first to differ
     assert first["population"] == found[0] and first["denoising_step"] == report["diffusion_steps"][0]
     assert 0 <= first["snn_step"] < TINY.snn_steps and len(first["index"]) == 4
+
+
+@DIVERGING_CHAIN
+@pytest.mark.lava
+def test_deploy_runs_a_denoising_step_on_lava_identical_to_the_simulator(checkpoint, tmp_path, capsys):
+    chip = str(tmp_path / "net.nir")
+    assert main(["deploy", "--checkpoint", checkpoint, "--chip-out", chip, "--ddim-steps", "4", "--json",
+                 *SMALL]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identical"] is True and report["first_mismatch"] is None and report["steps_checked"] == 1
+    assert report["diffusion_steps"] == [999] and report["nir_file"] == chip and report["run_config"] == "sim"
+    assert report["lava_seconds_per_step"] > report["sim_seconds_per_step"] > 0 and report["lava_processes"] > 50
+
+
+@DIVERGING_CHAIN
+@pytest.mark.lava
+def test_deploy_exits_1_naming_the_first_spike_lava_and_the_simulator_disagree_on(checkpoint, tmp_path, capsys,
+                                                                                   monkeypatch):
+    chip = str(tmp_path / "net.nir")
+    assert main(["compile", "--checkpoint", checkpoint, "--out", chip, *SMALL]) == 0
+    read = ChipSimulator.from_file
+
+    def read_a_tampered_copy(path):  # the simulator reads a copy whose first synapse is reversed; Lava does not
+        copy = str(tmp_path / "tampered.nir")
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as h5:
+            weight = h5["node/nodes/syn0000/weight"]
+            weight[...] = -weight[...]
+        return read(copy)
+
+    monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_copy))
+    capsys.readouterr()
+    assert main(["deploy", "--checkpoint", checkpoint, "--nir", chip, "--ddim-steps", "4", "--json"]) == 1
+    first = json.loads(capsys.readouterr().out)["first_mismatch"]
+    assert first["population"] == next(b for a, b in nir.read(chip).edges if a == "syn0000")
+    assert first["simulator"] != first["lava"] and len(first["index"]) == 4
 
 
 def test_compiling_the_ann_twin_exits_2_with_the_reason(tmp_path, capsys):

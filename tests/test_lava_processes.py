@@ -12,7 +12,7 @@ def test_a_delay_line_delays_by_its_length_and_the_file_sink_records_every_step(
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.source import RingBuffer
 
-    from deploy.processes import DelayLine, FileSink
+    from deploy.processes import DelayLine, FileSink, read_record
 
     # RingBuffer sends column t-1 at Lava step t; a direct connection adds no delay and the line adds 3,
     # so the sink's row t-1 (step t) holds column t-4, zeros for the first three steps.
@@ -26,7 +26,7 @@ def test_a_delay_line_delays_by_its_length_and_the_file_sink_records_every_step(
         source.run(condition=RunSteps(num_steps=6), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
     finally:
         source.stop()
-    assert np.array_equal(np.load(tmp_path / "direct.npy"), data.T)
+    assert np.array_equal(read_record(direct), data.T)
     assert np.array_equal(np.load(tmp_path / "late.npy"), np.concatenate([np.zeros((3, 2), np.int32), data.T[:3]]))
 
 
@@ -40,3 +40,28 @@ def test_the_open_file_limit_is_raised_or_the_graph_refused(monkeypatch):
     assert "from 1024 to 1256" in processes.raise_open_file_limit(100) and calls == [(1256, 4096)]
     with pytest.raises(processes.TooManyProcessesError, match="500 processes needs about 5256 open files"):
         processes.raise_open_file_limit(500)
+
+
+def test_a_failing_run_names_the_silent_sink_and_leaves_no_lava_process(tmp_path):
+    import multiprocessing
+    import time
+
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer
+
+    from deploy.processes import FileSink, SinkError, read_record
+
+    source = RingBuffer(data=np.ones((2, 3), dtype=np.int32))
+    sink = FileSink((2,), 3, str(tmp_path / "missing-folder" / "record.npy"))  # np.save cannot write there
+    source.s_out.connect(sink.a_in)
+    try:
+        source.run(condition=RunSteps(num_steps=3), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    finally:
+        source.stop()
+    with pytest.raises(SinkError, match="wrote no record to .*missing-folder"):
+        read_record(sink)
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []

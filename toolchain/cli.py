@@ -190,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     _add_calibration_args(p)
 
+    p = sub.add_parser("deploy", help="run denoising steps of a chip network on Lava and compare with the simulator",
+                       description="Read the chip network's NIR file (compiled from --checkpoint unless --nir names "
+                                   "one), build it as a Lava process graph (LIF populations, Conv and Sparse "
+                                   "synapses, delay lines, file sinks) and run --steps denoising steps of a real DDIM "
+                                   "chain of one image with Lava's bit-accurate fixed-point models, host stages in "
+                                   "PyTorch. Every spike of every population and every output current is compared "
+                                   "with the bit-accurate simulator reading the same file: identical, or the first "
+                                   "(population, SNN step, index) that differs. Exit status 1 if not identical.")
+    p.add_argument("--backend", choices=("lava",), default="lava", help="where to run (default: %(default)s)")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--nir", help="an existing chip NIR file to deploy (default: compile --checkpoint)")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where a compiled network is written")
+    p.add_argument("--steps", type=int, default=1, help="denoising steps to run (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain's image")
+    p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor when compiling")
+    p.add_argument("--run-config", choices=("sim", "loihi2-hw"), default="sim",
+                   help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg, for "
+                        "a machine with Loihi 2 and Intel's lava-loihi (never run here) (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
+
     p = sub.add_parser("import-nir", help="compile a NIR graph from another tool (snnTorch, Norse, Sinabs, ...) to "
                                           "Loihi 2 integers for the simulator and Lava",
                        description="Read a NIR graph of Affine/Linear/Conv2d synapses (optionally after a Flatten) "
@@ -390,6 +412,70 @@ def cmd_fid(args) -> None:
     if is_main:
         print(json.dumps(result) if args.json else
               "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
+
+
+def cmd_deploy(args) -> int:
+    import torch
+
+    from deploy.chip_lava import run_config, run_denoising_step
+    from export.nir_chip import read_chip_nir
+    from sddpm.checkpoint import load_model
+    from simulators.network import ChipSimulator
+    from toolchain.verify import compare_runs
+
+    loaded = load_model(args.checkpoint)
+    path = args.nir or args.chip_out
+    if not args.nir:
+        _compile(args, loaded, args.threshold_factor, path)
+    net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
+    _, states = _chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
+    order = [p.name for p in net.populations]
+    cfg = run_config(args.run_config)
+    mismatch, lava_s, sim_s, runs = None, [], [], []
+    for x, t in states:
+        run = run_denoising_step(net, x, int(t[0]), cfg)
+        started = time.perf_counter()
+        out = sim.run(x, t, "delayed")
+        sim_s.append(time.perf_counter() - started)
+        lava_s.append(run.build_seconds + run.run_seconds)
+        runs.append(run)
+        lava_spikes = {name: torch.from_numpy(s)[:, None] for name, s in run.spikes.items()}
+        mismatch = compare_runs(order, out.spikes, out.readout, lava_spikes, torch.from_numpy(run.readout)[:, None],
+                                t=int(t[0]))
+        if mismatch is not None:
+            break
+    first = None if mismatch is None else {
+        "denoising_step": mismatch.denoising_step, "population": mismatch.population, "snn_step": mismatch.snn_step,
+        "index": list(mismatch.index), "simulator": mismatch.reference, "lava": mismatch.simulator}
+    report = {"identical": mismatch is None, "steps_checked": len(runs), "first_mismatch": first,
+              "diffusion_steps": [int(t[0]) for _, t in states[:len(runs)]],
+              "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
+              "lava_build_seconds": median([r.build_seconds for r in runs]), "lava_processes": runs[0].processes,
+              "chip_steps_per_denoising_step": net.steps_per_denoising_step, "nir_file": path,
+              "run_config": args.run_config, "open_file_limit": runs[0].note}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_deploy(report))
+    return 0 if mismatch is None else 1
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def format_deploy(r: dict) -> str:
+    lines = [f"Lava ({r['run_config']}, {r['lava_processes']} processes, {r['chip_steps_per_denoising_step']} chip "
+             f"steps per denoising step) vs the bit-accurate simulator, {r['nir_file']}:"]
+    if r["open_file_limit"]:
+        lines.append(f"  {r['open_file_limit']}")
+    verdict = "identical spikes of every population and identical output currents" if r["identical"] else \
+        f"DIFFERENT: first at {r['first_mismatch']}"
+    lines.append(f"  {r['steps_checked']} denoising steps (t = {', '.join(map(str, r['diffusion_steps']))}): {verdict}")
+    lines.append(f"  per denoising step: Lava {r['lava_seconds_per_step']:.1f} s (build "
+                 f"{r['lava_build_seconds']:.1f} s), simulator {r['sim_seconds_per_step'] * 1e3:.0f} ms "
+                 f"({r['lava_seconds_per_step'] / r['sim_seconds_per_step']:.0f}x faster)")
+    return "\n".join(lines)
 
 
 def cmd_import_nir(args) -> int:
@@ -712,7 +798,7 @@ def cmd_release(args) -> None:
 # `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
 EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir, "nir-float": _export_nir_float}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "energy": cmd_energy, "report": cmd_report,
+            "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy, "report": cmd_report,
             "demo": cmd_demo}
 
 

@@ -1,0 +1,229 @@
+"""A compiled SDDPM chip network (its NIR file) as a Lava process graph, one denoising step per run.
+
+Mapping (research/lava.md for every fixed-point rule quoted here):
+
+- Population -> `LIFReset` (du = 4095, dv = 0: integrate-and-fire) of shape (W, H, C), Lava's conv layout,
+  with the bias row of this denoising step. The chip contract switches a bias on only inside the
+  population's window [depth, depth + T); Lava cannot switch a bias per step without `Var.set`, which
+  sends element by element. Instead the bias stays on and `LIFReset` zeroes u and v at the first step of
+  the window: whatever the population integrated or emitted before it is gone, and what it emits before or
+  after reaches every target outside the target's own window (each synapse's delay is exactly the depth
+  difference), so the spikes inside every window are the contract's.
+- Synapse without up-sampling -> `Conv` holding the integer weights mant << exp (Lava's Conv ignores
+  weight_exp, lava#803), zero-padded over the target's channels; a true convolution on (W, H, C), so the
+  PyTorch kernel is flipped and transposed. Its output wraps at 24 bits, as the simulator models.
+- Up-sampling synapse (nearest x u, then the conv) -> u * u `Sparse` matrices, one per residue class of
+  the kernel taps modulo u: taps of one class never meet the same source neuron, so every matrix entry
+  is one 8-bit mantissa. Lava's Dense/Sparse truncate mixed-sign weights to even values, so each holds
+  2 * mant with weight_exp = exp - 1, a floor shift of an even sum: exact.
+- A synapse of delay d > 1 adds a `DelayLine` of d - 1 steps (a hardware synaptic delay on Loihi 2).
+- The host's input current -> a `RingBuffer` wired straight to the first population's a_in (no delay),
+  on for the first T steps. Spikes of every population and the readout's currents -> `FileSink`s,
+  read once after the run.
+
+Lava processes have no batch dimension: one image per run. States start at zero in every run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
+from export.reference import host_input_current, readout_to_eps
+
+from .processes import DelayLine, FileSink, raise_open_file_limit, read_record
+
+RUN_CONFIGS = ("sim", "loihi2-hw")
+
+
+class DeployError(ValueError):
+    """The network cannot be built as a Lava graph; raised before any process starts."""
+
+
+def run_config(kind: str = "sim"):
+    """Lava's run configuration. "sim": the CPU simulator with the bit-accurate fixed-point models.
+    "loihi2-hw": Loihi 2 itself; it needs Intel's lava-loihi extension (INRC members only) and chip-side
+    replacements for FileSink and DelayLine (probes and hardware synaptic delays). It has never been run here."""
+    from lava.magma.core.run_configs import Loihi2HwCfg, Loihi2SimCfg
+
+    if kind == "sim":
+        return Loihi2SimCfg(select_tag="fixed_pt")
+    if kind == "loihi2-hw":
+        return Loihi2HwCfg()
+    raise DeployError(f"run config must be one of {RUN_CONFIGS}, got {kind!r}")
+
+
+def to_lava(a: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> Lava's (W, H, C)."""
+    return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
+    """PyTorch cross-correlation [C_out, C_in, kH, kW] -> Lava's true-convolution [C_out, kX, kY, C_in]."""
+    return np.ascontiguousarray(np.flip(weight, axis=(2, 3)).transpose(0, 3, 2, 1))
+
+
+def upsample_matrices(syn: ChipSynapse, source_shape, target_shape) -> list[sparse.csr_matrix]:
+    """The up-sampling synapse as u * u matrices [N_target, N_source] over Lava's flattened (W, H, C),
+    one per residue class (dy % u, dx % u) of the taps, each entry one mantissa."""
+    c_in, h_in, w_in = source_shape
+    c_t, h_out, w_out = target_shape
+    u, s, p = syn.upsample, syn.stride, syn.padding
+    c_slice, _, k, _ = syn.weight.shape
+    co, ci, ys, xs = np.meshgrid(np.arange(c_slice), np.arange(c_in), np.arange(h_out), np.arange(w_out),
+                                 indexing="ij")
+    matrices = []
+    for ry in range(u):
+        for rx in range(u):
+            rows, cols, vals = [], [], []
+            for dy in range(ry, k, u):
+                for dx in range(rx, k, u):
+                    uy, ux = ys * s + dy - p, xs * s + dx - p  # in the up-sampled image
+                    ok = (uy >= 0) & (uy < u * h_in) & (ux >= 0) & (ux < u * w_in)
+                    sy, sx = uy[ok] // u, ux[ok] // u
+                    rows.append((xs[ok] * h_out + ys[ok]) * c_t + syn.out_offset + co[ok])
+                    cols.append((sx * h_in + sy) * c_in + ci[ok])
+                    vals.append(syn.weight[co[ok], ci[ok], dy, dx].astype(np.int64))
+            coo = sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(c_t * h_out * w_out, c_in * h_in * w_in))
+            csr = coo.tocsr()
+            if csr.nnz != coo.nnz:  # a sum of two mantissas could leave Lava's 8-bit range
+                raise DeployError(f"synapse {syn.source} -> {syn.target}: taps of one residue class meet")
+            csr.eliminate_zeros()
+            matrices.append(csr)
+    return matrices
+
+
+@dataclass
+class LavaRun:
+    spikes: dict[str, np.ndarray]  # population -> bool [T, C, H, W], its window
+    readout: np.ndarray  # int64 [T, C, H, W], the readout's window
+    eps: torch.Tensor  # float32 [1, img_ch, H, W]
+    processes: int
+    build_seconds: float
+    run_seconds: float
+    note: str | None  # e.g. the open-file limit was raised
+
+
+class ChipGraph:
+    """The Lava processes of one denoising step of one image."""
+
+    def __init__(self, net: ChipNetwork, a_host: np.ndarray, t: int, sink_dir: str):
+        from lava.proc.io.source import RingBuffer
+        from lava.proc.lif.process import LIFReset
+
+        self.net, self.sink_dir = net, sink_dir
+        self.steps = net.steps_per_denoising_step
+        shapes = {p.name: p.shape for p in net.populations}
+        self.lif, self.sinks, self.processes = {}, {}, []
+        for p in net.populations:
+            row = p.bias_mant[t if p.bias_mant.shape[0] > 1 else 0].astype(np.int32)
+            bias = to_lava(np.broadcast_to(row[:, None, None], p.shape))
+            # Lava counts steps from 1 and resets when time_step % interval == offset: once, at chip step depth
+            lif = LIFReset(shape=to_lava(np.zeros(p.shape)).shape, du=IF_DU, dv=IF_DV, vth=p.vth, bias_mant=bias,
+                           bias_exp=p.bias_exp, reset_interval=self.steps + 1, reset_offset=p.depth + 1)
+            self.lif[p.name] = lif
+            self._sink(p.name, p.shape, lif.s_out)
+        host = np.zeros((*to_lava(a_host).shape, self.steps), dtype=np.int32)
+        host[..., :net.snn_steps] = to_lava(a_host)[..., None]
+        source = RingBuffer(data=host)
+        source.s_out.connect(self.lif[net.populations[0].name].a_in)
+        self.processes.append(source)
+        readout_sink = self._sink(READOUT, net.readout.shape)
+        for syn in net.synapses:
+            target_shape = net.readout.shape if syn.target == READOUT else shapes[syn.target]
+            target_port = readout_sink.a_in if syn.target == READOUT else self.lif[syn.target].a_in
+            outs = self._synapse(syn, shapes[syn.source], target_shape)
+            if syn.delay > 1:
+                line = DelayLine(shape=to_lava(np.zeros(target_shape)).shape, delay=syn.delay - 1)
+                self.processes.append(line)
+                for out in outs:
+                    out.connect(line.a_in)
+                outs = [line.a_out]
+            for out in outs:
+                out.connect(target_port)
+        self.processes += list(self.lif.values())
+
+    def _sink(self, name: str, shape, port=None) -> FileSink:
+        sink = FileSink(shape=to_lava(np.zeros(shape)).shape, steps=self.steps,
+                        path=os.path.join(self.sink_dir, f"{len(self.sinks):03d}.npy"))
+        self.sinks[name] = sink
+        self.processes.append(sink)
+        if port is not None:
+            port.connect(sink.a_in)
+        return sink
+
+    def _synapse(self, syn: ChipSynapse, source_shape, target_shape) -> list:
+        """The Lava synapse processes of one chip synapse; returns their output ports (target layout)."""
+        from lava.proc.conv.process import Conv
+        from lava.proc.sparse.process import Sparse
+
+        source = self.lif[syn.source].s_out
+        lava_target = to_lava(np.zeros(target_shape)).shape
+        if syn.upsample == 1:
+            weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
+            weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
+            if np.abs(weight).max() >= 2 ** 31:
+                raise DeployError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
+            conv = Conv(weight=lava_conv_weight(weight).astype(np.int32), input_shape=source.shape,
+                        padding=syn.padding, stride=syn.stride)
+            source.connect(conv.s_in)
+            self.processes.append(conv)
+            if conv.a_out.shape != lava_target:
+                raise DeployError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
+                                  f"target is {lava_target}")
+            return [conv.a_out]
+        outs = []
+        for matrix in upsample_matrices(syn, source_shape, target_shape):
+            # 2 * mant with weight_exp - 1: Lava's mixed-sign truncation to even values loses nothing
+            proc = Sparse(weights=(matrix * 2).astype(np.int32), weight_exp=syn.weight_exp - 1)
+            source.flatten().connect(proc.s_in)
+            self.processes.append(proc)
+            outs.append(proc.a_out.reshape(lava_target))
+        return outs
+
+    def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float]:
+        """Run one forward pass; returns every sink's record [steps, C, H, W] and the run's seconds."""
+        from lava.magma.core.run_conditions import RunSteps
+
+        started = time.perf_counter()
+        anchor = self.processes[0]
+        try:
+            with warnings.catch_warnings():
+                # Lava's compiler also searches the caller's module for process models and warns that it
+                # cannot import it; the models it needs are found in deploy.processes.
+                warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
+                anchor.run(condition=RunSteps(num_steps=self.steps), run_cfg=run_cfg)
+        finally:
+            anchor.stop()
+        seconds = time.perf_counter() - started
+        return {name: np.transpose(read_record(sink), (0, 3, 2, 1)) for name, sink in self.sinks.items()}, seconds
+
+
+def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) -> LavaRun:
+    """One forward pass of the chip network on Lava for one image x_t [1, C, H, W] at diffusion step t."""
+    check_ranges(net)  # every integer inside its hardware range, before any process starts
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise DeployError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
+    if not 0 <= t < net.diffusion_steps:
+        raise DeployError(f"t must lie in [0, {net.diffusion_steps}), got {t}")
+    a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:
+        graph = ChipGraph(net, a_host, t, sink_dir)
+        note = raise_open_file_limit(len(graph.processes))
+        build = time.perf_counter() - started
+        records, seconds = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
+    steps = net.snn_steps
+    spikes = {p.name: records[p.name][p.depth:p.depth + steps].astype(bool) for p in net.populations}
+    depth = net.readout.depth
+    readout = records[READOUT][depth:depth + steps].astype(np.int64)
+    eps = readout_to_eps(net, torch.from_numpy(readout)[:, None], torch.tensor([t]))
+    return LavaRun(spikes, readout, eps, len(graph.processes), build, seconds, note)

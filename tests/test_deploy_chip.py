@@ -1,0 +1,72 @@
+"""The chip network on Lava: one denoising step bit-exact with the simulator, the up-sampling synapses as
+Sparse matrices, `sddpm deploy`, and refusals before any Lava process starts."""
+import dataclasses
+import json
+import multiprocessing
+import resource
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chip_helpers import compiled_tiny
+from deploy.chip_lava import DeployError, run_denoising_step, upsample_matrices
+from deploy.processes import TooManyProcessesError
+from export.chip import ChipFormatError
+from simulators.network import ChipSimulator
+from toolchain.verify import compare_runs
+
+pytestmark = pytest.mark.lava
+
+
+@pytest.fixture(scope="module")
+def chip(tmp_path_factory):
+    return compiled_tiny(tmp_path_factory.mktemp("deploy"))
+
+
+def test_one_denoising_step_on_lava_is_identical_to_the_simulator(chip):
+    net, path, (x, t) = chip
+    run = run_denoising_step(net, x[:1], int(t[0]))
+    sim = ChipSimulator.from_file(path).run(x[:1], t[:1], "delayed")
+    for name, s in sim.spikes.items():
+        rate = float(s.float().mean())
+        assert 0.02 < rate < 0.8, f"{name} fires at {rate:.3f}: vacuous comparison"
+    lava_spikes = {name: torch.from_numpy(s)[:, None] for name, s in run.spikes.items()}
+    mismatch = compare_runs([p.name for p in net.populations], sim.spikes, sim.readout, lava_spikes,
+                            torch.from_numpy(run.readout)[:, None], t=int(t[0]))
+    assert mismatch is None, f"first difference: {mismatch}"
+    assert torch.equal(run.eps, sim.eps)
+    assert multiprocessing.active_children() == []
+
+
+def test_the_up_sampling_matrices_are_the_conv_of_the_up_sampled_spikes(chip):
+    net, _, _ = chip
+    syn = next(s for s in net.synapses if s.upsample != 1)
+    source = net.population(syn.source).shape
+    target = net.population(syn.target).shape
+    spikes = (torch.rand(source, generator=torch.Generator().manual_seed(0)) < 0.4).double()
+    up = spikes.repeat_interleave(syn.upsample, 1).repeat_interleave(syn.upsample, 2)
+    expected = torch.zeros(target, dtype=torch.float64)
+    expected[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = F.conv2d(
+        up[None], torch.from_numpy(syn.integer_weight()).double(), stride=syn.stride, padding=syn.padding)[0]
+    lava_in = spikes.permute(2, 1, 0).flatten().numpy()  # (C, H, W) -> Lava's (W, H, C), flattened C-order
+    matrices = upsample_matrices(syn, source, target)
+    assert len(matrices) == syn.upsample ** 2 and all(abs(m).max() <= 127 for m in matrices)
+    got = sum(m @ lava_in for m in matrices) * 2 ** syn.weight_exp
+    assert np.array_equal(got.reshape(target[2], target[1], target[0]).transpose(2, 1, 0), expected.numpy())
+
+
+def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeypatch):
+    net, _, (x, t) = chip
+    syn = net.synapses[0]
+    too_wide = dataclasses.replace(net, synapses=(dataclasses.replace(syn, weight=syn.weight.astype(np.int16) * 0 + 200),
+                                                  *net.synapses[1:]))
+    with pytest.raises(ChipFormatError, match=f"synapse {syn.source} -> {syn.target}: weight mantissa outside"):
+        run_denoising_step(too_wide, x[:1], int(t[0]))
+    with pytest.raises(DeployError, match=r"one image at a time: x must be \[1, C, H, W\], got \[3, "):
+        run_denoising_step(net, x, int(t[0]))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 512))
+    with pytest.raises(TooManyProcessesError, match=r"a Lava graph of \d+ processes needs about \d+ open files"):
+        run_denoising_step(net, x[:1], int(t[0]))
+    assert multiprocessing.active_children() == []
