@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reference and the float model; prints the verification ladder and the "
                                    "energy of those steps, and writes the report (out/demo/report.md); then "
                                    "exports the float denoiser to ONNX and the float spiking network to NIR and "
-                                   "checks both files against PyTorch.")
+                                   "checks both files against PyTorch; and runs one denoising step on Lava from the "
+                                   "NIR file, compared spike for spike with the simulator.")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--num-images", type=int, default=64)
     return parser
@@ -784,7 +785,12 @@ def cmd_demo(args) -> int:
     args.check_images, args.no_ema = 8, False
     exported = [exporter(args, loaded, os.path.join(args.out, name)) == 0
                 for exporter, name in ((_export_onnx, "denoiser.onnx"), (_export_nir_float, "float.nir"))]
-    return 0 if ladder.identical and all(exported) else 1
+
+    print("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
+    args.nir, args.steps, args.ddim_steps, args.seed, args.threshold_factor = chip_path, 1, 100, 0, 1.0
+    args.run_config, args.json = "sim", False
+    deployed = cmd_deploy(args) == 0
+    return 0 if ladder.identical and all(exported) and deployed else 1
 
 
 def cmd_release(args) -> None:
