@@ -67,6 +67,7 @@ def test_demo_samples_the_shipped_model(tmp_path, capsys):
     assert "(tolerance 1e-05: weights are float32 on file)" in out and "spikes identical" in out
     # then one denoising step on Lava, identical to the simulator
     assert "1 denoising steps (t = 999): identical spikes of every population and identical output currents" in out
+    assert "spike and SOP counts from Lava's records vs the simulator's: identical" in out  # the shipped model
     assert {"network.nir", "denoiser.onnx", "float.nir"} <= set(os.listdir(tmp_path))
     assert Image.open(tmp_path / "grid.png").size == (70, 70)
     assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")

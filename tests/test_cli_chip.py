@@ -125,6 +125,8 @@ def test_deploy_runs_a_denoising_step_on_lava_identical_to_the_simulator(checkpo
     assert report["identical"] is True and report["first_mismatch"] is None and report["steps_checked"] == 1
     assert report["diffusion_steps"] == [999] and report["nir_file"] == chip and report["run_config"] == "sim"
     assert report["lava_seconds_per_step"] > report["sim_seconds_per_step"] > 0 and report["lava_processes"] > 50
+    assert report["counts_identical"] is True and report["first_count_mismatch"] is None
+    assert len(report["sops_per_step"]) == 1 and report["sops_per_step"][0] > 0
 
 
 @DIVERGING_CHAIN

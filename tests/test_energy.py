@@ -191,6 +191,18 @@ def test_counts_of_the_tiny_network_add_up_and_are_integers(tiny_counts):
     assert counts.time_embedding_macs == 8 * 32 + 32 * 32 + 32 * (8 + 16 + 16 + 16 + 16 + 16 + 8 + 8)
 
 
+def test_a_count_difference_names_the_first_population_or_synapse(tiny_counts):
+    from toolchain.verify import first_count_difference
+
+    net, trains, counts = tiny_counts
+    assert first_count_difference(counts, count_forward(net, trains)) is None
+    name = net.populations[2].name
+    moved = dict(trains)
+    moved[name] = trains[name].clone()
+    moved[name][0, 0, 0, 0, 0] = 1 - moved[name][0, 0, 0, 0, 0]  # one spike more or less, image 0, step 0
+    assert first_count_difference(counts, count_forward(net, moved)).startswith(f"population {name}: spikes")
+
+
 def test_the_energy_of_a_forward_pass_and_of_an_image():
     ops = Operations(macs=1000, sops=2e6, updates=300, idle_updates=4000, time_embedding_macs=77)
     paper = energy(ops, PAPER_45NM)

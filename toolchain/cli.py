@@ -422,7 +422,8 @@ def cmd_deploy(args) -> int:
     from export.nir_chip import read_chip_nir
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
-    from toolchain.verify import compare_runs
+    from export.energy import count_forward
+    from toolchain.verify import compare_runs, first_count_difference
 
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
@@ -432,7 +433,7 @@ def cmd_deploy(args) -> int:
     _, states = _chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
     order = [p.name for p in net.populations]
     cfg = run_config(args.run_config)
-    mismatch, lava_s, sim_s, runs = None, [], [], []
+    mismatch, count_mismatch, lava_s, sim_s, runs, sops = None, None, [], [], [], []
     for x, t in states:
         run = run_denoising_step(net, x, int(t[0]), cfg)
         started = time.perf_counter()
@@ -445,10 +446,16 @@ def cmd_deploy(args) -> int:
                                 t=int(t[0]))
         if mismatch is not None:
             break
+        # the energy accounting counted from Lava's spike records and from the simulator's
+        sim_counts, lava_counts = count_forward(net, out.spike_trains), count_forward(net, lava_spikes)
+        count_mismatch = count_mismatch or first_count_difference(sim_counts, lava_counts)
+        sops.append(sum(int(p.sops.sum()) for p in lava_counts.populations))
     first = None if mismatch is None else {
         "denoising_step": mismatch.denoising_step, "population": mismatch.population, "snn_step": mismatch.snn_step,
         "index": list(mismatch.index), "simulator": mismatch.reference, "lava": mismatch.simulator}
     report = {"identical": mismatch is None, "steps_checked": len(runs), "first_mismatch": first,
+              "counts_identical": mismatch is None and count_mismatch is None, "first_count_mismatch": count_mismatch,
+              "sops_per_step": sops,
               "diffusion_steps": [int(t[0]) for _, t in states[:len(runs)]],
               "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
               "lava_build_seconds": median([r.build_seconds for r in runs]), "lava_processes": runs[0].processes,
@@ -458,7 +465,7 @@ def cmd_deploy(args) -> int:
         print(json.dumps(report))
     else:
         print(format_deploy(report))
-    return 0 if mismatch is None else 1
+    return 0 if report["identical"] and report["counts_identical"] else 1
 
 
 def median(values: list[float]) -> float:
@@ -473,6 +480,10 @@ def format_deploy(r: dict) -> str:
     verdict = "identical spikes of every population and identical output currents" if r["identical"] else \
         f"DIFFERENT: first at {r['first_mismatch']}"
     lines.append(f"  {r['steps_checked']} denoising steps (t = {', '.join(map(str, r['diffusion_steps']))}): {verdict}")
+    if r["identical"]:
+        counts = "identical" if r["counts_identical"] else f"DIFFERENT: {r['first_count_mismatch']}"
+        lines.append(f"  spike and SOP counts from Lava's records vs the simulator's: {counts} "
+                     f"(SOPs per step: {', '.join(f'{n:,}' for n in r['sops_per_step'])})")
     lines.append(f"  per denoising step: Lava {r['lava_seconds_per_step']:.1f} s (build "
                  f"{r['lava_build_seconds']:.1f} s), simulator {r['sim_seconds_per_step'] * 1e3:.0f} ms "
                  f"({r['lava_seconds_per_step'] / r['sim_seconds_per_step']:.0f}x faster)")

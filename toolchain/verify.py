@@ -83,6 +83,19 @@ def compare_runs(order: list[str], ref_spikes, ref_readout, sim_spikes, sim_read
     return None
 
 
+def first_count_difference(expected, actual) -> str | None:
+    """The first population or synapse whose per-step spike or SOP counts differ between two
+    `export.energy.ForwardCounts`, or None when every count agrees exactly."""
+    for a, b in zip(expected.populations, actual.populations, strict=True):
+        for what in ("spikes", "sops"):
+            if not torch.equal(getattr(a, what), getattr(b, what)):
+                return f"population {a.name}: {what} {getattr(a, what).tolist()} vs {getattr(b, what).tolist()}"
+    for a, b in zip(expected.synapses, actual.synapses, strict=True):
+        if not torch.equal(a.sops, b.sops):
+            return f"synapse {a.source} -> {a.target}: SOPs {a.sops.tolist()} vs {b.sops.tolist()}"
+    return None
+
+
 def psnr_db(expected: torch.Tensor, actual: torch.Tensor) -> float:
     """PSNR of `actual` against `expected`, with the peak taken as the range of `expected`."""
     mse = float(((actual.double() - expected.double()) ** 2).mean())

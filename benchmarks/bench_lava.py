@@ -1,0 +1,136 @@
+"""Lava against the bit-accurate simulator on the same denoising step of the shipped model.
+
+Run on demand, never as a test:
+
+    .venv/bin/python benchmarks/bench_lava.py                # 3 denoising steps of one image
+    .venv/bin/python benchmarks/bench_lava.py --steps 5
+
+For each denoising step (x_t of a float DDIM chain, one image: Lava has no batch dimension):
+  lava build   constructing the process graph (Conv, Sparse, LIFReset, delay lines, sinks)
+  lava run     Lava's compile, fork, the chip steps of one forward pass and stop (Loihi2SimCfg fixed_pt)
+  lava PSS     peak proportional set size of the Lava child processes (shared pages counted fairly),
+               sampled every 0.2 s from /proc/<pid>/smaps_rollup
+  sim          the simulator in Lava's timing (delayed mode) on the same x_t, t, one thread
+Every run is checked identical (spikes and output currents) before it counts. Medians over the steps.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from deploy.chip_lava import run_denoising_step  # noqa: E402
+from export.compiler import calibration_batches, compile_model  # noqa: E402
+from export.nir_chip import read_chip_nir, write_chip_nir  # noqa: E402
+from export.reference import ChipOverflowWarning  # noqa: E402
+from sddpm.checkpoint import load_model  # noqa: E402
+from sddpm.data import load_images  # noqa: E402
+from sddpm.generate import model_denoiser  # noqa: E402
+from sddpm.schedule import NoiseSchedule  # noqa: E402
+from simulators.network import ChipSimulator  # noqa: E402
+from toolchain.verify import chain_states, compare_runs  # noqa: E402
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "mnist-sddpm.pt")
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _children(parent: int) -> list[int]:
+    """Child pids from /proc. Not multiprocessing.active_children(): it reaps children with waitpid and
+    races Lava's own join in the main thread (which then fails with "Cannot close a process while it is
+    still running")."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class PeakChildPss:
+    """Samples the summed PSS of this process's children until stopped."""
+
+    def __init__(self, period: float = 0.2):
+        self.peak, self.period, self._stop = 0, period, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(self.period):
+            self.peak = max(self.peak, sum(_pss_kib(pid) for pid in _children(os.getpid())))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=SHIPPED)
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", ChipOverflowWarning)
+
+    loaded = load_model(args.checkpoint)
+    schedule = NoiseSchedule.linear(loaded.diffusion_config)
+    net = compile_model(loaded.model, calibration_batches(load_images(args.dataset, "train"), schedule))
+    cfg = loaded.model_config
+    x_T = torch.randn(1, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
+    states = chain_states(model_denoiser(loaded.model), schedule, x_T, 100, args.steps)
+    rows = {"lava build (s)": [], "lava run (s)": [], "lava PSS (MiB)": [], "sim (s)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "network.nir")
+        write_chip_nir(path, net)
+        net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
+        order = [p.name for p in net.populations]
+        for x, t in states:
+            with PeakChildPss() as pss:
+                run = run_denoising_step(net, x, int(t[0]))
+            started = time.perf_counter()
+            out = sim.run(x, t, "delayed")
+            rows["sim (s)"].append(time.perf_counter() - started)
+            lava = {name: torch.from_numpy(s)[:, None] for name, s in run.spikes.items()}
+            mismatch = compare_runs(order, out.spikes, out.readout, lava, torch.from_numpy(run.readout)[:, None],
+                                    int(t[0]))
+            if mismatch is not None:
+                raise SystemExit(f"Lava and the simulator differ: {mismatch}")
+            rows["lava build (s)"].append(run.build_seconds)
+            rows["lava run (s)"].append(run.run_seconds)
+            rows["lava PSS (MiB)"].append(pss.peak / 1024)
+    median = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"shipped model ({os.path.basename(args.checkpoint)}), {len(states)} denoising steps of one image, "
+          f"{run.processes} Lava processes, {net.steps_per_denoising_step} chip steps each; medians; identical "
+          f"spikes and output currents in every step")
+    print("| per denoising step | value |\n|---|---|")
+    for key, value in median.items():
+        print(f"| {key} | {value:.3g} |")
+    lava_total = median["lava build (s)"] + median["lava run (s)"]
+    print(f"| Lava / simulator | {lava_total / median['sim (s)']:.0f}x |")
+
+
+if __name__ == "__main__":
+    main()
