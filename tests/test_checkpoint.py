@@ -25,6 +25,9 @@ def test_round_trip_keeps_weights_and_configuration(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # the atomic write left nothing behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # readable like any new file, not mkstemp's 0600
 
 
 def test_official_checkpoint_loads_with_its_configuration_read_off_the_shapes(tmp_path):
