@@ -1,0 +1,324 @@
+"""Compiled NIR graphs from other tools on Lava (deploy.net_lava) and through lava-dl netx (deploy.netx):
+identical spikes to the bit-accurate simulator at every step; refusals name the node; a failing run
+leaves no process behind."""
+import multiprocessing
+import time
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from export.nir_foreign import compile_foreign
+from simulators.nir_net import NetSimulator
+
+pytestmark = pytest.mark.lava
+
+DT = 1e-4
+STEPS = 30
+RATE_MIN, RATE_MAX = 0.02, 0.7  # every neuron node fires, and not all the time: the comparison is not vacuous
+CHILDREN_GRACE_S = 5.0  # how long ended OS processes may take to be reaped
+
+
+def _lif(n, tau=2e-3, threshold=1.0):
+    # snnTorch's Leaky exports tau and r = tau / dt, so that v = beta v + x
+    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / DT), v_leak=np.zeros(n), v_threshold=np.full(n, threshold))
+
+
+def _cuba(n, tau_syn=5e-4, tau_mem=2e-3, threshold=1.0):
+    return nir.CubaLIF(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, tau_mem), r=np.full(n, tau_mem / DT),
+                       v_leak=np.zeros(n), v_threshold=np.full(n, threshold), w_in=np.full(n, tau_syn / DT))
+
+
+def _if(shape):
+    return nir.IF(r=np.ones(shape), v_threshold=np.ones(shape), v_reset=np.zeros(shape))
+
+
+def _spikes(*shape, rate=0.3, seed=0):
+    return (np.random.default_rng(seed).random((STEPS, *shape)) < rate).astype(np.int64)
+
+
+def _feed_forward():
+    rng = np.random.default_rng(0)
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([12])),
+        "fc1": nir.Affine(rng.normal(0.0, 0.35, (16, 12)), rng.normal(0.02, 0.01, 16)),
+        "lif1": _lif(16),
+        "fc2": nir.Linear(rng.normal(0.1, 0.5, (6, 16))),
+        "cuba": _cuba(6),
+        "output": nir.Output(np.array([6])),
+    }, edges=[("input", "fc1"), ("fc1", "lif1"), ("lif1", "fc2"), ("fc2", "cuba"), ("cuba", "output")])
+
+
+def _recurrent():
+    # snnTorch's RSynaptic exports Input -> Affine -> CubaLIF <-> Affine (w_rec) -> Output
+    rng = np.random.default_rng(1)
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([8])),
+        "w_in": nir.Affine(rng.normal(0.4, 0.4, (10, 8)), np.zeros(10)),
+        "lif": _cuba(10),
+        "w_rec": nir.Affine(rng.normal(0.0, 0.3, (10, 10)), np.zeros(10)),
+        "output": nir.Output(np.array([10])),
+    }, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+
+
+def _convolutional():
+    # asymmetric on purpose: 7 x 5 images, a 3 x 2 kernel, stride (1, 2), padding (1, 0), dilation (2, 1),
+    # so that a transposed or unflipped kernel, or swapped H and W, cannot pass. (Not groups: NIR 1.0.8's
+    # type inference takes C_in = weight.shape[1] and refuses the graph.)
+    rng = np.random.default_rng(2)
+    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
+                      dilation=(2, 1), groups=1, bias=rng.normal(0.02, 0.01, 4))
+    shape = tuple(int(v) for v in conv.output_type["output"])
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([2, 7, 5])),
+        "conv": conv,
+        "if1": _if(shape),
+        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine(rng.normal(0.02, 0.1, (5, int(np.prod(shape)))), np.zeros(5)),
+        "if2": _if(5),
+        "output": nir.Output(np.array([5])),
+    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+
+
+def simulate(compiled, inputs):
+    """The simulator's spikes of one sample, [T, *shape] per neuron node."""
+    out = NetSimulator(compiled).run({n: torch.from_numpy(x)[:, None] for n, x in inputs.items()})
+    return {n: s[:, 0].numpy() for n, s in out.items()}
+
+
+def assert_spikes_identical(got, expected, what):
+    assert sorted(got) == sorted(expected), f"{what}: nodes {sorted(got)} != {sorted(expected)}"
+    for name in expected:
+        a, b = np.asarray(got[name], dtype=bool), np.asarray(expected[name], dtype=bool)
+        assert a.shape == b.shape, f"{what}: node {name!r} shape {a.shape} != {b.shape}"
+        differ = np.argwhere(a != b)
+        if len(differ):
+            step, *index = (int(i) for i in differ[0])
+            raise AssertionError(f"{what}: node {name!r} differs first at step {step}, index {tuple(index)}: "
+                                 f"{a[(step, *index)]} vs {b[(step, *index)]} ({len(differ)} differences)")
+
+
+def assert_fires(spikes):
+    for name, s in spikes.items():
+        rate = float(np.mean(s))
+        assert RATE_MIN < rate < RATE_MAX, f"{name} fires at {rate:.3f}: vacuous comparison"
+
+
+def assert_no_children():
+    deadline = time.monotonic() + CHILDREN_GRACE_S
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("graph, inputs", [
+    (_feed_forward(), {"input": _spikes(12)}),
+    (_recurrent(), {"input": _spikes(8, seed=1)}),
+    (_convolutional(), {"input": _spikes(2, 7, 5, seed=2)}),
+], ids=["feed-forward", "recurrent", "conv-flatten"])
+def test_lava_spikes_are_identical_to_the_simulator(graph, inputs):
+    from deploy.net_lava import run_net_on_lava
+
+    compiled = compile_foreign(graph)
+    expected = simulate(compiled, inputs)
+    assert_fires(expected)
+    assert_spikes_identical(run_net_on_lava(compiled, inputs), expected, "Lava vs simulator")
+    assert_no_children()
+
+
+def test_a_compiled_file_runs_from_its_path(tmp_path):
+    from deploy.net_lava import run_net_on_lava
+
+    path = tmp_path / "net.nir"
+    compiled = compile_foreign(_feed_forward())
+    nir.write(str(path), compiled)
+    inputs = {"input": _spikes(12, seed=3)}
+    assert_spikes_identical(run_net_on_lava(path, inputs), simulate(compiled, inputs), "Lava from file vs simulator")
+
+
+def _raise_injected(*_):
+    raise RuntimeError("injected")
+
+
+@pytest.mark.parametrize("failure", ["model", "host", "compile"])
+def test_a_failing_run_leaves_no_process_behind(failure, monkeypatch):
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.magma.runtime.runtime import Runtime
+
+    from deploy import processes
+    from deploy.net_lava import run_net_on_lava
+
+    run_cfg, error, match = None, RuntimeError, "injected"
+    if failure == "model":  # a process model raises in the forked Lava processes; Lava reports it
+        monkeypatch.setattr(processes.PyFileSinkModel, "run_spk", _raise_injected)
+        match = "1 Exception"
+    elif failure == "host":  # the host side fails while every Lava process runs
+        monkeypatch.setattr(Runtime, "_get_resp_for_run", _raise_injected)
+    else:  # FileSink has no floating-point model: Lava's compiler fails
+        run_cfg, error, match = Loihi2SimCfg(select_tag="floating_pt"), AssertionError, "No ProcessModels found"
+    with pytest.raises(error, match=match):
+        run_net_on_lava(compile_foreign(_recurrent()), {"input": _spikes(8)}, run_cfg)
+    assert_no_children()
+
+
+def _compiled(**metadata_changes):
+    """The compiled feed-forward graph with some node metadata replaced: {node: {key: value}}."""
+    compiled = compile_foreign(_feed_forward())
+    for name, changes in metadata_changes.items():
+        compiled.nodes[name].metadata.update(changes)
+    return compiled
+
+
+def _uncompiled_li():
+    graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((2, 2)), np.zeros(2)),
+                                   nir.LI(tau=np.full(2, 1e-3), r=np.ones(2), v_leak=np.zeros(2)),
+                                   nir.Output(np.array([2])))
+    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"format": "sddpm-net-nir", "version": 1})
+
+
+def _without(key, node="lif1"):
+    compiled = compile_foreign(_feed_forward())
+    del compiled.nodes[node].metadata[key]
+    return compiled
+
+
+def _input_into_a_neuron():
+    compiled = compile_foreign(_feed_forward())
+    compiled.edges.append(("input", "cuba"))  # after NIR's own type checks, which would see 12 -> 6
+    return compiled
+
+
+@pytest.mark.parametrize("graph, message", [
+    (_feed_forward(), r"not an sddpm-net-nir graph"),
+    (_uncompiled_li(), r"node 'li': NIR type LI is not supported"),
+    (_without("du"), r"node 'lif1': metadata lacks 'du'"),
+    (_compiled(fc2={"weight_mant": np.full((6, 16), 200, np.int16)}), r"node 'fc2': weight_mant outside \+-127"),
+    (_compiled(fc1={"weight_exp": 11}), r"synapse 'fc1': weights up to \d+ a-units; one spike must stay below 131072"),
+    (_compiled(lif1={"du": 4096.0}), r"node 'lif1': du = 4096.0 is not an integer"),
+    (_compiled(cuba={"vth": -1}), r"node 'cuba': vth = -1 outside \[0, 131071\]"),
+    (_input_into_a_neuron(), r"edge 'input' -> 'cuba': Input -> CubaLIF is not supported"),
+], ids=["uncompiled", "LI", "metadata", "weight_mant", "weight_exp", "float", "vth", "edge"])
+def test_a_graph_lava_cannot_run_exactly_is_refused_by_node_before_lava_starts(graph, message, monkeypatch):
+    from deploy import net_lava
+
+    monkeypatch.setattr(net_lava, "_build", _raise_injected)  # the refusal must come first
+    with pytest.raises(net_lava.UnsupportedGraphError, match=message):
+        net_lava.run_net_on_lava(graph, {"input": _spikes(12)})
+
+
+# lava-dl netx: chain graphs whose integers netx represents exactly (see deploy/netx.py): dense weights
+# within [-256, 254] (|w| * 1024 a-units <= 254 here: threshold 1 is 1024 a-units and every gain is 1),
+# biases in whole multiples of 64 v-units (k / 1024 at threshold 1).
+# Weights below 127 / 1024 compile to weight_exp 0 (Lava's Dense then gets weight_exp -1), below 254 / 1024 to 1.
+EXP_0_MAX, EXP_1_MAX = 0.12, 0.24
+
+
+def _netx_weights(rng, mean, shape, limit):
+    return np.clip(rng.normal(mean, 0.1, shape), -limit, limit)
+
+
+def _dense_chain():
+    rng = np.random.default_rng(4)
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([10])),
+        "fc1": nir.Linear(_netx_weights(rng, 0.02, (8, 10), EXP_0_MAX)),
+        "cuba": _cuba(8),
+        "fc2": nir.Affine(_netx_weights(rng, 0.1, (5, 8), EXP_1_MAX), rng.integers(-2, 6, 5) / 1024),
+        "lif": _lif(5),
+        "output": nir.Output(np.array([5])),
+    }, edges=[("input", "fc1"), ("fc1", "cuba"), ("cuba", "fc2"), ("fc2", "lif"), ("lif", "output")])
+
+
+def _conv_chain():
+    rng = np.random.default_rng(5)
+    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
+                      dilation=1, groups=1, bias=rng.integers(-2, 6, 4) / 1024)
+    shape = tuple(int(v) for v in conv.output_type["output"])
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([2, 7, 5])),
+        "conv": conv,
+        "if1": _if(shape),
+        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine(_netx_weights(rng, 0.02, (5, int(np.prod(shape))), EXP_1_MAX), np.zeros(5)),
+        "if2": _if(5),
+        "output": nir.Output(np.array([5])),
+    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+
+
+def _flattened_input_chain():
+    rng = np.random.default_rng(6)
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([2, 3, 4])),
+        "flat": nir.Flatten(input_type={"input": np.array([2, 3, 4])}, start_dim=0, end_dim=-1),
+        "fc": nir.Linear(_netx_weights(rng, 0.05, (6, 24), EXP_1_MAX)),
+        "if1": _if(6),
+        "output": nir.Output(np.array([6])),
+    }, edges=[("input", "flat"), ("flat", "fc"), ("fc", "if1"), ("if1", "output")])
+
+
+def delayed(spikes, steps):
+    """spikes [T, ...] delayed by `steps` >= 0 steps (silent before)."""
+    return np.concatenate([np.zeros_like(spikes[:steps]), spikes[:len(spikes) - steps]])
+
+
+def _weight_exps(compiled):
+    return {name: int(node.metadata["weight_exp"]) for name, node in compiled.nodes.items()
+            if "weight_exp" in (node.metadata or {})}
+
+
+@pytest.mark.parametrize("graph, shape, last, exps", [
+    (_dense_chain(), (10,), "lif", {"fc1": 0, "fc2": 1}),
+    (_conv_chain(), (2, 7, 5), "if2", {"conv": 3, "fc": 1}),
+    (_flattened_input_chain(), (2, 3, 4), "if1", {"fc": 1}),
+], ids=["dense-cuba-lif-bias", "conv-flatten-dense", "flattened-input"])
+def test_netx_runs_a_chain_identically_at_its_step_offset(graph, shape, last, exps, tmp_path):
+    from deploy.net_lava import run_net_on_lava
+    from deploy.netx import NETX_STEP_OFFSET, run_netx, write_netx
+
+    compiled = compile_foreign(graph)
+    assert _weight_exps(compiled) == exps
+    inputs = {"input": _spikes(*shape, seed=7)}
+    expected = simulate(compiled, inputs)
+    assert_fires(expected)
+    ours = run_net_on_lava(compiled, inputs)
+    assert_spikes_identical(ours, expected, "Lava vs simulator")
+    path = tmp_path / "net.h5"
+    write_netx(compiled, path)
+    out = run_netx(path, inputs["input"])
+    assert_spikes_identical({last: out}, {last: delayed(ours[last], NETX_STEP_OFFSET)}, "netx vs our Lava graph")
+    assert_spikes_identical({last: out}, {last: delayed(expected[last], NETX_STEP_OFFSET)}, "netx vs simulator")
+    assert not np.array_equal(out, delayed(expected[last], NETX_STEP_OFFSET + 1))  # the offset is observable
+    assert_no_children()
+
+
+def test_netx_dense_weights_replay_netx_and_lava_including_its_inhibitory_power_of_two_loss():
+    from deploy.netx import netx_dense_weights
+
+    for weight in ([[3, -5], [254, -256]], [[255, 1], [7, 9]], [[-1, -3]], [[-129, -3]]):
+        applied, exp = netx_dense_weights(np.array(weight))
+        assert exp <= 0 and np.array_equal(applied >> -exp, weight), weight
+    # a strictly negative matrix is scaled until its minimum is -256, which Lava's inhibitory clip makes -255
+    applied, exp = netx_dense_weights(np.array([[-2, -4]]))
+    assert (applied >> -exp).tolist() == [[-2, -2]]
+    applied, exp = netx_dense_weights(np.array([[-128]]))
+    assert applied.tolist() == [[0]]
+
+
+def _with_bias(bias):
+    graph = _dense_chain()
+    graph.nodes["fc2"].bias = np.asarray(bias, dtype=np.float64)
+    return graph
+
+
+@pytest.mark.parametrize("graph, message", [
+    (_recurrent(), r"synapse 'w_rec': feeds 'lif' back; netx builds chains only"),
+    (_feed_forward(), r"synapse 'fc1': netx's dense layer would not apply these integer weights"),
+    (_with_bias(np.full(5, 1.5 / 1024)), r"node 'lif': netx's bias is mant << 6"),
+], ids=["recurrent", "weights", "bias"])
+def test_netx_refuses_by_node_what_it_cannot_run_exactly(graph, message, tmp_path):
+    from deploy.net_lava import UnsupportedGraphError
+    from deploy.netx import write_netx
+
+    with pytest.raises(UnsupportedGraphError, match=message):
+        write_netx(compile_foreign(graph), tmp_path / "net.h5")
