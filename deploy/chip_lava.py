@@ -23,12 +23,9 @@ Mapping (research/lava.md for every fixed-point rule quoted here):
 
 Lava processes have no batch dimension: one image per run. States start at zero in every run.
 """
-from __future__ import annotations
-
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +35,7 @@ from scipy import sparse
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.reference import host_input_current, readout_to_eps
 
-from .processes import DelayLine, FileSink, raise_open_file_limit, read_record
+from deploy.processes import DelayLine, FileSink, read_record, run_to_end
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
 
@@ -189,22 +186,14 @@ class ChipGraph:
             outs.append(proc.a_out.reshape(lava_target))
         return outs
 
-    def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float]:
-        """Run one forward pass; returns every sink's record [steps, C, H, W] and the run's seconds."""
-        from lava.magma.core.run_conditions import RunSteps
-
+    def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float, str | None]:
+        """Run one forward pass; returns every sink's record [steps, C, H, W], the run's seconds and the note of
+        the open-file limit."""
         started = time.perf_counter()
-        anchor = self.processes[0]
-        try:
-            with warnings.catch_warnings():
-                # Lava's compiler also searches the caller's module for process models and warns that it
-                # cannot import it; the models it needs are found in deploy.processes.
-                warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
-                anchor.run(condition=RunSteps(num_steps=self.steps), run_cfg=run_cfg)
-        finally:
-            anchor.stop()
+        note = run_to_end(self.processes[0], self.steps, run_cfg, len(self.processes))
         seconds = time.perf_counter() - started
-        return {name: np.transpose(read_record(sink), (0, 3, 2, 1)) for name, sink in self.sinks.items()}, seconds
+        return ({name: np.transpose(read_record(sink), (0, 3, 2, 1)) for name, sink in self.sinks.items()}, seconds,
+                note)
 
 
 def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) -> LavaRun:
@@ -218,9 +207,8 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:
         graph = ChipGraph(net, a_host, t, sink_dir)
-        note = raise_open_file_limit(len(graph.processes))
         build = time.perf_counter() - started
-        records, seconds = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
+        records, seconds, note = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
     steps = net.snn_steps
     spikes = {p.name: records[p.name][p.depth:p.depth + steps].astype(bool) for p in net.populations}
     depth = net.readout.depth

@@ -37,14 +37,13 @@ import nir
 import numpy as np
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess
-from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg, RunConfig
+from lava.magma.core.run_configs import RunConfig
 from lava.proc.conv.process import Conv
 from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
 from lava.proc.lif.process import LIF
 
-from deploy.processes import FileSink, raise_open_file_limit
+from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"  # export.nir_foreign.FORMAT; that module imports torch, so not imported here
@@ -383,33 +382,6 @@ def _build(plan: NetPlan, inputs: Mapping[str, np.ndarray], steps: int, sink_dir
         _read_port(ports[syn.source], syn.flatten).connect(proc.s_in)
         proc.a_out.connect(lifs[syn.target].a_in)
     return next(iter(lifs.values())), paths
-
-
-def _abort(runtime) -> None:
-    # After a model raised, Lava's runtime has joined every OS process, but stop() still waits for the
-    # runtime service's TERMINATED answer, which never comes (lava-nc 0.10.0: it blocks forever). Lava has no
-    # abort, so: end what is still running (a failure outside the models), mark the runtime not started,
-    # and let stop() shut down the shared memory and the watchdogs; join() ends the runtime's port threads.
-    for actor in runtime._messaging_infrastructure.actors:
-        if not actor._is_done:
-            actor.terminate()
-    runtime._is_started = False
-    runtime.stop()
-    runtime.join()
-
-
-def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, process_count: int) -> None:
-    """Run the graph holding `anchor` for `steps` steps and stop it, also when the run fails."""
-    raise_open_file_limit(process_count)
-    finished = False
-    try:
-        anchor.run(condition=RunSteps(num_steps=steps), run_cfg=run_cfg or Loihi2SimCfg(select_tag="fixed_pt"))
-        finished = True
-    finally:
-        if finished:
-            anchor.stop()
-        elif anchor.runtime is not None:  # None: it failed before Lava started anything
-            _abort(anchor.runtime)
 
 
 def run_net_on_lava(graph_or_path: nir.NIRGraph | str | os.PathLike, inputs: Mapping[str, np.ndarray],

@@ -12,8 +12,6 @@ Every Lava process is its own OS process; the main process holds about 10 file d
 (lava.md section 8), so a large graph outgrows the common soft limit of 1024. `raise_open_file_limit`
 raises the soft limit up to the hard one, and refuses, before any process starts, a graph that needs more.
 """
-from __future__ import annotations
-
 import contextlib
 import os
 import resource
@@ -26,9 +24,14 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg, RunConfig
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 FDS_PER_PROCESS = 10  # measured, research/lava.md section 8
+# Shared-memory slots per Lava channel (Lava's default: 64). The processes advance in lockstep, one message
+# per channel per step, so a few slots suffice; 64 slots of a 32x32x16 int32 port are 4 MiB per channel.
+CHANNEL_SLOTS = 4
 FDS_BASE = 256  # the main process's own files, libraries and pipes
 
 
@@ -119,3 +122,33 @@ class PyDelayLineModel(PyLoihiProcessModel):
         self.a_out.send(self.ring[self.head])  # what arrived `delay` steps ago
         self.ring[self.head] = self.a_in.recv()
         self.head = (self.head + 1) % len(self.ring)
+
+
+def _abort(runtime) -> None:
+    # After a model raised, Lava's runtime has joined every OS process, but stop() still waits for the
+    # runtime service's TERMINATED answer, which never comes (lava-nc 0.10.0: it blocks forever). Lava has no
+    # abort, so: end what is still running (a failure outside the models), mark the runtime not started,
+    # and let stop() shut down the shared memory and the watchdogs; join() ends the runtime's port threads.
+    for actor in runtime._messaging_infrastructure.actors:
+        if not actor._is_done:
+            actor.terminate()
+    runtime._is_started = False
+    runtime.stop()
+    runtime.join()
+
+
+def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, process_count: int) -> str | None:
+    """Run the graph holding `anchor` for `steps` steps and stop it, also when the run fails; returns the note
+    of `raise_open_file_limit`."""
+    note = raise_open_file_limit(process_count)
+    finished = False
+    try:
+        anchor.run(condition=RunSteps(num_steps=steps), run_cfg=run_cfg or Loihi2SimCfg(select_tag="fixed_pt"),
+                   compile_config={"pypy_channel_size": CHANNEL_SLOTS})
+        finished = True
+    finally:
+        if finished:
+            anchor.stop()
+        elif anchor.runtime is not None:  # None: it failed before Lava started anything
+            _abort(anchor.runtime)
+    return note
