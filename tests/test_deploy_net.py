@@ -10,56 +10,18 @@ import pytest
 import torch
 
 from export.nir_foreign import compile_foreign
+from nir_helpers import DT, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
 from simulators.nir_net import NetSimulator
 
 pytestmark = pytest.mark.lava
 
-DT = 1e-4
 STEPS = 30
 RATE_MIN, RATE_MAX = 0.02, 0.7  # every neuron node fires, and not all the time: the comparison is not vacuous
 CHILDREN_GRACE_S = 5.0  # how long ended OS processes may take to be reaped
 
 
-def _lif(n, tau=2e-3, threshold=1.0):
-    # snnTorch's Leaky exports tau and r = tau / dt, so that v = beta v + x
-    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / DT), v_leak=np.zeros(n), v_threshold=np.full(n, threshold))
-
-
-def _cuba(n, tau_syn=5e-4, tau_mem=2e-3, threshold=1.0):
-    return nir.CubaLIF(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, tau_mem), r=np.full(n, tau_mem / DT),
-                       v_leak=np.zeros(n), v_threshold=np.full(n, threshold), w_in=np.full(n, tau_syn / DT))
-
-
-def _if(shape):
-    return nir.IF(r=np.ones(shape), v_threshold=np.ones(shape), v_reset=np.zeros(shape))
-
-
 def _spikes(*shape, rate=0.3, seed=0):
     return (np.random.default_rng(seed).random((STEPS, *shape)) < rate).astype(np.int64)
-
-
-def _feed_forward():
-    rng = np.random.default_rng(0)
-    return nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([12])),
-        "fc1": nir.Affine(rng.normal(0.0, 0.35, (16, 12)), rng.normal(0.02, 0.01, 16)),
-        "lif1": _lif(16),
-        "fc2": nir.Linear(rng.normal(0.1, 0.5, (6, 16))),
-        "cuba": _cuba(6),
-        "output": nir.Output(np.array([6])),
-    }, edges=[("input", "fc1"), ("fc1", "lif1"), ("lif1", "fc2"), ("fc2", "cuba"), ("cuba", "output")])
-
-
-def _recurrent():
-    # snnTorch's RSynaptic exports Input -> Affine -> CubaLIF <-> Affine (w_rec) -> Output
-    rng = np.random.default_rng(1)
-    return nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([8])),
-        "w_in": nir.Affine(rng.normal(0.4, 0.4, (10, 8)), np.zeros(10)),
-        "lif": _cuba(10),
-        "w_rec": nir.Affine(rng.normal(0.0, 0.3, (10, 10)), np.zeros(10)),
-        "output": nir.Output(np.array([10])),
-    }, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
 
 
 def _convolutional():
@@ -73,10 +35,10 @@ def _convolutional():
     return nir.NIRGraph(nodes={
         "input": nir.Input(np.array([2, 7, 5])),
         "conv": conv,
-        "if1": _if(shape),
+        "if1": integrate_and_fire(shape),
         "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
         "fc": nir.Affine(rng.normal(0.02, 0.1, (5, int(np.prod(shape)))), np.zeros(5)),
-        "if2": _if(5),
+        "if2": integrate_and_fire(5),
         "output": nir.Output(np.array([5])),
     }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
 
@@ -113,8 +75,8 @@ def assert_no_children():
 
 
 @pytest.mark.parametrize("graph, inputs", [
-    (_feed_forward(), {"input": _spikes(12)}),
-    (_recurrent(), {"input": _spikes(8, seed=1)}),
+    (feed_forward_graph(), {"input": _spikes(12)}),
+    (recurrent_graph(), {"input": _spikes(8, seed=1)}),
     (_convolutional(), {"input": _spikes(2, 7, 5, seed=2)}),
 ], ids=["feed-forward", "recurrent", "conv-flatten"])
 def test_lava_spikes_are_identical_to_the_simulator(graph, inputs):
@@ -131,7 +93,7 @@ def test_a_compiled_file_runs_from_its_path(tmp_path):
     from deploy.net_lava import run_net_on_lava
 
     path = tmp_path / "net.nir"
-    compiled = compile_foreign(_feed_forward())
+    compiled = compile_foreign(feed_forward_graph())
     nir.write(str(path), compiled)
     inputs = {"input": _spikes(12, seed=3)}
     assert_spikes_identical(run_net_on_lava(path, inputs), simulate(compiled, inputs), "Lava from file vs simulator")
@@ -158,13 +120,13 @@ def test_a_failing_run_leaves_no_process_behind(failure, monkeypatch):
     else:  # FileSink has no floating-point model: Lava's compiler fails
         run_cfg, error, match = Loihi2SimCfg(select_tag="floating_pt"), AssertionError, "No ProcessModels found"
     with pytest.raises(error, match=match):
-        run_net_on_lava(compile_foreign(_recurrent()), {"input": _spikes(8)}, run_cfg)
+        run_net_on_lava(compile_foreign(recurrent_graph()), {"input": _spikes(8)}, run_cfg)
     assert_no_children()
 
 
 def _compiled(**metadata_changes):
     """The compiled feed-forward graph with some node metadata replaced: {node: {key: value}}."""
-    compiled = compile_foreign(_feed_forward())
+    compiled = compile_foreign(feed_forward_graph())
     for name, changes in metadata_changes.items():
         compiled.nodes[name].metadata.update(changes)
     return compiled
@@ -178,19 +140,19 @@ def _uncompiled_li():
 
 
 def _without(key, node="lif1"):
-    compiled = compile_foreign(_feed_forward())
+    compiled = compile_foreign(feed_forward_graph())
     del compiled.nodes[node].metadata[key]
     return compiled
 
 
 def _input_into_a_neuron():
-    compiled = compile_foreign(_feed_forward())
+    compiled = compile_foreign(feed_forward_graph())
     compiled.edges.append(("input", "cuba"))  # after NIR's own type checks, which would see 12 -> 6
     return compiled
 
 
 @pytest.mark.parametrize("graph, message", [
-    (_feed_forward(), r"not an sddpm-net-nir graph"),
+    (feed_forward_graph(), r"not an sddpm-net-nir graph"),
     (_uncompiled_li(), r"node 'li': NIR type LI is not supported"),
     (_without("du"), r"node 'lif1': metadata lacks 'du'"),
     (_compiled(fc2={"weight_mant": np.full((6, 16), 200, np.int16)}), r"node 'fc2': weight_mant outside \+-127"),
@@ -223,9 +185,9 @@ def _dense_chain():
     return nir.NIRGraph(nodes={
         "input": nir.Input(np.array([10])),
         "fc1": nir.Linear(_netx_weights(rng, 0.02, (8, 10), EXP_0_MAX)),
-        "cuba": _cuba(8),
+        "cuba": cuba(8),
         "fc2": nir.Affine(_netx_weights(rng, 0.1, (5, 8), EXP_1_MAX), rng.integers(-2, 6, 5) / 1024),
-        "lif": _lif(5),
+        "lif": lif(5),
         "output": nir.Output(np.array([5])),
     }, edges=[("input", "fc1"), ("fc1", "cuba"), ("cuba", "fc2"), ("fc2", "lif"), ("lif", "output")])
 
@@ -238,10 +200,10 @@ def _conv_chain():
     return nir.NIRGraph(nodes={
         "input": nir.Input(np.array([2, 7, 5])),
         "conv": conv,
-        "if1": _if(shape),
+        "if1": integrate_and_fire(shape),
         "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
         "fc": nir.Affine(_netx_weights(rng, 0.02, (5, int(np.prod(shape))), EXP_1_MAX), np.zeros(5)),
-        "if2": _if(5),
+        "if2": integrate_and_fire(5),
         "output": nir.Output(np.array([5])),
     }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
 
@@ -252,7 +214,7 @@ def _flattened_input_chain():
         "input": nir.Input(np.array([2, 3, 4])),
         "flat": nir.Flatten(input_type={"input": np.array([2, 3, 4])}, start_dim=0, end_dim=-1),
         "fc": nir.Linear(_netx_weights(rng, 0.05, (6, 24), EXP_1_MAX)),
-        "if1": _if(6),
+        "if1": integrate_and_fire(6),
         "output": nir.Output(np.array([6])),
     }, edges=[("input", "flat"), ("flat", "fc"), ("fc", "if1"), ("if1", "output")])
 
@@ -312,8 +274,8 @@ def _with_bias(bias):
 
 
 @pytest.mark.parametrize("graph, message", [
-    (_recurrent(), r"synapse 'w_rec': feeds 'lif' back; netx builds chains only"),
-    (_feed_forward(), r"synapse 'fc1': netx's dense layer would not apply these integer weights"),
+    (recurrent_graph(), r"synapse 'w_rec': feeds 'lif' back; netx builds chains only"),
+    (feed_forward_graph(), r"synapse 'fc1': netx's dense layer would not apply these integer weights"),
     (_with_bias(np.full(5, 1.5 / 1024)), r"node 'lif': netx's bias is mant << 6"),
 ], ids=["recurrent", "weights", "bias"])
 def test_netx_refuses_by_node_what_it_cannot_run_exactly(graph, message, tmp_path):

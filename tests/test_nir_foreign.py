@@ -7,23 +7,13 @@ import pytest
 import torch
 
 from export.nir_foreign import Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
+from nir_helpers import DT, cuba, feed_forward_graph, lif, recurrent_graph
 from simulators.chip_file import ChipFileError
 from simulators.nir_net import NetSimulator
 
-DT = 1e-4
 # Spike agreement between the integers and the float discretization: 8-bit weights move a membrane by
 # up to 1/254 of the largest weight per input spike, which flips the odd spike of a neuron near threshold.
 SPIKE_AGREEMENT_MIN = 0.97
-
-
-def _lif(n, tau=2e-3, threshold=1.0):
-    # snnTorch's Leaky with beta = 1 - dt/tau exports tau and r = tau/dt, so that v = beta v + x
-    return nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / DT), v_leak=np.zeros(n), v_threshold=np.full(n, threshold))
-
-
-def _cuba(n, tau_syn=5e-4, tau_mem=2e-3, threshold=1.0):
-    return nir.CubaLIF(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, tau_mem), r=np.full(n, tau_mem / DT),
-                       v_leak=np.zeros(n), v_threshold=np.full(n, threshold), w_in=np.full(n, tau_syn / DT))
 
 
 def _spikes(steps, batch, *shape, rate=0.3, seed=0):
@@ -58,28 +48,12 @@ def test_a_hand_derived_integrate_and_fire_chain():
 
 
 def test_a_feed_forward_lif_and_cubalif_graph_agrees_with_the_float_discretization():
-    rng = np.random.default_rng(0)
-    graph = nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([12])),
-        "fc1": nir.Affine(rng.normal(0.0, 0.35, (16, 12)), rng.normal(0.02, 0.01, 16)),
-        "lif1": _lif(16),
-        "fc2": nir.Linear(rng.normal(0.1, 0.5, (6, 16))),
-        "cuba": _cuba(6),
-        "output": nir.Output(np.array([6])),
-    }, edges=[("input", "fc1"), ("fc1", "lif1"), ("lif1", "fc2"), ("fc2", "cuba"), ("cuba", "output")])
+    graph = feed_forward_graph()
     assert _agreement(graph, {"input": _spikes(60, 8, 12)}) >= SPIKE_AGREEMENT_MIN
 
 
 def test_a_recurrent_cubalif_graph_runs_with_one_step_per_synapse():
-    # snnTorch's RSynaptic exports Input -> Affine -> CubaLIF <-> Affine (w_rec) -> Output
-    rng = np.random.default_rng(1)
-    graph = nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([8])),
-        "w_in": nir.Affine(rng.normal(0.4, 0.4, (10, 8)), np.zeros(10)),
-        "lif": _cuba(10),
-        "w_rec": nir.Affine(rng.normal(0.0, 0.3, (10, 10)), np.zeros(10)),
-        "output": nir.Output(np.array([10])),
-    }, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+    graph = recurrent_graph()
     assert _agreement(graph, {"input": _spikes(60, 6, 8)}) >= SPIKE_AGREEMENT_MIN
 
 
@@ -102,7 +76,7 @@ def test_a_convolutional_graph_like_sinabs_writes_it():
 def test_the_compiled_file_is_plain_nir_and_runs_as_in_memory(tmp_path):
     rng = np.random.default_rng(3)
     graph = nir.NIRGraph.from_list(nir.Input(np.array([5])), nir.Affine(rng.normal(0.3, 0.3, (4, 5)), np.zeros(4)),
-                                   _lif(4), nir.Output(np.array([4])))
+                                   lif(4), nir.Output(np.array([4])))
     path = str(tmp_path / "net.nir")
     compiled = write_foreign(path, graph, Discretization(dt=DT))
     read = nir.read(path)  # NIR's type checks pass: the source graph is unchanged
@@ -126,7 +100,7 @@ def _lif_graph(**changes):
 
 
 def _cuba_with_bias():
-    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.ones(3)), _cuba(3),
+    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.ones(3)), cuba(3),
                                   nir.Output(np.array([3])))
 
 
