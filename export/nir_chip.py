@@ -49,6 +49,22 @@ def up_ports(source: str, factor: int) -> tuple[str, str]:
     return f"{source}.to_up{factor}", f"{source}.up{factor}"
 
 
+def wire_synapse(nodes: dict, edges: list, links: list, name: str, source: str, source_shape, upsample: int,
+                 target: str) -> None:
+    """Edges source -> synapse `name` -> target. An up-sampling synapse reads the source's Input port instead;
+    the port pair and its link are added once per (source, factor) and shared by every synapse reading it."""
+    if upsample != 1:
+        out_port, in_port = up_ports(source, upsample)
+        if in_port not in nodes:
+            c, h, w = source_shape
+            nodes[out_port] = nir.Output(np.array((c, h, w)))
+            nodes[in_port] = nir.Input(np.array((c, h * upsample, w * upsample)))
+            edges.append((source, out_port))
+            links.append({"from": out_port, "to": in_port, "op": "nearest_upsample", "factor": upsample})
+        source = in_port
+    edges += [(source, name), (name, target)]
+
+
 def synapse_name(index: int) -> str:
     return f"syn{index:04d}"
 
@@ -90,17 +106,7 @@ def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
         target = "readout" if syn.target == READOUT else syn.target
         target_channels = r.shape[0] if syn.target == READOUT else shapes[syn.target][0]
         nodes[name] = _conv_node(syn, shapes[syn.source], target_channels)
-        source = syn.source
-        if syn.upsample != 1:
-            out_port, in_port = up_ports(syn.source, syn.upsample)
-            if in_port not in nodes:
-                c, h, w = shapes[syn.source]
-                nodes[out_port] = nir.Output(np.array((c, h, w)))
-                nodes[in_port] = nir.Input(np.array((c, h * syn.upsample, w * syn.upsample)))
-                edges.append((syn.source, out_port))
-                links.append({"from": out_port, "to": in_port, "op": "nearest_upsample", "factor": syn.upsample})
-            source = in_port
-        edges += [(source, name), (name, target)]
+        wire_synapse(nodes, edges, links, name, syn.source, shapes[syn.source], syn.upsample, target)
     host = {"head_weight": net.host.head_weight.astype(np.float32),
             "head_bias": net.host.head_bias.astype(np.float32),
             "readout_bias": r.bias.astype(np.float32), "membrane_decay": float(net.host.membrane_decay),

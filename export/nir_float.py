@@ -39,7 +39,7 @@ import torch
 from sddpm.checkpoint import atomic_path
 
 from .graph import Expr, FloatGraph, FloatPopulation, HostStages, Term
-from .nir_chip import up_ports
+from .nir_chip import wire_synapse
 
 FORMAT = "sddpm-float-nir"
 VERSION = 1
@@ -101,16 +101,7 @@ def float_graph_to_nir(graph: FloatGraph) -> nir.NIRGraph:
     for i, (target, target_shape, term) in enumerate(terms):
         name = f"syn{i:03d}"
         nodes[name] = _conv_node(term, target, shapes[term.source], target_shape)
-        source = term.source
-        if term.upsample != 1:
-            out_port, source = up_ports(term.source, term.upsample)
-            if source not in nodes:
-                c, h, w = shapes[term.source]
-                nodes[out_port] = nir.Output(np.array((c, h, w)))
-                nodes[source] = nir.Input(np.array((c, h * term.upsample, w * term.upsample)))
-                edges.append((term.source, out_port))
-                links.append({"from": out_port, "to": source, "op": "nearest_upsample", "factor": term.upsample})
-        edges += [(source, name), (name, target)]
+        wire_synapse(nodes, edges, links, name, term.source, shapes[term.source], term.upsample, target)
     metadata = {
         "format": FORMAT, "version": VERSION, "snn_steps": graph.snn_steps, "diffusion_steps": graph.diffusion_steps,
         "discretization": DISCRETIZATION, "order": json.dumps([p.name for p in graph.populations]),
