@@ -62,6 +62,16 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
                    help="images per calibration batch, t spread over all diffusion steps (default: %(default)s)")
 
 
+def _add_chain_args(p: argparse.ArgumentParser, steps: int, what: str, batch_size: int | None) -> None:
+    """The float DDIM chain from seeded noise whose denoising steps a command takes (batch_size None: one
+    image, for backends without a batch dimension)."""
+    p.add_argument("--steps", type=int, default=steps, help=f"denoising steps to {what} (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=int, default=batch_size, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.energy import LOIHI_DAVIES_2018
 
@@ -154,10 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "identical.")
     p.add_argument("--backend", choices=("sim",), default="sim", help="what to check against the reference")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps to check (default: %(default)s)")
-    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=4, help="images in the chain (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    _add_chain_args(p, steps=4, what="check", batch_size=4)
     p.add_argument("--sim-mode", choices=("delayed", "zero_delay"), default="delayed",
                    help="delayed: Lava's timing; zero_delay: all populations see SNN step t together "
                         "(default: %(default)s)")
@@ -202,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
     p.add_argument("--nir", help="an existing chip NIR file to deploy (default: compile --checkpoint)")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where a compiled network is written")
-    p.add_argument("--steps", type=int, default=1, help="denoising steps to run (default: %(default)s)")
-    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain's image")
+    _add_chain_args(p, steps=1, what="run", batch_size=None)
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor when compiling")
     p.add_argument("--run-config", choices=("sim", "loihi2-hw"), default="sim",
                    help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg, for "
@@ -236,10 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(DDPM 1000, DDIM 100 and DDIM 50 steps) under the paper's 45 nm model and a "
                                    "Loihi-style model, against the ANN twin of the same configuration.")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
-    p.add_argument("--steps", type=int, default=10, help="denoising steps to count (default: %(default)s)")
-    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=4, help="images in the chain (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    _add_chain_args(p, steps=10, what="count", batch_size=4)
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of the chip network")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where the chip network file is written")
     g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
@@ -261,10 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/report.json. Exit status 1 if the simulator and the reference differ.")
     p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
     p.add_argument("--out", default="out/report", help="report folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps to verify and count (default: %(default)s)")
-    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=2, help="images in the chain (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+    _add_chain_args(p, steps=4, what="verify and count", batch_size=2)
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold factor of the chip network")
     _add_calibration_args(p)
 
