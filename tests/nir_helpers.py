@@ -42,3 +42,19 @@ def recurrent_graph() -> nir.NIRGraph:
         "w_rec": nir.Affine(rng.normal(0.0, 0.3, (10, 10)), np.zeros(10)),
         "output": nir.Output(np.array([10])),
     }, edges=[("input", "w_in"), ("w_in", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")])
+
+
+def conv_flatten_graph(conv: nir.Conv2d, fc_weight) -> nir.NIRGraph:
+    """Sinabs-style Input -> Conv2d -> IF -> Flatten -> Affine -> IF(5) -> Output; fc_weight(n) gives the
+    Affine's [5, n] weights for the n flattened conv outputs."""
+    shape = tuple(int(v) for v in conv.output_type["output"])
+    source = (int(conv.weight.shape[1]), *(int(v) for v in conv.input_shape))
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array(source)),
+        "conv": conv,
+        "if1": integrate_and_fire(shape),
+        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+        "fc": nir.Affine(fc_weight(int(np.prod(shape))), np.zeros(5)),
+        "if2": integrate_and_fire(5),
+        "output": nir.Output(np.array([5])),
+    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export.nir_foreign import compile_foreign
-from nir_helpers import DT, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
+from nir_helpers import DT, conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
 from simulators.nir_net import NetSimulator
 
 pytestmark = pytest.mark.lava
@@ -31,16 +31,7 @@ def _convolutional():
     rng = np.random.default_rng(2)
     conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
                       dilation=(2, 1), groups=1, bias=rng.normal(0.02, 0.01, 4))
-    shape = tuple(int(v) for v in conv.output_type["output"])
-    return nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([2, 7, 5])),
-        "conv": conv,
-        "if1": integrate_and_fire(shape),
-        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
-        "fc": nir.Affine(rng.normal(0.02, 0.1, (5, int(np.prod(shape)))), np.zeros(5)),
-        "if2": integrate_and_fire(5),
-        "output": nir.Output(np.array([5])),
-    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+    return conv_flatten_graph(conv, lambda n: rng.normal(0.02, 0.1, (5, n)))
 
 
 def simulate(compiled, inputs):
@@ -196,16 +187,7 @@ def _conv_chain():
     rng = np.random.default_rng(5)
     conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
                       dilation=1, groups=1, bias=rng.integers(-2, 6, 4) / 1024)
-    shape = tuple(int(v) for v in conv.output_type["output"])
-    return nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([2, 7, 5])),
-        "conv": conv,
-        "if1": integrate_and_fire(shape),
-        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
-        "fc": nir.Affine(_netx_weights(rng, 0.02, (5, int(np.prod(shape))), EXP_1_MAX), np.zeros(5)),
-        "if2": integrate_and_fire(5),
-        "output": nir.Output(np.array([5])),
-    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+    return conv_flatten_graph(conv, lambda n: _netx_weights(rng, 0.02, (5, n), EXP_1_MAX))
 
 
 def _flattened_input_chain():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from export.nir_foreign import Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
-from nir_helpers import DT, cuba, feed_forward_graph, lif, recurrent_graph
+from nir_helpers import DT, conv_flatten_graph, cuba, feed_forward_graph, lif, recurrent_graph
 from simulators.chip_file import ChipFileError
 from simulators.nir_net import NetSimulator
 
@@ -61,15 +61,7 @@ def test_a_convolutional_graph_like_sinabs_writes_it():
     rng = np.random.default_rng(2)
     conv = nir.Conv2d(input_shape=(8, 8), weight=rng.normal(0.15, 0.3, (4, 2, 3, 3)), stride=1, padding=1,
                       dilation=1, groups=1, bias=np.zeros(4))
-    graph = nir.NIRGraph(nodes={
-        "input": nir.Input(np.array([2, 8, 8])),
-        "conv": conv,
-        "if1": nir.IF(r=np.ones((4, 8, 8)), v_threshold=np.ones((4, 8, 8)), v_reset=np.zeros((4, 8, 8))),
-        "flat": nir.Flatten(input_type={"input": np.array([4, 8, 8])}, start_dim=0, end_dim=-1),
-        "fc": nir.Affine(rng.normal(0.006, 0.05, (5, 256)), np.zeros(5)),
-        "if2": nir.IF(r=np.ones(5), v_threshold=np.ones(5), v_reset=np.zeros(5)),
-        "output": nir.Output(np.array([5])),
-    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+    graph = conv_flatten_graph(conv, lambda n: rng.normal(0.006, 0.05, (5, n)))
     assert _agreement(graph, {"input": _spikes(30, 4, 2, 8, 8)}) >= SPIKE_AGREEMENT_MIN
 
 
