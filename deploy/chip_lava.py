@@ -35,6 +35,7 @@ from scipy import sparse
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.reference import host_input_current, readout_to_eps
 
+from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import DelayLine, FileSink, read_record, run_to_end
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
@@ -60,11 +61,6 @@ def run_config(kind: str = "sim"):
 def to_lava(a: np.ndarray) -> np.ndarray:
     """(C, H, W) -> Lava's (W, H, C)."""
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
-
-
-def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
-    """PyTorch cross-correlation [C_out, C_in, kH, kW] -> Lava's true-convolution [C_out, kX, kY, C_in]."""
-    return np.ascontiguousarray(np.flip(weight, axis=(2, 3)).transpose(0, 3, 2, 1))
 
 
 def upsample_matrices(syn: ChipSynapse, source_shape, target_shape) -> list[sparse.csr_matrix]:
@@ -124,7 +120,7 @@ class ChipGraph:
             row = p.bias_mant[t if p.bias_mant.shape[0] > 1 else 0].astype(np.int32)
             bias = to_lava(np.broadcast_to(row[:, None, None], p.shape))
             # Lava counts steps from 1 and resets when time_step % interval == offset: once, at chip step depth
-            lif = LIFReset(shape=to_lava(np.zeros(p.shape)).shape, du=IF_DU, dv=IF_DV, vth=p.vth, bias_mant=bias,
+            lif = LIFReset(shape=lava_shape(p.shape), du=IF_DU, dv=IF_DV, vth=p.vth, bias_mant=bias,
                            bias_exp=p.bias_exp, reset_interval=self.steps + 1, reset_offset=p.depth + 1)
             self.lif[p.name] = lif
             self._sink(p.name, p.shape, lif.s_out)
@@ -139,7 +135,7 @@ class ChipGraph:
             target_port = readout_sink.a_in if syn.target == READOUT else self.lif[syn.target].a_in
             outs = self._synapse(syn, shapes[syn.source], target_shape)
             if syn.delay > 1:
-                line = DelayLine(shape=to_lava(np.zeros(target_shape)).shape, delay=syn.delay - 1)
+                line = DelayLine(shape=lava_shape(target_shape), delay=syn.delay - 1)
                 self.processes.append(line)
                 for out in outs:
                     out.connect(line.a_in)
@@ -149,7 +145,7 @@ class ChipGraph:
         self.processes += list(self.lif.values())
 
     def _sink(self, name: str, shape, port=None) -> FileSink:
-        sink = FileSink(shape=to_lava(np.zeros(shape)).shape, steps=self.steps,
+        sink = FileSink(shape=lava_shape(shape), steps=self.steps,
                         path=os.path.join(self.sink_dir, f"{len(self.sinks):03d}.npy"))
         self.sinks[name] = sink
         self.processes.append(sink)
@@ -163,13 +159,13 @@ class ChipGraph:
         from lava.proc.sparse.process import Sparse
 
         source = self.lif[syn.source].s_out
-        lava_target = to_lava(np.zeros(target_shape)).shape
+        lava_target = lava_shape(target_shape)
         if syn.upsample == 1:
             weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
             weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
             if np.abs(weight).max() >= 2 ** 31:
                 raise DeployError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
-            conv = Conv(weight=lava_conv_weight(weight).astype(np.int32), input_shape=source.shape,
+            conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape,
                         padding=syn.padding, stride=syn.stride)
             source.connect(conv.s_in)
             self.processes.append(conv)

@@ -43,6 +43,7 @@ from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
 from lava.proc.lif.process import LIF
 
+from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
 
@@ -340,15 +341,6 @@ def to_lava(spikes: np.ndarray) -> np.ndarray:
 def from_lava(record: np.ndarray) -> np.ndarray:
     """A FileSink's [T, *Lava shape] -> bool [T, *NIR shape]."""
     return record.transpose(0, *range(record.ndim - 1, 0, -1)).astype(bool)
-
-
-def lava_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return shape[::-1]
-
-
-def lava_conv_weight(weight: np.ndarray) -> np.ndarray:
-    """PyTorch's cross-correlation [C_out, C_in, kH, kW] -> Lava's true convolution (C_out, kX, kY, C_in)."""
-    return np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1), dtype=np.int32)
 
 
 def _synapse_process(syn: Synapse, source_shape: tuple[int, ...]) -> AbstractProcess:
