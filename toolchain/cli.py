@@ -415,13 +415,15 @@ def cmd_fid(args) -> None:
 
 
 def cmd_deploy(args) -> int:
+    from statistics import median
+
     import torch
 
     from deploy.chip_lava import run_config, run_denoising_step
+    from export.energy import count_forward
     from export.nir_chip import read_chip_nir
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
-    from export.energy import count_forward
     from toolchain.verify import compare_runs, first_count_difference
 
     loaded = load_model(args.checkpoint)
@@ -465,10 +467,6 @@ def cmd_deploy(args) -> int:
     else:
         print(format_deploy(report))
     return 0 if report["identical"] and report["counts_identical"] else 1
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def format_deploy(r: dict) -> str:
@@ -666,20 +664,27 @@ def cmd_export(args) -> int:
     return EXPORTERS[args.format](args, loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"))
 
 
-def _export_onnx(args, loaded, path: str) -> int:
+def _check_images(args, loaded, seed: int):
+    """(dataset name, (x_t, t)): --check-images noisy training images, t spread over the diffusion steps."""
     from export.compiler import calibration_batches
-    from export.onnx_export import OPSET, compare_onnx, export_onnx
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
+
+    dataset = _calibration_dataset(args, loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=seed)
+    return dataset, (x, t)
+
+
+def _export_onnx(args, loaded, path: str) -> int:
+    from export.onnx_export import OPSET, compare_onnx, export_onnx
 
     export_onnx(loaded.model, path)
     cfg = loaded.model_config
     image = f"[batch, {cfg.img_ch}, {cfg.img_size}, {cfg.img_size}]"
     print(f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 [batch] -> "
           f"eps float32 {image}")
-    dataset = _calibration_dataset(args, loaded)
-    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
-                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images)
+    dataset, (x, t) = _check_images(args, loaded, seed=0)
     report = compare_onnx(loaded.model, path, x, t)
     print(f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:")
     print(format_onnx_comparison(report, t))
@@ -690,10 +695,7 @@ def _export_nir(args, loaded, path: str) -> int:
     import nir
     import torch
 
-    from export.compiler import calibration_batches
     from export.reference import run_reference
-    from sddpm.data import load_images
-    from sddpm.schedule import NoiseSchedule
     from simulators.network import ChipSimulator
     from toolchain.verify import compare_runs
 
@@ -702,9 +704,7 @@ def _export_nir(args, loaded, path: str) -> int:
     kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
     print(f"{path}: NIR {nir.__version__} graph, {len(graph.nodes)} nodes ({', '.join(kinds)}), "
           f"{len(graph.edges)} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks")
-    dataset = _calibration_dataset(args, loaded)
-    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
-                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=1)
+    dataset, (x, t) = _check_images(args, loaded, seed=1)
     ref = run_reference(net, x, t)
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
     mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
@@ -721,20 +721,15 @@ def _export_nir_float(args, loaded, path: str) -> int:
 
     import nir
 
-    from export.compiler import calibration_batches
     from export.graph import extract_graph, run_float
     from export.nir_float import FILE_ROUND_TRIP_ATOL, read_float_nir, write_float_nir
-    from sddpm.data import load_images
-    from sddpm.schedule import NoiseSchedule
 
     graph = extract_graph(copy.deepcopy(loaded.model).double())
     write_float_nir(path, graph)
     kinds = sorted({type(node).__name__ for node in nir.read(path).nodes.values()})
     print(f"{path}: NIR {nir.__version__} graph ({', '.join(kinds)}), {os.path.getsize(path) / 1e6:.1f} MB; passes "
           f"nir.read's type checks")
-    dataset = _calibration_dataset(args, loaded)
-    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
-                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=1)
+    dataset, (x, t) = _check_images(args, loaded, seed=1)
     written, read = run_float(graph, x.double(), t), run_float(read_float_nir(path), x.double(), t)
     flips = [name for name, s in written.spikes.items() if not bool((s == read.spikes[name]).all())]
     diff = float((written.eps - read.eps).abs().max())
