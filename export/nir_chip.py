@@ -167,8 +167,8 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
     syns = []
     for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d)), key=lambda n: int(n[3:])):
         node, md = nodes[name], nodes[name].metadata
-        source = links.get(feeds[name][0], feeds[name][0])
-        source = feeds[source][0] if source in links.values() else source
+        port = feeds[name][0]  # a population, or the Input port of an up-sampling link
+        source = feeds[links[port]][0] if port in links else port
         target = next(b for a, b in graph.edges if a == name)
         exp, offset, channels = (int(_value(md, k, name)) for k in ("weight_exp", "out_offset", "channels"))
         weight = np.asarray(node.weight, np.float64)[offset:offset + channels]

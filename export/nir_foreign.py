@@ -44,6 +44,7 @@ VERSION = 1
 DECAY_UNITY = 4096  # Lava's decays are 12-bit fractions
 NO_CURRENT_MEMORY = 4095  # du: u = a_in << 6 every step
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit
+assert VTH_A <= VTH_MAX
 V_PER_A = 64  # a_in << 6 enters u and v
 
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
@@ -204,7 +205,6 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
         md.update({"du": du, "dv": dv, "vth": VTH_A, "scale": scale[name], "bias_mant": b_mant.astype(np.int16),
                    "bias_exp": b_exp})
         new[name] = _with_metadata(node, md)
-    assert VTH_A <= VTH_MAX
     nodes.update(new)
     metadata = dict(graph.metadata or {})
     metadata.update({"format": FORMAT, "version": VERSION, "discretization": json.dumps(asdict(disc)),
