@@ -1,4 +1,4 @@
-"""The `sddpm` command: train, sample, fid, release, compile, verify, export, energy, report, demo."""
+"""The `sddpm` command: train, sample, fid, quality, release, compile, verify, export, energy, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -135,7 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report FID of as many real test images as samples (the small-count bias)")
     p.add_argument("--cache-dir", default="cache/fid", help="reference statistics cache (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", help="also write the result as JSON to this file (atomically)")
     _add_sampler_args(p)
+
+    p = sub.add_parser("quality", help="the README's quality tables: sample, FID and grid of each row",
+                       description="Run the rows of the quality tables (all, or those matching NAME patterns "
+                                   "such as 'fashion-*'): each row samples a shipped checkpoint with `sddpm "
+                                   "sample` and scores it with `sddpm fid --real-baseline`, then writes a grid "
+                                   "of its first images. Rows with a result are skipped, so a killed run "
+                                   "resumes. --markdown prints the tables from the results.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="row names or shell patterns (default: every row)")
+    p.add_argument("--out", default="runs/quality", help="per-row samples and results (default: %(default)s)")
+    p.add_argument("--grid-dir", default="docs/img/quality", help="per-row sample grids (default: %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--list", action="store_true", help="name the rows and whether each has a result")
+    mode.add_argument("--commands", action="store_true", help="print the two sddpm commands of each row")
+    mode.add_argument("--markdown", action="store_true", help="print the tables (rows without results say so)")
 
     p = sub.add_parser("release", help="shrink a training checkpoint to its EMA weights and configs",
                        description="Write a small inference checkpoint (EMA weights stored as the model, "
@@ -410,8 +425,34 @@ def cmd_fid(args) -> None:
         result["real_vs_real_fid"] = real_vs_real_fid(args.dataset, len(images), args.cache_dir,
                                                       ref_count=args.ref_count, root=args.data_root)
     if is_main:
+        if args.save:
+            from sddpm.checkpoint import atomic_write
+
+            with atomic_write(args.save, "w") as f:
+                json.dump(result, f, indent=1)
         print(json.dumps(result) if args.json else
               "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
+
+
+def cmd_quality(args) -> int:
+    from toolchain import quality
+
+    rows = quality.select(args.names)
+    if args.list:
+        for row in rows:
+            result = quality.load_result(row, args.out)
+            print(f"{row.name:36s} {'FID %.1f' % result['fid'] if result else 'not run'}")
+    elif args.commands:
+        for row in rows:
+            print(f"# {row.name}\n" + "\n".join(quality.command_lines(row, args.out)))
+    elif args.markdown:
+        print(quality.markdown(args.out, args.grid_dir), end="")
+    else:
+        failed = quality.run_rows(rows, args.out, args.grid_dir, main)
+        if failed:
+            print(f"sddpm quality: failed rows: {', '.join(row.name for row in failed)}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def cmd_deploy(args) -> int:
@@ -812,7 +853,7 @@ def cmd_release(args) -> None:
 EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir, "nir-float": _export_nir_float}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
             "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy, "report": cmd_report,
-            "demo": cmd_demo}
+            "quality": cmd_quality, "demo": cmd_demo}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

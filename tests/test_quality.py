@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import TINY
+from sddpm import fid
+from sddpm.checkpoint import save_checkpoint
+from sddpm.config import DiffusionConfig
+from sddpm.unet import SpikingUNet
+from toolchain import quality
+from toolchain.cli import main
+
+
+@pytest.fixture
+def tiny_row(tmp_path, monkeypatch):
+    """A quality row on a tiny untrained checkpoint and scikit-learn's digits; Inception replaced by four
+    pixels, the reference shrunk to 20 images, so that the row's two real commands run in a second."""
+    torch.manual_seed(0)
+    checkpoint = str(tmp_path / "tiny.pt")
+    save_checkpoint(checkpoint, {"model_config": TINY.to_dict(), "diffusion_config": DiffusionConfig().to_dict(),
+                                 "step": 0, "model": SpikingUNet(TINY).state_dict()})
+    monkeypatch.setattr(fid, "inception_features",
+                        lambda images, batch_size=50, progress=True: images[:, 0, 16, 12:16].double().numpy())
+    monkeypatch.setattr(quality, "REF_COUNT", 20)
+    monkeypatch.setattr(quality, "SAMPLE_BATCH", 3)
+    monkeypatch.chdir(tmp_path)  # the row's FID cache is relative to the working directory
+    return quality.Row("tiny-ddim2", "MNIST", "tiny", checkpoint, "digits", "DDIM 2",
+                       ("--sampler", "ddim", "--steps", "2"), 6)
+
+
+def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
+    calls = []
+
+    def run(argv):
+        calls.append(argv[0])
+        return main(argv)
+
+    assert quality.run_rows([tiny_row], "results", "grids", run) == []
+    result = json.loads((tmp_path / "results" / "tiny-ddim2" / "fid.json").read_text())
+    assert result["samples"] == 6 and result["ref_count"] == 20 and result["dataset"] == "digits"
+    assert result["fid"] > 0 and result["real_vs_real_fid"] > 0
+    # 6 images, 3 per row (ceil(sqrt(6))): 3 x 2 images of 32 pixels with 2-pixel padding
+    assert Image.open(tmp_path / "grids" / "tiny-ddim2.png").size == (2 + 3 * 34, 2 + 2 * 34)
+    assert calls == ["sample", "fid"]
+
+    assert quality.run_rows([tiny_row], "results", "grids", run) == []  # done rows are skipped
+    assert calls == ["sample", "fid"]
+
+    # a run killed after sampling only scores again
+    (tmp_path / "results" / "tiny-ddim2" / "fid.json").unlink()
+    assert quality.run_rows([tiny_row], "results", "grids", run) == []
+    assert calls == ["sample", "fid", "fid"]
+    assert json.loads((tmp_path / "results" / "tiny-ddim2" / "fid.json").read_text()) == result
+
+
+def test_a_failing_command_fails_its_row_only(tiny_row):
+    broken = quality.Row("broken", "MNIST", "missing", "missing.pt", "digits", "DDIM 2", (), 6)
+    assert quality.run_rows([broken, tiny_row], "results", "grids", main) == [broken]
+    assert quality.load_result(tiny_row, "results") is not None
+
+
+def test_rows_are_selected_by_pattern_and_unknown_names_are_refused():
+    assert [r.name for r in quality.select(["mnist-t*"])] == ["mnist-t4-step2000-ddim100", "mnist-t8-step2000-ddim100"]
+    assert len(quality.select([])) == len(quality.ROWS)
+    with pytest.raises(ValueError, match="no quality row matches 'cifar-\\*'"):
+        quality.select(["cifar-*"])
+
+
+def test_the_commands_of_every_row_parse():
+    from toolchain.cli import build_parser
+
+    parser = build_parser()
+    for row in quality.ROWS:
+        for argv in (row.sample_argv("runs/quality"), row.fid_argv("runs/quality")):
+            parser.parse_args(argv)
+    assert len({row.name for row in quality.ROWS}) == len(quality.ROWS)
+
+
+def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
+    folder = tmp_path / "mnist-sddpm-ddim50"
+    folder.mkdir()
+    (folder / "fid.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
+    text = quality.markdown(str(tmp_path), "docs/img/quality")
+    row = ("| SDDPM, T = 4, step 13,000 | DDIM 50, eta 0 | 500 | 123.5 | 15.6 | "
+           "[grid](docs/img/quality/mnist-sddpm-ddim50.png) | `sddpm quality mnist-sddpm-ddim50` |")
+    assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
+    assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | |" in text
+    assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text

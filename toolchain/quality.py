@@ -1,0 +1,174 @@
+"""The quality tables of the README: every row a sampling run and an FID, made by `sddpm quality NAME`.
+
+A row is two `sddpm` commands, run in-process exactly as printed by `sddpm quality --commands`:
+`sddpm sample` (seeded noise, so rows that differ in one option start from the same noise) and
+`sddpm fid --images ... --real-baseline --save ...`, which puts the FID of the samples and the FID
+of as many real held-out test images (the small-count floor) in one JSON file. A row whose JSON
+exists is done; a row whose samples exist is only scored, so an interrupted table run picks up
+where it stopped. `sddpm quality --markdown` prints the tables from the JSON files.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+# The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset),
+# all samples of one row drawn in batches of SAMPLE_BATCH, batch b from the noise of seed b.
+REF_COUNT = 1000
+SAMPLE_BATCH = 100
+GRID_IMAGES = 64
+PAPER_SAMPLES = 50_000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured row: a checkpoint sampled one way, scored against its dataset."""
+    name: str
+    table: str
+    model: str                 # what the README calls the checkpoint
+    checkpoint: str
+    dataset: str
+    sampler: str               # what the README calls the sampling options
+    options: tuple[str, ...]   # the `sddpm sample` options that make `sampler`
+    num_images: int
+
+    def sample_argv(self, out: str) -> list[str]:
+        return ["sample", "--checkpoint", self.checkpoint, *self.options, "--num-images", str(self.num_images),
+                "--batch-size", str(SAMPLE_BATCH), "--seed", "0", "--out", os.path.join(out, self.name)]
+
+    def fid_argv(self, out: str) -> list[str]:
+        folder = os.path.join(out, self.name)
+        return ["fid", "--images", os.path.join(folder, "samples.npz"), "--dataset", self.dataset,
+                "--ref-count", str(REF_COUNT), "--real-baseline", "--save", os.path.join(folder, "fid.json")]
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """A published number the table compares with (not measured here)."""
+    table: str
+    model: str
+    sampler: str
+    fid: float
+
+
+DDPM = ("DDPM 1000, x0 clipped", ("--sampler", "ddpm", "--clip-x0"))
+DDIM100 = ("DDIM 100, eta 0", ("--sampler", "ddim", "--steps", "100"))
+DDIM50 = ("DDIM 50, eta 0", ("--sampler", "ddim", "--steps", "50"))
+SAMPLES = {DDPM: 200, DDIM100: 500, DDIM50: 500}
+THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
+
+
+def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None) -> Row:
+    sampler_label, options = sampler
+    return Row(name, table, model, f"checkpoints/{checkpoint}.pt", dataset, label or sampler_label,
+               (*options, *extra), SAMPLES[sampler])
+
+
+def _rows() -> tuple[Row, ...]:
+    rows = []
+    for dataset, prefix, title in (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST")):
+        for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
+            for tag, sampler in (("ddpm", DDPM), ("ddim100", DDIM100), ("ddim50", DDIM50)):
+                rows.append(_row(f"{prefix}-{kind}-{tag}", title, f"{model}, step 13,000", f"{prefix}-{kind}",
+                                 dataset, sampler))
+    for snn_steps in (4, 8):
+        rows.append(_row(f"mnist-t{snn_steps}-step2000-ddim100", "T", f"SDDPM, T = {snn_steps}, step 2,000",
+                         f"mnist-sddpm-t{snn_steps}-step2000", "mnist", DDIM100))
+    for factor in THRESHOLD_FACTORS:
+        rows.append(_row(f"mnist-sddpm-ddim50-tg{factor}", "threshold", "SDDPM, T = 4, step 13,000",
+                         "mnist-sddpm", "mnist", DDIM50, ("--threshold-factor", str(factor)),
+                         f"DDIM 50, eta 0, thresholds x {factor}"))
+    rows.append(_row("mnist-sddpm-ddim100-chip", "chip", "SDDPM, T = 4, step 13,000: chip network (simulator)",
+                     "mnist-sddpm", "mnist", DDIM100, ("--backend", "sim")))
+    return tuple(rows)
+
+
+ROWS = _rows()
+PAPER = (PaperRow("MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 1000", 29.48),
+         PaperRow("Fashion-MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 1000", 21.38))
+# table -> (title, rows borrowed from other tables so that a comparison reads in one place)
+TABLES = {
+    "MNIST": ("MNIST 32x32: ours against the paper and the ANN twin, three samplers", ()),
+    "Fashion-MNIST": ("Fashion-MNIST 32x32: ours against the paper and the ANN twin, three samplers", ()),
+    "T": ("SNN time steps: T = 4 against T = 8 (MNIST, same budget: 2,000 steps of batch 32)", ()),
+    "threshold": ("Threshold-guided strategy (float SDDPM, every IF threshold scaled; MNIST)",
+                  ("mnist-sddpm-ddim50",)),
+    "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
+             ("mnist-sddpm-ddim100",)),
+}
+
+
+def select(patterns: list[str]) -> list[Row]:
+    """Rows whose names match any of the shell patterns (all rows for none); an unmatched pattern is an error."""
+    if not patterns:
+        return list(ROWS)
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(row.name, pattern) for row in ROWS):
+            raise ValueError(f"no quality row matches {pattern!r}; `sddpm quality --list` names them")
+    return [row for row in ROWS if any(fnmatch.fnmatchcase(row.name, p) for p in patterns)]
+
+
+def result_path(row: Row, out: str) -> str:
+    return os.path.join(out, row.name, "fid.json")
+
+
+def load_result(row: Row, out: str) -> dict | None:
+    path = result_path(row, out)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_rows(rows: list[Row], out: str, grid_dir: str, run) -> list[Row]:
+    """Run every row without a result through `run(argv) -> exit status`; returns the rows that failed."""
+    import numpy as np
+    import torch
+
+    from sddpm.images import save_grid
+
+    failed = []
+    for row in tqdm([r for r in rows if load_result(r, out) is None], desc="quality rows", unit="row"):
+        samples = os.path.join(out, row.name, "samples.npz")
+        started = time.time()
+        if not os.path.isfile(samples) and run(row.sample_argv(out)) != 0:
+            failed.append(row)
+            continue
+        sample_seconds = time.time() - started
+        if run(row.fid_argv(out)) != 0:
+            failed.append(row)
+            continue
+        with np.load(samples) as f:
+            save_grid(torch.from_numpy(f["images"][:GRID_IMAGES]), os.path.join(grid_dir, f"{row.name}.png"))
+        print(f"{row.name}: FID {load_result(row, out)['fid']:.1f} ({sample_seconds:.0f} s sampling)")
+    return failed
+
+
+def command_lines(row: Row, out: str) -> list[str]:
+    return ["sddpm " + " ".join(argv) for argv in (row.sample_argv(out), row.fid_argv(out))]
+
+
+def markdown(out: str, grid_dir: str) -> str:
+    """The README's quality tables from the results in `out` (rows not yet run say so)."""
+    by_name = {row.name: row for row in ROWS}
+    parts = []
+    for table, (title, borrowed) in TABLES.items():
+        lines = [f"**{title}**", "",
+                 "| model | sampler | samples | FID | real test images, same count | grid | command |",
+                 "|---|---|---:|---:|---:|---|---|"]
+        for row in [by_name[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
+            result = load_result(row, out)
+            fid, floor = ("not run", "") if result is None else (f"{result['fid']:.1f}",
+                                                                 f"{result['real_vs_real_fid']:.1f}")
+            grid = f"[grid]({grid_dir}/{row.name}.png)" if result is not None else ""
+            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {fid} | {floor} | {grid} | "
+                         f"`sddpm quality {row.name}` |")
+        for paper in (p for p in PAPER if p.table == table):
+            lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | {paper.fid} | | | |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
