@@ -3,6 +3,8 @@
 #   make test    run the test suite (what CI runs, through .ci/run)
 #   make demo    sample, compile, verify and count the shipped MNIST SDDPM -> out/demo/grid.png, out/demo/report.md
 #   make bench   run every script in benchmarks/
+#   make quality run the README's quality rows still without a result (sddpm quality; hours on a CPU)
+#   make retrain-NAME  rebuild checkpoints/NAME.pt from scratch (resuming runs/NAME), e.g. retrain-fashion-sddpm
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -19,7 +21,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PIP_QUIET := sed -u -e "/^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$$/d"
 PIP := $(VPY) -m pip install --progress-bar off
 
-.PHONY: help venv test demo bench
+.PHONY: help venv test demo bench quality
 
 help:
 	@sed -n 's/^#   make /make /p' Makefile
@@ -66,3 +68,21 @@ bench: venv
 	@shopt -s nullglob; scripts=(benchmarks/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in benchmarks/"; exit 0; fi; \
 	for s in "$${scripts[@]}"; do echo "== $$s"; $(VPY) "$$s"; done
+
+quality: venv
+	$(VENV)/bin/sddpm quality
+
+# The shipped checkpoints and the budgets that made them: one batch-32 Adam run each, EMA weights
+# released. `sddpm train` resumes runs/NAME after a kill, so rerunning the target goes on.
+TRAIN_COMMON := --preset mnist-small --batch-size 32 --lr 5e-4 --warmup 200 --ema-decay 0.998
+TRAIN_mnist-sddpm := --dataset mnist --steps 13000
+TRAIN_mnist-ann := --dataset mnist --kind ann --steps 13000
+TRAIN_fashion-sddpm := --dataset fashion-mnist --steps 13000
+TRAIN_fashion-ann := --dataset fashion-mnist --kind ann --steps 13000
+TRAIN_mnist-sddpm-t4-step2000 := --dataset mnist --steps 2000
+TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
+
+retrain-%: venv
+	@test -n "$(TRAIN_$*)" || { echo "error: no shipped checkpoint is named '$*'" >&2; exit 1; }
+	$(VENV)/bin/sddpm train runs/$* $(TRAIN_COMMON) $(TRAIN_$*)
+	$(VENV)/bin/sddpm release runs/$*/last.pt checkpoints/$*.pt
