@@ -13,10 +13,11 @@ from sddpm.unet import SpikingUNet
 
 
 @pytest.mark.parametrize("command, words", [
-    ([], ["train", "sample", "fid", "demo", "torchrun"]),
+    ([], ["train", "sample", "fid", "quality", "demo", "torchrun"]),
     (["train"], ["resumes", "--snn-steps", "--ema-decay", "--warmup"]),
     (["sample"], ["grid.png", "--threshold-factor", "--sampler", "--eta"]),
-    (["fid"], ["Inception", "--ref-count", "--real-baseline"]),
+    (["fid"], ["Inception", "--ref-count", "--real-baseline", "--save"]),
+    (["quality"], ["resumes", "--markdown", "--update-readme", "fashion-*"]),
 ])
 def test_help_explains_each_command(capsys, command, words):
     with pytest.raises(SystemExit) as exit_info:

@@ -88,3 +88,13 @@ def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
     assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | |" in text
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text
+
+
+def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{quality.BEGIN_MARK}\nold table\n{quality.END_MARK}\nafter\n")
+    quality.update_readme(str(readme), "new table\n")
+    assert readme.read_text() == f"# title\n{quality.BEGIN_MARK}\nnew table\n{quality.END_MARK}\nafter\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="has no quality-table block"):
+        quality.update_readme(str(readme), "new table\n")

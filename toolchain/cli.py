@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--list", action="store_true", help="name the rows and whether each has a result")
     mode.add_argument("--commands", action="store_true", help="print the two sddpm commands of each row")
     mode.add_argument("--markdown", action="store_true", help="print the tables (rows without results say so)")
+    mode.add_argument("--update-readme", metavar="PATH",
+                      help="write the tables into PATH between its quality-table marker lines")
 
     p = sub.add_parser("release", help="shrink a training checkpoint to its EMA weights and configs",
                        description="Write a small inference checkpoint (EMA weights stored as the model, "
@@ -447,6 +449,8 @@ def cmd_quality(args) -> int:
             print(f"# {row.name}\n" + "\n".join(quality.command_lines(row, args.out)))
     elif args.markdown:
         print(quality.markdown(args.out, args.grid_dir), end="")
+    elif args.update_readme:
+        quality.update_readme(args.update_readme, quality.markdown(args.out, args.grid_dir))
     else:
         failed = quality.run_rows(rows, args.out, args.grid_dir, main)
         if failed:

@@ -153,6 +153,24 @@ def command_lines(row: Row, out: str) -> list[str]:
     return ["sddpm " + " ".join(argv) for argv in (row.sample_argv(out), row.fid_argv(out))]
 
 
+BEGIN_MARK = "<!-- quality tables: made by `sddpm quality --update-readme README.md`; do not edit by hand -->"
+END_MARK = "<!-- end of quality tables -->"
+
+
+def update_readme(path: str, tables: str) -> None:
+    """Replace the text between the two marker lines of `path` by `tables` (atomically)."""
+    from sddpm.checkpoint import atomic_write
+
+    with open(path) as f:
+        text = f.read()
+    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path} has no quality-table block: put the lines\n{BEGIN_MARK}\n{END_MARK}\n"
+                         "where the tables belong")
+    with atomic_write(path, "w") as f:
+        f.write(text[:begin + len(BEGIN_MARK)] + "\n" + tables + text[end:])
+
+
 def markdown(out: str, grid_dir: str) -> str:
     """The README's quality tables from the results in `out` (rows not yet run say so)."""
     by_name = {row.name: row for row in ROWS}
