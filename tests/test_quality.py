@@ -37,27 +37,27 @@ def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
         calls.append(argv[0])
         return main(argv)
 
-    assert quality.run_rows([tiny_row], "results", "grids", run) == []
-    result = json.loads((tmp_path / "results" / "tiny-ddim2" / "fid.json").read_text())
+    assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []
+    result = json.loads((tmp_path / "results" / "tiny-ddim2.json").read_text())
     assert result["samples"] == 6 and result["ref_count"] == 20 and result["dataset"] == "digits"
     assert result["fid"] > 0 and result["real_vs_real_fid"] > 0
     # 6 images, 3 per row (ceil(sqrt(6))): 3 x 2 images of 32 pixels with 2-pixel padding
     assert Image.open(tmp_path / "grids" / "tiny-ddim2.png").size == (2 + 3 * 34, 2 + 2 * 34)
     assert calls == ["sample", "fid"]
 
-    assert quality.run_rows([tiny_row], "results", "grids", run) == []  # done rows are skipped
+    assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []  # done rows are skipped
     assert calls == ["sample", "fid"]
 
     # a run killed after sampling only scores again
-    (tmp_path / "results" / "tiny-ddim2" / "fid.json").unlink()
-    assert quality.run_rows([tiny_row], "results", "grids", run) == []
+    (tmp_path / "results" / "tiny-ddim2.json").unlink()
+    assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []
     assert calls == ["sample", "fid", "fid"]
-    assert json.loads((tmp_path / "results" / "tiny-ddim2" / "fid.json").read_text()) == result
+    assert json.loads((tmp_path / "results" / "tiny-ddim2.json").read_text()) == result
 
 
 def test_a_failing_command_fails_its_row_only(tiny_row):
     broken = quality.Row("broken", "MNIST", "missing", "missing.pt", "digits", "DDIM 2", (), 6)
-    assert quality.run_rows([broken, tiny_row], "results", "grids", main) == [broken]
+    assert quality.run_rows([broken, tiny_row], "samples", "results", "grids", main) == [broken]
     assert quality.load_result(tiny_row, "results") is not None
 
 
@@ -73,15 +73,13 @@ def test_the_commands_of_every_row_parse():
 
     parser = build_parser()
     for row in quality.ROWS:
-        for argv in (row.sample_argv("runs/quality"), row.fid_argv("runs/quality")):
+        for argv in (row.sample_argv("runs/quality"), row.fid_argv("runs/quality", "docs/quality")):
             parser.parse_args(argv)
     assert len({row.name for row in quality.ROWS}) == len(quality.ROWS)
 
 
 def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
-    folder = tmp_path / "mnist-sddpm-ddim50"
-    folder.mkdir()
-    (folder / "fid.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
+    (tmp_path / "mnist-sddpm-ddim50.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
     text = quality.markdown(str(tmp_path), "docs/img/quality")
     row = ("| SDDPM, T = 4, step 13,000 | DDIM 50, eta 0 | 500 | 123.5 | 15.6 | "
            "[grid](docs/img/quality/mnist-sddpm-ddim50.png) | `sddpm quality mnist-sddpm-ddim50` |")

@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of its first images. Rows with a result are skipped, so a killed run "
                                    "resumes. --markdown prints the tables from the results.")
     p.add_argument("names", nargs="*", metavar="NAME", help="row names or shell patterns (default: every row)")
-    p.add_argument("--out", default="runs/quality", help="per-row samples and results (default: %(default)s)")
+    p.add_argument("--out", default="runs/quality", help="per-row samples (default: %(default)s)")
+    p.add_argument("--results", default="docs/quality", help="per-row FID results, kept in the repository "
+                   "(default: %(default)s)")
     p.add_argument("--grid-dir", default="docs/img/quality", help="per-row sample grids (default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="name the rows and whether each has a result")
@@ -442,17 +444,17 @@ def cmd_quality(args) -> int:
     rows = quality.select(args.names)
     if args.list:
         for row in rows:
-            result = quality.load_result(row, args.out)
+            result = quality.load_result(row, args.results)
             print(f"{row.name:36s} {'FID %.1f' % result['fid'] if result else 'not run'}")
     elif args.commands:
         for row in rows:
-            print(f"# {row.name}\n" + "\n".join(quality.command_lines(row, args.out)))
+            print(f"# {row.name}\n" + "\n".join(quality.command_lines(row, args.out, args.results)))
     elif args.markdown:
-        print(quality.markdown(args.out, args.grid_dir), end="")
+        print(quality.markdown(args.results, args.grid_dir), end="")
     elif args.update_readme:
-        quality.update_readme(args.update_readme, quality.markdown(args.out, args.grid_dir))
+        quality.update_readme(args.update_readme, quality.markdown(args.results, args.grid_dir))
     else:
-        failed = quality.run_rows(rows, args.out, args.grid_dir, main)
+        failed = quality.run_rows(rows, args.out, args.results, args.grid_dir, main)
         if failed:
             print(f"sddpm quality: failed rows: {', '.join(row.name for row in failed)}", file=sys.stderr)
             return 1

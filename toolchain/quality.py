@@ -3,9 +3,11 @@
 A row is two `sddpm` commands, run in-process exactly as printed by `sddpm quality --commands`:
 `sddpm sample` (seeded noise, so rows that differ in one option start from the same noise) and
 `sddpm fid --images ... --real-baseline --save ...`, which puts the FID of the samples and the FID
-of as many real held-out test images (the small-count floor) in one JSON file. A row whose JSON
-exists is done; a row whose samples exist is only scored, so an interrupted table run picks up
-where it stopped. `sddpm quality --markdown` prints the tables from the JSON files.
+of as many real held-out test images (the small-count floor) in one JSON file. The JSON files are
+kept in the repository (docs/quality/), the samples are not (runs/quality/), so the tables can be
+rewritten from a fresh clone. A row whose JSON exists is done; a row whose samples exist is only
+scored, so an interrupted table run picks up where it stopped. `sddpm quality --markdown` prints the
+tables from the JSON files.
 """
 from __future__ import annotations
 
@@ -41,10 +43,9 @@ class Row:
         return ["sample", "--checkpoint", self.checkpoint, *self.options, "--num-images", str(self.num_images),
                 "--batch-size", str(SAMPLE_BATCH), "--seed", "0", "--out", os.path.join(out, self.name)]
 
-    def fid_argv(self, out: str) -> list[str]:
-        folder = os.path.join(out, self.name)
-        return ["fid", "--images", os.path.join(folder, "samples.npz"), "--dataset", self.dataset,
-                "--ref-count", str(REF_COUNT), "--real-baseline", "--save", os.path.join(folder, "fid.json")]
+    def fid_argv(self, out: str, results: str) -> list[str]:
+        return ["fid", "--images", os.path.join(out, self.name, "samples.npz"), "--dataset", self.dataset,
+                "--ref-count", str(REF_COUNT), "--real-baseline", "--save", result_path(self, results)]
 
 
 @dataclass(frozen=True)
@@ -113,19 +114,19 @@ def select(patterns: list[str]) -> list[Row]:
     return [row for row in ROWS if any(fnmatch.fnmatchcase(row.name, p) for p in patterns)]
 
 
-def result_path(row: Row, out: str) -> str:
-    return os.path.join(out, row.name, "fid.json")
+def result_path(row: Row, results: str) -> str:
+    return os.path.join(results, f"{row.name}.json")
 
 
-def load_result(row: Row, out: str) -> dict | None:
-    path = result_path(row, out)
+def load_result(row: Row, results: str) -> dict | None:
+    path = result_path(row, results)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
 
 
-def run_rows(rows: list[Row], out: str, grid_dir: str, run) -> list[Row]:
+def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> list[Row]:
     """Run every row without a result through `run(argv) -> exit status`; returns the rows that failed."""
     import numpy as np
     import torch
@@ -133,24 +134,24 @@ def run_rows(rows: list[Row], out: str, grid_dir: str, run) -> list[Row]:
     from sddpm.images import save_grid
 
     failed = []
-    for row in tqdm([r for r in rows if load_result(r, out) is None], desc="quality rows", unit="row"):
+    for row in tqdm([r for r in rows if load_result(r, results) is None], desc="quality rows", unit="row"):
         samples = os.path.join(out, row.name, "samples.npz")
         started = time.time()
         if not os.path.isfile(samples) and run(row.sample_argv(out)) != 0:
             failed.append(row)
             continue
         sample_seconds = time.time() - started
-        if run(row.fid_argv(out)) != 0:
+        if run(row.fid_argv(out, results)) != 0:
             failed.append(row)
             continue
         with np.load(samples) as f:
             save_grid(torch.from_numpy(f["images"][:GRID_IMAGES]), os.path.join(grid_dir, f"{row.name}.png"))
-        print(f"{row.name}: FID {load_result(row, out)['fid']:.1f} ({sample_seconds:.0f} s sampling)")
+        print(f"{row.name}: FID {load_result(row, results)['fid']:.1f} ({sample_seconds:.0f} s sampling)")
     return failed
 
 
-def command_lines(row: Row, out: str) -> list[str]:
-    return ["sddpm " + " ".join(argv) for argv in (row.sample_argv(out), row.fid_argv(out))]
+def command_lines(row: Row, out: str, results: str) -> list[str]:
+    return ["sddpm " + " ".join(argv) for argv in (row.sample_argv(out), row.fid_argv(out, results))]
 
 
 BEGIN_MARK = "<!-- quality tables: made by `sddpm quality --update-readme README.md`; do not edit by hand -->"
@@ -171,8 +172,8 @@ def update_readme(path: str, tables: str) -> None:
         f.write(text[:begin + len(BEGIN_MARK)] + "\n" + tables + text[end:])
 
 
-def markdown(out: str, grid_dir: str) -> str:
-    """The README's quality tables from the results in `out` (rows not yet run say so)."""
+def markdown(results: str, grid_dir: str) -> str:
+    """The README's quality tables from the results in `results` (rows not yet run say so)."""
     by_name = {row.name: row for row in ROWS}
     parts = []
     for table, (title, borrowed) in TABLES.items():
@@ -180,7 +181,7 @@ def markdown(out: str, grid_dir: str) -> str:
                  "| model | sampler | samples | FID | real test images, same count | grid | command |",
                  "|---|---|---:|---:|---:|---|---|"]
         for row in [by_name[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
-            result = load_result(row, out)
+            result = load_result(row, results)
             fid, floor = ("not run", "") if result is None else (f"{result['fid']:.1f}",
                                                                  f"{result['real_vs_real_fid']:.1f}")
             grid = f"[grid]({grid_dir}/{row.name}.png)" if result is not None else ""
