@@ -82,7 +82,8 @@ def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     (tmp_path / "mnist-sddpm-ddim50.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
     text = quality.markdown(str(tmp_path), "docs/img/quality")
     row = ("| SDDPM, T = 4, step 13,000 | DDIM 50, eta 0 | 500 | 123.5 | 15.6 | "
-           "[grid](docs/img/quality/mnist-sddpm-ddim50.png) | `sddpm quality mnist-sddpm-ddim50` |")
+           '<a href="docs/img/quality/mnist-sddpm-ddim50.png"><img src="docs/img/quality/mnist-sddpm-ddim50.png" '
+           'width="128" alt="mnist-sddpm-ddim50"></a> | `sddpm quality mnist-sddpm-ddim50` |')
     assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
     assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | |" in text
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text

@@ -25,6 +25,7 @@ REF_COUNT = 1000
 SAMPLE_BATCH = 100
 GRID_IMAGES = 64
 PAPER_SAMPLES = 50_000
+GRID_WIDTH_PX = 128  # of a README table cell; the 8 x 8 grid of 32-pixel images is 274 pixels wide
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ def markdown(results: str, grid_dir: str) -> str:
             result = load_result(row, results)
             fid, floor = ("not run", "") if result is None else (f"{result['fid']:.1f}",
                                                                  f"{result['real_vs_real_fid']:.1f}")
-            grid = f"[grid]({grid_dir}/{row.name}.png)" if result is not None else ""
+            # the grid inline (GitHub renders HTML in table cells), linked to its full-size file
+            image = f"{grid_dir}/{row.name}.png"
+            grid = (f'<a href="{image}"><img src="{image}" width="{GRID_WIDTH_PX}" alt="{row.name}"></a>'
+                    if result is not None else "")
             lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {fid} | {floor} | {grid} | "
                          f"`sddpm quality {row.name}` |")
         for paper in (p for p in PAPER if p.table == table):
