@@ -57,10 +57,10 @@ def generate(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ima
         x_T = torch.randn(n, *image_shape, generator=gen).to(device)
         if sampler.sampler == "ddpm":
             x0 = ddpm_sample(denoiser, x_T, schedule, var_type=sampler.var_type, clip_x0=sampler.clip_x0,
-                             generator=gen)
+                             generator=gen, progress=progress)
         else:
             x0 = ddim_sample(denoiser, x_T, schedule, steps=sampler.steps, eta=sampler.eta, clip_x0=sampler.clip_x0,
-                             generator=gen)
+                             generator=gen, progress=progress)
         mine[b] = to_uint8(x0.cpu())
     if world > 1:
         shards: list[dict] = [None] * world
