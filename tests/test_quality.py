@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from sddpm.config import DiffusionConfig
 from sddpm.unet import SpikingUNet
 from toolchain import quality
 from toolchain.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -97,3 +100,18 @@ def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="has no quality-table block"):
         quality.update_readme(str(readme), "new table\n")
+
+
+def test_every_row_samples_a_shipped_checkpoint_that_is_what_the_table_says():
+    from sddpm.checkpoint import read_checkpoint
+
+    for checkpoint in sorted({row.checkpoint for row in quality.ROWS}):
+        state = read_checkpoint(str(REPO / checkpoint))
+        model, train = state["model_config"], state["train_config"]
+        for row in (r for r in quality.ROWS if r.checkpoint == checkpoint):
+            assert train["dataset"] == row.dataset, row.name
+            assert model["kind"] == ("ann" if row.model.startswith("ANN") else "snn"), row.name
+            if model["kind"] == "snn":
+                assert f"T = {model['snn_steps']}," in row.model, row.name
+            assert f"step {state['step']:,}" in row.model, row.name
+            assert train["total_steps"] == state["step"] and train["batch_size"] == 32, row.name
