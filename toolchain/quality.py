@@ -44,8 +44,12 @@ class Row:
         return ["sample", "--checkpoint", self.checkpoint, *self.options, "--num-images", str(self.num_images),
                 "--batch-size", str(SAMPLE_BATCH), "--seed", "0", "--out", os.path.join(out, self.name)]
 
+    def samples_path(self, out: str) -> str:
+        """Where `sample_argv(out)` writes the row's images (`sddpm sample` names its file samples.npz)."""
+        return os.path.join(out, self.name, "samples.npz")
+
     def fid_argv(self, out: str, results: str) -> list[str]:
-        return ["fid", "--images", os.path.join(out, self.name, "samples.npz"), "--dataset", self.dataset,
+        return ["fid", "--images", self.samples_path(out), "--dataset", self.dataset,
                 "--ref-count", str(REF_COUNT), "--real-baseline", "--save", result_path(self, results)]
 
 
@@ -136,7 +140,7 @@ def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> lis
 
     failed = []
     for row in tqdm([r for r in rows if load_result(r, results) is None], desc="quality rows", unit="row"):
-        samples = os.path.join(out, row.name, "samples.npz")
+        samples = row.samples_path(out)
         started = time.time()
         if not os.path.isfile(samples) and run(row.sample_argv(out)) != 0:
             failed.append(row)
