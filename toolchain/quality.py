@@ -65,7 +65,8 @@ class PaperRow:
 DDPM = ("DDPM 1000, x0 clipped", ("--sampler", "ddpm", "--clip-x0"))
 DDIM100 = ("DDIM 100, eta 0", ("--sampler", "ddim", "--steps", "100"))
 DDIM50 = ("DDIM 50, eta 0", ("--sampler", "ddim", "--steps", "50"))
-SAMPLES = {DDPM: 200, DDIM100: 500, DDIM50: 500}
+DDIM100_CLIP = ("DDIM 100, eta 0, x0 clipped", ("--sampler", "ddim", "--steps", "100", "--clip-x0"))
+SAMPLES = {DDPM: 200, DDIM100: 500, DDIM50: 500, DDIM100_CLIP: 500}
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
 
 
@@ -91,6 +92,9 @@ def _rows() -> tuple[Row, ...]:
                          f"DDIM 50, eta 0, thresholds x {factor}"))
     rows.append(_row("mnist-sddpm-ddim100-chip", "chip", "SDDPM, T = 4, step 13,000: chip network (simulator)",
                      "mnist-sddpm", "mnist", DDIM100, ("--backend", "sim")))
+    for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
+        rows.append(_row(f"mnist-{kind}-ddim100-clip", "clip", f"{model}, step 13,000", f"mnist-{kind}", "mnist",
+                         DDIM100_CLIP))
     return tuple(rows)
 
 
@@ -106,6 +110,9 @@ TABLES = {
                   ("mnist-sddpm-ddim50",)),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100",)),
+    # Separates the sampler from the clipping: DDPM rows clip every predicted x0, the official DDIM does not.
+    "clip": ("DDIM with and without clipping the predicted x0 at every step (MNIST)",
+             ("mnist-sddpm-ddim100", "mnist-ann-ddim100")),
 }
 
 
