@@ -60,27 +60,39 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
     return sorted({int(s) for s in np.linspace(0, total - 1, steps).round()})
 
 
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_prev: float, sigma: float = 0.0,
+              clip_x0: bool = False) -> torch.Tensor:
+    """The mean of one DDIM update (Song et al. 2021, Eq. 12) from x_t to x_prev, before any added noise.
+
+    With clip_x0 the predicted x0 is clipped to [-1, 1] and eps is derived again from x_t and the clipped x0
+    (diffusers' `use_clipped_model_output`). Why: keeping the network's eps beside a clipped x0 splits x_t into
+    two parts that no longer add up to it, and the chain's noise level drifts; our ANN twin then samples pure
+    noise (FID 399 on MNIST). The derived eps makes the step, like DDPM's clipped posterior mean, a function of
+    x_t and the clipped x0 alone.
+    """
+    x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = (x - ab_t ** 0.5 * x0) / (1.0 - ab_t) ** 0.5
+    return ab_prev ** 0.5 * x0 + max(1.0 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
+
+
 @torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 100,
                 eta: float = 0.0, clip_x0: bool = False, generator: torch.Generator | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """DDIM (Song et al. 2021, Eq. 12) on a sub-sequence of `steps` diffusion steps; eta = 0 is deterministic.
+    """DDIM on a sub-sequence of `steps` diffusion steps (see ddim_step); eta = 0 is deterministic.
 
-    The returned x0 is clipped to [-1, 1]; clip_x0 clips the intermediate predictions too (see ddpm_sample).
+    The returned x0 is clipped to [-1, 1]; clip_x0 clips the intermediate predictions too.
     """
     seq = ddim_timesteps(schedule.steps, steps)
     ab = schedule.alphas_bar
     x = x_T
     for i in tqdm(range(len(seq) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
-        t = _steps_tensor(seq[i], x)
         ab_t = float(ab[seq[i]])
         ab_prev = float(ab[seq[i - 1]]) if i > 0 else 1.0
-        eps = denoiser(x, t)
-        x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
         sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)) ** 0.5
-        x = ab_prev ** 0.5 * x0 + max(1.0 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
+        x = ddim_step(x, denoiser(x, _steps_tensor(seq[i], x)), ab_t, ab_prev, sigma, clip_x0)
         if sigma > 0 and i > 0:
             x = x + sigma * _noise(x, generator)
     return x.clamp(-1.0, 1.0)

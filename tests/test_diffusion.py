@@ -5,7 +5,7 @@ import torch
 
 from helpers import assert_close
 from sddpm.config import DiffusionConfig
-from sddpm.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+from sddpm.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample
 from sddpm.schedule import NoiseSchedule, eps_loss
 from tolerances import SAMPLER_ATOL, SCHEDULE_ATOL
 
@@ -60,6 +60,16 @@ def test_samplers_reach_the_data_point_with_an_oracle_denoiser(sample):
     gen = torch.Generator().manual_seed(0)
     out = sample(_oracle(target), torch.randn(2, 1, 4, 4, generator=gen), gen)
     assert_close(out, target.expand(2, 1, 4, 4), atol=SAMPLER_ATOL, what="sample")
+
+
+def test_ddim_step_with_clipping_derives_eps_from_the_clipped_x0():
+    x, eps = torch.tensor([1.0]), torch.tensor([0.0])
+    # ab_t = 0.25, ab_prev = 0.64: x0 = (1 - sqrt(0.75) 0) / 0.5 = 2, so unclipped x_prev = 0.8 * 2 = 1.6
+    assert_close(ddim_step(x, eps, 0.25, 0.64), torch.tensor([1.6]), atol=1e-6, what="unclipped step")
+    # clipped: x0 = 1 and eps = (1 - 0.5 * 1) / sqrt(0.75) = 0.57735, x_prev = 0.8 * 1 + 0.6 * 0.57735 = 1.14641
+    # (keeping the network's eps = 0 would give 0.8)
+    assert_close(ddim_step(x, eps, 0.25, 0.64, clip_x0=True), torch.tensor([1.14641]), atol=1e-5,
+                 what="clipped step")
 
 
 def test_sampling_is_deterministic_under_a_seed():
