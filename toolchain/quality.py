@@ -92,9 +92,10 @@ def _rows() -> tuple[Row, ...]:
                          f"DDIM 50, eta 0, thresholds x {factor}"))
     rows.append(_row("mnist-sddpm-ddim100-chip", "chip", "SDDPM, T = 4, step 13,000: chip network (simulator)",
                      "mnist-sddpm", "mnist", DDIM100, ("--backend", "sim")))
-    for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
-        rows.append(_row(f"mnist-{kind}-ddim100-clip", "clip", f"{model}, step 13,000", f"mnist-{kind}", "mnist",
-                         DDIM100_CLIP))
+    for dataset, prefix, title in (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST")):
+        for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
+            rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, step 13,000",
+                             f"{prefix}-{kind}", dataset, DDIM100_CLIP))
     return tuple(rows)
 
 
@@ -111,8 +112,10 @@ TABLES = {
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100",)),
     # Separates the sampler from the clipping: DDPM rows clip every predicted x0, the official DDIM does not.
-    "clip": ("DDIM with and without clipping the predicted x0 at every step (MNIST)",
-             ("mnist-sddpm-ddim100", "mnist-ann-ddim100")),
+    "clip MNIST": ("DDIM with and without clipping the predicted x0 at every step (MNIST)",
+                   ("mnist-sddpm-ddim100", "mnist-ann-ddim100")),
+    "clip Fashion-MNIST": ("DDIM with and without clipping the predicted x0 at every step (Fashion-MNIST)",
+                           ("fashion-sddpm-ddim100", "fashion-ann-ddim100")),
 }
 
 
