@@ -30,8 +30,9 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
                    help="DDPM posterior variance (default: %(default)s, as SDDPM)")
     g.add_argument("--clip-x0", action="store_true",
-                   help="clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised); by default only "
-                        "the final images are clipped, as in the official SDDPM sampler")
+                   help="clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised; DDIM then derives "
+                        "eps again from x_t and the clipped x0); by default only the final images are clipped, as in "
+                        "the official SDDPM sampler")
     g.add_argument("--threshold-factor", type=float, default=1.0,
                    help="threshold-guided strategy: multiply every IF threshold by this factor, e.g. 0.997 "
                         "(default: 1.0, the trained thresholds)")
