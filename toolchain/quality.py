@@ -68,6 +68,8 @@ DDIM50 = ("DDIM 50, eta 0", ("--sampler", "ddim", "--steps", "50"))
 DDIM100_CLIP = ("DDIM 100, eta 0, x0 clipped", ("--sampler", "ddim", "--steps", "100", "--clip-x0"))
 SAMPLES = {DDPM: 200, DDIM100: 500, DDIM50: 500, DDIM100_CLIP: 500}
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
+DATASETS = (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST"))  # (data, prefix, title)
+KINDS = (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin"))  # checkpoint suffix, what the tables call it
 
 
 def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None) -> Row:
@@ -78,8 +80,8 @@ def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None)
 
 def _rows() -> tuple[Row, ...]:
     rows = []
-    for dataset, prefix, title in (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST")):
-        for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
+    for dataset, prefix, title in DATASETS:
+        for kind, model in KINDS:
             for tag, sampler in (("ddpm", DDPM), ("ddim100", DDIM100), ("ddim50", DDIM50)):
                 rows.append(_row(f"{prefix}-{kind}-{tag}", title, f"{model}, step 13,000", f"{prefix}-{kind}",
                                  dataset, sampler))
@@ -92,8 +94,8 @@ def _rows() -> tuple[Row, ...]:
                          f"DDIM 50, eta 0, thresholds x {factor}"))
     rows.append(_row("mnist-sddpm-ddim100-chip", "chip", "SDDPM, T = 4, step 13,000: chip network (simulator)",
                      "mnist-sddpm", "mnist", DDIM100, ("--backend", "sim")))
-    for dataset, prefix, title in (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST")):
-        for kind, model in (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin")):
+    for dataset, prefix, title in DATASETS:
+        for kind, model in KINDS:
             rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, step 13,000",
                              f"{prefix}-{kind}", dataset, DDIM100_CLIP))
     return tuple(rows)
@@ -112,10 +114,8 @@ TABLES = {
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100",)),
     # Separates the sampler from the clipping: DDPM rows clip every predicted x0, the official DDIM does not.
-    "clip MNIST": ("DDIM with and without clipping the predicted x0 at every step (MNIST)",
-                   ("mnist-sddpm-ddim100", "mnist-ann-ddim100")),
-    "clip Fashion-MNIST": ("DDIM with and without clipping the predicted x0 at every step (Fashion-MNIST)",
-                           ("fashion-sddpm-ddim100", "fashion-ann-ddim100")),
+    **{f"clip {title}": (f"DDIM with and without clipping the predicted x0 at every step ({title})",
+                         tuple(f"{prefix}-{kind}-ddim100" for kind, _ in KINDS)) for _, prefix, title in DATASETS},
 }
 
 
