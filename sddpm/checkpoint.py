@@ -1,10 +1,15 @@
 """Checkpoints: written atomically, self-describing (configs + format version), loaded as data only.
 
 Our format is a dict saved by `torch.save`:
-    {"format": "sddpm-checkpoint", "version": 1, "model_config": {...}, "diffusion_config": {...},
+    {"format": "sddpm-checkpoint", "version": 2, "model_config": {...}, "diffusion_config": {...},
      "train_config": {...} | None, "step": int, "model": state_dict, "ema": state_dict | None, ...}
-Official SDDPM checkpoints (`{"net_model": ..., "ema_model": ..., ...}`) load too; their model
-configuration is read off the tensor shapes.
+Version 2 added `model_config.group_norm`; a version-1 file is read with the grouping it was trained
+with ("gcd32"), never with today's default, since both give the same tensor shapes.
+
+Official SDDPM checkpoints load too: `main_SDDPM.py` saves `{"net_model", "optim", "step", "x_T"}`
+(its EMA copy is defined but never updated or saved), so `net_model` is the weights; a file that also
+holds an `ema_model` (as some forks write) is read from that when EMA weights are asked for. Their
+model configuration is read off the tensor shapes.
 
 Every load uses `torch.load(..., weights_only=True)`: a checkpoint is data, and a file that would
 need to run code to unpickle is refused.
@@ -27,7 +32,8 @@ from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .unet import build_model
 
 FORMAT = "sddpm-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -153,6 +159,13 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str) -
     model.load_state_dict(state, strict=True)
 
 
+def upgrade_model_config(config: Any, version: int) -> Any:
+    """A version-1 model config as version 2 reads it: its GroupNorm grouping was gcd(32, ch)."""
+    if version == 1 and isinstance(config, dict):
+        return {"group_norm": "gcd32", **config}
+    return config
+
+
 def load_model(path: str, use_ema: bool = True, snn_steps: int | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (EMA weights when present and asked for)."""
     data = read_checkpoint(path)
@@ -167,14 +180,14 @@ def load_model(path: str, use_ema: bool = True, snn_steps: int | None = None) ->
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an SDDPM checkpoint (no 'format': {FORMAT!r} and no official "
                               f"'net_model' key; top-level keys: {sorted(data)[:8]})")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint format version {data.get('version')!r} is not supported "
-                              f"(this build reads version {VERSION})")
+                              f"(this build reads versions {list(READABLE_VERSIONS)})")
     for field in ("model_config", "diffusion_config", "model"):
         if field not in data:
             raise CheckpointError(f"{path}: checkpoint lacks the field {field!r}")
     try:
-        model_cfg = ModelConfig.from_dict(data["model_config"])
+        model_cfg = ModelConfig.from_dict(upgrade_model_config(data["model_config"], data["version"]))
         if snn_steps is not None:
             model_cfg = ModelConfig.from_dict({**model_cfg.to_dict(), "snn_steps": snn_steps})
         diffusion_cfg = DiffusionConfig.from_dict(data["diffusion_config"])
@@ -193,7 +206,8 @@ def release_checkpoint(src: str, dst: str, use_ema: bool = True) -> dict[str, An
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{src}: not an SDDPM training checkpoint")
     weights = data["ema"] if use_ema and data.get("ema") is not None else data["model"]
-    payload = {"model_config": data["model_config"], "diffusion_config": data["diffusion_config"],
+    payload = {"model_config": upgrade_model_config(data["model_config"], data.get("version")),
+               "diffusion_config": data["diffusion_config"],
                "train_config": data.get("train_config"), "step": data.get("step", 0),
                "model": {k: v.clone() for k, v in weights.items()}, "ema": None,
                "weights": "ema" if weights is data.get("ema") else "raw"}

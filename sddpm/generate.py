@@ -16,22 +16,46 @@ from tqdm.auto import tqdm
 from .config import DiffusionConfig, VarType
 from .data import to_uint8
 from .neuron import set_threshold_factor
-from .samplers import ddim_sample, ddpm_sample
+from .samplers import ddim_sample, ddpm_sample, official_ddim_sample, official_ddpm_sample
 from .schedule import NoiseSchedule
+
+
+SamplerName = Literal["ddpm", "ddim", "official-ddpm", "official-ddim"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "official-ddpm", "official-ddim")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    """A sampler and its settings. The official ones fix what the official code fixes (variance, clipping,
+    eta), so only `steps` (official-ddim) applies to them."""
+
+    sampler: SamplerName = "ddim"
     steps: int = 100  # DDIM only; DDPM always runs every diffusion step
     eta: float = 0.0
     var_type: VarType = "fixedlarge"
     clip_x0: bool = False
-    threshold_factor: float = 1.0
 
     def __post_init__(self):
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler.startswith("official-") and (self.eta != 0.0 or self.var_type != "fixedlarge"
+                                                     or self.clip_x0):
+            raise ValueError(f"{self.sampler} fixes eta = 0, the fixedlarge variance and its own clipping, "
+                             f"as the official code does; --eta, --var-type and --clip-x0 do not apply")
+
+    def sample(self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
+               schedule: NoiseSchedule, generator: torch.Generator | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """Run this sampler from x_T (the generator draws the noise of the stochastic ones)."""
+        if self.sampler == "ddpm":
+            return ddpm_sample(denoiser, x_T, schedule, var_type=self.var_type, clip_x0=self.clip_x0,
+                               generator=generator, progress=progress)
+        if self.sampler == "ddim":
+            return ddim_sample(denoiser, x_T, schedule, steps=self.steps, eta=self.eta, clip_x0=self.clip_x0,
+                               generator=generator, progress=progress)
+        if self.sampler == "official-ddpm":
+            return official_ddpm_sample(denoiser, x_T, schedule, generator=generator, progress=progress)
+        return official_ddim_sample(denoiser, x_T, schedule, steps=self.steps, progress=progress)
 
 
 def model_denoiser(model: nn.Module, threshold_factor: float = 1.0) -> nn.Module:
@@ -55,12 +79,7 @@ def generate(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ima
         n = min(batch_size, count - b * batch_size)
         gen = torch.Generator().manual_seed(seed + b)
         x_T = torch.randn(n, *image_shape, generator=gen).to(device)
-        if sampler.sampler == "ddpm":
-            x0 = ddpm_sample(denoiser, x_T, schedule, var_type=sampler.var_type, clip_x0=sampler.clip_x0,
-                             generator=gen, progress=progress)
-        else:
-            x0 = ddim_sample(denoiser, x_T, schedule, steps=sampler.steps, eta=sampler.eta, clip_x0=sampler.clip_x0,
-                             generator=gen, progress=progress)
+        x0 = sampler.sample(denoiser, x_T, schedule, generator=gen, progress=progress)
         mine[b] = to_uint8(x0.cpu())
     if world > 1:
         shards: list[dict] = [None] * world

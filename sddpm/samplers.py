@@ -1,6 +1,10 @@
 """Samplers. Each takes a denoiser callable eps = denoiser(x_t, t) and knows nothing of the network.
 
 `x_T` and a `torch.Generator` make a run deterministic: the same seed gives the same images.
+
+Two of them reproduce the official SDDPM `diffusion.py` (AndyCao1125/SDDPM, `GaussianDiffusionSampler`):
+`official_ddpm_sample` (sample_type 'ddpm', mean_type 'epsilon') and `official_ddim_sample` (sample_type
+'ddim', whose eta is fixed at 0). `ddpm_sample` and `ddim_sample` are ours, with the clipping as an option.
 """
 from __future__ import annotations
 
@@ -60,20 +64,61 @@ def ddim_timesteps(total: int, steps: int) -> list[int]:
     return sorted({int(s) for s in np.linspace(0, total - 1, steps).round()})
 
 
+def official_ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule,
+                         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """The official SDDPM DDPM sampler: every diffusion step, fixedlarge variance, x0 clipped to [-1, 1]
+    before the posterior mean at every step; at t = 0 it returns clip(x0) with x0 from the last model call.
+
+    That is `ddpm_sample(var_type="fixedlarge", clip_x0=True)`: at t = 0 the posterior mean's coefficients
+    are 1 on x0 and 0 on x_t (abar_{-1} = 1, 1 - abar_0 = beta_0), so our last step returns clip(x0) too.
+    """
+    return ddpm_sample(denoiser, x_T, schedule, var_type="fixedlarge", clip_x0=True, generator=generator,
+                       progress=progress)
+
+
+def official_ddim_timesteps(total: int, steps: int) -> list[int]:
+    """The official DDIM step list, descending: max(int(total - 1 - (total / steps) * i), 0) for
+    i < steps, then 0 appended if it is not there (for 10 of 1000: 999, 899, ..., 99, 0). The sampler
+    calls the model at every entry but the last, 0, where it returns the x it has reached."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"DDIM steps must lie in [1, {total}], got {steps}")
+    ratio = total / steps
+    seq = [max(int(total - 1 - ratio * i), 0) for i in range(steps)]
+    return seq if seq[-1] == 0 else seq + [0]
+
+
+@torch.no_grad()
+def official_ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 100,
+                         progress: bool = False) -> torch.Tensor:
+    """The official SDDPM DDIM sampler (eta 0): on official_ddim_timesteps, from t to the next entry s,
+    x0 = clip((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)) with the network's eps kept beside it,
+    x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps. The last move lands on t = 0 (abar_0 = 1 - beta_1, not 1)
+    and that x is returned as it is, unclipped and with no model call at t = 0; `to_uint8` clips it when
+    images are stored."""
+    seq = official_ddim_timesteps(schedule.steps, steps)
+    ab = schedule.alphas_bar
+    x = x_T
+    for t, s in tqdm(list(zip(seq[:-1], seq[1:])), desc="official DDIM", disable=not progress, leave=False):
+        eps = denoiser(x, _steps_tensor(t, x))
+        x = ddim_step(x, eps, float(ab[t]), float(ab[s]), clip_x0=True, rederive_eps=False)
+    return x
+
+
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_prev: float, sigma: float = 0.0,
-              clip_x0: bool = False) -> torch.Tensor:
+              clip_x0: bool = False, rederive_eps: bool = True) -> torch.Tensor:
     """The mean of one DDIM update (Song et al. 2021, Eq. 12) from x_t to x_prev, before any added noise.
 
     With clip_x0 the predicted x0 is clipped to [-1, 1] and eps is derived again from x_t and the clipped x0
     (diffusers' `use_clipped_model_output`). Why: keeping the network's eps beside a clipped x0 splits x_t into
     two parts that no longer add up to it, and the chain's noise level drifts; our ANN twin then samples pure
     noise (FID 399 on MNIST). The derived eps makes the step, like DDPM's clipped posterior mean, a function of
-    x_t and the clipped x0 alone.
+    x_t and the clipped x0 alone. rederive_eps=False keeps the network's eps, as the official sampler does.
     """
     x0 = (x - (1.0 - ab_t) ** 0.5 * eps) / ab_t ** 0.5
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
-        eps = (x - ab_t ** 0.5 * x0) / (1.0 - ab_t) ** 0.5
+        if rederive_eps:
+            eps = (x - ab_t ** 0.5 * x0) / (1.0 - ab_t) ** 0.5
     return ab_prev ** 0.5 * x0 + max(1.0 - ab_prev - sigma ** 2, 0.0) ** 0.5 * eps
 
 
@@ -81,9 +126,10 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_prev: float, s
 def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, steps: int = 100,
                 eta: float = 0.0, clip_x0: bool = False, generator: torch.Generator | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """DDIM on a sub-sequence of `steps` diffusion steps (see ddim_step); eta = 0 is deterministic.
+    """Our DDIM on `steps` diffusion steps spread over [0, T - 1] (see ddim_step); eta = 0 is deterministic.
 
-    The returned x0 is clipped to [-1, 1]; clip_x0 clips the intermediate predictions too.
+    Unlike the official sampler it calls the model at t = 0 too and moves to abar = 1, and by default it
+    clips only the returned x0 to [-1, 1]; clip_x0 clips every intermediate prediction and derives eps again.
     """
     seq = ddim_timesteps(schedule.steps, steps)
     ab = schedule.alphas_bar

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint, upgrade_model_config
 from .config import DiffusionConfig, ModelConfig, TrainConfig
 from .batches import ImageBatches
 from .data import dataset_shape, load_images
@@ -190,9 +190,13 @@ def _noise_generator(seed: int, step: int, info: DistInfo) -> torch.Generator:
 
 def _resume(path, model_cfg, model, ema, optimizer, scheduler, batches) -> int:
     data = read_checkpoint(path)
-    if data.get("model_config") != model_cfg.to_dict():
+    try:
+        saved_cfg = ModelConfig.from_dict(upgrade_model_config(data.get("model_config"), data.get("version")))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid model configuration in the run's checkpoint: {e}") from None
+    if not saved_cfg.same_network(model_cfg):
         raise CheckpointError(f"{path}: the run directory holds a checkpoint of another model configuration "
-                              f"({data.get('model_config')}); use a new directory")
+                              f"({saved_cfg.to_dict()}); use a new directory")
     for field in ("model", "ema", "optimizer", "scheduler", "data"):
         if field not in data:
             raise CheckpointError(f"{path}: cannot resume: the checkpoint lacks {field!r}")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
 
-from .config import ModelConfig
+from .config import GroupNormRule, ModelConfig
 from .neuron import IF
 
 MEMBRANE_DECAY = 0.8  # output layer: eps = sum_t 0.8^(T-1-t) h[t] (official MembraneOutputLayer)
@@ -234,11 +234,11 @@ class SpikingUNet(nn.Module):
 class ResBlock(nn.Module):
     """DDPM residual block (pytorch-ddpm layout): GN -> Swish -> conv -> +temb -> GN -> Swish -> dropout -> conv."""
 
-    def __init__(self, in_ch: int, out_ch: int, tdim: int, dropout: float):
+    def __init__(self, in_ch: int, out_ch: int, tdim: int, dropout: float, norm: GroupNormRule):
         super().__init__()
-        self.block1 = nn.Sequential(_group_norm(in_ch), Swish(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.block1 = nn.Sequential(group_norm(in_ch, norm), Swish(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.temb_proj = nn.Sequential(Swish(), nn.Linear(tdim, out_ch))
-        self.block2 = nn.Sequential(_group_norm(out_ch), Swish(), nn.Dropout(dropout),
+        self.block2 = nn.Sequential(group_norm(out_ch, norm), Swish(), nn.Dropout(dropout),
                                     nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         _xavier_zero(self)
@@ -249,9 +249,21 @@ class ResBlock(nn.Module):
         return self.block2(h) + self.shortcut(x)
 
 
-def _group_norm(ch: int) -> nn.GroupNorm:
-    # DDPM uses 32 groups; small test configs have fewer channels than that.
-    return nn.GroupNorm(math.gcd(32, ch), ch)
+MAX_NORM_GROUPS = 32  # DDPM's GroupNorm(32, ch)
+MIN_CHANNELS_PER_GROUP = 4  # DDPM's ratio at ch 128; one channel per group would be instance norm
+
+
+def norm_groups(ch: int, rule: GroupNormRule = "ddpm") -> int:
+    """The number of GroupNorm groups for `ch` channels under `rule` (see config.GroupNormRule)."""
+    if rule == "gcd32":
+        return math.gcd(MAX_NORM_GROUPS, ch)
+    # The largest divisor of ch within the limit, so that every group has the same width.
+    limit = max(1, min(MAX_NORM_GROUPS, ch // MIN_CHANNELS_PER_GROUP))
+    return next(g for g in range(limit, 0, -1) if ch % g == 0)
+
+
+def group_norm(ch: int, rule: GroupNormRule = "ddpm") -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(ch, rule), ch)
 
 
 class DownSample(nn.Module):
@@ -289,23 +301,23 @@ class ANNUNet(nn.Module):
         for i, mult in enumerate(cfg.ch_mult):
             out_ch = ch * mult
             for _ in range(cfg.num_res_blocks):
-                self.downblocks.append(ResBlock(now_ch, out_ch, tdim, cfg.dropout))
+                self.downblocks.append(ResBlock(now_ch, out_ch, tdim, cfg.dropout, cfg.group_norm))
                 now_ch = out_ch
                 chs.append(now_ch)
             if i != len(cfg.ch_mult) - 1:
                 self.downblocks.append(DownSample(now_ch))
                 chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout),
-                                           ResBlock(now_ch, now_ch, tdim, cfg.dropout)])
+        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.group_norm),
+                                           ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.group_norm)])
         self.upblocks = nn.ModuleList()
         for i, mult in reversed(list(enumerate(cfg.ch_mult))):
             out_ch = ch * mult
             for _ in range(cfg.num_res_blocks + 1):
-                self.upblocks.append(ResBlock(chs.pop() + now_ch, out_ch, tdim, cfg.dropout))
+                self.upblocks.append(ResBlock(chs.pop() + now_ch, out_ch, tdim, cfg.dropout, cfg.group_norm))
                 now_ch = out_ch
             if i != 0:
                 self.upblocks.append(UpSample(now_ch))
-        self.tail = nn.Sequential(_group_norm(now_ch), Swish(), nn.Conv2d(now_ch, cfg.img_ch, 3, padding=1))
+        self.tail = nn.Sequential(group_norm(now_ch, cfg.group_norm), Swish(), nn.Conv2d(now_ch, cfg.img_ch, 3, padding=1))
         init.xavier_uniform_(self.head.weight)
         init.zeros_(self.head.bias)
         init.xavier_uniform_(self.tail[-1].weight, gain=1e-5)

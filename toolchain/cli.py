@@ -22,17 +22,20 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler")
-    g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
-                   help="ddpm: ancestral sampling over all diffusion steps; ddim: deterministic (eta=0) on a "
-                        "sub-sequence of --steps steps (default: %(default)s)")
-    g.add_argument("--steps", type=int, default=100, help="DDIM steps (default: %(default)s)")
+    g.add_argument("--sampler", choices=("ddpm", "ddim", "official-ddpm", "official-ddim"), default="ddim",
+                   help="ddpm: our ancestral sampler over all diffusion steps; ddim: our DDIM (eta 0 by default) on "
+                        "--steps steps spread over [0, 999], the model called at t = 0 too; official-ddpm and "
+                        "official-ddim: exactly the official SDDPM diffusion.py (DDPM with x0 clipped at every "
+                        "step; DDIM with x0 clipped at every step beside the network's eps, on steps 999, 899, ..., "
+                        "returning the x reached at t = 0) (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=100, help="DDIM steps (ddim, official-ddim; default: %(default)s)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 1.0 adds DDPM-like noise (default: 0)")
     g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
                    help="DDPM posterior variance (default: %(default)s, as SDDPM)")
     g.add_argument("--clip-x0", action="store_true",
-                   help="clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised; DDIM then derives "
-                        "eps again from x_t and the clipped x0); by default only the final images are clipped, as in "
-                        "the official SDDPM sampler")
+                   help="ddpm and ddim: clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised, which "
+                        "makes ddpm equal official-ddpm; ddim then derives eps again from x_t and the clipped x0); "
+                        "without it only the final images are clipped")
     g.add_argument("--threshold-factor", type=float, default=1.0,
                    help="threshold-guided strategy: multiply every IF threshold by this factor, e.g. 0.997 "
                         "(default: 1.0, the trained thresholds)")
@@ -331,7 +334,7 @@ def _sampler_config(args):
     from sddpm.generate import SamplerConfig
 
     return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
-                         clip_x0=args.clip_x0, threshold_factor=args.threshold_factor)
+                         clip_x0=args.clip_x0)
 
 
 def _calibration_dataset(args, loaded) -> str:
