@@ -1,4 +1,6 @@
 """The ANN twin's GroupNorm: it must let the network see each image's mean (sddpm/eps_error.py)."""
+import os
+
 import pytest
 import torch
 
@@ -66,3 +68,17 @@ def test_version_1_twin_checkpoints_keep_their_grouping(tmp_path):
     norms = [m for m in loaded.model.modules() if isinstance(m, torch.nn.GroupNorm)]
     # widths 16, 32, 48 and 64 in this U-Net: gcd(32, .) = 16, 32, 16, 32 groups
     assert {(m.num_channels, m.num_groups) for m in norms} == {(16, 16), (32, 32), (48, 16), (64, 32)}
+
+
+def test_eval_eps_command_prints_the_mean_part_beside_the_blind_level(capsys):
+    import json
+
+    from toolchain.cli import main
+
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "mnist-sddpm.pt")
+    assert main(["eval-eps", "--checkpoint", shipped, "--count", "8", "--t", "0,999", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["t"] for r in out["rows"]] == [0, 999] and out["images"] == 8 and out["dataset"] == "mnist"
+    for row in out["rows"]:
+        # MSE = mean part + spatial part, so the mean part can never exceed the MSE
+        assert 0 <= row["mean_part"] <= row["mse"] and row["blind_mean_part"] > 0

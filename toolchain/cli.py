@@ -142,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="also write the result as JSON to this file (atomically)")
     _add_sampler_args(p)
 
+    p = sub.add_parser("eval-eps", help="eps MSE per diffusion step and the part from each image's mean",
+                       description="Noise test images at fixed diffusion steps with one fixed draw of noise and "
+                                   "measure the denoiser's eps MSE and the part of it that comes from each image's "
+                                   "per-channel mean, beside what a network blind to that mean scores on the same "
+                                   "draws. A mean part near the blind level means the network cannot predict the "
+                                   "mean of the noise (the failure of a GroupNorm with one channel per group).")
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+    p.add_argument("--dataset", help="test images (default: the checkpoint's training dataset)")
+    p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    p.add_argument("--count", type=int, default=256, help="test images (default: %(default)s)")
+    p.add_argument("--t", type=_ints, default=None, help="diffusion steps (default: 0,50,100,250,500,750,999)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("quality", help="the README's quality tables: sample, FID and grid of each row",
                        description="Run the rows of the quality tables (all, or those matching NAME patterns "
                                    "such as 'fashion-*'): each row samples a shipped checkpoint with `sddpm "
@@ -440,6 +455,25 @@ def cmd_fid(args) -> None:
                 json.dump(result, f, indent=1)
         print(json.dumps(result) if args.json else
               "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()))
+
+
+def cmd_eval_eps(args) -> None:
+    from sddpm.checkpoint import load_model
+    from sddpm.data import load_images, to_model_range
+    from sddpm.eps_error import DEFAULT_STEPS, eps_error_by_step, format_eps_errors
+    from sddpm.schedule import NoiseSchedule
+
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
+    dataset = _calibration_dataset(args, loaded)
+    x0 = to_model_range(load_images(dataset, "test", args.data_root)[:args.count])
+    rows = eps_error_by_step(loaded.model, x0, NoiseSchedule.linear(loaded.diffusion_config),
+                             args.t or DEFAULT_STEPS, seed=args.seed)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "dataset": dataset, "images": len(x0),
+                          "step": loaded.step, "rows": [r.to_dict() for r in rows]}))
+    else:
+        print(f"{args.checkpoint} (step {loaded.step}) on {len(x0)} {dataset} test images:\n"
+              + format_eps_errors(rows))
 
 
 def cmd_quality(args) -> int:
@@ -863,7 +897,7 @@ def cmd_release(args) -> None:
 EXPORTERS = {"onnx": _export_onnx, "nir": _export_nir, "nir-float": _export_nir_float}
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
             "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy, "report": cmd_report,
-            "quality": cmd_quality, "demo": cmd_demo}
+            "quality": cmd_quality, "demo": cmd_demo, "eval-eps": cmd_eval_eps}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
