@@ -59,6 +59,7 @@ $(FASHION_MNIST):
 	fi
 
 test: venv
+	$(VENV)/bin/lint-imports --no-cache
 	$(VPY) -m pytest -q
 
 demo: venv

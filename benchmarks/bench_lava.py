@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from deploy.chip_lava import run_denoising_step  # noqa: E402
 from export.compiler import calibration_batches, compile_model  # noqa: E402
 from export.nir_chip import read_chip_nir, write_chip_nir  # noqa: E402
-from export.reference import ChipOverflowWarning  # noqa: E402
+from export.host import ChipOverflowWarning  # noqa: E402
 from sddpm.checkpoint import load_model  # noqa: E402
 from sddpm.data import load_images  # noqa: E402
 from sddpm.generate import model_denoiser  # noqa: E402

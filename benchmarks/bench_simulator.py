@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from export.nir_chip import write_chip_nir  # noqa: E402
 from export.compiler import calibration_batches, compile_model  # noqa: E402
-from export.reference import ChipOverflowWarning, run_reference  # noqa: E402
+from export.host import ChipOverflowWarning  # noqa: E402
+from export.reference import run_reference  # noqa: E402
 from sddpm.checkpoint import load_model  # noqa: E402
 from sddpm.data import load_images  # noqa: E402
 from sddpm.schedule import NoiseSchedule  # noqa: E402

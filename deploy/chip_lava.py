@@ -33,7 +33,7 @@ import torch
 from scipy import sparse
 
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
-from export.reference import host_input_current, readout_to_eps
+from export.host import host_input_current, readout_to_eps
 
 from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import DelayLine, FileSink, read_record, run_to_end

@@ -100,7 +100,7 @@ class ChipReadout:
 class ChipHost:
     head_weight: np.ndarray  # float32 [ch, img_ch, 3, 3]
     head_bias: np.ndarray  # float32 [ch]
-    tail: dict[str, np.ndarray]  # float32 arrays, see export.graph.HostStages
+    tail: dict[str, np.ndarray]  # float32 arrays, see export.host.HostStages
     membrane_decay: float
 
 

@@ -18,7 +18,7 @@ tail reads the final expression (the `readout`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,8 @@ from torch import nn
 from sddpm.neuron import IF
 from sddpm.unet import (MEMBRANE_DECAY, MembraneOutputLayer, SpikingUNet, SpkDownSample, SpkResBlock, SpkUpSample,
                         Swish)
+
+from .host import HostStages, head_current, tail
 
 
 class UnsupportedModelError(ValueError):
@@ -146,16 +148,6 @@ class FloatPopulation:
 
 
 @dataclass(frozen=True)
-class HostStages:
-    """What runs on the host: the first conv (BN folded) and the real-valued tail, in the dtype of
-    the tensors held (float64 in the float graph, float32 in the chip network)."""
-    head_weight: torch.Tensor  # [ch, img_ch, 3, 3]
-    head_bias: torch.Tensor  # [ch]
-    tail: dict[str, torch.Tensor] = field(default_factory=dict)
-    membrane_decay: float = MEMBRANE_DECAY
-
-
-@dataclass(frozen=True)
 class FloatGraph:
     populations: tuple[FloatPopulation, ...]  # in dependency order
     readout: Expr  # the analog value the tail reads
@@ -247,32 +239,13 @@ def _host_stages(m: SpikingUNet, head_w: torch.Tensor, head_b: torch.Tensor) -> 
         "time_conv_weight": m.T_output_layer.weight.detach()[..., 0], "time_conv_bias": m.T_output_layer.bias.detach(),
         "last_bn_scale": last_scale, "last_bn_shift": last_shift,
     }
-    return HostStages(head_w, head_b, {k: v.double().contiguous() for k, v in tail.items()})
+    return HostStages(head_w, head_b, {k: v.double().contiguous() for k, v in tail.items()}, MEMBRANE_DECAY)
 
 
 def extract_graph(model: SpikingUNet) -> FloatGraph:
     """The float chip graph of a trained model (eval-mode BN statistics, the IF thresholds as set)."""
     check_supported(model)
     return _Walker(model).walk()
-
-
-def head_current(host: HostStages, x: torch.Tensor) -> torch.Tensor:
-    """The first population's input current, computed on the host: conv(x_t) with BN folded."""
-    return F.conv2d(x.to(host.head_weight.dtype), host.head_weight, host.head_bias, padding=1)
-
-
-def tail(host: HostStages, h_seq: torch.Tensor) -> torch.Tensor:
-    """The real-valued tail on the readout h [T, B, C, H, W] -> eps [B, img_ch, H, W]."""
-    p = host.tail
-    steps, batch = h_seq.shape[:2]
-    x = h_seq.flatten(0, 1).to(host.head_weight.dtype)
-    x = F.silu(x * p["tail_bn_scale"][:, None, None] + p["tail_bn_shift"][:, None, None])
-    x = F.conv2d(x, p["tail_conv_weight"], p["tail_conv_bias"], padding=1)
-    y = F.conv2d(x, p["time_conv_weight"], p["time_conv_bias"], padding=1)
-    y = F.silu(y * p["last_bn_scale"][:, None, None] + p["last_bn_shift"][:, None, None])
-    out = (y + x).view(steps, batch, *x.shape[1:])
-    decay = host.membrane_decay ** torch.arange(steps - 1, -1, -1, dtype=out.dtype)
-    return (out * decay.view(-1, 1, 1, 1, 1)).sum(0)
 
 
 def temb_rows(expr: Expr, t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import json
 import nir
 import numpy as np
 
-from sddpm.checkpoint import atomic_path
+from sddpm.files import atomic_path
 
 from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipHost, ChipNetwork,
                    ChipPopulation, ChipReadout, ChipSynapse, check_ranges)

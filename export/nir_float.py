@@ -36,9 +36,10 @@ import nir
 import numpy as np
 import torch
 
-from sddpm.checkpoint import atomic_path
+from sddpm.files import atomic_path
 
-from .graph import Expr, FloatGraph, FloatPopulation, HostStages, Term
+from .graph import Expr, FloatGraph, FloatPopulation, Term
+from .host import HostStages
 from .nir_chip import wire_synapse
 
 FORMAT = "sddpm-float-nir"

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sddpm.checkpoint import atomic_path
+from sddpm.files import atomic_path
 
 from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, VTH_MAX, WEIGHT_MANT_MAX
 

@@ -14,12 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chip import ACT_SHIFT, HOST_INPUT_MAX, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
-from .graph import HostStages, head_current, tail
-
-
-class ChipOverflowWarning(UserWarning):
-    """An integer current or voltage left its 24-bit state: the chip wraps or saturates it."""
+from .chip import ACT_SHIFT, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
+from .host import ChipOverflowWarning, host_input_current, readout_to_eps
 
 
 @dataclass
@@ -27,25 +23,6 @@ class ChipRun:
     spikes: dict[str, torch.Tensor]  # population -> bool [T, B, C, H, W]
     readout: torch.Tensor  # int64 [T, B, C, H, W]: the chip's output currents (a-units)
     eps: torch.Tensor  # float32 [B, img_ch, H, W]
-
-
-def host_stages(net: ChipNetwork) -> HostStages:
-    h = net.host
-    return HostStages(torch.from_numpy(h.head_weight), torch.from_numpy(h.head_bias),
-                      {k: torch.from_numpy(v) for k, v in h.tail.items()}, h.membrane_decay)
-
-
-def host_input_current(net: ChipNetwork, x: torch.Tensor) -> torch.Tensor:
-    """The first population's input in a-units: round half to even of conv(x_t) / scale in float32,
-    saturated to +-HOST_INPUT_MAX (with a warning when that clips)."""
-    current = head_current(host_stages(net), x)  # float32: the chip network's host weights are float32
-    a = torch.round(current / np.float32(net.populations[0].scale))
-    clipped = int((a.abs() > HOST_INPUT_MAX).sum())
-    if clipped:
-        warnings.warn(f"population {net.populations[0].name}: the host saturated {clipped} input currents at "
-                      f"+-{HOST_INPUT_MAX} a-units (x_t outside the calibrated range)", ChipOverflowWarning,
-                      stacklevel=3)
-    return a.clamp(-HOST_INPUT_MAX, HOST_INPUT_MAX).long()
 
 
 def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
@@ -102,13 +79,3 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor) -> ChipRun
                       ChipOverflowWarning, stacklevel=2)
     a_out = torch.stack(readout)
     return ChipRun({k: torch.stack(s) for k, s in spikes.items()}, a_out, readout_to_eps(net, a_out, t))
-
-
-def readout_to_eps(net: ChipNetwork, a_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Host: h = scale * a + bias (+ temb[t]) in float32, then the real-valued tail."""
-    r = net.readout
-    bias = torch.from_numpy(r.bias)[None, :].expand(t.shape[0], -1)
-    if r.temb is not None:
-        bias = bias + torch.from_numpy(r.temb)[t]
-    h = a_out.float() * np.float32(r.scale) + bias[None, :, :, None, None]
-    return tail(host_stages(net), h)

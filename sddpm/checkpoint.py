@@ -16,18 +16,17 @@ need to run code to unpickle is refused.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from .files import atomic_write
 from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .unet import build_model
 
@@ -38,36 +37,6 @@ READABLE_VERSIONS = (1, 2)
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, unsafe, or does not match the architecture."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary path beside `path` to write to; on success it is fsynced and renamed over `path`,
-    so readers never see half a file. On any error the temporary file is removed."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    # mkstemp creates the file 0600; give the result the mode of any new file (0666 less the umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator[Any]:
-    """Write through a file object to a temporary file that replaces `path` once complete."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
 
 
 def save_checkpoint(path: str, payload: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 def pyplot():

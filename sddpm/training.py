@@ -22,7 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint, upgrade_model_config
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, upgrade_model_config
+from .files import atomic_write
 from .config import DiffusionConfig, ModelConfig, TrainConfig
 from .batches import ImageBatches
 from .data import dataset_shape, load_images

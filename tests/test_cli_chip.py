@@ -19,7 +19,7 @@ SMALL = ["--calibration-batches", "1", "--calibration-batch-size", "4"]
 VERIFY = ["verify", "--steps", "2", "--batch-size", "2", "--ddim-steps", "4", "--json", *SMALL]
 # An untrained model's DDIM chain diverges: its late x_t lie far outside the calibrated range, and the
 # reference says so. The saturating and wrapping integers must still agree, which these tests check.
-DIVERGING_CHAIN = pytest.mark.filterwarnings("ignore::export.reference.ChipOverflowWarning")
+DIVERGING_CHAIN = pytest.mark.filterwarnings("ignore::export.host.ChipOverflowWarning")
 
 
 def _checkpoint(path: str, model) -> str:

@@ -12,10 +12,10 @@ from torch import nn
 
 from chip_helpers import digits_batches, firing_tiny_model
 from export.compiler import compile_model
-from export.graph import (Expr, FloatGraph, FloatPopulation, HostStages, Term, UnsupportedModelError, extract_graph,
-                          run_float)
+from export.graph import Expr, FloatGraph, FloatPopulation, Term, UnsupportedModelError, extract_graph, run_float
+from export.host import ChipOverflowWarning, HostStages
 from export.quantize import Calibration, quantize, quantize_weight
-from export.reference import ChipOverflowWarning, run_reference
+from export.reference import run_reference
 from helpers import TINY, assert_close
 from sddpm.neuron import IF
 from sddpm.unet import ANNUNet, SpkResBlock
@@ -160,7 +160,7 @@ def _one_population_graph() -> FloatGraph:
     shape = (1, 1, 1)
     pop = FloatPopulation("p", shape, 1.0, Expr(shape), host_input=True)
     readout = Expr(shape, (Term("p", torch.ones(1, 1, 1, 1, dtype=torch.float64), padding=0),))
-    return FloatGraph((pop,), readout, HostStages(torch.zeros(1, 1, 3, 3), torch.zeros(1)), snn_steps=1,
+    return FloatGraph((pop,), readout, HostStages(torch.zeros(1, 1, 3, 3), torch.zeros(1), {}, 0.8), snn_steps=1,
                       diffusion_steps=1)
 
 

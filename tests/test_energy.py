@@ -214,7 +214,7 @@ def test_the_energy_of_a_forward_pass_and_of_an_image():
     assert set(SAMPLERS) == set(per_image(1.0))
 
 
-@pytest.mark.filterwarnings("ignore::export.reference.ChipOverflowWarning")  # an untrained model's chain diverges
+@pytest.mark.filterwarnings("ignore::export.host.ChipOverflowWarning")  # an untrained model's chain diverges
 def test_sddpm_energy_counts_a_chain_on_the_simulator(tmp_path, capsys):
     ckpt = str(tmp_path / "tiny.pt")
     model = firing_tiny_model()

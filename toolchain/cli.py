@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
                     "Loihi 2, verify the chip network on a bit-accurate simulator and count its operations and "
                     "energy; run it on Lava; export ONNX and NIR files, and import NIR graphs of other tools. "
-                    "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m sddpm ...`.")
+                    "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m toolchain ...`.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an SDDPM (or its ANN twin); resumes if RUN_DIR holds a checkpoint",
@@ -414,7 +414,7 @@ def _sample_images(args, count: int):
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from sddpm.checkpoint import atomic_write
+    from sddpm.files import atomic_write
     from sddpm.images import save_grid
 
     started = time.time()
@@ -449,7 +449,7 @@ def cmd_fid(args) -> None:
                                                       ref_count=args.ref_count, root=args.data_root)
     if is_main:
         if args.save:
-            from sddpm.checkpoint import atomic_write
+            from sddpm.files import atomic_write
 
             with atomic_write(args.save, "w") as f:
                 json.dump(result, f, indent=1)
