@@ -35,13 +35,14 @@ from scipy import sparse
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.host import host_input_current, readout_to_eps
 
+from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import DelayLine, FileSink, read_record, run_to_end
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
 
 
-class DeployError(ValueError):
+class LavaGraphError(DeployError, ValueError):
     """The network cannot be built as a Lava graph; raised before any process starts."""
 
 
@@ -55,7 +56,7 @@ def run_config(kind: str = "sim"):
         return Loihi2SimCfg(select_tag="fixed_pt")
     if kind == "loihi2-hw":
         return Loihi2HwCfg()
-    raise DeployError(f"run config must be one of {RUN_CONFIGS}, got {kind!r}")
+    raise DeployInputError(f"run config must be one of {RUN_CONFIGS}, got {kind!r}")
 
 
 def to_lava(a: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def upsample_matrices(syn: ChipSynapse, source_shape, target_shape) -> list[spar
                                     shape=(c_t * h_out * w_out, c_in * h_in * w_in))
             csr = coo.tocsr()
             if csr.nnz != coo.nnz:  # a sum of two mantissas could leave Lava's 8-bit range
-                raise DeployError(f"synapse {syn.source} -> {syn.target}: taps of one residue class meet")
+                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: taps of one residue class meet")
             csr.eliminate_zeros()
             matrices.append(csr)
     return matrices
@@ -164,13 +165,13 @@ class ChipGraph:
             weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
             weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
             if np.abs(weight).max() >= 2 ** 31:
-                raise DeployError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
+                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
             conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape,
                         padding=syn.padding, stride=syn.stride)
             source.connect(conv.s_in)
             self.processes.append(conv)
             if conv.a_out.shape != lava_target:
-                raise DeployError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
+                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
                                   f"target is {lava_target}")
             return [conv.a_out]
         outs = []
@@ -196,9 +197,9 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
     """One forward pass of the chip network on Lava for one image x_t [1, C, H, W] at diffusion step t."""
     check_ranges(net)  # every integer inside its hardware range, before any process starts
     if x.dim() != 4 or x.shape[0] != 1:
-        raise DeployError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
+        raise DeployInputError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
     if not 0 <= t < net.diffusion_steps:
-        raise DeployError(f"t must lie in [0, {net.diffusion_steps}), got {t}")
+        raise DeployInputError(f"t must lie in [0, {net.diffusion_steps}), got {t}")
     a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:

@@ -43,6 +43,7 @@ from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
 from lava.proc.lif.process import LIF
 
+from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
@@ -63,7 +64,7 @@ DENSE_WEIGHT_FACTOR = 2
 DENSE_EXP_OFFSET = -1
 
 
-class UnsupportedGraphError(ValueError):
+class UnsupportedGraphError(DeployError, ValueError):
     """The graph is not a compiled sddpm-net-nir graph that Lava can run exactly; names the node."""
 
 
@@ -129,7 +130,7 @@ def load_graph(graph_or_path: nir.NIRGraph | str | os.PathLike) -> nir.NIRGraph:
         return graph_or_path
     try:
         return nir.read(os.fspath(graph_or_path))
-    except Exception as err:  # nir.read raises whatever h5py or its type checks raise
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
         raise UnsupportedGraphError(f"{graph_or_path}: not a readable NIR file ({type(err).__name__}: {err})") \
             from None
 
@@ -320,16 +321,16 @@ def plan_net(graph: nir.NIRGraph) -> NetPlan:
 def check_inputs(expected: Mapping[str, tuple[int, ...]], inputs: Mapping[str, np.ndarray]) -> int:
     """The number of steps of 0/1 spike trains [T, *shape], one per Input."""
     if set(inputs) != set(expected):
-        raise ValueError(f"inputs must be given for {sorted(expected)}, got {sorted(inputs)}")
+        raise DeployInputError(f"inputs must be given for {sorted(expected)}, got {sorted(inputs)}")
     steps = {len(x) for x in inputs.values()}
     if len(steps) != 1 or 0 in steps:
-        raise ValueError(f"every input needs the same number T >= 1 of steps, got {sorted(steps)}")
+        raise DeployInputError(f"every input needs the same number T >= 1 of steps, got {sorted(steps)}")
     steps = steps.pop()
     for name, x in inputs.items():
         if np.shape(x) != (steps, *expected[name]):
-            raise ValueError(f"input {name!r}: expected [T={steps}, {expected[name]}], got {list(np.shape(x))}")
+            raise DeployInputError(f"input {name!r}: expected [T={steps}, {expected[name]}], got {list(np.shape(x))}")
         if not np.isin(x, (0, 1)).all():
-            raise ValueError(f"input {name!r}: spikes must be 0 or 1")
+            raise DeployInputError(f"input {name!r}: spikes must be 0 or 1")
     return steps
 
 

@@ -42,6 +42,7 @@ from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_w
 
 from deploy.net_lava import NetPlan, Population, Synapse, UnsupportedGraphError, from_lava, load_graph, plan_net, \
     run_to_end, to_lava
+from deploy.errors import DeployInputError
 from deploy.processes import FileSink
 from export.chip import BIAS_MANT_MAX
 
@@ -175,7 +176,7 @@ def run_netx(path: str | os.PathLike, spikes: np.ndarray, run_cfg: RunConfig | N
     steps = len(spikes)
     data = to_lava(np.asarray(spikes).reshape(steps, -1) if len(net.inp.shape) == 1 else spikes)
     if data.shape[:-1] != net.inp.shape:
-        raise ValueError(f"input spikes {np.shape(spikes)} do not fit the network's input {net.inp.shape[::-1]}")
+        raise DeployInputError(f"input spikes {np.shape(spikes)} do not fit the network's input {net.inp.shape[::-1]}")
     source = RingBuffer(data=data)
     source.s_out.connect(net.inp)
     with tempfile.TemporaryDirectory(prefix="netx_") as sink_dir:

@@ -28,6 +28,8 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg, RunConfig
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from deploy.errors import DeployError, DeployInputError
+
 FDS_PER_PROCESS = 10  # measured, research/lava.md section 8
 # Shared-memory slots per Lava channel (Lava's default: 64). The processes advance in lockstep, one message
 # per channel per step, so a few slots suffice; 64 slots of a 32x32x16 int32 port are 4 MiB per channel.
@@ -35,7 +37,7 @@ CHANNEL_SLOTS = 4
 FDS_BASE = 256  # the main process's own files, libraries and pipes
 
 
-class TooManyProcessesError(RuntimeError):
+class TooManyProcessesError(DeployError, RuntimeError):
     """The graph needs more file descriptors than this machine's hard limit allows."""
 
 
@@ -83,7 +85,7 @@ class PyFileSinkModel(PyLoihiProcessModel):
                 os.replace(tmp, self.path)
 
 
-class SinkError(RuntimeError):
+class SinkError(DeployError, RuntimeError):
     """A FileSink wrote no record (its file could not be written)."""
 
 
@@ -100,7 +102,7 @@ class DelayLine(AbstractProcess):
 
     def __init__(self, shape: tuple[int, ...], delay: int):
         if delay < 1:
-            raise ValueError(f"a delay line delays by at least one step, got {delay}")
+            raise DeployInputError(f"a delay line delays by at least one step, got {delay}")
         super().__init__(shape=shape, delay=delay)
         self.a_in = InPort(shape=shape)
         self.a_out = OutPort(shape=shape)

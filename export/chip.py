@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ExportError
+
 # Lava's fixed-point LIF set up as integrate-and-fire (research/lava.md section 1.4).
 IF_DU = 4095  # current decay 4096 - (4095 + 1) = 0: u = a << 6
 IF_DV = 0  # no voltage decay
@@ -47,7 +49,7 @@ CURRENT_LIMIT = STATE_MAX >> ACT_SHIFT  # |a| below 2^17 a-units keeps a << 6 in
 HOST_INPUT_MAX = CURRENT_LIMIT - 1
 
 
-class ChipFormatError(ValueError):
+class ChipFormatError(ExportError, ValueError):
     """A chip network (in memory or on file) breaks the format or the hardware ranges."""
 
 

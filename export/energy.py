@@ -34,6 +34,7 @@ from sddpm.config import ModelConfig
 from sddpm.unet import ANNUNet, SpikingUNet
 
 from .chip import ChipNetwork
+from .errors import ExportInputError
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def synapse_sops(spikes: torch.Tensor, weight_shape: tuple[int, ...], stride: in
     """int64 [T, B]: SOPs of one synapse at every SNN step for every image, given its source's 0/1 spikes
     [T, B, C_in, H, W]: the sum over spikes of their fan-out (`fanout_map`)."""
     if spikes.dim() != 5 or spikes.shape[2] != weight_shape[1]:
-        raise ValueError(f"spikes must be [T, B, {weight_shape[1]}, H, W] for weights {tuple(weight_shape)}, "
+        raise ExportInputError(f"spikes must be [T, B, {weight_shape[1]}, H, W] for weights {tuple(weight_shape)}, "
                          f"got {list(spikes.shape)}")
     fanout = fanout_map(tuple(weight_shape), tuple(spikes.shape[-2:]), stride, padding, upsample)
     per_position = spikes.sum(2, dtype=torch.int64)  # spikes over the input channels: [T, B, H, W]
@@ -230,7 +231,7 @@ def count_forward(net: ChipNetwork, spike_trains: dict[str, torch.Tensor]) -> Fo
     for p in net.populations:
         trains = spike_trains[p.name]
         if tuple(trains.shape[2:]) != p.shape or trains.shape[0] != net.snn_steps:
-            raise ValueError(f"population {p.name}: spikes {list(trains.shape)}, expected [{net.snn_steps}, B, "
+            raise ExportInputError(f"population {p.name}: spikes {list(trains.shape)}, expected [{net.snn_steps}, B, "
                              f"{', '.join(map(str, p.shape))}]")
         outgoing = [s.sops for s in synapses if s.source == p.name]
         pops.append(PopulationCount(p.name, int(np.prod(p.shape)), trains.sum((2, 3, 4), dtype=torch.int64),

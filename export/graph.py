@@ -28,10 +28,11 @@ from sddpm.neuron import IF
 from sddpm.unet import (MEMBRANE_DECAY, MembraneOutputLayer, SpikingUNet, SpkDownSample, SpkResBlock, SpkUpSample,
                         Swish)
 
+from .errors import ExportError
 from .host import HostStages, head_current, tail
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ExportError, ValueError):
     """The model holds a layer (or layout) that the compiler cannot map to a chip network."""
 
 

@@ -34,6 +34,8 @@ import numpy as np
 
 from sddpm.files import atomic_path
 
+from .errors import ExportError
+
 from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipHost, ChipNetwork,
                    ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
@@ -132,7 +134,7 @@ def write_chip_nir(path: str, net: ChipNetwork) -> None:
         nir.write(tmp, graph)
 
 
-class ChipNirError(ValueError):
+class ChipNirError(ExportError, ValueError):
     """A file that is not a chip network in this module's NIR layout."""
 
 
@@ -197,7 +199,7 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
 def read_chip_nir(path: str) -> ChipNetwork:
     try:
         graph = nir.read(path)
-    except Exception as err:  # nir.read raises whatever h5py or its own type checks raise
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
         raise ChipNirError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
         return nir_to_chip(graph)

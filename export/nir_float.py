@@ -38,6 +38,7 @@ import torch
 
 from sddpm.files import atomic_path
 
+from .errors import ExportError
 from .graph import Expr, FloatGraph, FloatPopulation, Term
 from .host import HostStages
 from .nir_chip import wire_synapse
@@ -56,7 +57,7 @@ NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Scale)
 FILE_ROUND_TRIP_ATOL = 1e-5
 
 
-class NirFileError(ValueError):
+class NirFileError(ExportError, ValueError):
     """A file (or NIR graph) that is not a float SDDPM network in this module's NIR layout."""
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from sddpm.files import atomic_path
 
+from .errors import ExportError
 from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, VTH_MAX, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"
@@ -51,7 +52,7 @@ SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
 NEURONS = (nir.IF, nir.LIF, nir.CubaLIF)
 
 
-class ForeignGraphError(ValueError):
+class ForeignGraphError(ExportError, ValueError):
     """The NIR graph holds a node, parameter or structure that does not map to Lava's integer LIF."""
 
 

@@ -30,6 +30,8 @@ from sddpm.config import ConfigError, ModelConfig
 from sddpm.neuron import IF, if_step
 from sddpm.unet import ANNUNet, SpikingUNet, check_inputs
 
+from .errors import ExportError
+
 FORMAT = "sddpm-onnx"
 VERSION = 1
 INPUTS = ("x", "t")
@@ -50,7 +52,7 @@ _ORT_LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_err
                     ort_errors.NotImplemented, ort_errors.NoSuchFile, ort_errors.RuntimeException)
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(ExportError, ValueError):
     """An ONNX file is missing, corrupt, of another model, or cannot be exported."""
 
 

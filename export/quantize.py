@@ -26,6 +26,7 @@ from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
 from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, READOUT, WEIGHT_MANT_MAX, ChipHost, ChipNetwork,
                    ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .errors import ExportInputError
 from .graph import Expr, FloatGraph, run_float
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
@@ -47,7 +48,7 @@ class Calibration:
 def calibrate(graph: FloatGraph, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Calibration:
     """Run the float graph on batches of (x_t, t) and record the ranges of every population."""
     if not batches:
-        raise ValueError("calibration needs at least one batch of (x_t, t)")
+        raise ExportInputError("calibration needs at least one batch of (x_t, t)")
     current = {p.name: 0.0 for p in graph.populations}
     membrane = dict(current)
     readout, samples, steps = 0.0, 0, set()

@@ -5,7 +5,8 @@ from typing import Iterator
 
 import torch
 
-from .data import to_model_range
+from .config import ConfigError
+from .data import DataError, to_model_range
 
 
 class ImageBatches:
@@ -19,9 +20,9 @@ class ImageBatches:
     def __init__(self, images_u8: torch.Tensor, batch_size: int, seed: int = 0, hflip: bool = False,
                  rank: int = 0, world_size: int = 1):
         if len(images_u8) < batch_size:
-            raise ValueError(f"dataset has {len(images_u8)} images, fewer than one batch of {batch_size}")
+            raise DataError(f"dataset has {len(images_u8)} images, fewer than one batch of {batch_size}")
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
+            raise ConfigError(f"batch size {batch_size} is not divisible by {world_size} ranks")
         self.images, self.batch_size, self.seed = images_u8, batch_size, seed
         self.hflip, self.rank, self.world_size = hflip, rank, world_size
         self.epoch, self.position = 0, 0

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import SddpmError
 from .files import atomic_write
 from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .unet import build_model
@@ -35,7 +36,7 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SddpmError, ValueError):
     """A checkpoint file is missing, corrupt, unsafe, or does not match the architecture."""
 
 

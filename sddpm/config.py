@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .errors import SddpmError
+
 ModelKind = Literal["snn", "ann"]
 # How the ANN twin groups channels in GroupNorm. "ddpm": 32 groups where the width allows and never fewer
 # than 4 channels per group (DDPM's ratio at ch 128). "gcd32": gcd(32, ch) groups, which checkpoints of
@@ -14,7 +16,7 @@ GroupNormRule = Literal["ddpm", "gcd32"]
 VarType = Literal["fixedlarge", "fixedsmall"]
 
 
-class ConfigError(ValueError):
+class ConfigError(SddpmError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 

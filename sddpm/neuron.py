@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 THRESHOLD = 1.0  # trained firing threshold of every IF neuron
 ATAN_ALPHA = 2.0  # SpikingJelly surrogate.ATan default
 
@@ -136,7 +138,7 @@ class IF(nn.Module):
 def set_threshold_factor(model: nn.Module, factor: float) -> None:
     """Threshold-guided strategy: every IF threshold becomes THRESHOLD * factor (1.0 restores training)."""
     if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"threshold factor must be a positive finite number, got {factor!r}")
+        raise ConfigError(f"threshold factor must be a positive finite number, got {factor!r}")
     for module in model.modules():
         if isinstance(module, IF):
             module.threshold = THRESHOLD * float(factor)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, upgrade_model_config
 from .files import atomic_write
-from .config import DiffusionConfig, ModelConfig, TrainConfig
+from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .batches import ImageBatches
 from .data import dataset_shape, load_images
 from .images import save_grid
@@ -112,10 +112,10 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     ckpt_path = os.path.join(run_dir, CHECKPOINT_NAME)
     log_path = os.path.join(run_dir, "loss.jsonl")
     if train_cfg.batch_size % info.world_size:
-        raise ValueError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} ranks")
+        raise ConfigError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} ranks")
     channels, size = dataset_shape(train_cfg.dataset)
     if (model_cfg.img_ch, model_cfg.img_size) != (channels, size):
-        raise ValueError(f"dataset {train_cfg.dataset!r} has {channels}x{size}x{size} images but the model "
+        raise ConfigError(f"dataset {train_cfg.dataset!r} has {channels}x{size}x{size} images but the model "
                          f"expects {model_cfg.img_ch}x{model_cfg.img_size}x{model_cfg.img_size}")
 
     torch.manual_seed(train_cfg.seed)

@@ -14,12 +14,13 @@ from torch import nn
 from torch.nn import init
 
 from .config import GroupNormRule, ModelConfig
+from .errors import SddpmError
 from .neuron import IF
 
 MEMBRANE_DECAY = 0.8  # output layer: eps = sum_t 0.8^(T-1-t) h[t] (official MembraneOutputLayer)
 
 
-class InputError(ValueError):
+class InputError(SddpmError, ValueError):
     """An input tensor has the wrong shape, dtype or values."""
 
 

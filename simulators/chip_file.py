@@ -17,6 +17,7 @@ import nir
 import numpy as np
 import torch
 
+from .errors import SimulatorError
 from .fixed_point import ACT_SHIFT, IF_DU, IF_DV, VTH_SHIFT
 
 FORMAT = "sddpm-chip-nir"
@@ -28,7 +29,7 @@ WEIGHT_MANT_MAX = 127  # 8-bit signed synaptic mantissa, symmetric
 V_PER_A = 1 << ACT_SHIFT
 
 
-class ChipFileError(ValueError):
+class ChipFileError(SimulatorError, ValueError):
     """The file is not a readable chip network of a version this simulator knows."""
 
 
@@ -75,7 +76,7 @@ class ChipFile:
 def read_chip_file(path: str) -> ChipFile:
     try:
         graph = nir.read(path)
-    except Exception as err:  # nir.read raises whatever h5py or its own type checks raise
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
         raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
         return _from_graph(graph)

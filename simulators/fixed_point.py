@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import SimulatorInputError
+
 # LIF constants, as in PyLifModelBitAcc (lava.md 1.2). Bit widths: du, dv 12-bit unsigned,
 # bias_mant 13-bit signed (stored int16), vth 17-bit unsigned, u and v 24-bit signed (stored int32).
 DECAY_SHIFT = 12                  # decays are 12-bit fractions: x * (4096 - d) >> 12
@@ -114,7 +116,7 @@ def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:
         return torch.float32
     if bound < 1 << 53:
         return torch.float64
-    raise ValueError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")
+    raise SimulatorInputError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")
 
 
 def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
@@ -148,7 +150,7 @@ def dense_weights(weight, num_weight_bits: int = 8) -> torch.Tensor:
     on the magnitudes for inhibitory weights. E.g. mixed, 8 bits: [3, -3, 255, -256] -> [2, -4, 254, -256].
     """
     if not 0 < num_weight_bits <= DENSE_WEIGHT_BITS:
-        raise ValueError(f"num_weight_bits must be in 1..{DENSE_WEIGHT_BITS}, got {num_weight_bits}")
+        raise SimulatorInputError(f"num_weight_bits must be in 1..{DENSE_WEIGHT_BITS}, got {num_weight_bits}")
     w = torch.as_tensor(weight).to(torch.int64)
     limit = (1 << DENSE_WEIGHT_BITS) - 1
     if w.min() >= 0:    # excitatory

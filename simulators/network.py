@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
+from .errors import SimulatorError, SimulatorInputError
 from .fixed_point import CONV_OUT_BITS, conv_synapse, if_step, scale_bias
 
 WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
@@ -38,7 +39,7 @@ def _zeros(*shape, dtype) -> torch.Tensor:
     return torch.empty(*shape, dtype=dtype, memory_format=CHANNELS_LAST).zero_()
 
 
-class TimingError(RuntimeError):
+class TimingError(SimulatorError, RuntimeError):
     """A population spiked outside its window: the delays of the network are not balanced."""
 
 
@@ -204,14 +205,14 @@ class ChipSimulator:
     def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> SimRun:
         """One forward pass on x_t [B, C, H, W] at diffusion steps t [B]."""
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise SimulatorInputError(f"mode must be one of {MODES}, got {mode!r}")
         cfg = self.meta["model_config"]
         expected = (cfg["img_ch"], cfg["img_size"], cfg["img_size"])
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+            raise SimulatorInputError(f"x must have shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
         t = t.long().cpu()
         if t.shape != (x.shape[0],) or int(t.min()) < 0 or int(t.max()) >= self.diffusion_steps:
-            raise ValueError(f"t must be [B] diffusion steps in [0, {self.diffusion_steps})")
+            raise SimulatorInputError(f"t must be [B] diffusion steps in [0, {self.diffusion_steps})")
         run = self._zero_delay if mode == "zero_delay" else self._delayed
         spikes, readout, chip_steps = run(self.host_input(x).contiguous(memory_format=CHANNELS_LAST), t)
         return SimRun(spikes, readout, self.eps_from_readout(readout, t), chip_steps)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .chip_file import ChipFileError
+from .errors import SimulatorInputError
 from .fixed_point import conv_synapse, lif_step, scale_bias
 
 FORMAT = "sddpm-net-nir"
@@ -102,7 +103,7 @@ class NetSimulator:
     def from_file(cls, path: str) -> NetSimulator:
         try:
             graph = nir.read(path)
-        except Exception as err:  # nir.read raises whatever h5py or its type checks raise
+        except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
             raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
         return cls(graph)
 
@@ -117,11 +118,11 @@ class NetSimulator:
     def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """inputs: Input name -> 0/1 [T, B, *shape]. Returns every neuron node's spikes, bool [T, B, *shape]."""
         if set(inputs) != set(self.inputs):
-            raise ValueError(f"inputs must be given for {sorted(self.inputs)}, got {sorted(inputs)}")
+            raise SimulatorInputError(f"inputs must be given for {sorted(self.inputs)}, got {sorted(inputs)}")
         steps, batch = next(iter(inputs.values())).shape[:2]
         for name, x in inputs.items():
             if tuple(x.shape) != (steps, batch, *self.inputs[name]):
-                raise ValueError(f"input {name!r}: expected [T={steps}, B={batch}, {self.inputs[name]}], got "
+                raise SimulatorInputError(f"input {name!r}: expected [T={steps}, B={batch}, {self.inputs[name]}], got "
                                  f"{list(x.shape)}")
         u = {n: torch.zeros(batch, *p.shape, dtype=torch.int64) for n, p in self.neurons.items()}
         v = {n: torch.zeros(batch, *p.shape, dtype=torch.int64) for n, p in self.neurons.items()}

@@ -272,7 +272,7 @@ def test_the_shipped_model_runs_from_its_nir_file_identically(tmp_path):
     from sddpm.checkpoint import load_model
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
-    from toolchain.cli import SHIPPED_CHECKPOINT
+    from toolchain.paths import SHIPPED_CHECKPOINT
 
     loaded = load_model(SHIPPED_CHECKPOINT)
     schedule = NoiseSchedule.linear(loaded.diffusion_config)

@@ -7,7 +7,8 @@ from PIL import Image
 
 from helpers import TINY
 from sddpm.checkpoint import save_checkpoint
-from toolchain.cli import SHIPPED_CHECKPOINT, build_parser, main
+from toolchain.cli import build_parser, main
+from toolchain.paths import SHIPPED_CHECKPOINT
 from sddpm.config import DiffusionConfig
 from sddpm.unet import SpikingUNet
 
@@ -72,3 +73,55 @@ def test_demo_samples_the_shipped_model(tmp_path, capsys):
     assert {"network.nir", "denoiser.onnx", "float.nir"} <= set(os.listdir(tmp_path))
     assert Image.open(tmp_path / "grid.png").size == (70, 70)
     assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    import toolchain.cli as cli
+    from simulators.errors import SimulatorError
+
+    def fails(error):
+        def command(args):
+            raise error
+        return command
+
+    # a missing file (OSError) and every package's base: one line naming the problem, exit status 2
+    for error in (FileNotFoundError("no such file: x.nir"), SimulatorError("timing broken")):
+        monkeypatch.setitem(cli.COMMANDS, "compile", fails(error))
+        assert main(["compile"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"sddpm compile: error: {error}\n"
+        with pytest.raises(type(error)):  # --debug shows the traceback
+            main(["--debug", "compile"])
+    # an error no package raised on purpose is a bug: it is not dressed up as a user error
+    monkeypatch.setitem(cli.COMMANDS, "compile", fails(ValueError("internal")))
+    with pytest.raises(ValueError, match="internal"):
+        main(["compile"])
+
+
+def test_main_leaves_the_warning_display_as_it_found_it(tiny_checkpoint, tmp_path):
+    import warnings
+
+    before = warnings.showwarning
+    assert main(["sample", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path), "--num-images", "1",
+                 "--steps", "1"]) == 0
+    assert warnings.showwarning is before
+
+
+def test_every_error_class_of_the_packages_derives_from_its_package_base():
+    import importlib
+    import pkgutil
+
+    from toolchain.errors import USER_ERRORS
+
+    wrong = []
+    for package in ("sddpm", "export", "simulators", "deploy", "toolchain"):
+        for info in pkgutil.iter_modules([os.path.join(os.path.dirname(os.path.dirname(__file__)), package)]):
+            if info.name == "__main__":
+                continue
+            module = importlib.import_module(f"{package}.{info.name}")
+            for name, value in vars(module).items():
+                if (isinstance(value, type) and issubclass(value, Exception) and not issubclass(value, Warning)
+                        and value.__module__ == module.__name__
+                        and not issubclass(value, USER_ERRORS)):
+                    wrong.append(f"{module.__name__}.{name}")
+    assert wrong == []

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from chip_helpers import compiled_tiny
-from deploy.chip_lava import DeployError, run_denoising_step, upsample_matrices
+from deploy.chip_lava import run_denoising_step, upsample_matrices
+from deploy.errors import DeployError
 from deploy.processes import TooManyProcessesError
 from export.chip import ChipFormatError
 from simulators.network import ChipSimulator

@@ -22,7 +22,8 @@ from sddpm.data import load_images
 from sddpm.neuron import IF, set_threshold_factor
 from sddpm.schedule import NoiseSchedule
 from sddpm.unet import ANNUNet, InputError
-from toolchain.cli import SHIPPED_CHECKPOINT, main
+from toolchain.cli import main
+from toolchain.paths import SHIPPED_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_training_writes_checkpoint_log_and_a_moving_ema(tmp_path):
 
 
 def _train_cmd(run_dir, steps):
-    return [sys.executable, "-m", "sddpm", "train", str(run_dir), *TINY_ARGS, "--steps", str(steps),
+    return [sys.executable, "-m", "toolchain", "train", str(run_dir), *TINY_ARGS, "--steps", str(steps),
             "--ckpt-every", "1"]
 
 
@@ -98,12 +98,12 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path):
 def test_two_process_ddp_training_and_sampling_on_gloo(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run_dir = tmp_path / "ddp"
-    subprocess.run([*torchrun, "-m", "sddpm", "train", str(run_dir), *TINY_ARGS, "--steps", "2", "--ckpt-every", "2"],
+    subprocess.run([*torchrun, "-m", "toolchain", "train", str(run_dir), *TINY_ARGS, "--steps", "2", "--ckpt-every", "2"],
                    check=True, env=ENV, capture_output=True)
     ckpt = str(run_dir / "last.pt")
     assert read_checkpoint(ckpt)["step"] == 2
     # Batch b always starts from seed + b, so 2 ranks produce exactly the images of 1 process.
-    sample = ["-m", "sddpm", "sample", "--checkpoint", ckpt, "--num-images", "6", "--batch-size", "2", "--steps", "3"]
+    sample = ["-m", "toolchain", "sample", "--checkpoint", ckpt, "--num-images", "6", "--batch-size", "2", "--steps", "3"]
     subprocess.run([*torchrun, *sample, "--out", str(tmp_path / "two")], check=True, env=ENV, capture_output=True)
     subprocess.run([sys.executable, *sample, "--out", str(tmp_path / "one")], check=True, env=ENV, capture_output=True)
     two = np.load(tmp_path / "two" / "samples.npz")["images"]

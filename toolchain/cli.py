@@ -8,9 +8,9 @@ import sys
 import time
 
 from sddpm.config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig
+from toolchain.errors import UsageError
+from toolchain.paths import SHIPPED_CHECKPOINT
 
-SHIPPED_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "checkpoints", "mnist-sddpm.pt")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Loihi 2, verify the chip network on a bit-accurate simulator and count its operations and "
                     "energy; run it on Lava; export ONNX and NIR files, and import NIR graphs of other tools. "
                     "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m toolchain ...`.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an SDDPM (or its ANN twin); resumes if RUN_DIR holds a checkpoint",
@@ -356,7 +357,7 @@ def _calibration_dataset(args, loaded) -> str:
     if args.dataset:
         return args.dataset
     if loaded.train_config is None:
-        raise ValueError(f"{args.checkpoint} does not say which dataset it was trained on: give --dataset")
+        raise UsageError(f"{args.checkpoint} does not say which dataset it was trained on: give --dataset")
     return loaded.train_config.dataset
 
 
@@ -436,7 +437,7 @@ def cmd_fid(args) -> None:
     if args.images:
         with np.load(args.images) as f:
             if "images" not in f:
-                raise SystemExit(f"sddpm fid: {args.images} has no 'images' array (keys: {list(f.keys())})")
+                raise UsageError(f"{args.images} has no 'images' array (keys: {list(f.keys())})")
             images = torch.from_numpy(f["images"])
         is_main = True
     else:
@@ -575,19 +576,13 @@ def format_deploy(r: dict) -> str:
 def cmd_import_nir(args) -> int:
     import nir
 
-    from export.nir_foreign import Discretization, ForeignGraphError, write_foreign
+    from export.nir_foreign import Discretization, write_foreign
 
     try:
         graph = nir.read(args.graph)
-    except Exception as err:  # nir.read raises whatever h5py or its type checks raise
-        print(f"sddpm import-nir: {args.graph}: not a readable NIR file ({type(err).__name__}: {err})",
-              file=sys.stderr)
-        return 2
-    try:
-        compiled = write_foreign(args.out, graph, Discretization(dt=args.dt))
-    except ForeignGraphError as err:
-        print(f"sddpm import-nir: {args.graph}: {err}", file=sys.stderr)
-        return 2
+    except (KeyError, ValueError, TypeError) as err:  # OSError (h5py: not HDF5, missing) is a user error already
+        raise UsageError(f"{args.graph}: not a readable NIR file ({type(err).__name__}: {err})") from None
+    compiled = write_foreign(args.out, graph, Discretization(dt=args.dt))
     print(f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}")
     for name, node in sorted(compiled.nodes.items()):
         md = node.metadata or {}
@@ -900,17 +895,22 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release":
             "quality": cmd_quality, "demo": cmd_demo, "eval-eps": cmd_eval_eps}
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"  # for people at a terminal, not the source line that warned
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)  # for people at a terminal, not the source line
 
 
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = _one_line_warning
+    from toolchain.errors import USER_ERRORS
+
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args) or 0
-    except ValueError as e:  # every named error of the packages (checkpoint, config, data, chip...) is a ValueError
+        with warnings.catch_warnings():  # restores the process's warning display on the way out
+            warnings.showwarning = _one_line_warning
+            return COMMANDS[args.command](args) or 0
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
         print(f"sddpm {args.command}: error: {e}", file=sys.stderr)
         return 2
