@@ -38,14 +38,13 @@ import torch.nn.functional as F
 from sddpm.files import atomic_path
 
 from .errors import ExportError
-from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, VTH_MAX, WEIGHT_MANT_MAX
+from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"
 VERSION = 1
 DECAY_UNITY = 4096  # Lava's decays are 12-bit fractions
 NO_CURRENT_MEMORY = 4095  # du: u = a_in << 6 every step
-VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit
-assert VTH_A <= VTH_MAX
+VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)
 V_PER_A = 64  # a_in << 6 enters u and v
 
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)

@@ -51,8 +51,7 @@ SOURCES = {
     "bits_per_synapse": ("8-bit weight mantissas of the chip format (export/chip.py WEIGHT_BITS); index and "
                          "routing bits not counted", True),
 }
-LOIHI2 = Loihi2Limits()
-assert set(SOURCES) == {f.name for f in fields(Loihi2Limits)}
+LOIHI2 = Loihi2Limits()  # tests/test_resources.py checks that SOURCES cites every limit
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ images do not depend on the batch-to-rank assignment: 1 process or N under torch
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -59,10 +60,11 @@ class SamplerConfig:
 
 
 def model_denoiser(model: nn.Module, threshold_factor: float = 1.0) -> nn.Module:
-    """The model in eval mode with every IF threshold times `threshold_factor` (ANNs ignore it)."""
-    model.eval()
-    set_threshold_factor(model, threshold_factor)
-    return model
+    """A copy of the model in eval mode with every IF threshold times `threshold_factor` (ANNs ignore it); the
+    caller's model keeps its thresholds and mode."""
+    denoiser = copy.deepcopy(model).eval()
+    set_threshold_factor(denoiser, threshold_factor)
+    return denoiser
 
 
 @torch.no_grad()

@@ -131,3 +131,13 @@ def test_ann_twin_shapes_and_parameters():
 def test_bad_model_inputs_are_named(x, t, message):
     with pytest.raises(InputError, match=message):
         SpikingUNet(TINY)(x, t)
+
+
+def test_model_denoiser_leaves_the_callers_model_as_it_was():
+    from sddpm.generate import model_denoiser
+
+    model = SpikingUNet(TINY).train()
+    denoiser = model_denoiser(model, 0.997)
+    assert model.training and not denoiser.training
+    assert {m.threshold for m in model.modules() if isinstance(m, IF)} == {1.0}
+    assert {m.threshold for m in denoiser.modules() if isinstance(m, IF)} == {0.997}

@@ -127,3 +127,10 @@ def test_cli_import_nir_compiles_a_file_and_names_what_does_not_map(tmp_path, ca
     assert main(["import-nir", source, "--out", str(tmp_path / "li.nir")]) == 2
     assert "node 'li': NIR type LI has no chip mapping" in capsys.readouterr().err
     assert not (tmp_path / "li.nir").exists()
+
+
+def test_the_imported_threshold_fits_lavas_threshold_range():
+    from export.chip import VTH_MAX
+    from export.nir_foreign import VTH_A
+
+    assert VTH_A <= VTH_MAX

@@ -65,3 +65,9 @@ def test_the_estimate_of_a_compiled_network_covers_every_population_and_the_read
     report = est.to_json()
     assert report["neurons"] == est.neurons and len(report["populations"]) == len(est.populations)
     assert report["dense"]["chips"] >= report["shared"]["chips"] >= 1
+
+
+def test_every_limit_cites_its_source():  # a test, not a module-level assert that python -O drops
+    from dataclasses import fields
+
+    assert set(SOURCES) == {f.name for f in fields(Loihi2Limits)}

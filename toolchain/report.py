@@ -160,3 +160,97 @@ def write_report(out_dir: str, summary: dict, ladder: LadderReport, resources: R
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def format_network(net) -> str:
+    """Populations, scales, thresholds and synapses of a chip network as a terminal table."""
+    lines = [f"{'population':<24} {'shape':<14} {'depth':>5} {'scale':>10} {'vth':>6} {'bias_exp':>8} {'inputs':>6}"]
+    for p in net.populations:
+        inputs = "host" if p.host_input else str(len(net.inputs_of(p.name)))
+        lines.append(f"{p.name:<24} {'x'.join(map(str, p.shape)):<14} {p.depth:>5} {p.scale:>10.3e} {p.vth:>6} "
+                     f"{p.bias_exp:>8} {inputs:>6}")
+    r = net.readout
+    lines.append(f"{'readout':<24} {'x'.join(map(str, r.shape)):<14} {r.depth:>5} {r.scale:>10.3e} {'-':>6} {'-':>8} "
+                 f"{len(net.inputs_of('readout')):>6}")
+    weights = sum(s.weight.size for s in net.synapses)
+    lines.append(f"{len(net.populations)} populations, {len(net.synapses)} synapses ({weights:,} 8-bit weights), "
+                 f"{net.steps_per_denoising_step} chip steps per denoising step, threshold factor "
+                 f"{net.threshold_factor}")
+    return "\n".join(lines)
+
+
+def format_energy(report: dict) -> str:
+    """The counts of `export.energy.summarize` and the energies as terminal tables."""
+    from toolchain.report import si
+
+    steps = report["denoising_steps"]
+    lines = [f"one denoising step of one image, T = {report['snn_steps']}: mean over {len(steps)} denoising steps (t = "
+             f"{', '.join(map(str, steps))}) of a DDIM-{report['ddim_chain']} chain of {report['images']} images",
+             f"{'population':<24} {'neurons':>9} {'rate':>7} {'spikes':>12} {'SOPs (outgoing)':>16}"]
+    for p in report["populations"]:
+        lines.append(f"{p['name']:<24} {p['neurons']:>9,} {p['firing_rate']:>7.3f} {p['spikes']:>12,.0f} "
+                     f"{p['sops']:>16,.0f}")
+    step, neurons = report["per_denoising_step"], sum(p["neurons"] for p in report["populations"])
+    rate = step["spikes"] / (neurons * report["snn_steps"])
+    lines.append(f"{'all ' + str(len(report['populations'])) + ' populations':<24} {neurons:>9,} {rate:>7.3f} "
+                 f"{step['spikes']:>12,.0f} {step['sops']:>16,.0f}")
+    host = step["host_macs"]
+    lines += [
+        f"SOPs per SNN step: {', '.join(f'{v:,.0f}' for v in step['sops_per_snn_step'])}",
+        f"neuron updates: {step['neuron_updates']:,} in the windows (neurons x T), {step['idle_neuron_updates']:,} "
+        f"idle at the other chip steps of Lava's timing ({report['chip_steps']} per denoising step)",
+        f"host MACs: {sum(host.values()):,} ({', '.join(f'{k} {v:,}' for k, v in host.items())}); time embedding "
+        f"{step['time_embedding_macs']:,} (compiled into bias tables: not priced)",
+        f"ANN twin MACs: {report['ann']['macs']:,} (time embedding {report['ann']['time_embedding_macs']:,}, not "
+        "priced)", ""]
+    samplers = list(next(iter(report["energy"].values()))["snn"]["per_image_j"])
+    lines.append(f"{'energy model':<34} {'per step':>10} " + " ".join(f"{s:>10}" for s in samplers))
+    notes = []
+    for name, e in report["energy"].items():
+        c = e["constants_pj"]
+        label = name if e["confirmed"] else name + " *"
+        for who, kind in ((f"{label}: SNN", "snn"), ("  ANN twin", "ann")):
+            joules = e[kind]
+            lines.append(f"{who:<34} {si(joules['per_denoising_step_j']['total'], 'J', 'u'):>10} "
+                         + " ".join(f"{si(joules['per_image_j'][s], 'J', 'u'):>10}" for s in samplers))
+        lines.append(f"{'  SNN / ANN':<34} {e['snn_over_ann']:>10.3f}")
+        notes.append(f"{label}: {c['mac_pj']:g} pJ per MAC, {c['sop_pj']:g} pJ per SOP, {c['update_pj']:g} / "
+                     f"{c['idle_update_pj']:g} pJ per neuron update / idle update; {e['source']}")
+    return "\n".join(lines + [""] + notes)
+
+
+def format_deploy(r: dict) -> str:
+    lines = [f"Lava ({r['run_config']}, {r['lava_processes']} processes, {r['chip_steps_per_denoising_step']} chip "
+             f"steps per denoising step) vs the bit-accurate simulator, {r['nir_file']}:"]
+    if r["open_file_limit"]:
+        lines.append(f"  {r['open_file_limit']}")
+    verdict = "identical spikes of every population and identical output currents" if r["identical"] else \
+        f"DIFFERENT: first at {r['first_mismatch']}"
+    lines.append(f"  {r['steps_checked']} denoising steps (t = {', '.join(map(str, r['diffusion_steps']))}): {verdict}")
+    if r["identical"]:
+        counts = "identical" if r["counts_identical"] else f"DIFFERENT: {r['first_count_mismatch']}"
+        lines.append(f"  spike and SOP counts from Lava's records vs the simulator's: {counts} "
+                     f"(SOPs per step: {', '.join(f'{n:,}' for n in r['sops_per_step'])})")
+    lines.append(f"  per denoising step: Lava {r['lava_seconds_per_step']:.1f} s (build "
+                 f"{r['lava_build_seconds']:.1f} s), simulator {r['sim_seconds_per_step'] * 1e3:.0f} ms "
+                 f"({r['lava_seconds_per_step'] / r['sim_seconds_per_step']:.0f}x faster)")
+    return "\n".join(lines)
+
+
+def format_onnx_comparison(report, t) -> str:
+    """Agreement of eps on the images with identical spikes, and each image whose spikes differ."""
+    from export.onnx_export import ONNX_ATOL, TIE_ATOL
+
+    same = len(report.eps_diff) - len(report.flips)
+    images = (f"{same} images with identical spike trains ({report.spikes_compared:,} neuron-steps each)"
+              if report.spikes_compared else f"{same} images (no spiking layers)")
+    lines = [f"  {images}: max |eps diff| {report.same_spikes_max_abs_diff:.2e} (tolerance {ONNX_ATOL:.0e})"]
+    for f in report.flips:
+        kind = "a float32 tie" if f.is_tie else f"NOT a tie (membranes more than {TIE_ATOL:.0e} apart)"
+        lines.append(f"  image {f.image} (t={int(t[f.image])}): first differing spike {f.population}, SNN step "
+                     f"{f.snn_step}, (c, y, x) = {f.index}: h - threshold {f.z_torch:.2e} (PyTorch) vs "
+                     f"{f.z_onnx:.2e} (onnxruntime), {kind}; its eps differs by {report.eps_diff[f.image]:.2e}")
+    verdict = "DISAGREES" if not report.ok else "agrees" + (
+        ": every larger difference follows a spike flipped at a float32 tie" if report.flips else "")
+    lines.append(f"  max |eps diff| over all images: {report.max_abs_diff:.2e} -> {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""The `sddpm` command line: every subcommand's options, each shared option declared once."""
+from __future__ import annotations
+
+import argparse
+
+from sddpm.config import PRESETS, TrainConfig
+from toolchain.paths import SHIPPED_CHECKPOINT
+
+EXPORT_FORMATS = ("nir", "nir-float", "onnx")  # `sddpm export --format`, see toolchain.pipeline.EXPORTERS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="default: the shipped MNIST model")
+
+
+def _add_threshold_factor(p, what: str) -> None:
+    p.add_argument("--threshold-factor", type=float, default=1.0, help=what + " (default: %(default)s)")
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler")
+    g.add_argument("--sampler", choices=("ddpm", "ddim", "official-ddpm", "official-ddim"), default="ddim",
+                   help="ddpm: our ancestral sampler over all diffusion steps; ddim: our DDIM (eta 0 by default) on "
+                        "--steps steps spread over [0, 999], the model called at t = 0 too; official-ddpm and "
+                        "official-ddim: exactly the official SDDPM diffusion.py (DDPM with x0 clipped at every "
+                        "step; DDIM with x0 clipped at every step beside the network's eps, on steps 999, 899, ..., "
+                        "returning the x reached at t = 0) (default: %(default)s)")
+    g.add_argument("--sampler-steps", "--steps", dest="steps", type=int, default=100,
+                   help="DDIM steps (ddim, official-ddim; default: %(default)s)")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 1.0 adds DDPM-like noise (default: 0)")
+    g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
+                   help="DDPM posterior variance (default: %(default)s, as SDDPM)")
+    g.add_argument("--clip-x0", action="store_true",
+                   help="ddpm and ddim: clip every intermediate x0 prediction to [-1, 1] (DDPM's clip_denoised, which "
+                        "makes ddpm equal official-ddpm; ddim then derives eps again from x_t and the clipped x0); "
+                        "without it only the final images are clipped")
+    _add_threshold_factor(g, "threshold-guided strategy: multiply every IF threshold by this factor, e.g. 0.997 "
+                             "(1.0: the trained thresholds)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per sampling batch (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="batch b starts from the noise of seed + b")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=("float", "sim"), default="float",
+                   help="float: the PyTorch model; sim: compile it and run every denoising step on the "
+                        "bit-accurate chip simulator (default: %(default)s)")
+    g.add_argument("--sim-mode", choices=("zero_delay", "delayed"), default="zero_delay",
+                   help="simulator timing (default: %(default)s; both give identical results)")
+    _add_calibration_args(p)
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    from export.compiler import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES
+
+    g = p.add_argument_group("calibration (compiling to the chip)")
+    g.add_argument("--dataset", help="calibration images (default: the checkpoint's training dataset)")
+    g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    g.add_argument("--calibration-batches", type=int, default=CALIBRATION_BATCHES,
+                   help="batches of noisy training images (default: %(default)s)")
+    g.add_argument("--calibration-batch-size", type=int, default=CALIBRATION_BATCH_SIZE,
+                   help="images per calibration batch, t spread over all diffusion steps (default: %(default)s)")
+
+
+def _add_chain_args(p: argparse.ArgumentParser, steps: int, what: str, batch_size: int | None) -> None:
+    """The float DDIM chain from seeded noise whose denoising steps a command takes (batch_size None: one
+    image, for backends without a batch dimension)."""
+    p.add_argument("--check-steps", "--steps", dest="steps", type=int, default=steps,
+                   help=f"denoising steps of the chain to {what} (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=int, default=batch_size, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand. Long on purpose: one declaration per subcommand, in the order
+    `sddpm --help` lists them, reads better than the same split over a dozen functions."""
+    from export.energy import LOIHI_DAVIES_2018
+
+    parser = argparse.ArgumentParser(
+        prog="sddpm",
+        description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
+                    "Loihi 2, verify the chip network on a bit-accurate simulator and count its operations and "
+                    "energy; run it on Lava; export ONNX and NIR files, and import NIR graphs of other tools. "
+                    "Runs on one CPU or GPU, or on many under `torchrun --nproc_per_node N -m toolchain ...`.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an SDDPM (or its ANN twin); resumes if RUN_DIR holds a checkpoint",
+                       description="Train a spiking U-Net (or the ANN twin) on eps-prediction. The run "
+                                   "directory receives last.pt (atomic, resumable), loss.jsonl and sample "
+                                   "grids; rerunning the same command after a kill resumes exactly.")
+    p.add_argument("run_dir", help="directory for checkpoint, loss log and sample grids")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, digits, cifar10, celeba")
+    p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model configuration preset (default: derived "
+                   "from the dataset: 'mnist' for 1-channel data, 'cifar10' or 'celeba' otherwise)")
+    p.add_argument("--kind", choices=("snn", "ann"), help="snn: SDDPM spiking U-Net; ann: the DDPM twin")
+    p.add_argument("--ch", type=int, help="base channels")
+    p.add_argument("--ch-mult", type=_ints, help="channel multipliers per level, e.g. 1,2,2,4")
+    p.add_argument("--num-res-blocks", type=int, help="residual blocks per level")
+    p.add_argument("--snn-steps", type=int, help="SNN time steps T (paper: 4 or 8)")
+    t = TrainConfig()
+    p.add_argument("--train-steps", "--steps", dest="steps", type=int, default=t.total_steps,
+                   help="total optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=t.batch_size, help="global batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=t.warmup, help="linear warm-up steps (default: %(default)s)")
+    p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="gradient norm clip (default: %(default)s)")
+    p.add_argument("--ema-decay", type=float, default=t.ema_decay, help="EMA decay (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=int, default=t.ckpt_every, help="checkpoint period (default: %(default)s)")
+    p.add_argument("--sample-every", type=int, default=t.sample_every,
+                   help="sample-grid period, 0 to disable (default: %(default)s)")
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (CIFAR-10, CelebA)")
+    p.add_argument("--seed", type=int, default=t.seed)
+
+    p = sub.add_parser("sample", help="generate images: a PNG grid and an .npz of uint8 arrays",
+                       description="Sample from a checkpoint (ours or an official SDDPM one) and write "
+                                   "OUT/grid.png and OUT/samples.npz (key 'images', uint8 [N, C, H, W]).")
+    _add_checkpoint(p)
+    p.add_argument("--out", default="out/samples", help="output folder (default: %(default)s)")
+    p.add_argument("--num-images", type=int, default=64, help="number of images (default: %(default)s)")
+    _add_sampler_args(p)
+    _add_backend_args(p)
+
+    p = sub.add_parser("fid", help="FID (Inception-v3 pool3) of samples against a dataset's statistics",
+                       description="Frechet Inception Distance of generated images against reference "
+                                   "statistics of the dataset's training set (computed once, cached). Give "
+                                   "--images (an .npz from `sddpm sample`) or --checkpoint to sample first.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help=".npz with key 'images' (uint8 [N, C, H, W])")
+    src.add_argument("--checkpoint", help="sample --num-images images from this checkpoint first")
+    p.add_argument("--dataset", default="mnist", help="reference dataset (default: %(default)s)")
+    p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    p.add_argument("--num-images", type=int, default=1000, help="images to sample with --checkpoint (default: %(default)s)")
+    p.add_argument("--ref-count", type=int, default=10000,
+                   help="training images in the reference statistics (default: %(default)s)")
+    p.add_argument("--real-baseline", action="store_true",
+                   help="also report FID of as many real test images as samples (the small-count bias)")
+    p.add_argument("--cache-dir", default="cache/fid", help="reference statistics cache (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--save", help="also write the result as JSON to this file (atomically)")
+    _add_sampler_args(p)
+
+    p = sub.add_parser("eval-eps", help="eps MSE per diffusion step and the part from each image's mean",
+                       description="Noise test images at fixed diffusion steps with one fixed draw of noise and "
+                                   "measure the denoiser's eps MSE and the part of it that comes from each image's "
+                                   "per-channel mean, beside what a network blind to that mean scores on the same "
+                                   "draws. A mean part near the blind level means the network cannot predict the "
+                                   "mean of the noise (the failure of a GroupNorm with one channel per group).")
+    _add_checkpoint(p)
+    p.add_argument("--dataset", help="test images (default: the checkpoint's training dataset)")
+    p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
+    p.add_argument("--count", type=int, default=256, help="test images (default: %(default)s)")
+    p.add_argument("--t", type=_ints, default=None, help="diffusion steps (default: 0,50,100,250,500,750,999)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("quality", help="the README's quality tables: sample, FID and grid of each row",
+                       description="Run the rows of the quality tables (all, or those matching NAME patterns "
+                                   "such as 'fashion-*'): each row samples a shipped checkpoint with `sddpm "
+                                   "sample` and scores it with `sddpm fid --real-baseline`, then writes a grid "
+                                   "of its first images. Rows with a result are skipped, so a killed run "
+                                   "resumes. --markdown prints the tables from the results.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="row names or shell patterns (default: every row)")
+    p.add_argument("--out", default="runs/quality", help="per-row samples (default: %(default)s)")
+    p.add_argument("--results", default="docs/quality", help="per-row FID results, kept in the repository "
+                   "(default: %(default)s)")
+    p.add_argument("--grid-dir", default="docs/img/quality", help="per-row sample grids (default: %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--list", action="store_true", help="name the rows and whether each has a result")
+    mode.add_argument("--commands", action="store_true", help="print the two sddpm commands of each row")
+    mode.add_argument("--markdown", action="store_true", help="print the tables (rows without results say so)")
+    mode.add_argument("--update-readme", metavar="PATH",
+                      help="write the tables into PATH between its quality-table marker lines")
+
+    p = sub.add_parser("release", help="shrink a training checkpoint to its EMA weights and configs",
+                       description="Write a small inference checkpoint (EMA weights stored as the model, "
+                                   "configs, step; no optimizer state) for shipping.")
+    p.add_argument("checkpoint", help="a training checkpoint (RUN_DIR/last.pt)")
+    p.add_argument("out", help="path of the inference checkpoint to write")
+    p.add_argument("--no-ema", action="store_true", help="ship the raw weights instead of the EMA weights")
+
+    p = sub.add_parser("compile", help="compile a checkpoint into a Loihi 2 chip network file",
+                       description="Fold BN, rewrite the analog paths into spike-to-current synapses, turn the "
+                                   "time embedding into bias tables, calibrate on noisy training images and "
+                                   "quantize to 8-bit weights and integer thresholds; write the chip network "
+                                   "(a NIR graph with the integers in its metadata, format sddpm-chip-nir) and print its populations.")
+    _add_checkpoint(p)
+    p.add_argument("--out", default="out/chip/network.nir", help="chip network file (default: %(default)s)")
+    _add_threshold_factor(p, "threshold-guided strategy: integer thresholds of threshold x factor")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("verify", help="prove denoising steps on the chip network: float vs quantized vs simulator",
+                       description="Run a float DDIM chain from seeded noise and, at --steps denoising steps spread "
+                                   "over it, compare the float model with the quantized reference (eps relative "
+                                   "L2, PSNR, spike agreement) and the quantized reference with the bit-accurate "
+                                   "simulator reading the exported file (identical spikes and output currents, or "
+                                   "the first (population, SNN step, index) that differs). Exit status 1 if not "
+                                   "identical.")
+    p.add_argument("--backend", choices=("sim",), default="sim", help="what to check against the reference")
+    _add_checkpoint(p)
+    _add_chain_args(p, steps=4, what="check", batch_size=4)
+    p.add_argument("--sim-mode", choices=("delayed", "zero_delay"), default="delayed",
+                   help="delayed: Lava's timing; zero_delay: all populations see SNN step t together "
+                        "(default: %(default)s)")
+    _add_threshold_factor(p, "threshold factor of both networks")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where the exported file is written")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or NIR and check the file against its source",
+                       description="Write a checkpoint to an interchange format, atomically, then run the file on "
+                                   "noisy training images and compare it with where it came from. onnx: the float "
+                                   "denoiser eps = f(x_t, t) with its T SNN steps unrolled (or the ANN twin), inputs "
+                                   "x float32 [batch, C, H, W] and t int64 [batch], output eps float32 [batch, C, H, "
+                                   "W]; run with onnxruntime and compared image by image and spike by spike. nir: "
+                                   "the compiled chip network (Loihi 2 integers; the simulator's and the Lava "
+                                   "backend's input), read back by nir.read with its type checks and run on the "
+                                   "bit-accurate simulator against the quantized reference: identical or the first "
+                                   "difference. nir-float: the float spiking network (IF nodes, float weights, "
+                                   "biases per diffusion step in metadata), read back and run against the graph "
+                                   "written. Exit status 1 if the file disagrees.")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="onnx: the float denoiser for onnxruntime; nir: the chip network as a NIR graph; nir-float: "
+                        "the float spiking network as a NIR graph for other NIR tools")
+    _add_checkpoint(p)
+    p.add_argument("--out", help="file to write (default: out/export/<checkpoint name>.<format>)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    _add_threshold_factor(p, "nir: threshold factor of the chip network")
+    p.add_argument("--check-images", type=int, default=16,
+                   help="noisy training images to check the file on, t spread over all diffusion steps "
+                        "(default: %(default)s)")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("deploy", help="run denoising steps of a chip network on Lava and compare with the simulator",
+                       description="Read the chip network's NIR file (compiled from --checkpoint unless --nir names "
+                                   "one), build it as a Lava process graph (LIF populations, Conv and Sparse "
+                                   "synapses, delay lines, file sinks) and run --steps denoising steps of a real DDIM "
+                                   "chain of one image with Lava's bit-accurate fixed-point models, host stages in "
+                                   "PyTorch. Every spike of every population and every output current is compared "
+                                   "with the bit-accurate simulator reading the same file: identical, or the first "
+                                   "(population, SNN step, index) that differs. Exit status 1 if not identical.")
+    p.add_argument("--backend", choices=("lava",), default="lava", help="where to run (default: %(default)s)")
+    _add_checkpoint(p)
+    p.add_argument("--nir", help="an existing chip NIR file to deploy (default: compile --checkpoint)")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where a compiled network is written")
+    _add_chain_args(p, steps=1, what="run", batch_size=None)
+    _add_threshold_factor(p, "threshold factor when compiling")
+    p.add_argument("--run-config", choices=("sim", "loihi2-hw"), default="sim",
+                   help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg, for "
+                        "a machine with Loihi 2 and Intel's lava-loihi (never run here) (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("import-nir", help="compile a NIR graph from another tool (snnTorch, Norse, Sinabs, ...) to "
+                                          "Loihi 2 integers for the simulator and Lava",
+                       description="Read a NIR graph of Affine/Linear/Conv2d synapses (optionally after a Flatten) "
+                                   "into IF/LIF/CubaLIF nodes, discretize it by forward Euler with --dt (IF adds R*I "
+                                   "per step; the current before the voltage, as Lava does), quantize it to Lava's "
+                                   "integer LIF (8-bit weight mantissas, thresholds of 1024 a-units) and write the "
+                                   "same graph with the integers in its node metadata (format sddpm-net-nir). Nodes "
+                                   "that do not map are named in the error.")
+    p.add_argument("graph", help="NIR file to compile")
+    p.add_argument("--out", required=True, help="compiled NIR file to write")
+    p.add_argument("--dt", type=float, default=1e-4,
+                   help="seconds per step for tau of LIF/CubaLIF (default: %(default)s, the snnTorch/NIR-paper "
+                        "convention)")
+
+    p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
+                                      "chip network; energy per step and per image against the ANN twin",
+                       description="Compile a checkpoint, run the bit-accurate simulator on --steps denoising steps "
+                                   "spread over a float DDIM chain from seeded noise, and count exactly, per "
+                                   "population, the spikes and the synaptic operations (SOPs: spikes x fan-out) of "
+                                   "its outgoing synapses, plus neuron updates and the host's MACs. Prints them per "
+                                   "denoising step of one image with the energy of a step and of a generated image "
+                                   "(DDPM 1000, DDIM 100 and DDIM 50 steps) under the paper's 45 nm model and a "
+                                   "Loihi-style model, against the ANN twin of the same configuration.")
+    _add_checkpoint(p)
+    _add_chain_args(p, steps=10, what="count", batch_size=4)
+    _add_threshold_factor(p, "threshold factor of the chip network")
+    p.add_argument("--chip-out", default="out/chip/network.nir", help="where the chip network file is written")
+    g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
+    g.add_argument("--loihi-sop-pj", type=float, default=LOIHI_DAVIES_2018.sop_pj,
+                   help="energy per synaptic operation, pJ (default: %(default)s)")
+    g.add_argument("--loihi-update-pj", type=float, default=LOIHI_DAVIES_2018.update_pj,
+                   help="energy per neuron update inside its window, pJ (default: %(default)s)")
+    g.add_argument("--loihi-idle-update-pj", type=float, default=LOIHI_DAVIES_2018.idle_update_pj,
+                   help="energy per idle neuron update, pJ (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("report", help="one report: compile, verify, count energy and estimate Loihi 2 resources",
+                       description="Compile a checkpoint, run the verification ladder on --steps denoising steps of "
+                                   "a float DDIM chain from seeded noise, count the simulator's spikes and SOPs of "
+                                   "those steps (`sddpm energy`), estimate the Loihi 2 resources of the chip "
+                                   "network, and write OUT/report.md with PNG plots (firing rate and SOPs per "
+                                   "population, energy per step and per image against the ANN twin) and "
+                                   "OUT/report.json. Exit status 1 if the simulator and the reference differ.")
+    _add_checkpoint(p)
+    p.add_argument("--out", default="out/report", help="report folder (default: %(default)s)")
+    _add_chain_args(p, steps=4, what="verify and count", batch_size=2)
+    _add_threshold_factor(p, "threshold factor of the chip network")
+    _add_calibration_args(p)
+
+    p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
+                       description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
+                                   "DDPM, 1000 steps, x0 clipped (out/demo/grid.png), compile it into a chip network "
+                                   "(out/demo/network.nir), and check three denoising steps of a sampling chain "
+                                   "on the bit-accurate simulator (Lava timing) against the quantized "
+                                   "reference and the float model; prints the verification ladder and the "
+                                   "energy of those steps, and writes the report (out/demo/report.md); then "
+                                   "exports the float denoiser to ONNX and the float spiking network to NIR and "
+                                   "checks both files against PyTorch; and runs one denoising step on Lava from the "
+                                   "NIR file, compared spike for spike with the simulator.")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--num-images", type=int, default=16, help="images in the grid (default: %(default)s)")
+    return parser

@@ -1,0 +1,188 @@
+"""The steps the `sddpm` commands are made of: compile a checkpoint, run a float DDIM chain, sample, verify
+and report, export and check a file. The commands in `toolchain.cli` parse, call these and print."""
+from __future__ import annotations
+
+import os
+
+from sddpm.config import PRESETS, ModelConfig
+from toolchain.errors import UsageError
+from toolchain.report import format_onnx_comparison
+
+
+def model_config(args) -> ModelConfig:
+    from sddpm.data import dataset_shape
+
+    channels, size = dataset_shape(args.dataset)
+    preset = args.preset or ("mnist" if channels == 1 else "celeba" if size == 64 else "cifar10")
+    values = PRESETS[preset].to_dict()
+    values.update(img_ch=channels, img_size=size)
+    for name in ("kind", "ch", "ch_mult", "num_res_blocks", "snn_steps"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return ModelConfig.from_dict(values)
+
+
+def sampler_config(args):
+    from sddpm.generate import SamplerConfig
+
+    return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
+                         clip_x0=args.clip_x0)
+
+
+def calibration_dataset(args, loaded) -> str:
+    if args.dataset:
+        return args.dataset
+    if loaded.train_config is None:
+        raise UsageError(f"{args.checkpoint} does not say which dataset it was trained on: give --dataset")
+    return loaded.train_config.dataset
+
+
+def compile_chip(args, loaded, threshold_factor: float, path: str):
+    """Compile the loaded model, calibrated on its dataset, and write the chip file; returns the network."""
+    from export.nir_chip import write_chip_nir
+    from export.compiler import calibration_batches, compile_model
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+
+    images = load_images(calibration_dataset(args, loaded), "train", args.data_root)
+    batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), args.calibration_batches,
+                                  args.calibration_batch_size)
+    net = compile_model(loaded.model, batches, threshold_factor)
+    write_chip_nir(path, net)
+    return net
+
+
+def float_chain(loaded, threshold_factor: float, batch: int, seed: int, ddim_steps: int, steps: int):
+    """The float model at `threshold_factor`, and (x_t, t) at `steps` denoising steps of its DDIM chain
+    of `ddim_steps` from the noise of `seed` (`batch` images)."""
+    import torch
+
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from toolchain.verify import chain_states
+
+    cfg = loaded.model_config
+    model = model_denoiser(loaded.model.eval(), threshold_factor)
+    x_T = torch.randn(batch, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(seed))
+    return model, chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, ddim_steps, steps)
+
+
+def sample_images(args, count: int):
+    from sddpm.checkpoint import load_model
+    from sddpm.generate import generate, model_denoiser
+    from sddpm.training import init_distributed
+
+    info = init_distributed()
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
+    cfg = loaded.model_config
+    if getattr(args, "backend", "float") == "sim":
+        from simulators.network import ChipSimulator
+
+        chip_path = os.path.join(args.out, "network.nir")
+        compile_chip(args, loaded, args.threshold_factor, chip_path)
+        denoiser, device = ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu"
+    else:
+        denoiser, device = model_denoiser(loaded.model.to(info.device), args.threshold_factor), info.device
+    return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
+                    sampler_config(args), batch_size=args.batch_size, seed=args.seed, progress=info.is_main,
+                    device=device), info
+
+
+def verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, ddim_steps: int, steps: int,
+                       title: str):
+    """The ladder on `steps` denoising steps of a seeded DDIM chain, the energy of those same simulator runs,
+    the resource estimate, and the report in args.out; returns (ladder, energy summary, report path)."""
+    from export.energy import ann_operations, count_forward, summarize
+    from export.resources import estimate
+    from simulators.network import ChipSimulator
+    from toolchain.report import write_report
+    from toolchain.verify import run_ladder
+
+    cfg = loaded.model_config
+    model, states = float_chain(loaded, net.threshold_factor, batch, seed, ddim_steps, steps)
+    runs = []
+    ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
+                        on_run=lambda out: runs.append(count_forward(net, out.spike_trains)))
+    summary = summarize(runs, ann_operations(cfg))
+    summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
+                   denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
+    return ladder, summary, write_report(args.out, summary, ladder, estimate(net), title)
+
+
+def check_images(args, loaded, seed: int):
+    """(dataset name, (x_t, t)): --check-images noisy training images, t spread over the diffusion steps."""
+    from export.compiler import calibration_batches
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+
+    dataset = calibration_dataset(args, loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=seed)
+    return dataset, (x, t)
+
+
+def export_onnx_file(args, loaded, path: str) -> int:
+    from export.onnx_export import OPSET, compare_onnx, export_onnx
+
+    export_onnx(loaded.model, path)
+    cfg = loaded.model_config
+    image = f"[batch, {cfg.img_ch}, {cfg.img_size}, {cfg.img_size}]"
+    print(f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 [batch] -> "
+          f"eps float32 {image}")
+    dataset, (x, t) = check_images(args, loaded, seed=0)
+    report = compare_onnx(loaded.model, path, x, t)
+    print(f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:")
+    print(format_onnx_comparison(report, t))
+    return 0 if report.ok else 1
+
+
+def export_chip_nir(args, loaded, path: str) -> int:
+    import nir
+    import torch
+
+    from export.reference import run_reference
+    from simulators.network import ChipSimulator
+    from toolchain.verify import compare_runs
+
+    net = compile_chip(args, loaded, args.threshold_factor, path)
+    graph = nir.read(path)  # NIR's own reader, type checks on
+    kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
+    print(f"{path}: NIR {nir.__version__} graph, {len(graph.nodes)} nodes ({', '.join(kinds)}), "
+          f"{len(graph.edges)} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks")
+    dataset, (x, t) = check_images(args, loaded, seed=1)
+    ref = run_reference(net, x, t)
+    out = ChipSimulator.from_file(path).run(x, t, "delayed")
+    mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
+                            t=int(t[0]))
+    what = f"simulator reading {path} vs the in-memory quantized reference, {len(x)} noisy {dataset} images"
+    found = "identical spikes, output currents and eps" if mismatch is None else \
+        f"first difference at population {mismatch.population}, SNN step {mismatch.snn_step}, index {mismatch.index}"
+    print(f"{what}: {found}")
+    return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
+
+
+def export_float_nir(args, loaded, path: str) -> int:
+    import copy
+
+    import nir
+
+    from export.graph import extract_graph, run_float
+    from export.nir_float import FILE_ROUND_TRIP_ATOL, read_float_nir, write_float_nir
+
+    graph = extract_graph(copy.deepcopy(loaded.model).double())
+    write_float_nir(path, graph)
+    kinds = sorted({type(node).__name__ for node in nir.read(path).nodes.values()})
+    print(f"{path}: NIR {nir.__version__} graph ({', '.join(kinds)}), {os.path.getsize(path) / 1e6:.1f} MB; passes "
+          f"nir.read's type checks")
+    dataset, (x, t) = check_images(args, loaded, seed=1)
+    written, read = run_float(graph, x.double(), t), run_float(read_float_nir(path), x.double(), t)
+    flips = [name for name, s in written.spikes.items() if not bool((s == read.spikes[name]).all())]
+    diff = float((written.eps - read.eps).abs().max())
+    print(f"the graph read back vs the graph written (float64, {len(x)} noisy {dataset} images): spikes "
+          f"{'identical' if not flips else 'differ in ' + ', '.join(flips)}, max |eps diff| {diff:.1e} "
+          f"(tolerance {FILE_ROUND_TRIP_ATOL:.0e}: weights are float32 on file)")
+    return 0 if not flips and diff <= FILE_ROUND_TRIP_ATOL else 1
+
+
+# `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
+EXPORTERS = {"onnx": export_onnx_file, "nir": export_chip_nir, "nir-float": export_float_nir}
