@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from .config import ConfigError
 from .schedule import NoiseSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,10 +45,10 @@ def eps_error_by_step(denoiser: Denoiser, x0: torch.Tensor, schedule: NoiseSched
     The noise is drawn once from `seed` and reused at every step, so steps are compared on the same draws.
     """
     if x0.dim() != 4:
-        raise ValueError(f"x0 must be [N, C, H, W], got shape {list(x0.shape)}")
+        raise ConfigError(f"x0 must be [N, C, H, W], got shape {list(x0.shape)}")
     for t in steps:
         if not 0 <= t < schedule.steps:
-            raise ValueError(f"diffusion step {t} is outside [0, {schedule.steps - 1}]")
+            raise ConfigError(f"diffusion step {t} is outside [0, {schedule.steps - 1}]")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed), dtype=x0.dtype)
     cells = x0.shape[0] * x0.shape[1]
     blind = float(noise.double().mean(dim=(2, 3)).pow(2).sum()) / cells

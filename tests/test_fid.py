@@ -41,14 +41,14 @@ def test_feature_stats_use_the_unbiased_covariance():
     ((np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2)), "NaN or Inf"),
 ])
 def test_frechet_distance_rejects_bad_statistics(args, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(fid.FidError, match=message):
         fid.frechet_distance(*args)
 
 
 def test_feature_stats_need_two_finite_rows():
-    with pytest.raises(ValueError, match=r"N >= 2, got shape \[1, 3\]"):
+    with pytest.raises(fid.FidError, match=r"N >= 2, got shape \[1, 3\]"):
         fid.feature_stats(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="NaN or Inf"):
+    with pytest.raises(fid.FidError, match="NaN or Inf"):
         fid.feature_stats(np.array([[0.0], [np.inf]]))
 
 
@@ -69,7 +69,7 @@ def test_inception_gives_2048_pool3_features_for_gray_and_color():
     (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), "at least one image"),
 ])
 def test_inception_features_reject_bad_images(images, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(fid.FidError, match=message):
         fid.inception_features(images, progress=False)
 
 
@@ -94,7 +94,7 @@ def test_reference_stats_are_computed_once_then_read_from_cache(tmp_path, counte
     assert counted_features == [20]
     assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
     (tmp_path / "digits_train_n20_32px_v1.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match="digits_train_n20_32px_v1.npz: unreadable FID statistics"):
+    with pytest.raises(fid.FidError, match="digits_train_n20_32px_v1.npz: unreadable FID statistics"):
         fid.reference_stats("digits", count=20, cache_dir=str(tmp_path), progress=False)
 
 
@@ -111,9 +111,9 @@ def test_fid_of_the_reference_subset_itself_is_zero(tmp_path, counted_features):
 
 
 def test_fid_inputs_are_checked_before_any_work(tmp_path, counted_features):
-    with pytest.raises(ValueError, match=r"digits images are \[N, 1, 32, 32\], got \[2, 3, 32, 32\]"):
+    with pytest.raises(fid.FidError, match=r"digits images are \[N, 1, 32, 32\], got \[2, 3, 32, 32\]"):
         fid.fid_against_dataset(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "digits", 20, str(tmp_path))
-    with pytest.raises(ValueError, match="count must be between 2 and the 297 images of digits test, got 300"):
+    with pytest.raises(fid.FidError, match="count must be between 2 and the 297 images of digits test, got 300"):
         fid.reference_stats("digits", "test", count=300, cache_dir=str(tmp_path))
     assert counted_features == []
 
@@ -141,3 +141,34 @@ def test_inception_features_shard_over_ranks_and_gather(tmp_path):
         assert np.allclose(np.load(tmp_path / f"rank{rank}.npy"), expected)
     # 5 images over 2 ranks: ceil(5 / 2) = 3 for rank 0 (batches of 2 and 1), the other 2 for rank 1.
     assert np.load(tmp_path / "seen0.npy").tolist() == [2, 1] and np.load(tmp_path / "seen1.npy").tolist() == [2]
+
+
+def test_low_rank_fid_equals_the_sqrtm_fid():
+    # 60 samples in 80 dimensions: sigma1 has rank 59, the case the bootstrap meets (500 samples, 2048 dims).
+    rng = np.random.default_rng(0)
+    gen = rng.normal(size=(60, 80)) * 1.5 + 0.3
+    ref = rng.normal(size=(400, 80))
+    mu2, sigma2 = fid.feature_stats(ref)
+    exact = fid.frechet_distance(*fid.feature_stats(gen), mu2, sigma2)
+    # rel 1e-7, not 1e-9: sqrtm's own rounding on an 80 x 80 product is about 1e-8 relative.
+    assert fid.fid_low_rank(gen, mu2, sigma2) == pytest.approx(exact, rel=1e-7)
+
+
+def test_bootstrap_spread_shrinks_with_the_sample_count():
+    # Resampling n points moves a mean by about sigma / sqrt(n): 4x the samples, about half the spread.
+    rng = np.random.default_rng(1)
+    mu2, sigma2 = fid.feature_stats(rng.normal(size=(2000, 16)))
+    small = fid.bootstrap_fids(rng.normal(size=(50, 16)) + 0.5, mu2, sigma2, rounds=200, seed=0)
+    large = fid.bootstrap_fids(rng.normal(size=(200, 16)) + 0.5, mu2, sigma2, rounds=200, seed=0)
+    ratio = small.std() / large.std()
+    assert 1.4 < ratio < 2.9, ratio
+    with pytest.raises(fid.FidError, match="at least 2 rounds"):
+        fid.bootstrap_fids(rng.normal(size=(50, 16)), mu2, sigma2, rounds=1)
+
+
+def test_fid_report_carries_the_bootstrap(tmp_path, counted_features):
+    images = load_images("digits")[:30]
+    report = fid.fid_report(images, "digits", 20, str(tmp_path), progress=False, bootstrap=5)
+    assert set(report) == {"fid", "fid_bootstrap_std", "fid_bootstrap_p2_5", "fid_bootstrap_p97_5",
+                           "fid_bootstrap_rounds"}
+    assert report["fid_bootstrap_std"] > 0 and report["fid_bootstrap_p2_5"] <= report["fid_bootstrap_p97_5"]

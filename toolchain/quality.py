@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from .errors import UsageError
+
 # The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset),
 # all samples of one row drawn in batches of SAMPLE_BATCH, batch b from the noise of seed b.
 REF_COUNT = 1000
@@ -125,7 +127,7 @@ def select(patterns: list[str]) -> list[Row]:
         return list(ROWS)
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(row.name, pattern) for row in ROWS):
-            raise ValueError(f"no quality row matches {pattern!r}; `sddpm quality --list` names them")
+            raise UsageError(f"no quality row matches {pattern!r}; `sddpm quality --list` names them")
     return [row for row in ROWS if any(fnmatch.fnmatchcase(row.name, p) for p in patterns)]
 
 
@@ -181,7 +183,7 @@ def update_readme(path: str, tables: str) -> None:
         text = f.read()
     begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
     if begin < 0 or end < begin:
-        raise ValueError(f"{path} has no quality-table block: put the lines\n{BEGIN_MARK}\n{END_MARK}\n"
+        raise UsageError(f"{path} has no quality-table block: put the lines\n{BEGIN_MARK}\n{END_MARK}\n"
                          "where the tables belong")
     with atomic_write(path, "w") as f:
         f.write(text[:begin + len(BEGIN_MARK)] + "\n" + tables + text[end:])
