@@ -82,8 +82,12 @@ TRAIN_fashion-sddpm := --dataset fashion-mnist --steps 13000
 TRAIN_fashion-ann := --dataset fashion-mnist --kind ann --steps 13000
 TRAIN_mnist-sddpm-t4-step2000 := --dataset mnist --steps 2000
 TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
+# The yardstick: diffusers' UNet2DModel at the twin's size, trained as the twin is (needs diffusers).
+TRAIN_mnist-diffusers := --dataset mnist --kind diffusers --steps 13000
+TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000
 
 retrain-%: venv
 	@test -n "$(TRAIN_$*)" || { echo "error: no shipped checkpoint is named '$*'" >&2; exit 1; }
 	$(VENV)/bin/sddpm train runs/$* $(TRAIN_COMMON) $(TRAIN_$*)
 	$(VENV)/bin/sddpm release runs/$*/last.pt checkpoints/$*.pt
+	cp runs/$*/last.pt checkpoints/train/$*-last.pt

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from .errors import SddpmError
 
-ModelKind = Literal["snn", "ann"]
+ModelKind = Literal["snn", "ann", "diffusers"]
+# snn: the SDDPM; ann: its DDPM twin (our U-Net); diffusers: diffusers' UNet2DModel at the twin's size
+MODEL_KINDS = ("snn", "ann", "diffusers")
 # How the ANN twin groups channels in GroupNorm. "ddpm": 32 groups where the width allows and never fewer
 # than 4 channels per group (DDPM's ratio at ch 128). "gcd32": gcd(32, ch) groups, which checkpoints of
 # format version 1 used; at ch 16 that is one channel per group (instance norm), which removes every
@@ -51,8 +53,8 @@ class ModelConfig:
     group_norm: GroupNormRule = "ddpm"  # the ANN twin's GroupNorm grouping; the SDDPM has no GroupNorm
 
     def __post_init__(self):
-        if self.kind not in ("snn", "ann"):
-            raise ConfigError(f"ModelConfig.kind must be 'snn' or 'ann', got {self.kind!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"ModelConfig.kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
         for name in ("img_ch", "img_size", "ch", "num_res_blocks", "snn_steps", "diffusion_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import time
 import warnings
 import zipfile
 
@@ -228,10 +229,17 @@ def reference_stats(dataset: str, split: str = "train", *, count: int, cache_dir
     if not 2 <= count <= len(images):
         raise FidError(f"count must be between 2 and the {len(images)} images of {dataset} {split}, got {count}")
     chosen = np.random.default_rng(SUBSET_SEED).permutation(len(images))[:count]
+    started = time.perf_counter()
     mu, sigma = feature_stats(inception_features(images[torch.from_numpy(chosen)], batch_size, progress))
     with atomic_write(path) as f:  # every rank may write; each rename is atomic, and the contents agree
-        np.savez(f, mu=mu, sigma=sigma)
+        np.savez(f, mu=mu, sigma=sigma, seconds=time.perf_counter() - started)
     return mu, sigma
+
+
+def reference_stats_seconds(dataset: str, split: str = "train", *, count: int, cache_dir: str) -> float | None:
+    """How long the cached statistics took to compute (None where the file predates that record)."""
+    with np.load(_stats_path(cache_dir, dataset, split, count)) as f:
+        return float(f["seconds"]) if "seconds" in f else None
 
 
 def fid_against_dataset(images_u8: torch.Tensor | np.ndarray, dataset: str, ref_count: int, cache_dir: str, *,

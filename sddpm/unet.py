@@ -342,6 +342,10 @@ class ANNUNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.kind == "diffusers":
+        from .diffusers_unet import DiffusersUNet  # lazily: diffusers is needed by this kind only
+
+        return DiffusersUNet(cfg)
     return SpikingUNet(cfg) if cfg.kind == "snn" else ANNUNet(cfg)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from sddpm.config import PRESETS, TrainConfig
+from sddpm.config import MODEL_KINDS, PRESETS, TrainConfig
 from toolchain.paths import SHIPPED_CHECKPOINT
 
 EXPORT_FORMATS = ("nir", "nir-float", "onnx")  # `sddpm export --format`, see toolchain.pipeline.EXPORTERS
@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model configuration preset (default: derived "
                    "from the dataset: 'mnist' for 1-channel data, 'cifar10' or 'celeba' otherwise)")
-    p.add_argument("--kind", choices=("snn", "ann"), help="snn: SDDPM spiking U-Net; ann: the DDPM twin")
+    p.add_argument("--kind", choices=MODEL_KINDS,
+                   help="snn: SDDPM spiking U-Net; ann: its DDPM twin (our U-Net with Swish and GroupNorm); "
+                        "diffusers: diffusers' UNet2DModel at the twin's size, the yardstick (needs diffusers)")
     p.add_argument("--ch", type=int, help="base channels")
     p.add_argument("--ch-mult", type=_ints, help="channel multipliers per level, e.g. 1,2,2,4")
     p.add_argument("--num-res-blocks", type=int, help="residual blocks per level")
