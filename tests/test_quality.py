@@ -12,6 +12,7 @@ from sddpm.config import DiffusionConfig
 from sddpm.unet import SpikingUNet
 from toolchain import quality
 from toolchain.cli import main
+from toolchain.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,11 +27,10 @@ def tiny_row(tmp_path, monkeypatch):
                                  "step": 0, "model": SpikingUNet(TINY).state_dict()})
     monkeypatch.setattr(fid, "inception_features",
                         lambda images, batch_size=50, progress=True: images[:, 0, 16, 12:16].double().numpy())
-    monkeypatch.setattr(quality, "REF_COUNT", 20)
     monkeypatch.setattr(quality, "SAMPLE_BATCH", 3)
     monkeypatch.chdir(tmp_path)  # the row's FID cache is relative to the working directory
     return quality.Row("tiny-ddim2", "MNIST", "tiny", checkpoint, "digits", "DDIM 2",
-                       ("--sampler", "ddim", "--steps", "2"), 6)
+                       ("--sampler", "ddim", "--steps", "2"), 6, ref_count=20)
 
 
 def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
@@ -44,6 +44,10 @@ def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
     result = json.loads((tmp_path / "results" / "tiny-ddim2.json").read_text())
     assert result["samples"] == 6 and result["ref_count"] == 20 and result["dataset"] == "digits"
     assert result["fid"] > 0 and result["real_vs_real_fid"] > 0
+    assert result["fid_bootstrap_rounds"] == quality.BOOTSTRAP and result["fid_bootstrap_std"] > 0
+    # the images are kept beside the result, the very ones sampled
+    assert (tmp_path / "results" / "samples" / "tiny-ddim2.npz").read_bytes() == \
+        (tmp_path / "samples" / "tiny-ddim2" / "samples.npz").read_bytes()
     # 6 images, 3 per row (ceil(sqrt(6))): 3 x 2 images of 32 pixels with 2-pixel padding
     assert Image.open(tmp_path / "grids" / "tiny-ddim2.png").size == (2 + 3 * 34, 2 + 2 * 34)
     assert calls == ["sample", "fid"]
@@ -57,6 +61,12 @@ def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
     assert calls == ["sample", "fid", "fid"]
     assert json.loads((tmp_path / "results" / "tiny-ddim2.json").read_text()) == result
 
+    # kept images are scored again without sampling, even when the sampling folder is gone
+    (tmp_path / "results" / "tiny-ddim2.json").unlink()
+    (tmp_path / "samples" / "tiny-ddim2" / "samples.npz").unlink()
+    assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []
+    assert calls == ["sample", "fid", "fid", "fid"]
+
 
 def test_a_failing_command_fails_its_row_only(tiny_row):
     broken = quality.Row("broken", "MNIST", "missing", "missing.pt", "digits", "DDIM 2", (), 6)
@@ -67,7 +77,7 @@ def test_a_failing_command_fails_its_row_only(tiny_row):
 def test_rows_are_selected_by_pattern_and_unknown_names_are_refused():
     assert [r.name for r in quality.select(["mnist-t*"])] == ["mnist-t4-step2000-ddim100", "mnist-t8-step2000-ddim100"]
     assert len(quality.select([])) == len(quality.ROWS)
-    with pytest.raises(ValueError, match="no quality row matches 'cifar-\\*'"):
+    with pytest.raises(UsageError, match="no quality row matches 'cifar-\\*'"):
         quality.select(["cifar-*"])
 
 
@@ -76,7 +86,7 @@ def test_the_commands_of_every_row_parse():
 
     parser = build_parser()
     for row in quality.ROWS:
-        for argv in (row.sample_argv("runs/quality"), row.fid_argv("runs/quality", "docs/quality")):
+        for argv in (row.sample_argv("runs/quality"), row.fid_argv("docs/quality")):
             parser.parse_args(argv)
     assert len({row.name for row in quality.ROWS}) == len(quality.ROWS)
 
@@ -84,12 +94,16 @@ def test_the_commands_of_every_row_parse():
 def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     (tmp_path / "mnist-sddpm-ddim50.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
     text = quality.markdown(str(tmp_path), "docs/img/quality")
-    row = ("| SDDPM, T = 4, step 13,000 | DDIM 50, eta 0 | 500 | 123.5 | 15.6 | "
+    row = ("| SDDPM, T = 4, step 13,000 | our DDIM 50, eta 0, final image clipped | 500 | 123.5 |  | 15.6 |  | "
            '<a href="docs/img/quality/mnist-sddpm-ddim50.png"><img src="docs/img/quality/mnist-sddpm-ddim50.png" '
            'width="128" alt="mnist-sddpm-ddim50"></a> | `sddpm quality mnist-sddpm-ddim50` |')
     assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
-    assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | |" in text
+    assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | | | |" in text
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text
+    (tmp_path / "mnist-ann-ddim100.json").write_text(json.dumps(
+        {"fid": 40.04, "real_vs_real_fid": 15.56, "fid_bootstrap_p2_5": 38.12, "fid_bootstrap_p97_5": 43.96,
+         "flat_or_washed_out": 1}))
+    assert "| 500 | 40.0 | 38.1 to 44.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
 
 
 def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
@@ -98,7 +112,7 @@ def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
     quality.update_readme(str(readme), "new table\n")
     assert readme.read_text() == f"# title\n{quality.BEGIN_MARK}\nnew table\n{quality.END_MARK}\nafter\n"
     readme.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="has no quality-table block"):
+    with pytest.raises(UsageError, match="has no quality-table block"):
         quality.update_readme(str(readme), "new table\n")
 
 
@@ -110,7 +124,8 @@ def test_every_row_samples_a_shipped_checkpoint_that_is_what_the_table_says():
         model, train = state["model_config"], state["train_config"]
         for row in (r for r in quality.ROWS if r.checkpoint == checkpoint):
             assert train["dataset"] == row.dataset, row.name
-            assert model["kind"] == ("ann" if row.model.startswith("ANN") else "snn"), row.name
+            kind = "ann" if row.model.startswith("ANN") else "diffusers" if "diffusers" in row.model else "snn"
+            assert model["kind"] == kind, row.name
             if model["kind"] == "snn":
                 assert f"T = {model['snn_steps']}," in row.model, row.name
             assert f"step {state['step']:,}" in row.model, row.name

@@ -48,7 +48,8 @@ def cmd_fid(args) -> None:
     import numpy as np
     import torch
 
-    from sddpm.fid import fid_against_dataset, real_vs_real_fid
+    from sddpm.fid import fid_report, real_vs_real_fid, reference_stats_seconds
+    from sddpm.images import failed_images
 
     if args.images:
         with np.load(args.images) as f:
@@ -59,8 +60,13 @@ def cmd_fid(args) -> None:
     else:
         images, info = sample_images(args, args.num_images)
         is_main = info.is_main
-    fid = fid_against_dataset(images, args.dataset, args.ref_count, args.cache_dir, root=args.data_root)
-    result = {"fid": fid, "samples": len(images), "dataset": args.dataset, "ref_count": args.ref_count}
+    report = fid_report(images, args.dataset, args.ref_count, args.cache_dir, root=args.data_root,
+                        bootstrap=args.bootstrap)
+    result = {"fid": report.pop("fid"), "samples": len(images), "dataset": args.dataset,
+              "ref_count": args.ref_count, **report,
+              "ref_stats_seconds": reference_stats_seconds(args.dataset, count=args.ref_count,
+                                                           cache_dir=args.cache_dir),
+              "flat_or_washed_out": int(failed_images(images).sum())}
     if args.real_baseline:
         result["real_vs_real_fid"] = real_vs_real_fid(args.dataset, len(images), args.cache_dir,
                                                       ref_count=args.ref_count, root=args.data_root)

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images in the reference statistics (default: %(default)s)")
     p.add_argument("--real-baseline", action="store_true",
                    help="also report FID of as many real test images as samples (the small-count bias)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="ROUNDS",
+                   help="also report the FID's spread over this many resamplings of the images (standard "
+                        "deviation and 2.5 / 97.5 percentiles; 200 is plenty; default: none)")
     p.add_argument("--cache-dir", default="cache/fid", help="reference statistics cache (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save", help="also write the result as JSON to this file (atomically)")

@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 from .errors import UsageError
 
 # The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset),
-# all samples of one row drawn in batches of SAMPLE_BATCH, batch b from the noise of seed b.
+# all samples of one row drawn in batches of SAMPLE_BATCH, batch b from the noise of seed b; the FID's
+# spread from BOOTSTRAP resamplings of the row's images.
 REF_COUNT = 1000
 SAMPLE_BATCH = 100
+BOOTSTRAP = 200
 GRID_IMAGES = 64
 PAPER_SAMPLES = 50_000
 GRID_WIDTH_PX = 128  # of a README table cell; the 8 x 8 grid of 32-pixel images is 274 pixels wide
@@ -41,6 +43,7 @@ class Row:
     sampler: str               # what the README calls the sampling options
     options: tuple[str, ...]   # the `sddpm sample` options that make `sampler`
     num_images: int
+    ref_count: int = REF_COUNT
 
     def sample_argv(self, out: str) -> list[str]:
         return ["sample", "--checkpoint", self.checkpoint, *self.options, "--num-images", str(self.num_images),
@@ -50,9 +53,10 @@ class Row:
         """Where `sample_argv(out)` writes the row's images (`sddpm sample` names its file samples.npz)."""
         return os.path.join(out, self.name, "samples.npz")
 
-    def fid_argv(self, out: str, results: str) -> list[str]:
-        return ["fid", "--images", self.samples_path(out), "--dataset", self.dataset,
-                "--ref-count", str(REF_COUNT), "--real-baseline", "--save", result_path(self, results)]
+    def fid_argv(self, results: str) -> list[str]:
+        return ["fid", "--images", kept_samples_path(self, results), "--dataset", self.dataset,
+                "--ref-count", str(self.ref_count), "--real-baseline", "--bootstrap", str(BOOTSTRAP),
+                "--save", result_path(self, results)]
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,24 @@ class PaperRow:
     fid: float
 
 
-DDPM = ("DDPM 1000, x0 clipped", ("--sampler", "ddpm", "--clip-x0"))
-DDIM100 = ("DDIM 100, eta 0", ("--sampler", "ddim", "--steps", "100"))
-DDIM50 = ("DDIM 50, eta 0", ("--sampler", "ddim", "--steps", "50"))
-DDIM100_CLIP = ("DDIM 100, eta 0, x0 clipped", ("--sampler", "ddim", "--steps", "100", "--clip-x0"))
-SAMPLES = {DDPM: 200, DDIM100: 500, DDIM50: 500, DDIM100_CLIP: 500}
+# (what the README calls it, the `sddpm sample` options). Our DDPM with x0 clipped is the official DDPM
+# (tests/test_official_samplers.py derives it; tools/compare_official_samplers.py measures 2e-6 against the
+# official file), so those rows carry both names.
+DDPM = ("DDPM 1000, x0 clipped every step (= official DDPM)", ("--sampler", "ddpm", "--clip-x0"))
+OFFICIAL_DDIM100 = ("official DDIM 100 (x0 clipped every step, eps kept)",
+                    ("--sampler", "official-ddim", "--steps", "100"))
+DDIM100 = ("our DDIM 100, eta 0, final image clipped", ("--sampler", "ddim", "--steps", "100"))
+DDIM50 = ("our DDIM 50, eta 0, final image clipped", ("--sampler", "ddim", "--steps", "50"))
+DDIM100_CLIP = ("our DDIM 100, eta 0, x0 clipped every step, eps derived again",
+                ("--sampler", "ddim", "--steps", "100", "--clip-x0"))
+SAMPLES = {DDPM: 200, OFFICIAL_DDIM100: 500, DDIM100: 500, DDIM50: 500, DDIM100_CLIP: 500}
+TABLE_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
+                  ("ddim50", DDIM50))
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
 DATASETS = (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-MNIST"))  # (data, prefix, title)
-KINDS = (("sddpm", "SDDPM, T = 4"), ("ann", "ANN twin"))  # checkpoint suffix, what the tables call it
+# checkpoint suffix, what the tables call it, its training budget
+KINDS = (("sddpm", "SDDPM, T = 4", "step 13,000"), ("ann", "ANN twin (our U-Net)", "step 13,000"),
+         ("diffusers", "diffusers UNet2DModel (yardstick)", "step 13,000"))
 
 
 def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None) -> Row:
@@ -83,9 +97,9 @@ def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None)
 def _rows() -> tuple[Row, ...]:
     rows = []
     for dataset, prefix, title in DATASETS:
-        for kind, model in KINDS:
-            for tag, sampler in (("ddpm", DDPM), ("ddim100", DDIM100), ("ddim50", DDIM50)):
-                rows.append(_row(f"{prefix}-{kind}-{tag}", title, f"{model}, step 13,000", f"{prefix}-{kind}",
+        for kind, model, budget in KINDS:
+            for tag, sampler in TABLE_SAMPLERS:
+                rows.append(_row(f"{prefix}-{kind}-{tag}", title, f"{model}, {budget}", f"{prefix}-{kind}",
                                  dataset, sampler))
     for snn_steps in (4, 8):
         rows.append(_row(f"mnist-t{snn_steps}-step2000-ddim100", "T", f"SDDPM, T = {snn_steps}, step 2,000",
@@ -93,12 +107,12 @@ def _rows() -> tuple[Row, ...]:
     for factor in THRESHOLD_FACTORS:
         rows.append(_row(f"mnist-sddpm-ddim50-tg{factor}", "threshold", "SDDPM, T = 4, step 13,000",
                          "mnist-sddpm", "mnist", DDIM50, ("--threshold-factor", str(factor)),
-                         f"DDIM 50, eta 0, thresholds x {factor}"))
+                         f"our DDIM 50, eta 0, thresholds x {factor}"))
     rows.append(_row("mnist-sddpm-ddim100-chip", "chip", "SDDPM, T = 4, step 13,000: chip network (simulator)",
                      "mnist-sddpm", "mnist", DDIM100, ("--backend", "sim")))
     for dataset, prefix, title in DATASETS:
-        for kind, model in KINDS:
-            rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, step 13,000",
+        for kind, model, budget in KINDS:
+            rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, {budget}",
                              f"{prefix}-{kind}", dataset, DDIM100_CLIP))
     return tuple(rows)
 
@@ -108,16 +122,18 @@ PAPER = (PaperRow("MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 10
          PaperRow("Fashion-MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 1000", 21.38))
 # table -> (title, rows borrowed from other tables so that a comparison reads in one place)
 TABLES = {
-    "MNIST": ("MNIST 32x32: ours against the paper and the ANN twin, three samplers", ()),
-    "Fashion-MNIST": ("Fashion-MNIST 32x32: ours against the paper and the ANN twin, three samplers", ()),
+    "MNIST": ("MNIST 32x32: the SDDPM against the paper, its ANN twin and a standard DDPM, four samplers", ()),
+    "Fashion-MNIST": ("Fashion-MNIST 32x32: the SDDPM against the paper, its ANN twin and a standard DDPM, "
+                      "four samplers", ()),
     "T": ("SNN time steps: T = 4 against T = 8 (MNIST, same budget: 2,000 steps of batch 32)", ()),
     "threshold": ("Threshold-guided strategy (float SDDPM, every IF threshold scaled; MNIST)",
                   ("mnist-sddpm-ddim50",)),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100",)),
-    # Separates the sampler from the clipping: DDPM rows clip every predicted x0, the official DDIM does not.
-    **{f"clip {title}": (f"DDIM with and without clipping the predicted x0 at every step ({title})",
-                         tuple(f"{prefix}-{kind}-ddim100" for kind, _ in KINDS)) for _, prefix, title in DATASETS},
+    # Separates the sampler from the clipping: our DDIM rows clip only the final image.
+    **{f"clip {title}": (f"Our DDIM with and without clipping the predicted x0 at every step ({title})",
+                         tuple(f"{prefix}-{kind}-ddim100" for kind, _, _ in KINDS))
+       for _, prefix, title in DATASETS},
 }
 
 
@@ -135,6 +151,12 @@ def result_path(row: Row, results: str) -> str:
     return os.path.join(results, f"{row.name}.json")
 
 
+def kept_samples_path(row: Row, results: str) -> str:
+    """Where a row's images are kept beside its result, so that a change of the FID protocol (more
+    reference images, another statistic) scores them again without sampling again."""
+    return os.path.join(results, "samples", f"{row.name}.npz")
+
+
 def load_result(row: Row, results: str) -> dict | None:
     path = result_path(row, results)
     if not os.path.isfile(path):
@@ -144,31 +166,42 @@ def load_result(row: Row, results: str) -> dict | None:
 
 
 def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> list[Row]:
-    """Run every row without a result through `run(argv) -> exit status`; returns the rows that failed."""
+    """Run every row without a result through `run(argv) -> exit status`; returns the rows that failed.
+
+    A row samples into `out`, keeps its images under `results`/samples, scores them and draws their grid;
+    kept images are scored without sampling again."""
+    import shutil
+
     import numpy as np
     import torch
 
+    from sddpm.files import atomic_path
     from sddpm.images import save_grid
 
     failed = []
     for row in tqdm([r for r in rows if load_result(r, results) is None], desc="quality rows", unit="row"):
-        samples = row.samples_path(out)
+        kept = kept_samples_path(row, results)
         started = time.time()
-        if not os.path.isfile(samples) and run(row.sample_argv(out)) != 0:
-            failed.append(row)
-            continue
+        if not os.path.isfile(kept):
+            if not os.path.isfile(row.samples_path(out)) and run(row.sample_argv(out)) != 0:
+                failed.append(row)
+                continue
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            with atomic_path(kept) as tmp:
+                shutil.copyfile(row.samples_path(out), tmp)
         sample_seconds = time.time() - started
-        if run(row.fid_argv(out, results)) != 0:
+        if run(row.fid_argv(results)) != 0:
             failed.append(row)
             continue
-        with np.load(samples) as f:
+        with np.load(kept) as f:
             save_grid(torch.from_numpy(f["images"][:GRID_IMAGES]), os.path.join(grid_dir, f"{row.name}.png"))
         print(f"{row.name}: FID {load_result(row, results)['fid']:.1f} ({sample_seconds:.0f} s sampling)")
     return failed
 
 
 def command_lines(row: Row, out: str, results: str) -> list[str]:
-    return ["sddpm " + " ".join(argv) for argv in (row.sample_argv(out), row.fid_argv(out, results))]
+    return ["sddpm " + " ".join(row.sample_argv(out)), f"cp {row.samples_path(out)} {kept_samples_path(row, results)}",
+            "sddpm " + " ".join(row.fid_argv(results))]
 
 
 BEGIN_MARK = "<!-- quality tables: made by `sddpm quality --update-readme README.md`; do not edit by hand -->"
@@ -195,19 +228,23 @@ def markdown(results: str, grid_dir: str) -> str:
     parts = []
     for table, (title, borrowed) in TABLES.items():
         lines = [f"**{title}**", "",
-                 "| model | sampler | samples | FID | real test images, same count | grid | command |",
-                 "|---|---|---:|---:|---:|---|---|"]
+                 "| model | sampler | samples | FID | bootstrap 95 % | real test images, same count | "
+                 "flat or white | grid | command |",
+                 "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for row in [by_name[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
-            result = load_result(row, results)
-            fid, floor = ("not run", "") if result is None else (f"{result['fid']:.1f}",
-                                                                 f"{result['real_vs_real_fid']:.1f}")
+            result = load_result(row, results) or {}
+            fid = f"{result['fid']:.1f}" if result else "not run"
+            floor = f"{result['real_vs_real_fid']:.1f}" if "real_vs_real_fid" in result else ""
+            spread = (f"{result['fid_bootstrap_p2_5']:.1f} to {result['fid_bootstrap_p97_5']:.1f}"
+                      if "fid_bootstrap_p2_5" in result else "")
+            failed = str(result["flat_or_washed_out"]) if "flat_or_washed_out" in result else ""
             # the grid inline (GitHub renders HTML in table cells), linked to its full-size file
             image = f"{grid_dir}/{row.name}.png"
             grid = (f'<a href="{image}"><img src="{image}" width="{GRID_WIDTH_PX}" alt="{row.name}"></a>'
-                    if result is not None else "")
-            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {fid} | {floor} | {grid} | "
-                         f"`sddpm quality {row.name}` |")
+                    if result else "")
+            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {fid} | {spread} | {floor} | "
+                         f"{failed} | {grid} | `sddpm quality {row.name}` |")
         for paper in (p for p in PAPER if p.table == table):
-            lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | {paper.fid} | | | |")
+            lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | {paper.fid} | | | | | |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
