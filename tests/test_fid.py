@@ -1,11 +1,18 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers import assert_close
 from sddpm import fid
 from sddpm.data import load_images
+from tolerances import INCEPTION_FEATURE_ATOL
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
 
 def test_identical_statistics_are_at_distance_zero():
@@ -172,3 +179,15 @@ def test_fid_report_carries_the_bootstrap(tmp_path, counted_features):
     assert set(report) == {"fid", "fid_bootstrap_std", "fid_bootstrap_p2_5", "fid_bootstrap_p97_5",
                            "fid_bootstrap_rounds"}
     assert report["fid_bootstrap_std"] > 0 and report["fid_bootstrap_p2_5"] <= report["fid_bootstrap_p97_5"]
+
+
+def test_inception_preprocessing_matches_its_golden_features():
+    # tests/golden/make_inception_features.py wrote these through the same preprocessing; a change to the
+    # resize, the grey-to-RGB expansion, the scaling or the weights moves them far past the tolerance.
+    sys.path.insert(0, str(GOLDEN_DIR))
+    from make_inception_features import TARGET, golden_images
+
+    with np.load(TARGET) as golden:
+        for name, images in golden_images().items():
+            assert_close(torch.from_numpy(fid.inception_features(images, progress=False)),
+                         torch.from_numpy(golden[name]), atol=INCEPTION_FEATURE_ATOL, what=f"{name} features")
