@@ -7,6 +7,7 @@ that an official `state_dict` loads with `strict=True`. Tensors inside the SNN a
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,33 @@ def check_inputs(cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor) -> None:
                          f"[{int(t.min())}, {int(t.max())}]")
 
 
+def unet_levels(cfg: ModelConfig, res_block: Callable[[int, int], nn.Module], down_sample: Callable[[int], nn.Module],
+                up_sample: Callable[[int], nn.Module]) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList, int]:
+    """The DDPM U-Net's levels, which both networks share: per ch_mult entry num_res_blocks blocks down
+    (then a down-sampling but at the last level), two blocks in the middle, num_res_blocks + 1 blocks up,
+    each fed the skip of its mirror (then an up-sampling but at the first level). `res_block(c_in, c_out)`
+    and the samplers build each network's own modules, in the official order (so the same state_dict
+    keys and the same draws of the initializer). Returns (down, middle, up, channels out of the last up)."""
+    downblocks, skips, now_ch = nn.ModuleList(), [cfg.ch], cfg.ch
+    for i, mult in enumerate(cfg.ch_mult):
+        for _ in range(cfg.num_res_blocks):
+            downblocks.append(res_block(now_ch, cfg.ch * mult))
+            now_ch = cfg.ch * mult
+            skips.append(now_ch)
+        if i != len(cfg.ch_mult) - 1:
+            downblocks.append(down_sample(now_ch))
+            skips.append(now_ch)
+    middleblocks = nn.ModuleList([res_block(now_ch, now_ch), res_block(now_ch, now_ch)])
+    upblocks = nn.ModuleList()
+    for i, mult in reversed(list(enumerate(cfg.ch_mult))):
+        for _ in range(cfg.num_res_blocks + 1):
+            upblocks.append(res_block(skips.pop() + now_ch, cfg.ch * mult))
+            now_ch = cfg.ch * mult
+        if i != 0:
+            upblocks.append(up_sample(now_ch))
+    return downblocks, middleblocks, upblocks, now_ch
+
+
 class SpikingUNet(nn.Module):
     """SDDPM's Spk_UNet: eps = model(x_t, t) with x_t [B, C, H, W] and t [B] integer diffusion steps."""
 
@@ -166,27 +194,8 @@ class SpikingUNet(nn.Module):
         self.conv_identity = nn.Conv2d(ch, ch, kernel_size=3, stride=1, padding=1)
         self.bn_identity = nn.BatchNorm2d(ch)
 
-        self.downblocks = nn.ModuleList()
-        chs = [ch]
-        now_ch = ch
-        for i, mult in enumerate(cfg.ch_mult):
-            out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks):
-                self.downblocks.append(SpkResBlock(now_ch, out_ch, tdim))
-                now_ch = out_ch
-                chs.append(now_ch)
-            if i != len(cfg.ch_mult) - 1:
-                self.downblocks.append(SpkDownSample(now_ch))
-                chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([SpkResBlock(now_ch, now_ch, tdim), SpkResBlock(now_ch, now_ch, tdim)])
-        self.upblocks = nn.ModuleList()
-        for i, mult in reversed(list(enumerate(cfg.ch_mult))):
-            out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks + 1):
-                self.upblocks.append(SpkResBlock(chs.pop() + now_ch, out_ch, tdim))
-                now_ch = out_ch
-            if i != 0:
-                self.upblocks.append(SpkUpSample(now_ch))
+        self.downblocks, self.middleblocks, self.upblocks, now_ch = unet_levels(
+            cfg, lambda c_in, c_out: SpkResBlock(c_in, c_out, tdim), SpkDownSample, SpkUpSample)
 
         self.tail_bn = nn.BatchNorm2d(now_ch)
         self.tail_swish = Swish()
@@ -296,28 +305,8 @@ class ANNUNet(nn.Module):
         ch, tdim = cfg.ch, cfg.ch * 4
         self.time_embedding = TimeEmbedding(cfg.diffusion_steps, ch, tdim)
         self.head = nn.Conv2d(cfg.img_ch, ch, 3, padding=1)
-        self.downblocks = nn.ModuleList()
-        chs = [ch]
-        now_ch = ch
-        for i, mult in enumerate(cfg.ch_mult):
-            out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks):
-                self.downblocks.append(ResBlock(now_ch, out_ch, tdim, cfg.dropout, cfg.group_norm))
-                now_ch = out_ch
-                chs.append(now_ch)
-            if i != len(cfg.ch_mult) - 1:
-                self.downblocks.append(DownSample(now_ch))
-                chs.append(now_ch)
-        self.middleblocks = nn.ModuleList([ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.group_norm),
-                                           ResBlock(now_ch, now_ch, tdim, cfg.dropout, cfg.group_norm)])
-        self.upblocks = nn.ModuleList()
-        for i, mult in reversed(list(enumerate(cfg.ch_mult))):
-            out_ch = ch * mult
-            for _ in range(cfg.num_res_blocks + 1):
-                self.upblocks.append(ResBlock(chs.pop() + now_ch, out_ch, tdim, cfg.dropout, cfg.group_norm))
-                now_ch = out_ch
-            if i != 0:
-                self.upblocks.append(UpSample(now_ch))
+        self.downblocks, self.middleblocks, self.upblocks, now_ch = unet_levels(
+            cfg, lambda c_in, c_out: ResBlock(c_in, c_out, tdim, cfg.dropout, cfg.group_norm), DownSample, UpSample)
         self.tail = nn.Sequential(group_norm(now_ch, cfg.group_norm), Swish(), nn.Conv2d(now_ch, cfg.img_ch, 3, padding=1))
         init.xavier_uniform_(self.head.weight)
         init.zeros_(self.head.bias)
