@@ -84,7 +84,7 @@ TRAIN_mnist-sddpm-t4-step2000 := --dataset mnist --steps 2000
 TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
 # The yardstick: diffusers' UNet2DModel at the twin's size, trained as the twin is (needs diffusers).
 TRAIN_mnist-diffusers := --dataset mnist --kind diffusers --steps 13000
-TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000
+TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000  # not trained yet
 
 retrain-%: venv
 	@test -n "$(TRAIN_$*)" || { echo "error: no shipped checkpoint is named '$*'" >&2; exit 1; }
