@@ -21,7 +21,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PIP_QUIET := sed -u -e "/^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$$/d"
 PIP := $(VPY) -m pip install --progress-bar off
 
-.PHONY: help venv test demo bench quality
+.PHONY: help venv test demo bench quality continue-mnist-sddpm keep-mnist-sddpm
 
 help:
 	@sed -n 's/^#   make /make /p' Makefile
@@ -85,6 +85,20 @@ TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
 # The yardstick: diffusers' UNet2DModel at the twin's size, trained as the twin is (needs diffusers).
 TRAIN_mnist-diffusers := --dataset mnist --kind diffusers --steps 13000
 TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000  # not trained yet
+
+# The MNIST SDDPM trained on from its shipped step-13,000 state towards LONG_STEPS, a few hours per session
+# (issue 15): `make continue-mnist-sddpm` resumes runs/mnist-sddpm-long (seeded from the kept state), kill it
+# when you must stop, then `make keep-mnist-sddpm` keeps its state in checkpoints/train for the next session.
+LONG_STEPS := 40000
+LONG_STATE := checkpoints/train/mnist-sddpm-long-last.pt
+
+continue-mnist-sddpm: venv
+	@mkdir -p runs/mnist-sddpm-long
+	@test -f runs/mnist-sddpm-long/last.pt || cp $(if $(wildcard $(LONG_STATE)),$(LONG_STATE),checkpoints/train/mnist-sddpm-last.pt) runs/mnist-sddpm-long/last.pt
+	$(VENV)/bin/sddpm train runs/mnist-sddpm-long $(TRAIN_COMMON) $(subst --steps 13000,--steps $(LONG_STEPS),$(TRAIN_mnist-sddpm))
+
+keep-mnist-sddpm:
+	cp runs/mnist-sddpm-long/last.pt $(LONG_STATE).tmp && mv $(LONG_STATE).tmp $(LONG_STATE)
 
 retrain-%: venv
 	@test -n "$(TRAIN_$*)" || { echo "error: no shipped checkpoint is named '$*'" >&2; exit 1; }
