@@ -101,9 +101,8 @@ def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | | | |" in text
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text
     (tmp_path / "mnist-ann-ddim100.json").write_text(json.dumps(
-        {"fid": 40.04, "real_vs_real_fid": 15.56, "fid_bootstrap_p2_5": 38.12, "fid_bootstrap_p97_5": 43.96,
-         "flat_or_washed_out": 1}))
-    assert "| 500 | 40.0 | 38.1 to 44.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
+        {"fid": 40.04, "real_vs_real_fid": 15.56, "fid_bootstrap_std": 1.96, "flat_or_washed_out": 1}))
+    assert "| 500 | 40.0 | ±2.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
 
 
 def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
