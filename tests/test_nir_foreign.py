@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.nir_foreign import Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
+import h5py
+
+from export.nir_foreign import (DegenerateGraphWarning, Discretization, ForeignGraphError, compile_foreign, read_foreign,
+                                run_discrete, write_foreign)
 from nir_helpers import DT, conv_flatten_graph, cuba, feed_forward_graph, lif, recurrent_graph
 from simulators.chip_file import ChipFileError
 from simulators.nir_net import NetSimulator
@@ -84,11 +87,14 @@ def _li_graph():
                                   nir.Output(np.array([2])))
 
 
-def _lif_graph(**changes):
+def _lif_graph(weight=None, **changes):
     params = {"tau": np.full(3, 2e-3), "r": np.full(3, 20.0), "v_leak": np.zeros(3), "v_threshold": np.ones(3),
               **changes}
-    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.zeros(3)),
-                                  nir.LIF(**params), nir.Output(np.array([3])))
+    weight = np.ones((3, 2)) if weight is None else weight
+    nodes = {"input": nir.Input(np.array([2])), "affine": nir.Affine(weight, np.zeros(weight.shape[0])),
+             "lif": nir.LIF(**params), "output": nir.Output(np.array([3]))}
+    return nir.NIRGraph(nodes=nodes, edges=[("input", "affine"), ("affine", "lif"), ("lif", "output")],
+                        type_check=False)
 
 
 def _cuba_with_bias():
@@ -98,14 +104,94 @@ def _cuba_with_bias():
 
 @pytest.mark.parametrize("graph, message", [
     (_li_graph(), r"node 'li': NIR type LI has no chip mapping"),
-    (_lif_graph(v_reset=np.full(3, 0.5)), r"node 'lif': v_reset must be 0"),
+    (_lif_graph(v_reset=np.full(3, 0.5)), r"node 'lif': v_reset = 0.5 must be 0"),
     (_lif_graph(tau=np.array([1e-3, 2e-3, 3e-3])), r"node 'lif': tau differs between neurons"),
-    (_lif_graph(tau=np.full(3, 5e-5)), r"node 'lif': dt/tau_mem = 2\.0 must lie in \(0, 1\]"),
+    (_lif_graph(tau=np.full(3, 5e-5)), r"node 'lif': dt/tau = 2 must be <= 1 .*use a dt <= 5e-05 s"),
     (_cuba_with_bias(), r"synapse 'affine': a bias into the CubaLIF 'cubalif' has no Lava equivalent"),
-], ids=["LI", "v_reset", "tau", "dt", "bias"])
+    (_lif_graph(tau=np.zeros(3)), r"node 'lif': tau = 0 must be > 0"),
+    (_lif_graph(tau=np.full(3, -2e-3)), r"node 'lif': tau = -0.002 must be > 0"),
+    (_lif_graph(v_threshold=np.full(3, np.nan)), r"node 'lif': v_threshold holds NaN or inf"),
+    (_lif_graph(v_threshold=np.full(3, -5.0)), r"node 'lif': v_threshold = -5 must be > 0"),
+    (_lif_graph(weight=np.array([[np.nan, 1], [1, 1], [1, 1]])), r"node 'affine': weight holds NaN or inf"),
+    (_lif_graph(weight=np.full((3, 2), np.inf)), r"node 'affine': weight holds NaN or inf"),
+    # 1e30 x (dt/tau = 0.05) x (r = 20) x 1024 a-units per threshold: far above the 2^17 a-units of one spike
+    (_lif_graph(weight=np.full((3, 2), 1e30)), r"synapse 'affine': weights up to \d+ a-units .* below 131072"),
+    (_lif_graph(weight=np.ones((4, 2))), r"synapse 'affine': weight \(4, 2\) does not map \(2,\) spikes onto the "
+                                         r"\(3,\) neurons"),
+    # every problem of a file at once, counted
+    (_lif_graph(tau=np.zeros(3), v_threshold=np.full(3, np.inf)),
+     r"^2 problems: node 'lif': tau = 0 must be > 0; node 'lif': v_threshold holds NaN or inf$"),
+], ids=["LI", "v_reset", "tau", "dt", "bias", "tau0", "tau<0", "nan-threshold", "threshold<0", "nan-weight",
+        "inf-weight", "huge-weight", "shape", "all-listed"])
 def test_what_does_not_map_is_refused_by_node_name(graph, message):
     with pytest.raises(ForeignGraphError, match=message):
         compile_foreign(graph)
+
+
+def _one_lif(weight: float, tau: float, r: float) -> nir.NIRGraph:
+    """Input(2) -> Affine (both weights `weight`) -> one LIF neuron (threshold 1)."""
+    return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.full((1, 2), weight), np.zeros(1)),
+                                  nir.LIF(tau=np.full(1, tau), r=np.full(1, r), v_leak=np.zeros(1),
+                                          v_threshold=np.ones(1)), nir.Output(np.array([1])))
+
+
+def test_weights_that_all_round_to_zero_are_an_error_that_suggests_a_dt():
+    # Norse/Sinabs style (r = 1, tau = 50 ms): a weight is 0.7 x dt/tau x 1024 a-units = 14336 dt, 0.14 at
+    # dt = 1e-5, so both round to 0 and the neuron can never spike. The candidates nearest 1e-5 in ratio:
+    # 5e-6 and 2e-5 (0.29 a-units) also round to 0, 2e-6 too; at 5e-5 a weight is 0.72 -> 1 a-unit, and
+    # the voltage can reach 64 x 2 / (dv = 4 of 4096) = 131072 > 1024 << 6 = 65536.
+    graph = _one_lif(0.7, tau=0.05, r=1.0)
+    with pytest.raises(ForeignGraphError, match=r"at dt = 1e-05 s: synapse 'affine': all 2 weights round to 0 .*; "
+                                                r"node 'lif': can never spike .*\(dt = 5e-05 s works\)"):
+        compile_foreign(graph, Discretization(dt=1e-5))
+    compiled = compile_foreign(graph, Discretization(dt=5e-5))
+    assert compiled.nodes["affine"].metadata["weight_mant"].tolist() == [[1, 1]]
+
+
+def test_a_leak_that_rounds_to_none_is_an_error_or_with_allow_degenerate_a_warning():
+    # tau = 1 s at dt = 1e-4: dv = round(4096 x 1e-4) = round(0.41) = 0. At 2e-4, dv = round(0.82) = 1.
+    graph = _one_lif(0.5, tau=1.0, r=1e4)
+    with pytest.raises(ForeignGraphError, match=r"node 'lif': dt/tau = 0\.0001 rounds to dv = 0 of 4096: the leak "
+                                                r"rounds to none \(dt = 0\.0002 s works\)"):
+        compile_foreign(graph)
+    with pytest.warns(DegenerateGraphWarning, match="the leak rounds to none"):
+        compiled = compile_foreign(graph, allow_degenerate=True)
+    assert compiled.nodes["lif"].metadata["dv"] == 0
+
+
+def test_a_node_that_can_never_spike_is_an_error():
+    # IF (no dt): weights 1e-3 x 1024 = 1.02 -> 1 a-unit, and v grows without bound; with v_threshold
+    # 1e4 they are 1e-3 x 1024 / 1e4 = 1e-4 a-units: 0, so IF can never spike, whatever dt
+    graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Linear(np.full((1, 2), 1e-3)),
+                                   nir.IF(r=np.ones(1), v_threshold=np.full(1, 1e4), v_reset=np.zeros(1)),
+                                   nir.Output(np.array([1])))
+    with pytest.raises(ForeignGraphError, match=r"node 'if': can never spike .* \(no dt from 1e-06 to 1 s works"):
+        compile_foreign(graph)
+
+
+def _written(tmp_path, edit) -> str:
+    """_lif_graph written by nir.write, then changed in place by edit(h5py.File)."""
+    path = str(tmp_path / "graph.nir")
+    nir.write(path, _lif_graph())
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f["node/nodes/lif"].__delitem__("type"), r"node 'lif': has no 'type' string"),
+    (lambda f: (f["node/nodes/lif"].__delitem__("type"), f["node/nodes/lif"].create_dataset("type", data=b"Foo")),
+     r"node 'lif': type 'Foo' is not a NIR node type"),
+    (lambda f: f["node/nodes/affine"].__delitem__("weight"), r"node 'affine' \(Affine\): field 'weight' is missing"),
+    (lambda f: (f["node/nodes/affine"].__delitem__("weight"), f["node/nodes/lif"].__delitem__("tau")),
+     r"2 problems: .*node 'affine' \(Affine\): field 'weight' is missing; node 'lif' \(LIF\): field 'tau' is "
+     r"missing"),
+    (lambda f: (f["node"].__delitem__("edges"), f["node"].create_dataset("edges", data=[[b"input", b"ghost"]])),
+     r"edge 'input' -> 'ghost': no node named 'ghost'"),
+], ids=["no-type", "unknown-type", "missing-field", "all-listed", "dangling-edge"])
+def test_a_broken_file_names_the_node_and_field(tmp_path, edit, message):
+    with pytest.raises(ForeignGraphError, match=message):
+        read_foreign(_written(tmp_path, edit))
 
 
 def test_an_uncompiled_graph_is_refused_by_the_simulator():
@@ -127,6 +213,12 @@ def test_cli_import_nir_compiles_a_file_and_names_what_does_not_map(tmp_path, ca
     assert main(["import-nir", source, "--out", str(tmp_path / "li.nir")]) == 2
     assert "node 'li': NIR type LI has no chip mapping" in capsys.readouterr().err
     assert not (tmp_path / "li.nir").exists()
+    # tau = 1 s leaks by 1e-4 per step at dt = 1e-4: dv rounds to 0, so only --allow-degenerate compiles it
+    nir.write(source, _one_lif(0.5, tau=1.0, r=1e4))
+    assert main(["import-nir", source, "--out", out]) == 2
+    assert "the leak rounds to none (dt = 0.0002 s works); --allow-degenerate" in capsys.readouterr().err
+    assert main(["import-nir", source, "--out", out, "--allow-degenerate"]) == 0
+    assert capsys.readouterr().err.startswith("warning: at dt = 0.0001 s: node 'lif': dt/tau = 0.0001 rounds")
 
 
 def test_the_imported_threshold_fits_lavas_threshold_range():

@@ -178,15 +178,10 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_import_nir(args) -> int:
-    import nir
+    from export.nir_foreign import Discretization, read_foreign, write_foreign
 
-    from export.nir_foreign import Discretization, write_foreign
-
-    try:
-        graph = nir.read(args.graph)
-    except (KeyError, ValueError, TypeError) as err:  # OSError (h5py: not HDF5, missing) is a user error already
-        raise UsageError(f"{args.graph}: not a readable NIR file ({type(err).__name__}: {err})") from None
-    compiled = write_foreign(args.out, graph, Discretization(dt=args.dt))
+    graph = read_foreign(args.graph)
+    compiled = write_foreign(args.out, graph, Discretization(dt=args.dt), args.allow_degenerate)
     print(f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}")
     for name, node in sorted(compiled.nodes.items()):
         md = node.metadata or {}

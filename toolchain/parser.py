@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, default=1e-4,
                    help="seconds per step for tau of LIF/CubaLIF (default: %(default)s, the snnTorch/NIR-paper "
                         "convention)")
+    p.add_argument("--allow-degenerate", action="store_true",
+                   help="compile even when at this --dt a synapse's weights all round to 0, a node can never spike "
+                        "or a leak rounds to none (a warning instead of an error that suggests a dt that works)")
 
     p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
                                       "chip network; energy per step and per image against the ANN twin",
