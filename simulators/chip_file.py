@@ -3,8 +3,10 @@
 The reader trusts nothing it can check: every node must be a NIR primitive it knows, the IF
 parameters must say what the integer metadata says (r = 64, v_threshold = vth << 6, v_reset = 0), every
 weight must be an integer mantissa << exponent inside the 8-bit range and zero outside the synapse's
-channels, every edge must chain, and each up-sampling port pair must be linked. A mismatch is a
-`ChipFileError` that names the node.
+channels, every edge must chain, and each up-sampling port pair must be linked. Every range the simulator
+relies on is checked: 0 < vth within 17 bits, bias mantissas within 13 bits of one row or one per diffusion
+step, bias exponents within 3 bits, integer depths, delays and exponents, one spike's weight below 2^17
+a-units, finite scales and host weights. A mismatch is a `ChipFileError` that names the node.
 
 This module must not import `sddpm` or `export`: the simulator and the code it checks cannot share a bug.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import SimulatorError
-from .fixed_point import ACT_SHIFT, IF_DU, IF_DV, VTH_SHIFT
+from .fixed_point import ACT_SHIFT, IF_DU, IF_DV, STATE_MAX, VTH_SHIFT
 
 FORMAT = "sddpm-chip-nir"
 VERSIONS = (1,)
@@ -27,6 +29,14 @@ INPUT = "input"
 OUTPUT = "output"
 WEIGHT_MANT_MAX = 127  # 8-bit signed synaptic mantissa, symmetric
 V_PER_A = 1 << ACT_SHIFT
+# The hardware ranges this reader relies on (lava.md 1.2), declared here again: the simulator shares no code
+# with the compiler whose files it checks.
+VTH_BITS = 17  # threshold mantissa
+VTH_MAX = (1 << VTH_BITS) - 1
+BIAS_MANT_BITS = 13  # signed bias mantissa (stored in int16, whose wrap a larger value would hit)
+BIAS_MANT_MAX = (1 << (BIAS_MANT_BITS - 1)) - 1  # +-4095
+BIAS_EXP_MAX = 7  # 3-bit bias exponent
+SPIKE_LIMIT = STATE_MAX >> ACT_SHIFT  # one spike's weight below 2^17 a-units keeps a << 6 inside u's 24 bits
 
 
 class ChipFileError(SimulatorError, ValueError):
@@ -76,13 +86,13 @@ class ChipFile:
 def read_chip_file(path: str) -> ChipFile:
     try:
         graph = nir.read(path)
-    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
+    except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
         raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
         return _from_graph(graph)
     except ChipFileError as err:
         raise ChipFileError(f"{path}: {err}") from None
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:  # a field of the wrong kind
         raise ChipFileError(f"{path}: malformed chip network ({type(err).__name__}: {err})") from None
 
 
@@ -96,6 +106,35 @@ def _field(node_name: str, metadata: dict, key: str):
     if key not in metadata:
         raise ChipFileError(f"node {node_name!r}: metadata lacks {key!r}")
     return _scalar(metadata[key])
+
+
+def _int_field(node_name: str, metadata: dict, key: str, low: int, high: int | None = None) -> int:
+    """An integer metadata field inside [low, high]: a float or out-of-range value is an error, not a cast."""
+    value = _field(node_name, metadata, key)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low or \
+            (high is not None and value > high):
+        raise ChipFileError(f"node {node_name!r}: {key} = {value!r} must be an integer in [{low}, "
+                            f"{'inf' if high is None else high}]")
+    return int(value)
+
+
+def _positive(node_name: str, metadata: dict, key: str) -> float:
+    value = float(_field(node_name, metadata, key))
+    if not (np.isfinite(value) and value > 0):
+        raise ChipFileError(f"node {node_name!r}: {key} = {value} must be finite and > 0")
+    return value
+
+
+def _bias_mant(name: str, md: dict, channels: int, diffusion_steps: int) -> torch.Tensor:
+    """The [rows, C] bias mantissas: integers within 13 bits, one row or one per diffusion step."""
+    mant = np.asarray(_field(name, md, "bias_mant"))
+    if mant.dtype.kind not in "iu" or mant.ndim != 2 or mant.shape[1] != channels or \
+            mant.shape[0] not in (1, diffusion_steps):
+        raise ChipFileError(f"node {name!r}: bias_mant must be integers of shape [1 or {diffusion_steps}, "
+                            f"{channels}], is {mant.dtype} {mant.shape}")
+    if np.abs(mant.astype(np.int64)).max(initial=0) > BIAS_MANT_MAX:
+        raise ChipFileError(f"node {name!r}: bias_mant outside +-{BIAS_MANT_MAX} ({BIAS_MANT_BITS} bits)")
+    return torch.from_numpy(mant.astype(np.int64))
 
 
 def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None:
@@ -126,19 +165,25 @@ def _from_graph(graph: nir.NIRGraph) -> ChipFile:
     links = {link["to"]: link for link in json.loads(_field("graph", meta, "links"))}
 
     order = json.loads(_field("graph", meta, "order"))
+    if not isinstance(order, list) or not order or len(set(order)) != len(order):
+        raise ChipFileError(f"the population order must be a non-empty list of distinct names, is {order!r}")
+    diffusion_steps = _int_field("graph", meta, "diffusion_steps", 1)
     pops = []
     for name in order:
-        node = nodes.get(name)
+        node = nodes.get(name) if isinstance(name, str) else None
         if not isinstance(node, nir.IF):
             raise ChipFileError(f"population {name!r}: no IF node of that name")
         md = node.metadata
-        vth = int(_field(name, md, "vth"))
+        vth = _int_field(name, md, "vth", 1, VTH_MAX)  # > 0: a threshold of 0 fires on any positive input
+        shape = tuple(int(v) for v in np.shape(node.v_threshold))
+        if len(shape) != 3 or min(shape) < 1:
+            raise ChipFileError(f"population {name!r}: v_threshold has shape {shape}, not (C, H, W)")
         _uniform(name, "r", node.r, V_PER_A)
         _uniform(name, "v_threshold", node.v_threshold, vth << VTH_SHIFT)
         _uniform(name, "v_reset", node.v_reset, 0)
-        pops.append(Population(name, tuple(int(v) for v in node.v_threshold.shape), float(_field(name, md, "scale")),
-                               vth, torch.from_numpy(np.asarray(_field(name, md, "bias_mant")).astype(np.int64)),
-                               int(_field(name, md, "bias_exp")), int(_field(name, md, "depth")),
+        pops.append(Population(name, shape, _positive(name, md, "scale"), vth,
+                               _bias_mant(name, md, shape[0], diffusion_steps),
+                               _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
                                bool(_field(name, md, "host_input"))))
     if {n for n, node in nodes.items() if isinstance(node, nir.IF)} != set(order):
         raise ChipFileError("the IF nodes and the graph's population order differ")
@@ -155,18 +200,23 @@ def _from_graph(graph: nir.NIRGraph) -> ChipFile:
         syns.append(_synapse(name, nodes[name], sources.get(name, []), targets.get(name, []), links, sources,
                              nodes, shapes))
     host_meta = _field("graph", meta, "host")
+    for key, value in host_meta.items():  # the host's weights run in float: a NaN would spread silently
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ChipFileError(f"host {key!r}: holds NaN or inf")
     host = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in host_meta.items()
             if k not in ("membrane_decay", "readout_bias", "readout_temb")}
     host["membrane_decay"] = float(_scalar(host_meta["membrane_decay"]))
     temb = host_meta.get("readout_temb")
-    scale = np.asarray(readout.scale)
+    scale = np.asarray(readout.scale, dtype=np.float64)
+    if scale.size == 0 or not np.all(np.isfinite(scale)) or float(scale.flat[0]) == 0:
+        raise ChipFileError(f"node {READOUT!r}: scale must be finite and non-zero")
     _uniform(READOUT, "scale", scale, float(scale.flat[0]))
     readout_info = {"shape": tuple(int(v) for v in scale.shape), "scale": float(scale.flat[0]),
-                    "depth": int(_field(READOUT, readout.metadata, "depth")),
+                    "depth": _int_field(READOUT, readout.metadata, "depth", 0),
                     "bias": torch.from_numpy(np.asarray(host_meta["readout_bias"], dtype=np.float32)),
                     "temb": None if temb is None else torch.from_numpy(np.asarray(temb, dtype=np.float32))}
-    return ChipFile(tuple(pops), tuple(syns), readout_info, host, int(_field("graph", meta, "snn_steps")),
-                    int(_field("graph", meta, "diffusion_steps")),
+    return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
+                    diffusion_steps,
                     {"model_config": json.loads(_field("graph", meta, "model_config")),
                      "threshold_factor": float(_field("graph", meta, "threshold_factor")),
                      "host_input_max": int(_field("graph", meta, "host_input_max"))})
@@ -177,7 +227,7 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
         raise ChipFileError(f"synapse {name!r}: needs one source and one target, has {srcs} -> {dsts}")
     source, target = srcs[0], dsts[0]
     md = node.metadata
-    upsample = int(_field(name, md, "upsample"))
+    upsample = _int_field(name, md, "upsample", 1)
     if upsample != 1:  # source is an Input port joined by a link to the population's Output port
         link = links.get(source)
         if link is None or link["op"] != "nearest_upsample" or int(link["factor"]) != upsample:
@@ -196,10 +246,12 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
     if stride[0] != stride[1] or padding[0] != padding[1] or np.any(dilation != 1) or int(node.groups) != 1:
         raise ChipFileError(f"synapse {name!r}: only square stride/padding, dilation 1 and groups 1 map to the chip")
     c_in = shapes[source][0]
-    weight = np.asarray(node.weight)
+    weight = np.asarray(node.weight, dtype=np.float64)
+    if weight.ndim != 4 or not np.all(np.isfinite(weight)):
+        raise ChipFileError(f"synapse {name!r}: weight must be a finite [C_out, C_in, k, k] array, is {weight.shape}")
     if weight.shape[1] != c_in or np.any(np.asarray(node.bias) != 0):
         raise ChipFileError(f"synapse {name!r}: weight {weight.shape} does not read {c_in} channels, or has a bias")
-    exp, offset, channels = (int(_field(name, md, k)) for k in ("weight_exp", "out_offset", "channels"))
+    exp, offset, channels = (_int_field(name, md, k, 0) for k in ("weight_exp", "out_offset", "channels"))
     if exp < 0 or not 0 <= offset <= offset + channels <= weight.shape[0]:
         raise ChipFileError(f"synapse {name!r}: weight_exp {exp} / channels [{offset}, {offset + channels}) invalid")
     outside = np.concatenate([weight[:offset], weight[offset + channels:]])
@@ -209,5 +261,8 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
     mant = np.round(w / 2.0 ** exp)
     if np.any(mant * 2.0 ** exp != w) or np.abs(mant).max(initial=0) > WEIGHT_MANT_MAX:
         raise ChipFileError(f"synapse {name!r}: weights are not 8-bit mantissas << {exp}")
+    if np.abs(w).max(initial=0) >= SPIKE_LIMIT:  # also keeps mant << exp inside int64
+        raise ChipFileError(f"synapse {name!r}: a weight of {np.abs(w).max():.4g} a-units; one spike must stay "
+                            f"below {SPIKE_LIMIT}")
     return Synapse(source, target, torch.from_numpy(mant.astype(np.int64)) << exp, int(stride[0]), int(padding[0]),
-                   upsample, offset, int(_field(name, md, "delay")))
+                   upsample, offset, _int_field(name, md, "delay", 1))

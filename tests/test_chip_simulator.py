@@ -126,6 +126,19 @@ def _unknown_node(path):
                  r"synapse neuron -> downblocks\.1\.neuron: delay 2 does not balance depths 0 -> 3", id="delay"),
     pytest.param(_edit("node/metadata/links", lambda old: "[]"), r"reads 'upblocks\.2\.neuron\.up2', which no "
                  r"nearest-up-sampling link x2 feeds", id="link"),
+    # the ranges the simulator relies on: a threshold of 0 fires on any positive input, a 13-bit bias
+    # mantissa holds +-4095, the exponent 3 bits; the host's float weights must be numbers
+    pytest.param(_edit(f"{NODES}/neuron/metadata/vth", lambda old: 0), r"node 'neuron': vth = 0 must be an integer "
+                 r"in \[1, 131071\]", id="vth-0"),
+    pytest.param(_edit(f"{NODES}/neuron/metadata/vth", lambda old: -5), r"node 'neuron': vth = -5 must be", id="vth<0"),
+    pytest.param(_edit(f"{NODES}/neuron/metadata/bias_mant", lambda old: old * 0 + 30000),
+                 r"node 'neuron': bias_mant outside \+-4095 \(13 bits\)", id="bias-mant"),
+    pytest.param(_edit(f"{NODES}/neuron/metadata/bias_exp", lambda old: 8),
+                 r"node 'neuron': bias_exp = 8 must be an integer in \[0, 7\]", id="bias-exp"),
+    pytest.param(_edit(f"{NODES}/neuron/metadata/scale", lambda old: np.nan),
+                 r"node 'neuron': scale = nan must be finite and > 0", id="scale"),
+    pytest.param(_edit("node/metadata/host/head_weight", lambda old: old * np.nan), r"host 'head_weight': holds NaN",
+                 id="host-nan"),
 ])
 def test_a_broken_file_is_refused_with_the_problem_named(chip, tmp_path, damage, message):
     path = _copy(chip[1], tmp_path)
