@@ -50,9 +50,10 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
-    g.add_argument("--backend", choices=("float", "sim"), default="float",
+    g.add_argument("--backend", choices=("float", "sim", "lava"), default="float",
                    help="float: the PyTorch model; sim: compile it and run every denoising step on the "
-                        "bit-accurate chip simulator (default: %(default)s)")
+                        "bit-accurate chip simulator; lava: compile it and run every denoising step on one Lava "
+                        "process graph kept up for the whole run (one image at a time) (default: %(default)s)")
     g.add_argument("--sim-mode", choices=("zero_delay", "delayed"), default="zero_delay",
                    help="simulator timing (default: %(default)s; both give identical results)")
     _add_calibration_args(p)
@@ -265,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-config", choices=("sim", "loihi2-hw"), default="sim",
                    help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg, for "
                         "a machine with Loihi 2 and Intel's lava-loihi (never run here) (default: %(default)s)")
+    p.add_argument("--whole-chain", action="store_true",
+                   help="run a whole DDIM chain of --steps denoising steps of one image on one Lava graph built "
+                        "once; compare every step's spikes and the final image with the simulator's chain, and the "
+                        "image with the float model's chain from the same noise")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
 
