@@ -23,12 +23,15 @@ know the links sees two more graph ports; nothing in the file claims a meaning N
 Graph metadata: `format` ("sddpm-chip-nir"), `version`, the model config, T, diffusion steps, the
 threshold factor, the neuron's integer constants, the host's saturation, the partition (what runs
 where), `links`, and `host`: the host stages (head conv, readout bias and time embedding, tail) as
-float32 arrays. The file alone runs the network.
+float32 arrays. The file alone runs the network. The root's HDF5 attribute `sddpm_sha256` is a digest
+of all of it, so a reader can tell a damaged or edited file from one this writer wrote.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
+import h5py
 import nir
 import numpy as np
 
@@ -127,11 +130,40 @@ def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
+# The file's digest: an HDF5 attribute of its root (nir.read ignores attributes). A value NIR stores
+# uncompressed (a scale, a depth, the threshold factor) has no checksum of its own, so without this a
+# flipped byte there would be read as a valid, different network.
+DIGEST_ATTR = "sddpm_sha256"
+
+
+def file_digest(h5: h5py.File) -> str:
+    """sha256 over every group's and dataset's path and every dataset's dtype, shape and values, in HDF5's
+    name order (`simulators.chip_file` computes the same on its own)."""
+    digest = hashlib.sha256()
+
+    def visit(name: str, obj) -> None:
+        digest.update(name.encode() + b"\0")
+        if isinstance(obj, h5py.Dataset):
+            value = np.asarray(obj[()])
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(repr(value.tolist()).encode() if value.dtype.kind == "O" else value.tobytes())
+    h5.visititems(visit)
+    return digest.hexdigest()
+
+
+def seal(path: str) -> None:
+    """Store the digest of the file's contents in the file."""
+    with h5py.File(path, "r+") as h5:
+        h5.attrs[DIGEST_ATTR] = file_digest(h5)
+
+
 def write_chip_nir(path: str, net: ChipNetwork) -> None:
-    """Write the network as a NIR file, atomically (an interrupted write leaves the old file, or none)."""
+    """Write the network as a NIR file with its digest, atomically (an interrupted write leaves the old
+    file, or none)."""
     graph = chip_to_nir(net)
     with atomic_path(path) as tmp:
         nir.write(tmp, graph)
+        seal(tmp)
 
 
 class ChipNirError(ExportError, ValueError):

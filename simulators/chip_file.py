@@ -12,9 +12,11 @@ This module must not import `sddpm` or `export`: the simulator and the code it c
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
+import h5py
 import nir
 import numpy as np
 import torch
@@ -37,6 +39,11 @@ BIAS_MANT_BITS = 13  # signed bias mantissa (stored in int16, whose wrap a large
 BIAS_MANT_MAX = (1 << (BIAS_MANT_BITS - 1)) - 1  # +-4095
 BIAS_EXP_MAX = 7  # 3-bit bias exponent
 SPIKE_LIMIT = STATE_MAX >> ACT_SHIFT  # one spike's weight below 2^17 a-units keeps a << 6 inside u's 24 bits
+DIGEST_ATTR = "sddpm_sha256"  # the writer's digest of the file, an attribute of its root
+# The host stages the simulator runs (`network.ChipSimulator`); readout_temb is optional.
+HOST_KEYS = ("head_weight", "head_bias", "readout_bias", "membrane_decay", "tail_bn_scale", "tail_bn_shift",
+             "tail_conv_weight", "tail_conv_bias", "time_conv_weight", "time_conv_bias", "last_bn_scale",
+             "last_bn_shift")
 
 
 class ChipFileError(SimulatorError, ValueError):
@@ -83,13 +90,42 @@ class ChipFile:
     meta: dict  # model_config, threshold_factor, host_input_max
 
 
+def _digest(h5: h5py.File) -> str:
+    """sha256 over every group's and dataset's path and every dataset's dtype, shape and values, in HDF5's
+    name order: the writer's `export.nir_chip.file_digest`, written again here (no shared code)."""
+    digest = hashlib.sha256()
+
+    def visit(name: str, obj) -> None:
+        digest.update(name.encode() + b"\0")
+        if isinstance(obj, h5py.Dataset):
+            value = np.asarray(obj[()])
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(repr(value.tolist()).encode() if value.dtype.kind == "O" else value.tobytes())
+    h5.visititems(visit)
+    return digest.hexdigest()
+
+
+def _seal_problem(path: str) -> str | None:
+    """Why the file's contents are not the ones its writer sealed, or None."""
+    with h5py.File(path, "r") as h5:
+        stored = h5.attrs.get(DIGEST_ATTR)
+        actual = _digest(h5)
+    stored = stored.decode() if isinstance(stored, bytes) else stored
+    if stored is None:
+        return "the file carries no digest: write it again with `sddpm compile`"
+    if stored != actual:
+        return "the file's contents differ from the digest written with them: it was damaged or edited"
+    return None
+
+
 def read_chip_file(path: str) -> ChipFile:
     try:
+        seal_problem = _seal_problem(path)
         graph = nir.read(path)
     except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
         raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
-        return _from_graph(graph)
+        return _from_graph(graph, seal_problem)
     except ChipFileError as err:
         raise ChipFileError(f"{path}: {err}") from None
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:  # a field of the wrong kind
@@ -142,13 +178,15 @@ def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None
         raise ChipFileError(f"node {node_name!r}: {what} must be {value} everywhere to match the integer metadata")
 
 
-def _from_graph(graph: nir.NIRGraph) -> ChipFile:
+def _from_graph(graph: nir.NIRGraph, seal_problem: str | None) -> ChipFile:
     meta = graph.metadata
     if _scalar(meta.get("format")) != FORMAT:
         raise ChipFileError(f"not an {FORMAT} file (format {_scalar(meta.get('format'))!r}): a NIR graph from "
                             f"another tool holds no chip integers")
     if int(_field("graph", meta, "version")) not in VERSIONS:
         raise ChipFileError(f"{FORMAT} version {_scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
+    if seal_problem is not None:  # after the format: another tool's file is named as such
+        raise ChipFileError(seal_problem)
     neuron = json.loads(_field("graph", meta, "neuron"))
     if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
         raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
@@ -200,6 +238,9 @@ def _from_graph(graph: nir.NIRGraph) -> ChipFile:
         syns.append(_synapse(name, nodes[name], sources.get(name, []), targets.get(name, []), links, sources,
                              nodes, shapes))
     host_meta = _field("graph", meta, "host")
+    missing = [k for k in HOST_KEYS if k not in host_meta]
+    if missing:
+        raise ChipFileError(f"host: lacks {missing}")
     for key, value in host_meta.items():  # the host's weights run in float: a NaN would spread silently
         if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
             raise ChipFileError(f"host {key!r}: holds NaN or inf")

@@ -14,7 +14,7 @@ import torch
 
 from chip_helpers import compiled_tiny
 from export.chip import READOUT
-from export.nir_chip import write_chip_nir
+from export.nir_chip import seal, write_chip_nir
 from export.reference import run_reference
 from simulators.chip_file import ChipFileError
 from simulators.network import ChipSimulator
@@ -83,11 +83,20 @@ def _corrupt_weights(path):
         f.write(bytes(chunk.size))
 
 
-def _edit(dataset: str, change):
+def _edit(dataset: str, change, reseal=True):
+    """A change to one dataset; resealed (the digest written again) it tests the reader's checks behind
+    the digest, as if a writer with a bug had written it."""
     def edit(path):
         with h5py.File(path, "r+") as h5:
             h5[dataset][...] = change(h5[dataset][()])
+        if reseal:
+            seal(path)
     return edit
+
+
+def _unsealed(path):
+    with h5py.File(path, "r+") as h5:
+        del h5.attrs["sddpm_sha256"]
 
 
 def _another_tools_graph(path):
@@ -104,6 +113,7 @@ def _unknown_node(path):
     graph.nodes["neuron"] = nir.LIF(np.full(old.r.shape, 1e-3), old.r, np.zeros(old.r.shape), old.v_threshold,
                                     metadata=old.metadata)
     nir.write(path, graph)
+    seal(path)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -116,6 +126,10 @@ def _unknown_node(path):
     pytest.param(_edit("node/metadata/version", lambda old: 2), r"sddpm-chip-nir version 2 is not supported",
                  id="version"),
     pytest.param(_unknown_node, r"node 'neuron': NIR type LIF has no place in a chip network", id="node-type"),
+    # a scale is stored uncompressed, without a checksum of its own: the digest finds the change
+    pytest.param(_edit(f"{NODES}/neuron/metadata/scale", lambda old: old * 1.01, reseal=False),
+                 r"the file's contents differ from the digest written with them", id="digest"),
+    pytest.param(_unsealed, r"the file carries no digest", id="no-digest"),
     # the IF's threshold must say what its integer vth says
     pytest.param(_edit(f"{NODES}/neuron/v_threshold", lambda old: old + 64),
                  r"node 'neuron': v_threshold must be \d+ everywhere", id="threshold"),
@@ -209,6 +223,7 @@ def test_a_changed_weight_is_found_at_its_target_population(chip, tmp_path):
     path = _copy(path, tmp_path)
     with h5py.File(path, "r+") as h5:
         h5[f"{NODES}/syn{index:04d}/weight"][0, channel, 1, 1] = (-127 if mant >= 0 else 127) << syn.weight_exp
+    seal(path)  # as a compiler with a bug would write it
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
     order = [p.name for p in net.populations]
     found = compare_runs(order, ref.spikes, ref.readout, out.spikes, out.readout, t=int(t[0]))

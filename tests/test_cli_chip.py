@@ -8,6 +8,7 @@ import nir
 import pytest
 
 from chip_helpers import firing_tiny_model
+from export.nir_chip import seal
 from helpers import TINY, TINY_TRAIN
 from sddpm.checkpoint import save_checkpoint
 from sddpm.config import DiffusionConfig
@@ -74,6 +75,7 @@ def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, ca
         with h5py.File(path, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]
+        seal(path)  # as a compiler with a bug would write it
         return read(path)
 
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
@@ -101,6 +103,7 @@ def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys
         with h5py.File(path, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]  # mantissas lie within +-127, so negating never wraps
+        seal(path)  # as a compiler with a bug would write it
         found.append(next(b for a, b in nir.read(path).edges if a == "syn0000"))
         return read(path)
 
@@ -143,6 +146,7 @@ def test_deploy_exits_1_naming_the_first_spike_lava_and_the_simulator_disagree_o
         with h5py.File(copy, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]
+        seal(copy)  # as a compiler with a bug would write it
         return read(copy)
 
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_copy))
