@@ -215,6 +215,7 @@ def wiring(graph: nir.NIRGraph, problems: list[str]) -> Wiring:
                 continue
             src, flatten[name] = srcs[0], isinstance(nodes[srcs[0]], nir.Flatten)
             if flatten[name]:
+                _check_flatten(srcs[0], nodes[srcs[0]], problems)
                 src = into.get(src, [None])[0] if len(into.get(src, [])) == 1 else None
             if not isinstance(nodes.get(src), NEURONS + (nir.Input,)):
                 problems.append(f"synapse {name!r}: reads {srcs[0]!r}; a synapse must read spikes (a neuron or an "
@@ -238,6 +239,23 @@ def wiring(graph: nir.NIRGraph, problems: list[str]) -> Wiring:
         elif isinstance(node, nir.Input) and srcs:
             problems.append(f"input {name!r}: an Input takes no edges, has {srcs}")
     return Wiring({k: v for k, v in source.items() if k in target}, target, flatten, outputs)
+
+
+def _one_int(value) -> int | None:
+    """An integer given as a number or a one-element array, else None."""
+    try:
+        array = np.asarray(value)
+        return operator.index(array.reshape(-1)[0].item()) if array.size == 1 and array.dtype.kind in "iu" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_flatten(name: str, node, problems: list[str]) -> None:
+    """The simulators flatten everything but the batch: NIR's start_dim 0, end_dim -1 (batch excluded)."""
+    start, end = _one_int(node.start_dim), _one_int(node.end_dim)
+    if start != 0 or end != -1:
+        problems.append(f"node {name!r}: Flatten from dim {node.start_dim!r} to {node.end_dim!r}; only the whole "
+                        f"array maps (start_dim 0, end_dim -1)")
 
 
 def _input_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | None:
@@ -264,10 +282,7 @@ def _conv_geometry(name: str, node, problems: list[str]) -> dict | None:
                             f"{getattr(node, field)!r}")
             return None
         geo[field] = pair
-    try:
-        geo["groups"] = operator.index(np.asarray(node.groups).reshape(-1)[0]) if np.size(node.groups) == 1 else 0
-    except (TypeError, ValueError):
-        geo["groups"] = 0
+    geo["groups"] = _one_int(node.groups) or 0
     if geo["groups"] < 1:
         problems.append(f"synapse {name!r}: groups must be one integer >= 1, is {node.groups!r}")
         return None
@@ -294,6 +309,11 @@ def _check_synapse(name: str, node, flat: bool, src_shape, tgt_shape, problems: 
         return None
     ok = weight.ndim == 4 and len(src_shape) == 3 and not flat and weight.shape[1] * geo["groups"] == src_shape[0] \
         and n_out % geo["groups"] == 0
+    declared = getattr(node, "input_shape", None)
+    if ok and declared is not None and np.asarray(declared).reshape(-1).tolist() != list(src_shape[1:]):
+        problems.append(f"synapse {name!r}: input_shape {np.asarray(declared).tolist()} is not its source's "
+                        f"{src_shape[1:]}")
+        return None
     if ok:
         size = [(src_shape[1 + i] + 2 * geo["padding"][i] - geo["dilation"][i] * (weight.shape[2 + i] - 1) - 1)
                 // geo["stride"][i] + 1 for i in range(2)]

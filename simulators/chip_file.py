@@ -246,6 +246,8 @@ def _from_graph(graph: nir.NIRGraph, seal_problem: str | None) -> ChipFile:
             raise ChipFileError(f"host {key!r}: holds NaN or inf")
     host = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in host_meta.items()
             if k not in ("membrane_decay", "readout_bias", "readout_temb")}
+    if np.ndim(host_meta["membrane_decay"]) != 0:
+        raise ChipFileError("host: membrane_decay must be one number")
     host["membrane_decay"] = float(_scalar(host_meta["membrane_decay"]))
     temb = host_meta.get("readout_temb")
     scale = np.asarray(readout.scale, dtype=np.float64)
@@ -256,11 +258,33 @@ def _from_graph(graph: nir.NIRGraph, seal_problem: str | None) -> ChipFile:
                     "depth": _int_field(READOUT, readout.metadata, "depth", 0),
                     "bias": torch.from_numpy(np.asarray(host_meta["readout_bias"], dtype=np.float32)),
                     "temb": None if temb is None else torch.from_numpy(np.asarray(temb, dtype=np.float32))}
+    _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
     return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
                     diffusion_steps,
                     {"model_config": json.loads(_field("graph", meta, "model_config")),
-                     "threshold_factor": float(_field("graph", meta, "threshold_factor")),
+                     "threshold_factor": _positive("graph", meta, "threshold_factor"),
                      "host_input_max": int(_field("graph", meta, "host_input_max"))})
+
+
+def _check_host(host: dict, readout: dict, first_channels: int, diffusion_steps: int) -> None:
+    """The host stages' shapes, as `network.ChipSimulator` runs them: the head conv (3x3, into the first
+    population), the readout's bias (and time-embedding table), the tail's BN, conv and time conv."""
+    head = host["head_weight"]
+    img, out = (int(head.shape[1]) if head.ndim == 4 else 0), readout["shape"][0]
+    expected = {"head_weight": (first_channels, img, 3, 3), "head_bias": (first_channels,), "tail_bn_scale": (out,),
+                "tail_bn_shift": (out,), "tail_conv_weight": (img, out, 3, 3), "tail_conv_bias": (img,),
+                "time_conv_weight": (img, img, 3, 3), "time_conv_bias": (img,), "last_bn_scale": (img,),
+                "last_bn_shift": (img,)}
+    shapes = {k: tuple(host[k].shape) for k in expected}
+    shapes.update({"readout_bias": tuple(readout["bias"].shape)})
+    expected["readout_bias"] = (out,)
+    if readout["temb"] is not None:
+        shapes["readout_temb"], expected["readout_temb"] = tuple(readout["temb"].shape), (diffusion_steps, out)
+    wrong = [f"{k} {shapes[k]} (expected {v})" for k, v in expected.items() if shapes[k] != v]
+    if wrong or img < 1:
+        raise ChipFileError(f"host: shapes do not chain: {', '.join(wrong) or 'no image channels'}")
+    if not 0 <= host["membrane_decay"] <= 1:
+        raise ChipFileError(f"host: membrane_decay {host['membrane_decay']} outside [0, 1]")
 
 
 def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) -> Synapse:

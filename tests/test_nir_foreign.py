@@ -1,16 +1,16 @@
 """NIR graphs written the way other tools write them, compiled to Loihi 2 integers and run on the simulator:
 a hand-derived case, agreement with the float discretization, recurrent and convolutional graphs, the
 file round trip, and refusals that name the node."""
+import h5py
 import nir
 import numpy as np
 import pytest
 import torch
 
-import h5py
-
-from export.nir_foreign import (DegenerateGraphWarning, Discretization, ForeignGraphError, compile_foreign, read_foreign,
-                                run_discrete, write_foreign)
-from nir_helpers import DT, conv_flatten_graph, cuba, feed_forward_graph, lif, recurrent_graph
+from export.nir_foreign import (DegenerateGraphWarning, Discretization, ForeignGraphError, compile_foreign,
+                                read_foreign, run_discrete, write_foreign)
+from nir_helpers import (DT, conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif,
+                         recurrent_graph)
 from simulators.chip_file import ChipFileError
 from simulators.nir_net import NetSimulator
 
@@ -97,6 +97,21 @@ def _lif_graph(weight=None, **changes):
                         type_check=False)
 
 
+def _partial_flatten():
+    # Flatten of (2, 3, 3) spikes from dim 1: (2, 9), not the (18,) vector the simulators feed the Affine
+    shape = np.array([2, 3, 3])
+    return nir.NIRGraph(nodes={
+        "input": nir.Input(np.array([1, 3, 3])),
+        "conv": nir.Conv2d(input_shape=(3, 3), weight=np.ones((2, 1, 1, 1)), stride=1, padding=0, dilation=1,
+                           groups=1, bias=np.zeros(2)),
+        "if1": nir.IF(r=np.ones(shape), v_threshold=np.ones(shape), v_reset=np.zeros(shape)),
+        "flat": nir.Flatten(input_type={"input": shape}, start_dim=1, end_dim=-1),
+        "fc": nir.Affine(np.ones((1, 18)), np.zeros(1)), "if2": integrate_and_fire(1),
+        "output": nir.Output(np.array([1])),
+    }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")],
+        type_check=False)
+
+
 def _cuba_with_bias():
     return nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((3, 2)), np.ones(3)), cuba(3),
                                   nir.Output(np.array([3])))
@@ -118,11 +133,12 @@ def _cuba_with_bias():
     (_lif_graph(weight=np.full((3, 2), 1e30)), r"synapse 'affine': weights up to \d+ a-units .* below 131072"),
     (_lif_graph(weight=np.ones((4, 2))), r"synapse 'affine': weight \(4, 2\) does not map \(2,\) spikes onto the "
                                          r"\(3,\) neurons"),
+    (_partial_flatten(), r"node 'flat': Flatten from dim 1 to -1; only the whole array maps"),
     # every problem of a file at once, counted
     (_lif_graph(tau=np.zeros(3), v_threshold=np.full(3, np.inf)),
      r"^2 problems: node 'lif': tau = 0 must be > 0; node 'lif': v_threshold holds NaN or inf$"),
 ], ids=["LI", "v_reset", "tau", "dt", "bias", "tau0", "tau<0", "nan-threshold", "threshold<0", "nan-weight",
-        "inf-weight", "huge-weight", "shape", "all-listed"])
+        "inf-weight", "huge-weight", "shape", "flatten", "all-listed"])
 def test_what_does_not_map_is_refused_by_node_name(graph, message):
     with pytest.raises(ForeignGraphError, match=message):
         compile_foreign(graph)
