@@ -95,6 +95,56 @@ def upsample_matrices(syn: ChipSynapse, source_shape, target_shape) -> list[spar
     return matrices
 
 
+def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
+    """Every chip synapse between the populations' processes `lif` (and into `readout_port`), with the delay
+    lines that balance its depths; returns the processes made."""
+    shapes = {p.name: p.shape for p in net.populations}
+    processes = []
+    for syn in net.synapses:
+        target_shape = net.readout.shape if syn.target == READOUT else shapes[syn.target]
+        target_port = readout_port if syn.target == READOUT else lif[syn.target].a_in
+        outs = _synapse(syn, lif[syn.source].s_out, shapes[syn.source], target_shape, processes)
+        if syn.delay > 1:
+            line = DelayLine(shape=lava_shape(target_shape), delay=syn.delay - 1)
+            processes.append(line)
+            for out in outs:
+                out.connect(line.a_in)
+            outs = [line.a_out]
+        for out in outs:
+            out.connect(target_port)
+    return processes
+
+
+def _synapse(syn: ChipSynapse, source, source_shape, target_shape, processes: list) -> list:
+    """The Lava synapse processes of one chip synapse from the OutPort `source`, appended to `processes`;
+    returns their output ports (target layout)."""
+    from lava.proc.conv.process import Conv
+    from lava.proc.sparse.process import Sparse
+
+    lava_target = lava_shape(target_shape)
+    if syn.upsample == 1:
+        weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
+        weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
+        if np.abs(weight).max() >= 2 ** 31:
+            raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
+        conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape,
+                    padding=syn.padding, stride=syn.stride)
+        source.connect(conv.s_in)
+        processes.append(conv)
+        if conv.a_out.shape != lava_target:
+            raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
+                                 f"target is {lava_target}")
+        return [conv.a_out]
+    outs = []
+    for matrix in upsample_matrices(syn, source_shape, target_shape):
+        # 2 * mant with weight_exp - 1: Lava's mixed-sign truncation to even values loses nothing
+        proc = Sparse(weights=(matrix * 2).astype(np.int32), weight_exp=syn.weight_exp - 1)
+        source.flatten().connect(proc.s_in)
+        processes.append(proc)
+        outs.append(proc.a_out.reshape(lava_target))
+    return outs
+
+
 @dataclass
 class LavaRun:
     spikes: dict[str, np.ndarray]  # population -> bool [T, C, H, W], its window
@@ -115,7 +165,6 @@ class ChipGraph:
 
         self.net, self.sink_dir = net, sink_dir
         self.steps = net.steps_per_denoising_step
-        shapes = {p.name: p.shape for p in net.populations}
         self.lif, self.sinks, self.processes = {}, {}, []
         for p in net.populations:
             row = p.bias_mant[t if p.bias_mant.shape[0] > 1 else 0].astype(np.int32)
@@ -131,18 +180,7 @@ class ChipGraph:
         source.s_out.connect(self.lif[net.populations[0].name].a_in)
         self.processes.append(source)
         readout_sink = self._sink(READOUT, net.readout.shape)
-        for syn in net.synapses:
-            target_shape = net.readout.shape if syn.target == READOUT else shapes[syn.target]
-            target_port = readout_sink.a_in if syn.target == READOUT else self.lif[syn.target].a_in
-            outs = self._synapse(syn, shapes[syn.source], target_shape)
-            if syn.delay > 1:
-                line = DelayLine(shape=lava_shape(target_shape), delay=syn.delay - 1)
-                self.processes.append(line)
-                for out in outs:
-                    out.connect(line.a_in)
-                outs = [line.a_out]
-            for out in outs:
-                out.connect(target_port)
+        self.processes += wire_synapses(net, self.lif, readout_sink.a_in)
         self.processes += list(self.lif.values())
 
     def _sink(self, name: str, shape, port=None) -> FileSink:
@@ -153,35 +191,6 @@ class ChipGraph:
         if port is not None:
             port.connect(sink.a_in)
         return sink
-
-    def _synapse(self, syn: ChipSynapse, source_shape, target_shape) -> list:
-        """The Lava synapse processes of one chip synapse; returns their output ports (target layout)."""
-        from lava.proc.conv.process import Conv
-        from lava.proc.sparse.process import Sparse
-
-        source = self.lif[syn.source].s_out
-        lava_target = lava_shape(target_shape)
-        if syn.upsample == 1:
-            weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
-            weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
-            if np.abs(weight).max() >= 2 ** 31:
-                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
-            conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape,
-                        padding=syn.padding, stride=syn.stride)
-            source.connect(conv.s_in)
-            self.processes.append(conv)
-            if conv.a_out.shape != lava_target:
-                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
-                                  f"target is {lava_target}")
-            return [conv.a_out]
-        outs = []
-        for matrix in upsample_matrices(syn, source_shape, target_shape):
-            # 2 * mant with weight_exp - 1: Lava's mixed-sign truncation to even values loses nothing
-            proc = Sparse(weights=(matrix * 2).astype(np.int32), weight_exp=syn.weight_exp - 1)
-            source.flatten().connect(proc.s_in)
-            self.processes.append(proc)
-            outs.append(proc.a_out.reshape(lava_target))
-        return outs
 
     def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float, str | None]:
         """Run one forward pass; returns every sink's record [steps, C, H, W], the run's seconds and the note of

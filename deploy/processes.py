@@ -8,6 +8,11 @@
   delay in hardware (Lava's DelayDense, dense only, up to 62 steps); on the CPU it is this ring buffer,
   which sends before it receives, like Lava's own synapses, so loops cannot deadlock.
 
+- `HostFeed`, `WindowSink`, `HostBiasLIF`: the host I/O of a graph that stays up for a whole sampling chain,
+  one period of chip steps per denoising step. Lava's own `Injector`/`Extractor` carry float64 (their
+  models declare `float`), and a LIF's `a_in << 6` refuses floats; these carry int32 through the same
+  external pipes (a channel's dtype is its process model port's), one message per denoising step each way.
+
 Every Lava process is its own OS process; the main process holds about 10 file descriptors for each
 (lava.md section 8), so a large graph outgrows the common soft limit of 1024. `raise_open_file_limit`
 raises the soft limit up to the hard one, and refuses, before any process starts, a graph that needs more.
@@ -15,6 +20,7 @@ raises the soft limit up to the hard one, and refuses, before any process starts
 import contextlib
 import os
 import resource
+import time
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -27,6 +33,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg, RunConfig
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.proc.lif.models import PyLifResetModelBitAcc
+from lava.proc.lif.process import LIFReset
 
 from deploy.errors import DeployError, DeployInputError
 
@@ -126,7 +134,7 @@ class PyDelayLineModel(PyLoihiProcessModel):
         self.head = (self.head + 1) % len(self.ring)
 
 
-def _abort(runtime) -> None:
+def abort_graph(runtime) -> None:
     # After a model raised, Lava's runtime has joined every OS process, but stop() still waits for the
     # runtime service's TERMINATED answer, which never comes (lava-nc 0.10.0: it blocks forever). Lava has no
     # abort, so: end what is still running (a failure outside the models), mark the runtime not started,
@@ -152,5 +160,158 @@ def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, p
         if finished:
             anchor.stop()
         elif anchor.runtime is not None:  # None: it failed before Lava started anything
-            _abort(anchor.runtime)
+            abort_graph(anchor.runtime)
     return note
+
+
+# Messages waiting in a host pipe: the host sends one per denoising step and the graph consumes it in the
+# next period (or the graph sends one per period and the host reads it after the run), so one slot is
+# always free for the next; each slot is shared memory the size of the message.
+HOST_PIPE_SLOTS = 2
+# After a blocking run returns, a record already sent still needs the host port's listener thread to
+# register it (microseconds); a record missing for this long was never sent.
+RECORD_WAIT_SECONDS = 10.0
+RECORD_POLL_SECONDS = 0.001
+
+
+class HostPipeError(DeployError, RuntimeError):
+    """The host and a running graph disagree about a message (its shape, or a record never sent)."""
+
+
+def _period_step(time_step: int, period: int) -> int:
+    """Chip step within the period of one denoising step: Lava counts time steps from 1."""
+    return (time_step - 1) % period
+
+
+class HostFeed(AbstractProcess):
+    """Sends what the host gave it for this period, int32 `shape`, during the first `on_steps` chip steps
+    of each period of `period` steps, and zeros in the rest. The host sends one array per period with
+    `send`, before the run of that period (the feed blocks on it at the period's first step)."""
+
+    def __init__(self, shape: tuple[int, ...], period: int, on_steps: int):
+        if not 1 <= on_steps <= period:
+            raise DeployInputError(f"a host feed is on for 1 to {period} steps of its period, got {on_steps}")
+        super().__init__(shape=shape, period=period, on_steps=on_steps)
+        self.host_in = InPort(shape=shape)
+        self.host_in.flag_external_pipe(buffer_size=HOST_PIPE_SLOTS)
+        self.s_out = OutPort(shape=shape)
+
+    def send(self, data: np.ndarray) -> None:
+        """Queue the input of the next period (the graph's runtime must exist)."""
+        shape = self.proc_params["shape"]
+        if data.shape != tuple(shape) or data.dtype != np.int32:
+            raise HostPipeError(f"host feed {self.name}: expected int32 {tuple(shape)}, got {data.dtype} "
+                                f"{data.shape}")
+        self.host_in.external_pipe_csp_send_port.send(data)
+
+    def close_pipe(self) -> None:
+        """End the host side's port thread (after the runtime stopped)."""
+        port = getattr(self.host_in, "external_pipe_csp_send_port", None)
+        if port is not None:
+            port.join()
+
+
+@implements(proc=HostFeed, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyHostFeedModel(PyLoihiProcessModel):
+    host_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.period, self.on_steps = proc_params["period"], proc_params["on_steps"]
+        self.data = np.zeros(proc_params["shape"], dtype=np.int32)
+        self.zeros = np.zeros_like(self.data)
+
+    def run_spk(self):
+        step = _period_step(self.time_step, self.period)
+        if step == 0:
+            self.data = self.host_in.recv()
+        self.s_out.send(self.data if step < self.on_steps else self.zeros)
+
+
+class WindowSink(AbstractProcess):
+    """Records its int32 input during chip steps [start, start + length) of every period of `period` steps
+    and sends the record [length, *shape] to the host at the window's last step; the host takes it with
+    `receive` after the run of that period."""
+
+    def __init__(self, shape: tuple[int, ...], period: int, start: int, length: int):
+        if not (0 <= start and 1 <= length and start + length <= period):
+            raise DeployInputError(f"a window [{start}, {start + length}) must lie inside the period [0, {period})")
+        super().__init__(shape=shape, period=period, start=start, length=length)
+        self.a_in = InPort(shape=shape)
+        self.record_out = OutPort(shape=(length, *shape))
+        self.record_out.flag_external_pipe(buffer_size=HOST_PIPE_SLOTS)
+
+    def receive(self) -> np.ndarray:
+        """The record of the period just run, int32 [length, *shape]."""
+        port = self.record_out.external_pipe_csp_recv_port
+        deadline = time.monotonic() + RECORD_WAIT_SECONDS
+        while not port.probe():
+            if time.monotonic() > deadline:
+                raise HostPipeError(f"window sink {self.name} sent no record in its period")
+            time.sleep(RECORD_POLL_SECONDS)
+        return port.recv()
+
+    def close_pipe(self) -> None:
+        port = getattr(self.record_out, "external_pipe_csp_recv_port", None)
+        if port is not None:
+            port.join()
+
+
+@implements(proc=WindowSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyWindowSinkModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+    record_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        # not `self.start`: that is the process model's main loop
+        self.period, self.window_start = proc_params["period"], proc_params["start"]
+        self.record = np.zeros((proc_params["length"], *proc_params["shape"]), dtype=np.int32)
+
+    def run_spk(self):
+        data = self.a_in.recv()
+        k = _period_step(self.time_step, self.period) - self.window_start
+        if 0 <= k < len(self.record):
+            self.record[k] = data
+            if k == len(self.record) - 1:
+                self.record_out.send(self.record)
+
+
+class HostBiasLIF(LIFReset):
+    """`LIFReset` whose per-channel bias mantissas the host replaces once per period: at every state reset
+    it takes its channels [row_offset, row_offset + C) of the rows arriving at `rows_in` (a `HostFeed`'s,
+    no delay) as `bias_mant`, broadcast over (W, H). Everything else is Lava's own bit-accurate model."""
+
+    def __init__(self, *, rows: int, row_offset: int, **lif):
+        super().__init__(**lif)
+        channels = self.proc_params["shape"][-1]
+        if not 0 <= row_offset <= rows - channels:
+            raise DeployInputError(f"channels [{row_offset}, {row_offset + channels}) outside the {rows} bias rows")
+        self.proc_params["row_offset"] = row_offset
+        self.rows_in = InPort(shape=(rows,))
+
+
+@implements(proc=HostBiasLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyHostBiasLIFModel(PyLifResetModelBitAcc):
+    # Lava's @implements refuses a subclass of a model registered for another process; this one is
+    # registered for HostBiasLIF alone (the parent keeps LIFReset), so it starts from no process.
+    implements_process = None
+    rows_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        offset = proc_params["row_offset"]
+        self.channels = slice(offset, offset + proc_params["shape"][-1])
+
+    def run_spk(self):
+        rows = self.rows_in.recv()
+        if self.time_step % self.reset_interval == self.reset_offset:  # the reset step of LIFReset.run_spk
+            self.bias_mant[:] = rows[self.channels]  # (C,) over Lava's (W, H, C); int16 holds the 13-bit range
+        super().run_spk()
