@@ -14,9 +14,13 @@ from nir_helpers import (DT, conv_flatten_graph, cuba, feed_forward_graph, integ
 from simulators.chip_file import ChipFileError
 from simulators.nir_net import NetSimulator
 
-# Spike agreement between the integers and the float discretization: 8-bit weights move a membrane by
-# up to 1/254 of the largest weight per input spike, which flips the odd spike of a neuron near threshold.
-SPIKE_AGREEMENT_MIN = 0.97
+# Spike agreement per node between the integers (A) and the float discretization (B), counted over spikes:
+# 2|A and B| / (|A| + |B|), so silent cells do not inflate it. 8-bit weights move a membrane by up to half a
+# mantissa step per input spike, which flips the odd spike of a neuron near its threshold; the flipped spike
+# resets its neuron at another step, and every node downstream inherits it. Measured with these inputs:
+# 0.989 and 0.984 (feed-forward), 0.991 (recurrent), 0.992 and 0.877 (convolutional, whose last node fires
+# only 184 spikes, so one flip costs half a point). The floor is below the lowest, not derived.
+SPIKE_AGREEMENT_MIN = 0.85
 
 
 def _spikes(steps, batch, *shape, rate=0.3, seed=0):
@@ -24,13 +28,16 @@ def _spikes(steps, batch, *shape, rate=0.3, seed=0):
 
 
 def _agreement(graph, inputs):
+    """The lowest spike agreement over the graph's neuron nodes."""
     expected = run_discrete(graph, inputs)
     got = NetSimulator(compile_foreign(graph)).run(inputs)
+    worst = 1.0
     for name, s in expected.items():
         rate = float(s.double().mean())
         assert 0.02 < rate < 0.7, f"{name} fires at {rate:.3f}: vacuous comparison"
-    same = sum(int((got[n] == expected[n].bool()).sum()) for n in expected)
-    return same / sum(s.numel() for s in expected.values())
+        a, b = got[name].bool(), s.bool()
+        worst = min(worst, 2 * int((a & b).sum()) / (int(a.sum()) + int(b.sum())))
+    return worst
 
 
 def test_a_hand_derived_integrate_and_fire_chain():
