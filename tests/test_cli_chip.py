@@ -157,6 +157,33 @@ def test_deploy_exits_1_naming_the_first_spike_lava_and_the_simulator_disagree_o
     assert first["simulator"] != first["lava"] and len(first["index"]) == 4
 
 
+@DIVERGING_CHAIN
+@pytest.mark.lava
+def test_deploy_whole_chain_runs_a_ddim_chain_on_one_lava_graph_identical_to_the_simulator(checkpoint, tmp_path,
+                                                                                          capsys):
+    chip = str(tmp_path / "net.nir")
+    assert main(["deploy", "--whole-chain", "--steps", "2", "--checkpoint", checkpoint, "--chip-out", chip, "--json",
+                 *SMALL]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identical"] is True and report["image_identical"] is True and report["first_mismatch"] is None
+    assert report["steps_checked"] == 2 and report["diffusion_steps"] == [999, 0]  # DDIM 2 of 1000: 999, then 0
+    assert report["build_seconds"] > 0 and report["lava_seconds_per_step"] > report["sim_seconds_per_step"] > 0
+    assert 0 < report["max_abs_diff_vs_float"] <= 2  # images in [-1, 1]; the chip is not the float model
+
+
+@DIVERGING_CHAIN
+@pytest.mark.lava
+def test_sample_on_lava_writes_the_simulators_images(checkpoint, tmp_path):
+    import numpy as np
+
+    common = ["sample", "--checkpoint", checkpoint, "--sampler", "ddim", "--steps", "2", "--num-images", "1", *SMALL]
+    assert main([*common, "--backend", "lava", "--out", str(tmp_path / "lava")]) == 0
+    assert main([*common, "--backend", "sim", "--out", str(tmp_path / "sim")]) == 0
+    assert (tmp_path / "lava" / "grid.png").exists()
+    with np.load(tmp_path / "lava" / "samples.npz") as lava, np.load(tmp_path / "sim" / "samples.npz") as sim:
+        assert lava["images"].shape == (1, 1, 32, 32) and np.array_equal(lava["images"], sim["images"])
+
+
 def test_compiling_the_ann_twin_exits_2_with_the_reason(tmp_path, capsys):
     path = _checkpoint(str(tmp_path / "ann.pt"), ANNUNet(dataclasses.replace(TINY, kind="ann")))
     assert main(["compile", "--checkpoint", path, "--out", str(tmp_path / "net.nir"), *SMALL]) == 2

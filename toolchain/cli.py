@@ -13,7 +13,7 @@ from toolchain.parser import build_parser
 from toolchain.paths import SHIPPED_CHECKPOINT
 from toolchain.pipeline import (EXPORTERS, calibration_dataset, compile_chip, export_float_nir,
                                 export_onnx_file, float_chain, model_config, sample_images, verify_and_report)
-from toolchain.report import format_deploy, format_energy, format_network
+from toolchain.report import format_deploy, format_energy, format_network, format_whole_chain
 
 
 def cmd_train(args) -> None:
@@ -139,6 +139,8 @@ def cmd_deploy(args) -> int:
     if not args.nir:
         compile_chip(args, loaded, args.threshold_factor, path)
     net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
+    if args.whole_chain:
+        return deploy_whole_chain(args, loaded, net, sim, path)
     _, states = float_chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
     order = [p.name for p in net.populations]
     cfg = run_config(args.run_config)
@@ -175,6 +177,26 @@ def cmd_deploy(args) -> int:
     else:
         print(format_deploy(report))
     return 0 if report["identical"] and report["counts_identical"] else 1
+
+
+def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
+    """`sddpm deploy --whole-chain`: a DDIM chain of --steps steps of one image on one Lava graph."""
+    import torch
+
+    from deploy.chip_lava import run_config
+    from sddpm.generate import model_denoiser
+    from sddpm.schedule import NoiseSchedule
+    from toolchain.verify import whole_chain_on_lava
+
+    cfg = loaded.model_config
+    x_T = torch.randn(1, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(args.seed))
+    report = whole_chain_on_lava(net, sim, model_denoiser(loaded.model.eval(), args.threshold_factor),
+                                 NoiseSchedule.linear(loaded.diffusion_config), x_T, args.steps,
+                                 run_config(args.run_config))
+    report.pop("image")
+    report.update(nir_file=path, run_config=args.run_config, seed=args.seed)
+    print(json.dumps(report) if args.json else format_whole_chain(report))
+    return 0 if report["identical"] and report["image_identical"] else 1
 
 
 def cmd_import_nir(args) -> int:

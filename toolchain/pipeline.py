@@ -75,17 +75,26 @@ def sample_images(args, count: int):
     info = init_distributed()
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
     cfg = loaded.model_config
-    if getattr(args, "backend", "float") == "sim":
+    backend = getattr(args, "backend", "float")
+
+    def run(denoiser, device):
+        return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
+                        sampler_config(args), batch_size=args.batch_size, seed=args.seed, progress=info.is_main,
+                        device=device), info
+
+    if backend in ("sim", "lava"):
+        chip_path = os.path.join(args.out, "network.nir")
+        net = compile_chip(args, loaded, args.threshold_factor, chip_path)
+        if backend == "lava":  # one Lava graph for every denoising step of every image; stopped on any error
+            from deploy.chain_lava import ChainGraph
+            from export.nir_chip import read_chip_nir
+
+            with ChainGraph(read_chip_nir(chip_path)) as graph:  # the network as exported
+                return run(graph.denoiser(), "cpu")
         from simulators.network import ChipSimulator
 
-        chip_path = os.path.join(args.out, "network.nir")
-        compile_chip(args, loaded, args.threshold_factor, chip_path)
-        denoiser, device = ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu"
-    else:
-        denoiser, device = model_denoiser(loaded.model.to(info.device), args.threshold_factor), info.device
-    return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
-                    sampler_config(args), batch_size=args.batch_size, seed=args.seed, progress=info.is_main,
-                    device=device), info
+        return run(ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu")
+    return run(model_denoiser(loaded.model.to(info.device), args.threshold_factor), info.device)
 
 
 def verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, ddim_steps: int, steps: int,

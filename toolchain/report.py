@@ -237,6 +237,24 @@ def format_deploy(r: dict) -> str:
     return "\n".join(lines)
 
 
+def format_whole_chain(r: dict) -> str:
+    verdict = "identical spikes of every population and identical output currents" if r["identical"] else \
+        f"DIFFERENT: first at {r['first_mismatch']}"
+    lines = [f"a DDIM chain of {r['steps_checked']} denoising steps of one image on one Lava graph ({r['run_config']}, "
+             f"{r['lava_processes']} processes, {r['chip_steps_per_denoising_step']} chip steps per denoising step) "
+             f"vs the bit-accurate simulator, {r['nir_file']}:"]
+    if r["open_file_limit"]:
+        lines.append(f"  {r['open_file_limit']}")
+    lines += [f"  every step: {verdict}",
+              f"  final image vs the simulator's chain: {'identical' if r['image_identical'] else 'DIFFERENT'}; "
+              f"vs the float model's chain: max |diff| {r['max_abs_diff_vs_float']:.3f}",
+              f"  build once {r['build_seconds']:.1f} s (processes {r['graph_seconds']:.1f} s, compile and fork "
+              f"{r['start_seconds']:.1f} s); per denoising step: Lava {r['lava_seconds_per_step']:.2f} s, simulator "
+              f"{r['sim_seconds_per_step'] * 1e3:.0f} ms ({r['lava_seconds_per_step'] / r['sim_seconds_per_step']:.0f}x "
+              f"faster)"]
+    return "\n".join(lines)
+
+
 def format_onnx_comparison(report, t) -> str:
     """Agreement of eps on the images with identical spikes, and each image whose spikes differ."""
     from export.onnx_export import ONNX_ATOL, TIE_ATOL

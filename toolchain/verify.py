@@ -9,8 +9,10 @@ For each checked denoising step (x_t of a float DDIM chain started from seeded n
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from statistics import median
 
 import torch
 from torch import nn
@@ -173,3 +175,45 @@ def format_ladder(report: LadderReport) -> str:
              f"{', '.join(map(str, report.diffusion_steps))})"]
     lines += [f"  {a:<{width}}  {b:<24} {c}" for a, b, c in rows]
     return "\n".join(lines)
+
+
+def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, schedule: NoiseSchedule,
+                        x_T: torch.Tensor, steps: int, run_cfg=None) -> dict:
+    """A DDIM chain of `steps` denoising steps of one image x_T on one Lava graph (`deploy.chain_lava`).
+    Every step is compared with the simulator on the same x_t (spikes of every population, output currents);
+    the final image with the simulator's own chain and with the float model's, from the same noise."""
+    from deploy.chain_lava import ChainGraph
+
+    order = [p.name for p in net.populations]
+    mismatch, lava_s, sim_s, checked = None, [], [], []
+    graph = ChainGraph(net, run_cfg)
+    with graph:
+        def lava_checked(x, t):
+            nonlocal mismatch
+            step = graph.step(x, int(t[0]))
+            started = time.perf_counter()
+            out = sim.run(x, t, "delayed")
+            sim_s.append(time.perf_counter() - started)
+            lava_s.append(step.seconds)
+            checked.append(int(t[0]))
+            if mismatch is None:
+                spikes = {name: torch.from_numpy(s)[:, None] for name, s in step.spikes.items()}
+                mismatch = compare_runs(order, out.spikes, out.readout, spikes,
+                                        torch.from_numpy(step.readout)[:, None], t=int(t[0]))
+            return step.eps
+
+        lava_image = ddim_sample(lava_checked, x_T, schedule, steps=steps)
+    sim_image = ddim_sample(sim.denoiser("delayed"), x_T, schedule, steps=steps)
+    with torch.no_grad():
+        float_image = ddim_sample(model, x_T, schedule, steps=steps)
+    first = None if mismatch is None else {
+        "denoising_step": mismatch.denoising_step, "population": mismatch.population, "snn_step": mismatch.snn_step,
+        "index": list(mismatch.index), "simulator": mismatch.reference, "lava": mismatch.simulator}
+    return {"identical": mismatch is None and len(checked) == steps, "steps_checked": len(checked),
+            "image_identical": bool(torch.equal(lava_image, sim_image)), "first_mismatch": first,
+            "diffusion_steps": checked, "build_seconds": graph.build_seconds,
+            "graph_seconds": graph.graph_seconds, "start_seconds": graph.start_seconds,
+            "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
+            "max_abs_diff_vs_float": float((lava_image - float_image).abs().max()),
+            "lava_processes": len(graph.processes), "chip_steps_per_denoising_step": net.steps_per_denoising_step,
+            "open_file_limit": graph.note, "image": lava_image}
