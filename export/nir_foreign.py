@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from sddpm.files import atomic_path
 
 from .errors import ExportError
+from .nir_chip import seal
 from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"
@@ -527,6 +528,7 @@ def write_foreign(path: str, graph: nir.NIRGraph, disc: Discretization = Discret
     compiled = compile_foreign(graph, disc, allow_degenerate)
     with atomic_path(path) as tmp:
         nir.write(tmp, compiled)
+        seal(tmp)  # the digest the simulator checks, as in a chip file
     return compiled
 
 

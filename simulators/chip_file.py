@@ -105,7 +105,7 @@ def _digest(h5: h5py.File) -> str:
     return digest.hexdigest()
 
 
-def _seal_problem(path: str) -> str | None:
+def seal_problem(path: str) -> str | None:
     """Why the file's contents are not the ones its writer sealed, or None."""
     with h5py.File(path, "r") as h5:
         stored = h5.attrs.get(DIGEST_ATTR)
@@ -120,12 +120,12 @@ def _seal_problem(path: str) -> str | None:
 
 def read_chip_file(path: str) -> ChipFile:
     try:
-        seal_problem = _seal_problem(path)
+        unsealed = seal_problem(path)
         graph = nir.read(path)
     except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
         raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
-        return _from_graph(graph, seal_problem)
+        return _from_graph(graph, unsealed)
     except ChipFileError as err:
         raise ChipFileError(f"{path}: {err}") from None
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:  # a field of the wrong kind
@@ -178,15 +178,15 @@ def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None
         raise ChipFileError(f"node {node_name!r}: {what} must be {value} everywhere to match the integer metadata")
 
 
-def _from_graph(graph: nir.NIRGraph, seal_problem: str | None) -> ChipFile:
+def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     meta = graph.metadata
     if _scalar(meta.get("format")) != FORMAT:
         raise ChipFileError(f"not an {FORMAT} file (format {_scalar(meta.get('format'))!r}): a NIR graph from "
                             f"another tool holds no chip integers")
     if int(_field("graph", meta, "version")) not in VERSIONS:
         raise ChipFileError(f"{FORMAT} version {_scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
-    if seal_problem is not None:  # after the format: another tool's file is named as such
-        raise ChipFileError(seal_problem)
+    if unsealed is not None:  # after the format: another tool's file is named as such
+        raise ChipFileError(unsealed)
     neuron = json.loads(_field("graph", meta, "neuron"))
     if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
         raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "

@@ -10,13 +10,14 @@ This module must not import `sddpm` or `export` (the simulator is an independent
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 
 import nir
 import numpy as np
 import torch
 
-from .chip_file import ChipFileError
+from .chip_file import BIAS_EXP_MAX, BIAS_MANT_MAX, SPIKE_LIMIT, VTH_MAX, WEIGHT_MANT_MAX, ChipFileError, seal_problem
 from .errors import SimulatorInputError
 from .fixed_point import conv_synapse, lif_step, scale_bias
 
@@ -24,6 +25,10 @@ FORMAT = "sddpm-net-nir"
 VERSIONS = (1,)
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
 NEURONS = (nir.IF, nir.LIF, nir.CubaLIF)
+NODE_TYPES = SYNAPSES + NEURONS + (nir.Input, nir.Output, nir.Flatten)
+# Lava multiplies u by 4096 - (du + 1) and v by 4096 - dv (12-bit decays): du = -1 keeps u, dv = 4096 forgets v.
+DU_RANGE = (-1, 4095)
+DV_RANGE = (0, 4096)
 
 
 @dataclass(frozen=True)
@@ -59,53 +64,140 @@ def _meta(name: str, node, key: str):
     return _scalar(md[key])
 
 
+def _int_meta(name: str, node, key: str, low: int, high: int | None) -> int:
+    """An integer metadata field inside [low, high]: a float or out-of-range value is an error, not a cast."""
+    value = _meta(name, node, key)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low or \
+            (high is not None and value > high):
+        raise ChipFileError(f"node {name!r}: {key} = {value!r} must be an integer in [{low}, "
+                            f"{'inf' if high is None else high}]")
+    return int(value)
+
+
+def _int_array_meta(name: str, node, key: str, limit: int, shape: tuple[int, ...]) -> torch.Tensor:
+    array = np.asarray(_meta(name, node, key))
+    if array.dtype.kind not in "iu" or array.shape != shape or np.abs(array.astype(np.int64)).max(initial=0) > limit:
+        raise ChipFileError(f"node {name!r}: {key} must be integers within +-{limit} of shape {shape}, is "
+                            f"{array.dtype} {array.shape}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def _shape(name: str, value) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in np.asarray(value).reshape(-1))
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ChipFileError(f"node {name!r}: shape {value!r} is not positive integers")
+    return shape
+
+
+def _single(name: str, what: str, names: list[str]) -> str:
+    if len(names) != 1:
+        raise ChipFileError(f"node {name!r}: needs exactly one {what}, has {names}")
+    return names[0]
+
+
+def _conv(name: str, node, weight: torch.Tensor, src: tuple[int, ...], tgt: tuple[int, ...]) -> dict:
+    try:
+        conv = {field: tuple(operator.index(v) for v in np.broadcast_to(np.asarray(getattr(node, field)), (2,)))
+                for field in ("stride", "padding", "dilation")}
+        conv["groups"] = operator.index(np.asarray(node.groups).reshape(-1)[0].item()) if np.size(node.groups) == 1 \
+            else 0
+    except (TypeError, ValueError):
+        conv = None
+    if conv is None or min(conv["stride"] + conv["dilation"] + (conv["groups"],)) < 1 or min(conv["padding"]) < 0:
+        raise ChipFileError(f"synapse {name!r}: stride, padding, dilation and groups must be positive integers")
+    ok = weight.dim() == 4 and len(src) == 3 and weight.shape[1] * conv["groups"] == src[0] and \
+        weight.shape[0] % conv["groups"] == 0
+    if ok:
+        size = [(src[1 + i] + 2 * conv["padding"][i] - conv["dilation"][i] * (weight.shape[2 + i] - 1) - 1)
+                // conv["stride"][i] + 1 for i in range(2)]
+        ok = (weight.shape[0], *size) == tgt
+    if not ok:
+        raise ChipFileError(f"synapse {name!r}: a Conv2d of weight {tuple(weight.shape)} does not map {src} onto {tgt}")
+    return conv
+
+
 class NetSimulator:
     def __init__(self, graph: nir.NIRGraph):
         meta = graph.metadata or {}
-        if _scalar(meta.get("format")) != FORMAT or int(_scalar(meta.get("version", -1))) not in VERSIONS:
+        if _scalar(meta.get("format")) != FORMAT or _scalar(meta.get("version", -1)) not in VERSIONS:
             raise ChipFileError(f"not an {FORMAT} graph of version {VERSIONS} (format {_scalar(meta.get('format'))!r})"
                                 f": compile a NIR graph with `sddpm import-nir` first")
         nodes = graph.nodes
-        into: dict[str, list[str]] = {}
+        for name, node in nodes.items():
+            if not isinstance(node, NODE_TYPES):
+                raise ChipFileError(f"node {name!r}: NIR type {type(node).__name__} is not supported here")
+        into: dict[str, list[str]] = {name: [] for name in nodes}
+        out_of: dict[str, list[str]] = {name: [] for name in nodes}
         for a, b in graph.edges:
-            into.setdefault(b, []).append(a)
-        self.inputs = {n: tuple(int(v) for v in node.output_type["output"]) for n, node in nodes.items()
+            if a not in nodes or b not in nodes:
+                raise ChipFileError(f"edge {a!r} -> {b!r}: unknown node")
+            into[b].append(a)
+            out_of[a].append(b)
+        self.inputs = {n: _shape(n, node.output_type["output"]) for n, node in nodes.items()
                        if isinstance(node, nir.Input)}
         self.neurons = {}
         for name, node in nodes.items():
             if isinstance(node, NEURONS):
-                shape = tuple(int(v) for v in np.asarray(node.v_threshold).shape)
-                bias = scale_bias(torch.from_numpy(np.asarray(_meta(name, node, "bias_mant")).astype(np.int64)),
-                                  int(_meta(name, node, "bias_exp")))
-                self.neurons[name] = NetNeuron(name, shape, int(_meta(name, node, "du")), int(_meta(name, node, "dv")),
-                                               int(_meta(name, node, "vth")), bias.reshape(1, *bias.shape))
+                shape = _shape(name, np.shape(node.v_threshold))
+                bias = scale_bias(_int_array_meta(name, node, "bias_mant", BIAS_MANT_MAX, shape),
+                                  _int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX))
+                self.neurons[name] = NetNeuron(name, shape, _int_meta(name, node, "du", *DU_RANGE),
+                                               _int_meta(name, node, "dv", *DV_RANGE),
+                                               _int_meta(name, node, "vth", 1, VTH_MAX), bias.reshape(1, *bias.shape))
+        shapes = {**self.inputs, **{n: p.shape for n, p in self.neurons.items()}}
         self.synapses = []
         for name, node in nodes.items():
             if not isinstance(node, SYNAPSES):
                 continue
-            src = into[name][0]
+            src = _single(name, "input", into[name])
             flatten = isinstance(nodes[src], nir.Flatten)
             if flatten:
-                src = into[src][0]
-            target = next(b for a, b in graph.edges if a == name)
-            mant = torch.from_numpy(np.asarray(_meta(name, node, "weight_mant")).astype(np.int64))
+                src = _single(src, "input", into[src])
+            target = _single(name, "output", out_of[name])
+            if src not in shapes or target not in self.neurons:
+                raise ChipFileError(f"synapse {name!r}: must read a neuron or Input and drive a neuron, reads {src!r}, "
+                                    f"drives {target!r}")
+            mant = _int_array_meta(name, node, "weight_mant", WEIGHT_MANT_MAX, np.shape(node.weight))
+            exp = _int_meta(name, node, "weight_exp", 0, None)
+            if int(mant.abs().max()) << exp >= SPIKE_LIMIT:  # Python ints: a huge exponent cannot overflow here
+                raise ChipFileError(f"synapse {name!r}: one spike must stay below {SPIKE_LIMIT} a-units")
+            weight = mant << exp
             conv = None
             if isinstance(node, nir.Conv2d):
-                conv = {"stride": tuple(int(v) for v in np.broadcast_to(node.stride, 2)),
-                        "padding": tuple(int(v) for v in np.broadcast_to(node.padding, 2)),
-                        "dilation": tuple(int(v) for v in np.broadcast_to(node.dilation, 2)),
-                        "groups": int(node.groups)}
-            self.synapses.append(NetSynapse(name, src, target, mant << int(_meta(name, node, "weight_exp")), flatten,
-                                            conv))
-        self.outputs = json.loads(_scalar(meta["outputs"]))
+                if flatten:
+                    raise ChipFileError(f"synapse {name!r}: a Conv2d reads no Flatten")
+                conv = _conv(name, node, weight, shapes[src], shapes[target])
+            elif weight.dim() != 2 or tuple(weight.shape) != (int(np.prod(shapes[target])), int(np.prod(shapes[src]))) \
+                    or (len(shapes[src]) != 1 and not flatten):
+                raise ChipFileError(f"synapse {name!r}: weight {tuple(weight.shape)} does not map {shapes[src]} onto "
+                                    f"{shapes[target]}")
+            self.synapses.append(NetSynapse(name, src, target, weight, flatten, conv))
+        if "outputs" not in meta:
+            raise ChipFileError("the graph's metadata lacks 'outputs'")
+        outputs = json.loads(_scalar(meta["outputs"]))
+        if not isinstance(outputs, dict) or any(v not in self.neurons for v in outputs.values()):
+            raise ChipFileError(f"the graph's outputs {outputs!r} must name neuron nodes")
+        self.outputs = outputs
 
     @classmethod
     def from_file(cls, path: str) -> NetSimulator:
         try:
+            problem = seal_problem(path)
             graph = nir.read(path)
-        except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
+        except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
             raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
-        return cls(graph)
+        try:
+            sim = cls(graph)
+        except ChipFileError as err:
+            raise ChipFileError(f"{path}: {err}") from None
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:  # a field of the wrong kind
+            raise ChipFileError(f"{path}: malformed {FORMAT} graph ({type(err).__name__}: {err})") from None
+        if problem is not None:
+            raise ChipFileError(f"{path}: {problem}")
+        return sim
 
     def _current(self, syn: NetSynapse, spikes: torch.Tensor) -> torch.Tensor:
         if syn.conv is not None:
