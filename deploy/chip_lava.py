@@ -21,7 +21,8 @@ Mapping (research/lava.md for every fixed-point rule quoted here):
   on for the first T steps. Spikes of every population and the readout's currents -> `FileSink`s,
   read once after the run.
 
-Lava processes have no batch dimension: one image per run. States start at zero in every run.
+Lava processes have no batch dimension: one image per run. States start at zero in every run. A whole sampling
+chain on one graph built once: `deploy.chain_lava`.
 """
 import os
 import tempfile
