@@ -324,7 +324,7 @@ def cmd_demo(args) -> int:
 
     print("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
     args.nir, args.steps, args.ddim_steps, args.seed, args.threshold_factor = chip_path, 1, 100, 0, 1.0
-    args.run_config, args.json = "sim", False
+    args.run_config, args.json, args.whole_chain = "sim", False, False
     deployed = cmd_deploy(args) == 0
     return 0 if ladder.identical and all(exported) and deployed else 1
 
