@@ -30,8 +30,9 @@ venv: $(STAMP) $(FASHION_MNIST)
 
 # The pinned requirement files are the source of truth (pyproject.toml declares no dependencies).
 # lava-nc/lava-dl declare Python < 3.11: requirements/nodeps.txt goes in with --no-deps
-# --ignore-requires-python, then tools/patch_lava.py fixes lava-nc's one Python 3.11 bug.
-$(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml tools/patch_lava.py
+# --ignore-requires-python, then tools/patch_lava.py fixes lava-nc's one Python 3.11 bug. The test-only
+# libraries of requirements/interop.txt (snnTorch, Norse, Sinabs) go in with --no-deps.
+$(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt pyproject.toml tools/patch_lava.py
 	@if [ ! -x $(VPY) ]; then \
 	  command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 1; }; \
 	  echo "creating $(VENV) with $(PYTHON)"; \
@@ -41,6 +42,8 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt pyproject.toml tools/pat
 	@$(PIP) -r requirements/base.txt 2>&1 | $(PIP_QUIET)
 	@echo "== pip install --no-deps --ignore-requires-python -r requirements/nodeps.txt"
 	@$(PIP) --no-deps --ignore-requires-python -r requirements/nodeps.txt 2>&1 | $(PIP_QUIET)
+	@echo "== pip install --no-deps -r requirements/interop.txt"
+	@$(PIP) --no-deps -r requirements/interop.txt 2>&1 | $(PIP_QUIET)
 	@echo "== pip install --no-deps -e ."
 	@$(PIP) --no-deps -e . 2>&1 | $(PIP_QUIET)
 	@echo "== tools/patch_lava.py"
