@@ -112,36 +112,31 @@ def main() -> None:
         path = os.path.join(tmp, "network.nir")
         write_chip_nir(path, net)
         net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
-        order = [p.name for p in net.populations]
         for x, t in states:
             with PeakChildPss() as pss:
                 run = run_denoising_step(net, x, int(t[0]))
             started = time.perf_counter()
             out = sim.run(x, t, "delayed")
             rows["sim (s)"].append(time.perf_counter() - started)
-            lava = {name: torch.from_numpy(s)[:, None] for name, s in run.spikes.items()}
-            mismatch = compare_runs(order, out.spikes, out.readout, lava, torch.from_numpy(run.readout)[:, None],
-                                    int(t[0]))
+            mismatch = compare_runs(out, run, int(t[0]))
             if mismatch is not None:
                 raise SystemExit(f"Lava and the simulator differ: {mismatch}")
-            rows["lava build (s)"].append(run.build_seconds)
-            rows["lava run (s)"].append(run.run_seconds)
+            rows["lava build (s)"].append(run.seconds["build"])
+            rows["lava run (s)"].append(run.seconds["run"])
             rows["lava PSS (MiB)"].append(pss.peak / 1024)
         with PeakChildPss() as pss, ChainGraph(net) as graph:
             for x, t in states:
                 step = graph.step(x, int(t[0]))
                 out = sim.run(x, t, "delayed")
-                lava = {name: torch.from_numpy(s)[:, None] for name, s in step.spikes.items()}
-                mismatch = compare_runs(order, out.spikes, out.readout, lava,
-                                        torch.from_numpy(step.readout)[:, None], int(t[0]))
+                mismatch = compare_runs(out, step, int(t[0]))
                 if mismatch is not None:
                     raise SystemExit(f"the persistent graph and the simulator differ: {mismatch}")
-                rows["chain step (s)"].append(step.seconds)
+                rows["chain step (s)"].append(step.seconds["run"])
         rows["chain build (s)"].append(graph.build_seconds)
         rows["chain PSS (MiB)"].append(pss.peak / 1024)
     median = {k: statistics.median(v) for k, v in rows.items()}
     print(f"shipped model ({os.path.basename(args.checkpoint)}), {len(states)} denoising steps of one image, "
-          f"{run.processes} Lava processes, {net.steps_per_denoising_step} chip steps each; medians; identical "
+          f"{run.info['processes']} Lava processes, {net.steps_per_denoising_step} chip steps each; medians; identical "
           f"spikes and output currents in every step")
     print("| per denoising step | value |\n|---|---|")
     for key, value in median.items():

@@ -22,15 +22,14 @@ k is Lava's time steps kP + 1 .. kP + P (chip steps 0 .. P - 1 of period k). Bet
 The graph stops when the `with` block ends, cleanly or on any error, leaving no OS process.
 """
 import time
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, check_ranges
-from export.host import host_input_current, readout_to_eps
+from export.host import host_input_current
+from records import ChipRun
 
-from deploy.chip_lava import run_config, to_lava, wire_synapses
+from deploy.chip_lava import lava_run, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError
 from deploy.layout import lava_shape
 from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph,
@@ -39,14 +38,6 @@ from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, 
 
 class GraphStateError(DeployInputError):
     """A chain graph used outside its `with` block, or after a failed step."""
-
-
-@dataclass
-class LavaStep:
-    spikes: dict[str, np.ndarray]  # population -> bool [T, C, H, W], its window
-    readout: np.ndarray  # int64 [T, C, H, W], the readout's window
-    eps: torch.Tensor  # float32 [1, img_ch, H, W]
-    seconds: float  # the host's sends, Lava's period and the records read back
 
 
 class ChainGraph:
@@ -112,7 +103,7 @@ class ChainGraph:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def step(self, x: torch.Tensor, t: int) -> LavaStep:
+    def step(self, x: torch.Tensor, t: int) -> ChipRun:
         """One denoising step of one image x_t [1, C, H, W] at diffusion step t, on the running graph."""
         from lava.magma.core.run_conditions import RunSteps
 
@@ -130,10 +121,8 @@ class ChainGraph:
         self.current.run(condition=RunSteps(num_steps=self.period))
         records = {name: np.transpose(sink.receive(), (0, 3, 2, 1)) for name, sink in self.sinks.items()}
         self._state = "running"
-        seconds = time.perf_counter() - started
-        readout = records.pop(READOUT).astype(np.int64)
-        eps = readout_to_eps(net, torch.from_numpy(readout)[:, None], torch.tensor([t]))
-        return LavaStep({name: r.astype(bool) for name, r in records.items()}, readout, eps, seconds)
+        # the host's sends, Lava's period and the records read back
+        return lava_run(net, records, t, {"run": time.perf_counter() - started}, {"processes": len(self.processes)})
 
     def denoiser(self):
         """eps = f(x_t, t) for the samplers of `sddpm.samplers`; a batch runs image after image."""

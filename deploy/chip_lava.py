@@ -27,7 +27,6 @@ chain on one graph built once: `deploy.chain_lava`.
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from scipy import sparse
 
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.host import host_input_current, readout_to_eps
+from records import ChipRun
 
 from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
@@ -146,17 +146,6 @@ def _synapse(syn: ChipSynapse, source, source_shape, target_shape, processes: li
     return outs
 
 
-@dataclass
-class LavaRun:
-    spikes: dict[str, np.ndarray]  # population -> bool [T, C, H, W], its window
-    readout: np.ndarray  # int64 [T, C, H, W], the readout's window
-    eps: torch.Tensor  # float32 [1, img_ch, H, W]
-    processes: int
-    build_seconds: float
-    run_seconds: float
-    note: str | None  # e.g. the open-file limit was raised
-
-
 class ChipGraph:
     """The Lava processes of one denoising step of one image."""
 
@@ -203,7 +192,7 @@ class ChipGraph:
                 note)
 
 
-def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) -> LavaRun:
+def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) -> ChipRun:
     """One forward pass of the chip network on Lava for one image x_t [1, C, H, W] at diffusion step t."""
     check_ranges(net)  # every integer inside its hardware range, before any process starts
     if x.dim() != 4 or x.shape[0] != 1:
@@ -217,8 +206,20 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
         build = time.perf_counter() - started
         records, seconds, note = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
     steps = net.snn_steps
-    spikes = {p.name: records[p.name][p.depth:p.depth + steps].astype(bool) for p in net.populations}
-    depth = net.readout.depth
-    readout = records[READOUT][depth:depth + steps].astype(np.int64)
-    eps = readout_to_eps(net, torch.from_numpy(readout)[:, None], torch.tensor([t]))
-    return LavaRun(spikes, readout, eps, len(graph.processes), build, seconds, note)
+    depth = {p.name: p.depth for p in net.populations} | {READOUT: net.readout.depth}
+    windows = {name: record[depth[name]:depth[name] + steps] for name, record in records.items()}
+    return lava_run(net, windows, t, {"build": build, "run": seconds},
+                    {"processes": len(graph.processes), "open_file_limit": note})
+
+
+def lava_run(net: ChipNetwork, windows: dict[str, np.ndarray], t: int, seconds: dict[str, float],
+             info: dict) -> ChipRun:
+    """The run record of one image from the sinks' windows [T, C, H, W] (every population's and the
+    readout's), with the batch axis of one image added."""
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(windows[name]))[:, None]
+
+    spikes = {p.name: tensor(p.name).bool() for p in net.populations}
+    readout = tensor(READOUT).long()
+    return ChipRun("lava", spikes, readout, readout_to_eps(net, readout, torch.tensor([t])),
+                   net.steps_per_denoising_step, seconds, info)

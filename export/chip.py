@@ -32,6 +32,7 @@ from .errors import ExportError
 IF_DU = 4095  # current decay 4096 - (4095 + 1) = 0: u = a << 6
 IF_DV = 0  # no voltage decay
 ACT_SHIFT = 6  # a_in << 6 enters u
+V_PER_A = 1 << ACT_SHIFT  # v-units per a-unit of input current (NIR's r)
 VTH_SHIFT = 6  # the threshold is compared as vth << 6
 STATE_BITS = 24  # u wraps and v saturates at 24 bits
 STATE_MAX = 2 ** (STATE_BITS - 1)

@@ -39,14 +39,13 @@ from sddpm.files import atomic_path
 
 from .errors import ExportError
 
-from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, VTH_SHIFT, ChipHost, ChipNetwork,
-                   ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT, ChipHost,
+                   ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
 FORMAT = "sddpm-chip-nir"
 VERSION = 1
 INPUT = "input"
 OUTPUT = "output"
-V_PER_A = 1 << ACT_SHIFT  # NIR's r: units of v per a-unit of input current
 
 
 def up_ports(source: str, factor: int) -> tuple[str, str]:

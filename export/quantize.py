@@ -24,14 +24,13 @@ import torch
 
 from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, READOUT, WEIGHT_MANT_MAX, ChipHost, ChipNetwork,
-                   ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, READOUT, V_PER_A, WEIGHT_MANT_MAX, ChipHost,
+                   ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 from .errors import ExportInputError
 from .graph import Expr, FloatGraph, run_float
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
 HEADROOM = 2.0  # calibration sees a sample of the inputs: leave a factor 2 of range unused
-V_PER_A = 64  # 1 a-unit = 64 v-units (a_in << 6)
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,15 @@ exact for integers below 2^53.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from records import ChipRun
+
 from .chip import ACT_SHIFT, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
 from .host import ChipOverflowWarning, host_input_current, readout_to_eps
-
-
-@dataclass
-class ChipRun:
-    spikes: dict[str, torch.Tensor]  # population -> bool [T, B, C, H, W]
-    readout: torch.Tensor  # int64 [T, B, C, H, W]: the chip's output currents (a-units)
-    eps: torch.Tensor  # float32 [B, img_ch, H, W]
 
 
 def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
@@ -78,4 +72,5 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor) -> ChipRun
                       "(u wraps, v saturates); recompile with calibration data that covers these inputs",
                       ChipOverflowWarning, stacklevel=2)
     a_out = torch.stack(readout)
-    return ChipRun({k: torch.stack(s) for k, s in spikes.items()}, a_out, readout_to_eps(net, a_out, t))
+    return ChipRun("reference", {k: torch.stack(s) for k, s in spikes.items()}, a_out, readout_to_eps(net, a_out, t),
+                   chip_steps=steps)

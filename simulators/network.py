@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from records import ChipRun
+
 from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
 from .errors import SimulatorError, SimulatorInputError
 from .fixed_point import CONV_OUT_BITS, conv_synapse, if_step, scale_bias
@@ -92,19 +94,6 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
         key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, tuple(syn.weight.shape[::2]))
         groups.setdefault(key, []).append(syn)
     return [SynapseGroup.of(members) for members in list(groups.values()) + alone]
-
-
-@dataclass
-class SimRun:
-    spike_trains: dict[str, torch.Tensor]  # population -> 0/1 [T, B, C, H, W] (float32 or int32), SNN-step aligned
-    readout: torch.Tensor  # int64 [T, B, C, H, W]
-    eps: torch.Tensor  # float32 [B, img_ch, H, W]
-    chip_steps: int
-
-    @property
-    def spikes(self) -> dict[str, torch.Tensor]:
-        """Spike trains as bool tensors (converted on demand: a sampling chain needs only eps)."""
-        return {name: s.bool() for name, s in self.spike_trains.items()}
 
 
 class ChipSimulator:
@@ -202,7 +191,7 @@ class ChipSimulator:
         return _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64) if a is None else a
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> SimRun:
+    def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> ChipRun:
         """One forward pass on x_t [B, C, H, W] at diffusion steps t [B]."""
         if mode not in MODES:
             raise SimulatorInputError(f"mode must be one of {MODES}, got {mode!r}")
@@ -215,7 +204,7 @@ class ChipSimulator:
             raise SimulatorInputError(f"t must be [B] diffusion steps in [0, {self.diffusion_steps})")
         run = self._zero_delay if mode == "zero_delay" else self._delayed
         spikes, readout, chip_steps = run(self.host_input(x).contiguous(memory_format=CHANNELS_LAST), t)
-        return SimRun(spikes, readout, self.eps_from_readout(readout, t), chip_steps)
+        return ChipRun("simulator", spikes, readout, self.eps_from_readout(readout, t), chip_steps)
 
     def _zero_delay(self, a_host, t):
         """Population by population, all T steps at once: in a feed-forward network the inputs of

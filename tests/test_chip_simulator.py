@@ -16,6 +16,7 @@ from chip_helpers import compiled_tiny
 from export.chip import READOUT
 from export.nir_chip import seal, write_chip_nir
 from export.reference import run_reference
+from records import ChipRun
 from simulators.chip_file import ChipFileError
 from simulators.network import ChipSimulator
 from toolchain.verify import Mismatch, compare_runs, first_difference
@@ -225,13 +226,13 @@ def test_a_changed_weight_is_found_at_its_target_population(chip, tmp_path):
         h5[f"{NODES}/syn{index:04d}/weight"][0, channel, 1, 1] = (-127 if mant >= 0 else 127) << syn.weight_exp
     seal(path)  # as a compiler with a bug would write it
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
-    order = [p.name for p in net.populations]
-    found = compare_runs(order, ref.spikes, ref.readout, out.spikes, out.readout, t=int(t[0]))
+    found = compare_runs(ref, out, t=int(t[0]))
     assert found is not None and found.population == syn.target
     shape = ref.spikes[syn.target].shape  # [T, B, C, H, W]
     assert len(found.index) == 4 and all(0 <= k < n for k, n in zip((found.snn_step, *found.index), shape))
     assert found.index[1] == 0  # only output channel 0 receives the change
-    assert found.reference == int(ref.spikes[syn.target][(found.snn_step, *found.index)]) != found.simulator
+    assert (found.expected_backend, found.actual_backend) == ("reference", "simulator")
+    assert found.expected == int(ref.spikes[syn.target][(found.snn_step, *found.index)]) != found.actual
 
 
 def test_first_difference_is_the_first_element_in_step_major_order():
@@ -244,26 +245,36 @@ def test_first_difference_is_the_first_element_in_step_major_order():
     assert first_difference(expected, expected.clone()) is None
 
 
+def _run(backend: str, spikes: dict, readout: torch.Tensor) -> ChipRun:
+    return ChipRun(backend, spikes, readout, torch.zeros(1, 1, 1, 1), chip_steps=2)
+
+
 def test_compare_runs_checks_populations_in_dependency_order_then_the_readout():
     zeros = torch.zeros(2, 1, 3, dtype=torch.bool)
     a_diff, b_diff = zeros.clone(), zeros.clone()
     a_diff[1, 0, 2] = True
     b_diff[0, 0, 0] = True
     readout = torch.arange(6).view(2, 1, 3)
-    ref = {"a": zeros, "b": zeros}
+    ref = _run("reference", {"a": zeros, "b": zeros}, readout)
     # a differs at a later step than b, but a comes first in dependency order
-    assert compare_runs(["a", "b"], ref, readout, {"a": a_diff, "b": b_diff}, readout, t=7) == \
-        Mismatch(7, "a", 1, (0, 2), 0, 1)
+    assert compare_runs(ref, _run("simulator", {"a": a_diff, "b": b_diff}, readout), t=7) == \
+        Mismatch("reference", "simulator", 7, "a", 1, (0, 2), 0, 1)
     bumped = readout.clone()
     bumped[1, 0, 1] = 40
-    assert compare_runs(["a", "b"], ref, readout, ref, bumped, t=7) == Mismatch(7, READOUT, 1, (0, 1), 4, 40)
-    # a shape mismatch has no element to name
-    assert compare_runs(["a"], ref, readout, {"a": zeros[:1]}, readout, t=7) == Mismatch(7, "a", -1, (), -1, -1)
-    assert compare_runs(["a", "b"], ref, readout, dict(ref), readout.clone(), t=7) is None
+    assert compare_runs(ref, _run("lava", ref.spikes, bumped), t=7) == \
+        Mismatch("reference", "lava", 7, READOUT, 1, (0, 1), 4, 40)
+    # a shape mismatch, or a population missing, has no element to name
+    short = _run("simulator", {"a": zeros[:1], "b": zeros}, readout)
+    assert compare_runs(ref, short, t=7) == Mismatch("reference", "simulator", 7, "a", -1, (), -1, -1)
+    assert compare_runs(ref, _run("simulator", {"a": zeros}, readout), t=7).population == "b"
+    # float32 spike trains (the simulator's arithmetic dtype) equal to bool ones are no mismatch
+    floats = _run("simulator", {name: s.float() for name, s in ref.spikes.items()}, readout.clone())
+    assert compare_runs(ref, floats, t=7) is None
 
 
-# package -> project packages it must not import: sddpm <- export <- {simulators, deploy} <- toolchain
+# package -> project packages it must not import: records <- sddpm <- export <- {simulators, deploy} <- toolchain
 FORBIDDEN_IMPORTS = {
+    "records": {"sddpm", "export", "simulators", "deploy", "toolchain"},  # a data shape every backend returns
     "sddpm": {"export", "simulators", "deploy", "toolchain"},
     "export": {"simulators", "deploy", "toolchain"},
     "simulators": {"sddpm", "export", "deploy", "toolchain"},  # an independent oracle shares no code
@@ -312,8 +323,7 @@ def test_the_shipped_model_runs_from_its_nir_file_identically(tmp_path):
     (x, t), = calibration_batches(images, schedule, 1, 4, seed=1)
     ref = run_reference(net, x, t)
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
-    mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
-                            t=int(t[0]))
+    mismatch = compare_runs(ref, out, t=int(t[0]))
     assert mismatch is None, f"first difference: {mismatch}"
     assert torch.equal(out.eps, ref.eps)
 

@@ -82,7 +82,8 @@ def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, ca
     out = str(tmp_path / "net.nir")
     assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
                  *SMALL]) == 1
-    assert "first difference at population " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "first difference at t = " in printed and ", population " in printed
 
 
 @DIVERGING_CHAIN
@@ -154,7 +155,8 @@ def test_deploy_exits_1_naming_the_first_spike_lava_and_the_simulator_disagree_o
     assert main(["deploy", "--checkpoint", checkpoint, "--nir", chip, "--ddim-steps", "4", "--json"]) == 1
     first = json.loads(capsys.readouterr().out)["first_mismatch"]
     assert first["population"] == next(b for a, b in nir.read(chip).edges if a == "syn0000")
-    assert first["simulator"] != first["lava"] and len(first["index"]) == 4
+    assert (first["expected_backend"], first["actual_backend"]) == ("simulator", "lava")
+    assert first["expected"] != first["actual"] and len(first["index"]) == 4
 
 
 @DIVERGING_CHAIN

@@ -50,9 +50,7 @@ def test_a_ddim_chain_on_one_lava_graph_is_the_simulators_chain_bit_for_bit(chip
         def lava_checked(x, t):
             step = graph.step(x, int(t[0]))
             out = sim.run(x, t, "delayed")
-            spikes = {name: torch.from_numpy(s)[:, None] for name, s in step.spikes.items()}
-            mismatch = compare_runs(order, out.spikes, out.readout, spikes, torch.from_numpy(step.readout)[:, None],
-                                    t=int(t[0]))
+            mismatch = compare_runs(out, step, t=int(t[0]))
             assert mismatch is None, f"first difference: {mismatch}"
             assert torch.equal(step.eps, out.eps)
             for name, s in step.spikes.items():

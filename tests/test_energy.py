@@ -162,7 +162,7 @@ def test_the_fanout_map_is_the_kernel_clipped_at_the_borders():
 def tiny_counts(tmp_path_factory):
     """The TINY network compiled, and the counts of one forward pass of 3 images on the simulator."""
     net, path, batch = compiled_tiny(tmp_path_factory.mktemp("chip"))
-    trains = ChipSimulator.from_file(path).run(*batch).spike_trains
+    trains = ChipSimulator.from_file(path).run(*batch).spikes
     return net, trains, count_forward(net, trains)
 
 

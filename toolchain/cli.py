@@ -125,8 +125,6 @@ def cmd_quality(args) -> int:
 def cmd_deploy(args) -> int:
     from statistics import median
 
-    import torch
-
     from deploy.chip_lava import run_config, run_denoising_step
     from export.energy import count_forward
     from export.nir_chip import read_chip_nir
@@ -142,7 +140,6 @@ def cmd_deploy(args) -> int:
     if args.whole_chain:
         return deploy_whole_chain(args, loaded, net, sim, path)
     _, states = float_chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
-    order = [p.name for p in net.populations]
     cfg = run_config(args.run_config)
     mismatch, count_mismatch, lava_s, sim_s, runs, sops = None, None, [], [], [], []
     for x, t in states:
@@ -150,28 +147,25 @@ def cmd_deploy(args) -> int:
         started = time.perf_counter()
         out = sim.run(x, t, "delayed")
         sim_s.append(time.perf_counter() - started)
-        lava_s.append(run.build_seconds + run.run_seconds)
+        lava_s.append(sum(run.seconds.values()))
         runs.append(run)
-        lava_spikes = {name: torch.from_numpy(s)[:, None] for name, s in run.spikes.items()}
-        mismatch = compare_runs(order, out.spikes, out.readout, lava_spikes, torch.from_numpy(run.readout)[:, None],
-                                t=int(t[0]))
+        mismatch = compare_runs(out, run, t=int(t[0]))
         if mismatch is not None:
             break
         # the energy accounting counted from Lava's spike records and from the simulator's
-        sim_counts, lava_counts = count_forward(net, out.spike_trains), count_forward(net, lava_spikes)
+        sim_counts, lava_counts = count_forward(net, out.spikes), count_forward(net, run.spikes)
         count_mismatch = count_mismatch or first_count_difference(sim_counts, lava_counts)
         sops.append(sum(int(p.sops.sum()) for p in lava_counts.populations))
-    first = None if mismatch is None else {
-        "denoising_step": mismatch.denoising_step, "population": mismatch.population, "snn_step": mismatch.snn_step,
-        "index": list(mismatch.index), "simulator": mismatch.reference, "lava": mismatch.simulator}
+    first = None if mismatch is None else mismatch.to_json()
     report = {"identical": mismatch is None, "steps_checked": len(runs), "first_mismatch": first,
               "counts_identical": mismatch is None and count_mismatch is None, "first_count_mismatch": count_mismatch,
               "sops_per_step": sops,
               "diffusion_steps": [int(t[0]) for _, t in states[:len(runs)]],
               "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
-              "lava_build_seconds": median([r.build_seconds for r in runs]), "lava_processes": runs[0].processes,
+              "lava_build_seconds": median([r.seconds["build"] for r in runs]),
+              "lava_processes": runs[0].info["processes"],
               "chip_steps_per_denoising_step": net.steps_per_denoising_step, "nir_file": path,
-              "run_config": args.run_config, "open_file_limit": runs[0].note}
+              "run_config": args.run_config, "open_file_limit": runs[0].info["open_file_limit"]}
     if args.json:
         print(json.dumps(report))
     else:
@@ -193,7 +187,7 @@ def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
     report = whole_chain_on_lava(net, sim, model_denoiser(loaded.model.eval(), args.threshold_factor),
                                  NoiseSchedule.linear(loaded.diffusion_config), x_T, args.steps,
                                  run_config(args.run_config))
-    report.pop("image")
+    report.pop("images")
     report.update(nir_file=path, run_config=args.run_config, seed=args.seed)
     print(json.dumps(report) if args.json else format_whole_chain(report))
     return 0 if report["identical"] and report["image_identical"] else 1
@@ -255,7 +249,7 @@ def cmd_energy(args) -> None:
     net = compile_chip(args, loaded, args.threshold_factor, args.chip_out)
     sim = ChipSimulator.from_file(args.chip_out)
     _, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
-    runs = [count_forward(net, sim.run(x, t).spike_trains) for x, t in states]
+    runs = [count_forward(net, sim.run(x, t).spikes) for x, t in states]
     loihi = dataclasses.replace(LOIHI_DAVIES_2018, sop_pj=args.loihi_sop_pj, update_pj=args.loihi_update_pj,
                                 idle_update_pj=args.loihi_idle_update_pj)
     report = summarize(runs, ann_operations(cfg), tuple(loihi if m is LOIHI_DAVIES_2018 else m for m in ENERGY_MODELS))

@@ -84,7 +84,7 @@ def sample_images(args, count: int):
 
     if backend in ("sim", "lava"):
         chip_path = os.path.join(args.out, "network.nir")
-        net = compile_chip(args, loaded, args.threshold_factor, chip_path)
+        compile_chip(args, loaded, args.threshold_factor, chip_path)
         if backend == "lava":  # one Lava graph for every denoising step of every image; stopped on any error
             from deploy.chain_lava import ChainGraph
             from export.nir_chip import read_chip_nir
@@ -111,7 +111,7 @@ def verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, 
     model, states = float_chain(loaded, net.threshold_factor, batch, seed, ddim_steps, steps)
     runs = []
     ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
-                        on_run=lambda out: runs.append(count_forward(net, out.spike_trains)))
+                        on_run=lambda out: runs.append(count_forward(net, out.spikes)))
     summary = summarize(runs, ann_operations(cfg))
     summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
                    denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
@@ -161,11 +161,9 @@ def export_chip_nir(args, loaded, path: str) -> int:
     dataset, (x, t) = check_images(args, loaded, seed=1)
     ref = run_reference(net, x, t)
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
-    mismatch = compare_runs([p.name for p in net.populations], ref.spikes, ref.readout, out.spikes, out.readout,
-                            t=int(t[0]))
+    mismatch = compare_runs(ref, out, t=int(t[0]))
     what = f"simulator reading {path} vs the in-memory quantized reference, {len(x)} noisy {dataset} images"
-    found = "identical spikes, output currents and eps" if mismatch is None else \
-        f"first difference at population {mismatch.population}, SNN step {mismatch.snn_step}, index {mismatch.index}"
+    found = "identical spikes, output currents and eps" if mismatch is None else f"first difference at {mismatch}"
     print(f"{what}: {found}")
     return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
 

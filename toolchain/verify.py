@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from export.chip import ChipNetwork
+from export.chip import READOUT, ChipNetwork
 from export.reference import run_reference
+from records import ChipRun
 from sddpm.neuron import IF
 from sddpm.samplers import ddim_sample
 from sddpm.schedule import NoiseSchedule
@@ -28,12 +29,27 @@ from simulators.network import ChipSimulator
 
 @dataclass(frozen=True)
 class Mismatch:
+    """The first element where two runs differ: `expected` is the value of `expected_backend`'s run,
+    `actual` that of `actual_backend`'s (snn_step -1: the runs differ in shape or in populations)."""
+    expected_backend: str
+    actual_backend: str
     denoising_step: int  # diffusion step t
     population: str  # a population name, or "readout"
     snn_step: int
     index: tuple[int, ...]  # (image, channel, y, x)
-    reference: int
-    simulator: int
+    expected: int
+    actual: int
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"index": list(self.index)}
+
+    def __str__(self) -> str:
+        where = f"t = {self.denoising_step}, " + ("the readout" if self.population == READOUT else
+                                                  f"population {self.population}")
+        if self.snn_step < 0:
+            return f"{where}: the {self.expected_backend} and {self.actual_backend} runs differ in shape"
+        return (f"{where}, SNN step {self.snn_step}, index {self.index}: {self.expected_backend} {self.expected}, "
+                f"{self.actual_backend} {self.actual}")
 
 
 @dataclass
@@ -72,16 +88,23 @@ def first_difference(expected: torch.Tensor, actual: torch.Tensor) -> tuple[int,
     return where[0], where[1:]
 
 
-def compare_runs(order: list[str], ref_spikes, ref_readout, sim_spikes, sim_readout, t: int) -> Mismatch | None:
-    """Exact comparison, populations in dependency order, then the output currents."""
-    pairs = [(name, ref_spikes[name], sim_spikes[name]) for name in order] + [("readout", ref_readout, sim_readout)]
-    for name, expected, actual in pairs:
-        if expected.shape != actual.shape:
-            return Mismatch(t, name, -1, (), -1, -1)
-        hit = first_difference(expected, actual)
+def compare_runs(expected: ChipRun, actual: ChipRun, t: int) -> Mismatch | None:
+    """Exact comparison of two runs of one network: populations in dependency order (the order every
+    backend records them in), then the output currents; None when every spike and current agrees."""
+    def mismatch(name, step=-1, index=(), want=-1, got=-1):
+        return Mismatch(expected.backend, actual.backend, t, name, step, index, want, got)
+
+    if list(expected.spikes) != list(actual.spikes):
+        missing = set(expected.spikes) ^ set(actual.spikes)
+        return mismatch(min(missing) if missing else "population order")
+    pairs = [(name, train, actual.spikes[name]) for name, train in expected.spikes.items()]
+    for name, want, got in pairs + [(READOUT, expected.readout, actual.readout)]:
+        if want.shape != got.shape:
+            return mismatch(name)
+        hit = first_difference(want, got)
         if hit is not None:
             step, index = hit
-            return Mismatch(t, name, step, index, int(expected[(step, *index)]), int(actual[(step, *index)]))
+            return mismatch(name, step, index, int(want[(step, *index)]), int(got[(step, *index)]))
     return None
 
 
@@ -154,7 +177,7 @@ def run_ladder(model: nn.Module, net: ChipNetwork, sim: ChipSimulator, states, m
             report.rate_float.setdefault(name, []).append(float(spikes_f[name].float().mean()))
             report.rate_chip.setdefault(name, []).append(float(ref.spikes[name].float().mean()))
         if report.first_mismatch is None:
-            report.first_mismatch = compare_runs(order, ref.spikes, ref.readout, out.spikes, out.readout, step)
+            report.first_mismatch = compare_runs(ref, out, step)
     return report
 
 
@@ -184,7 +207,6 @@ def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, 
     the final image with the simulator's own chain and with the float model's, from the same noise."""
     from deploy.chain_lava import ChainGraph
 
-    order = [p.name for p in net.populations]
     mismatch, lava_s, sim_s, checked = None, [], [], []
     graph = ChainGraph(net, run_cfg)
     with graph:
@@ -194,26 +216,22 @@ def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, 
             started = time.perf_counter()
             out = sim.run(x, t, "delayed")
             sim_s.append(time.perf_counter() - started)
-            lava_s.append(step.seconds)
+            lava_s.append(step.seconds["run"])
             checked.append(int(t[0]))
-            if mismatch is None:
-                spikes = {name: torch.from_numpy(s)[:, None] for name, s in step.spikes.items()}
-                mismatch = compare_runs(order, out.spikes, out.readout, spikes,
-                                        torch.from_numpy(step.readout)[:, None], t=int(t[0]))
+            mismatch = mismatch or compare_runs(out, step, t=int(t[0]))
             return step.eps
 
         lava_image = ddim_sample(lava_checked, x_T, schedule, steps=steps)
     sim_image = ddim_sample(sim.denoiser("delayed"), x_T, schedule, steps=steps)
     with torch.no_grad():
         float_image = ddim_sample(model, x_T, schedule, steps=steps)
-    first = None if mismatch is None else {
-        "denoising_step": mismatch.denoising_step, "population": mismatch.population, "snn_step": mismatch.snn_step,
-        "index": list(mismatch.index), "simulator": mismatch.reference, "lava": mismatch.simulator}
     return {"identical": mismatch is None and len(checked) == steps, "steps_checked": len(checked),
-            "image_identical": bool(torch.equal(lava_image, sim_image)), "first_mismatch": first,
+            "image_identical": bool(torch.equal(lava_image, sim_image)),
+            "first_mismatch": None if mismatch is None else mismatch.to_json(),
             "diffusion_steps": checked, "build_seconds": graph.build_seconds,
             "graph_seconds": graph.graph_seconds, "start_seconds": graph.start_seconds,
             "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
             "max_abs_diff_vs_float": float((lava_image - float_image).abs().max()),
             "lava_processes": len(graph.processes), "chip_steps_per_denoising_step": net.steps_per_denoising_step,
-            "open_file_limit": graph.note, "image": lava_image}
+            "open_file_limit": graph.note,
+            "images": {"lava": lava_image, "simulator": sim_image, "float": float_image}}
