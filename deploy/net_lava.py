@@ -2,7 +2,9 @@
 metadata, written by `export.nir_foreign`) on Lava's fixed-point CPU models, one sample at a time.
 
 Mapping (../shared/research/lava.md sections 1-3 and 5):
-- an IF/LIF/CubaLIF node -> `LIF(du, dv, vth, bias_mant, bias_exp)` from its metadata;
+- an IF/LIF/CubaLIF node -> `LIF(du, dv, vth, bias_mant, bias_exp)` from its metadata, or, where its bias
+  is nonzero and switches on after the first step (`bias_start`), `WindowBiasLIF`: Lava's bit-accurate
+  LIF whose bias is 0 before that step;
 - Affine/Linear -> `Dense`. Lava clips mixed-sign weights to 8 bits and truncates them to even values
   (lava.md 2.1), so it gets `2 * mant` with `weight_exp = exp - 1`: the floor shift applies to the sum,
   which is even, so this is exact also for exp = 0;
@@ -35,12 +37,16 @@ from dataclasses import dataclass
 
 import nir
 import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
 from lava.magma.core.run_configs import RunConfig
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv.process import Conv
 from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
+from lava.proc.lif.models import PyLifModelBitAcc
 from lava.proc.lif.process import LIF
 
 from deploy.errors import DeployError, DeployInputError
@@ -49,7 +55,7 @@ from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"  # export.nir_foreign.FORMAT; that module imports torch, so not imported here
-VERSIONS = (1,)
+VERSIONS = (2,)  # 2: bias_start
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
 NEURONS = (nir.IF, nir.LIF, nir.CubaLIF)
 NODE_TYPES = (nir.Input, nir.Output, nir.Flatten) + SYNAPSES + NEURONS
@@ -78,6 +84,7 @@ class Population:
     vth: int
     bias_mant: np.ndarray  # int16, `shape`
     bias_exp: int
+    bias_start: int  # the first step (from 0) the bias is on
 
     @property
     def bias(self) -> np.ndarray:
@@ -176,7 +183,8 @@ def _population(name: str, node) -> Population:
         raise UnsupportedGraphError(f"node {name!r}: bias_mant has shape {bias_mant.shape}, the neurons {shape}")
     return Population(name, shape, du=_int_meta(name, node, "du", *DU_RANGE),
                       dv=_int_meta(name, node, "dv", *DV_RANGE), vth=_int_meta(name, node, "vth", 0, VTH_MAX),
-                      bias_mant=bias_mant.astype(np.int16), bias_exp=_int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX))
+                      bias_mant=bias_mant.astype(np.int16), bias_exp=_int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX),
+                      bias_start=_int_meta(name, node, "bias_start", 0, None))
 
 
 def _pair(name: str, field: str, value) -> tuple[int, int]:
@@ -318,6 +326,32 @@ def plan_net(graph: nir.NIRGraph) -> NetPlan:
     return NetPlan(inputs, populations, tuple(synapses))
 
 
+class WindowBiasLIF(LIF):
+    """Lava's `LIF` whose bias is off before step `bias_start` (counted from 0)."""
+
+    def __init__(self, *, bias_start: int, **lif):
+        super().__init__(**lif)
+        self.proc_params["bias_start"] = bias_start
+
+
+@implements(proc=WindowBiasLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyWindowBiasLIFModel(PyLifModelBitAcc):
+    # registered for WindowBiasLIF alone; the parent stays LIF's model (Lava's @implements refuses a
+    # subclass of a model registered for another process)
+    implements_process = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.bias_start = proc_params["bias_start"]
+
+    def scale_bias(self):
+        super().scale_bias()  # run_spk calls it every step, before the voltage update
+        if self.time_step <= self.bias_start:  # Lava counts steps from 1
+            self.effective_bias = np.zeros_like(self.effective_bias)
+
+
 def check_inputs(expected: Mapping[str, tuple[int, ...]], inputs: Mapping[str, np.ndarray]) -> int:
     """The number of steps of 0/1 spike trains [T, *shape], one per Input."""
     if set(inputs) != set(expected):
@@ -364,8 +398,10 @@ def _build(plan: NetPlan, inputs: Mapping[str, np.ndarray], steps: int, sink_dir
     ports = {name: RingBuffer(data=to_lava(inputs[name])).s_out for name in plan.inputs}
     lifs, paths = {}, {}
     for name, pop in plan.populations.items():
-        lifs[name] = LIF(shape=lava_shape(pop.shape), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant.T,
-                         bias_exp=pop.bias_exp, name=name)
+        params = dict(shape=lava_shape(pop.shape), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant.T,
+                      bias_exp=pop.bias_exp, name=name)
+        windowed = pop.bias_start > 0 and pop.bias_mant.any()
+        lifs[name] = WindowBiasLIF(bias_start=pop.bias_start, **params) if windowed else LIF(**params)
         paths[name] = os.path.join(sink_dir, f"{len(paths)}.npy")  # node names may hold any character
         sink = FileSink(lava_shape(pop.shape), steps, paths[name])
         lifs[name].s_out.connect(sink.a_in)

@@ -24,7 +24,8 @@ What netx represents exactly, and what is refused (by node name) instead:
   then rounds (e.g. [-2, -4] becomes [-2, -2], [-128] becomes 0, and [0, -1] is lost the same way).
   Our compiled mantissas (|mant| <= 127) fit when weight_exp <= 1, but for that last case.
 - Bias: netx fixes bias_exp = 6, so the bias in v-units must be a multiple of 64 whose quotient fits the
-  13-bit bias mantissa.
+  13-bit bias mantissa; and it is on from step 0, so a nonzero bias must have bias_start 0 (a source file
+  asks for that with the node metadata bias_start = 0).
 - Topology: one Input, each population read by at most one synapse, no recurrence; Output nodes are
   ignored, netx's output is the last population.
 """
@@ -77,6 +78,9 @@ def _check_dense(syn: Synapse) -> None:
 
 def _netx_bias(pop: Population) -> np.ndarray:
     bias = pop.bias
+    if bias.any() and pop.bias_start > 0:
+        raise UnsupportedGraphError(f"node {pop.name!r}: netx's bias is on from step 0, this one from step "
+                                    f"{pop.bias_start} (bias_start)")
     quotient = bias >> NETX_BIAS_EXP
     if np.any(quotient << NETX_BIAS_EXP != bias) or np.abs(quotient).max(initial=0) > BIAS_MANT_MAX:
         raise UnsupportedGraphError(f"node {pop.name!r}: netx's bias is mant << {NETX_BIAS_EXP}; this bias (v-units "

@@ -11,6 +11,20 @@ NIR leaves time to the backend. This is our documented discretization, step by s
 - `CubaLIF`: I = (1 - dt/tau_syn) I + dt/tau_syn w_in S, then v = (1 - dt/tau_mem) v + dt/tau_mem
   (v_leak + R I) with the *updated* I (Lava's order: the current first, the voltage from the new current).
 - A neuron spikes when v > v_threshold and resets to v_reset, which must be 0 (Lava resets to 0).
+- Constant drive (an Affine/Conv2d bias, v_leak) switches on at the node's `bias_start`: by default its
+  depth, the fewest synapses from an Input, which is the step its first spikes arrive (a source library
+  runs every layer at once, so its step 0 is our step `depth` there). A neuron node's metadata
+  `bias_start` (an integer) in the source file sets it instead (0: from the first step).
+
+What the libraries' files mean, and the options that read them as written (`Discretization`):
+- Norse's `to_nir(dt=d)` writes tau = d / tau_mem_inv (seconds times d) and no CubaLIF w_in, while its
+  LIFCell's current jumps by the weight (then integrates into v, then decays: our order). `norse_dt=d`
+  reads tau / d as the time constant and a CubaLIF's current gain as 1 (its w_in must be NIR's default
+  1). Without it a Norse file is refused at the default dt (dt/tau > 1).
+- Sinabs decays by exp(-dt/tau) with input gain 1 - exp(-dt/tau), its tau counted in steps (dt = 1).
+  `decay="exp"` replaces forward Euler's 1 - dt/tau and dt/tau by those.
+- snnTorch writes v_reset = 0 whatever its reset_mechanism, and the file cannot tell: it is read as NIR
+  says (reset to 0), which is snnTorch's "zero" reset of Leaky (and of RLeaky with reset_delay=False).
 
 Lava's LIF runs this with du = round(4096 dt/tau_syn) - 1 (4095, no current memory, for IF and LIF),
 dv = round(4096 dt/tau_mem) (0 for IF); the gains dt/tau_syn w_in and dt/tau_mem R fold into the
@@ -28,8 +42,9 @@ weights all round to 0, a node that can never spike, or a decay that rounds to n
 error suggesting a dt that works, or a `DegenerateGraphWarning` with `allow_degenerate`. Each error
 lists every problem found, not only the first.
 
-The output is the source graph, unchanged and still plain NIR, with the integers in node metadata and
-the discretization in the graph metadata (format "sddpm-net-nir"). `run_discrete` runs the same
+The output is the source graph, unchanged and still plain NIR, with the integers (and each neuron node's
+bias_start) in node metadata and the discretization in the graph metadata (format "sddpm-net-nir"); a
+Conv2d without input_shape gets its source's. `run_discrete` runs the same
 discretization in float64, without quantization: the yardstick for the integers.
 """
 from __future__ import annotations
@@ -54,7 +69,7 @@ from .nir_chip import seal
 from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, WEIGHT_MANT_MAX
 
 FORMAT = "sddpm-net-nir"
-VERSION = 1
+VERSION = 2  # 2: every neuron node carries bias_start
 DECAY_UNITY = 4096  # Lava's decays are 12-bit fractions
 NO_CURRENT_MEMORY = 4095  # du: u = a_in << 6 every step
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)
@@ -70,9 +85,14 @@ class ForeignGraphError(ExportError, ValueError):
     """The NIR graph holds a node, parameter or structure that does not map to Lava's integer LIF."""
 
 
+DECAYS = ("euler", "exp")
+
+
 @dataclass(frozen=True)
 class Discretization:
     dt: float = 1e-4  # seconds per step: the snnTorch / NIR-paper convention for tau in seconds
+    decay: str = "euler"  # "exp": keep exp(-dt/tau) per step, gain 1 - exp(-dt/tau) (Sinabs)
+    norse_dt: float | None = None  # the file is Norse's to_nir(dt=norse_dt) (see the module docstring)
 
 
 class DegenerateGraphWarning(UserWarning):
@@ -152,11 +172,18 @@ class NeuronMap:
 
 
 def _step_fraction(name: str, field: str, tau: float, disc: Discretization, problems: list[str]) -> float | None:
-    """dt/tau, which forward Euler needs in (0, 1]."""
+    """The share of the state that one step replaces: dt/tau, which forward Euler needs in (0, 1], or
+    1 - exp(-dt/tau). A Norse file's tau is its dt times the time constant."""
+    if disc.norse_dt is not None:
+        tau = tau / disc.norse_dt
+    if disc.decay == "exp":
+        return -math.expm1(-disc.dt / tau)
     k = disc.dt / tau
     if k > 1:
+        norse = "" if disc.norse_dt is not None else \
+            " (Norse's to_nir writes tau = its dt / tau_mem_inv: read such a file with norse_dt)"
         problems.append(f"node {name!r}: dt/{field} = {k:g} must be <= 1 (forward Euler overshoots); use a dt "
-                        f"<= {tau:g} s")
+                        f"<= {tau:g} s{norse}")
         return None
     return k
 
@@ -177,10 +204,15 @@ def neuron_map(name: str, node, disc: Discretization, problems: list[str]) -> Ne
     if isinstance(node, nir.LIF):
         return None if k_mem is None else NeuronMap(0.0, 1.0 - k_mem, k_mem * r, k_mem * values["v_leak"], threshold)
     k_syn = _step_fraction(name, "tau_syn", values["tau_syn"], disc, problems)
+    if disc.norse_dt is not None and values["w_in"] != 1.0:
+        problems.append(f"node {name!r}: w_in = {values['w_in']:g}; Norse writes none (NIR's default 1), so with "
+                        f"norse_dt a w_in is not Norse's")
+        return None
     if k_mem is None or k_syn is None:
         return None
-    return NeuronMap(1.0 - k_syn, 1.0 - k_mem, k_syn * values["w_in"] * k_mem * r, k_mem * values["v_leak"],
-                     threshold)
+    # Norse's LIFCell adds the weight to its current (no dt/tau_syn): a current gain of 1
+    current_gain = 1.0 if disc.norse_dt is not None else k_syn * values["w_in"]
+    return NeuronMap(1.0 - k_syn, 1.0 - k_mem, current_gain * k_mem * r, k_mem * values["v_leak"], threshold)
 
 
 @dataclass(frozen=True)
@@ -346,17 +378,50 @@ def _mant_exp(values: np.ndarray, mant_max: int) -> tuple[np.ndarray, int]:
 
 @dataclass(frozen=True)
 class _Checked:
-    """A graph whose structure and values passed every check: its wiring, neuron maps and shapes."""
+    """A graph whose structure and values passed every check: its wiring, neuron maps, shapes and the step
+    each neuron node's bias switches on."""
     wires: Wiring
     maps: dict[str, NeuronMap]
     shapes: dict[str, tuple[int, ...]]
+    bias_start: dict[str, int]
+
+
+def _bias_starts(graph: nir.NIRGraph, wires: Wiring, problems: list[str]) -> dict[str, int]:
+    """Each neuron node's bias_start: its metadata's if the file gives one, else its depth, the fewest
+    synapses from an Input; a node no Input reaches has depth 0."""
+    nodes = graph.nodes
+    depth = {name: 0 for name, node in nodes.items() if isinstance(node, nir.Input)}
+    changed = True
+    while changed:  # shortest paths of unit steps: at most one pass per node
+        changed = False
+        for syn, src in wires.source.items():
+            tgt = wires.target[syn]
+            if src in depth and depth[src] + 1 < depth.get(tgt, math.inf):
+                depth[tgt], changed = depth[src] + 1, True
+    starts = {}
+    for name, node in nodes.items():
+        if not isinstance(node, NEURONS):
+            continue
+        given = (node.metadata or {}).get("bias_start")
+        if given is None:
+            starts[name] = depth.get(name, 0)
+        elif _one_int(given) is None or _one_int(given) < 0:
+            problems.append(f"node {name!r}: metadata bias_start = {given!r} must be one integer >= 0")
+        else:
+            starts[name] = _one_int(given)
+    return starts
 
 
 def check_graph(graph: nir.NIRGraph, disc: Discretization) -> _Checked:
     """Every node, field and edge checked; one ForeignGraphError lists all problems."""
     problems = []
     if not (math.isfinite(disc.dt) and disc.dt > 0):
-        _fail([f"dt = {disc.dt} must be a positive number of seconds"])
+        problems.append(f"dt = {disc.dt} must be a positive number of seconds")
+    if disc.decay not in DECAYS:
+        problems.append(f"decay = {disc.decay!r} must be one of {DECAYS}")
+    if disc.norse_dt is not None and not (math.isfinite(disc.norse_dt) and disc.norse_dt > 0):
+        problems.append(f"norse_dt = {disc.norse_dt} must be a positive number of seconds")
+    _fail(problems)
     wires = wiring(graph, problems)
     nodes = graph.nodes
     maps, shapes = {}, {}
@@ -377,8 +442,9 @@ def check_graph(graph: nir.NIRGraph, disc: Discretization) -> _Checked:
                             f"equivalent (it would enter the decaying current)")
     if not any(isinstance(node, NEURONS) for node in nodes.values()):
         problems.append("the graph has no IF, LIF or CubaLIF node: nothing to compile")
+    bias_start = _bias_starts(graph, wires, problems)
     _fail(problems)
-    return _Checked(wires, maps, shapes)
+    return _Checked(wires, maps, shapes, bias_start)
 
 
 def _decays(m: NeuronMap) -> tuple[int, int]:
@@ -419,7 +485,10 @@ def _quantize(graph: nir.NIRGraph, checked: _Checked) -> tuple[dict, list[str], 
         weights[name] = mant << exp
         md = dict(node.metadata or {})
         md.update({"weight_mant": mant.astype(np.int16), "weight_exp": exp})
-        new[name] = _with_metadata(node, md)
+        # Sinabs leaves a Conv2d's input_shape None, which nir.write cannot store: it is its source's (checked)
+        known = {"input_shape": checked.shapes[src][1:]} if isinstance(node, nir.Conv2d) and \
+            getattr(node, "input_shape", None) is None else {}
+        new[name] = _with_metadata(node, md, **known)
     biases = {}
     for name, m in maps.items():
         node = nodes[name]
@@ -442,7 +511,7 @@ def _quantize(graph: nir.NIRGraph, checked: _Checked) -> tuple[dict, list[str], 
                               f"0 in 4096): the current's decay rounds to none")
         md = dict(node.metadata or {})
         md.update({"du": du, "dv": dv, "vth": VTH_A, "scale": scale[name], "bias_mant": b_mant.astype(np.int16),
-                   "bias_exp": b_exp})
+                   "bias_exp": b_exp, "bias_start": checked.bias_start[name]})
         new[name] = _with_metadata(node, md)
     if not problems:
         degenerate += _silent(checked, weights, biases, nodes)
@@ -483,7 +552,7 @@ def _silent(checked: _Checked, weights: dict[str, np.ndarray], biases: dict[str,
 def _working_dt(graph: nir.NIRGraph, disc: Discretization) -> float | None:
     """The candidate dt nearest to disc.dt (in ratio) at which the graph compiles without degenerating."""
     for dt in sorted(DT_CANDIDATES, key=lambda c: abs(math.log(c / disc.dt))):
-        trial = Discretization(dt=dt)
+        trial = dataclasses.replace(disc, dt=dt)
         try:
             checked = check_graph(graph, trial)
         except ForeignGraphError:
@@ -518,9 +587,9 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
     return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=metadata)
 
 
-def _with_metadata(node, metadata: dict):
+def _with_metadata(node, metadata: dict, **changes):
     fields = {k: v for k, v in node.__dict__.items() if k not in ("input_type", "output_type", "metadata")}
-    return type(node)(**fields, metadata=metadata)
+    return type(node)(**{**fields, **changes}, metadata=metadata)
 
 
 def write_foreign(path: str, graph: nir.NIRGraph, disc: Discretization = Discretization(),
@@ -653,16 +722,16 @@ def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
     for step in range(steps):
         drive = {n: torch.zeros(batch, *shape[n], dtype=torch.float64) for n in maps}
         for name, src in wires.source.items():
-            node = nodes[name]
+            node, tgt = nodes[name], wires.target[name]
             current = _apply_synapse(node, last[src], wires.flatten[name], torch.from_numpy(_synapse_weight(node)))
             bias = _synapse_bias(node)
-            if bias is not None:
+            if bias is not None and step >= checked.bias_start[tgt]:
                 current = current + torch.from_numpy(bias).view(-1, *([1] * (current.dim() - 2)))
-            drive[wires.target[name]] += current.view(batch, *shape[wires.target[name]])
+            drive[tgt] += current.view(batch, *shape[tgt])
         now = {}
         for n, m in maps.items():
             i[n] = m.current_keep * i[n] + m.gain * drive[n]
-            v[n] = m.voltage_keep * v[n] + i[n] + m.leak_bias
+            v[n] = m.voltage_keep * v[n] + i[n] + (m.leak_bias if step >= checked.bias_start[n] else 0.0)
             s = v[n] > m.threshold
             v[n] = v[n].masked_fill(s, 0.0)
             now[n] = s.double()

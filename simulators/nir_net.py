@@ -3,7 +3,8 @@ written by `export.nir_foreign`): Affine/Linear/Conv2d synapses (after an option
 IF/LIF/CubaLIF nodes, each run as Lava's fixed-point LIF with the du, dv, vth and bias in its metadata.
 
 Timing is Lava's: every synapse delivers at step t + 1 what its source emitted at step t, so cycles
-(recurrent graphs) need no special case; an Input emits its given 0/1 spike train.
+(recurrent graphs) need no special case; an Input emits its given 0/1 spike train. A neuron node's bias
+is on from its metadata's step `bias_start` (its depth, unless the source file set it), 0 before.
 
 This module must not import `sddpm` or `export` (the simulator is an independent oracle).
 """
@@ -22,7 +23,7 @@ from .errors import SimulatorInputError
 from .fixed_point import conv_synapse, lif_step, scale_bias
 
 FORMAT = "sddpm-net-nir"
-VERSIONS = (1,)
+VERSIONS = (2,)  # 2: bias_start
 SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
 NEURONS = (nir.IF, nir.LIF, nir.CubaLIF)
 NODE_TYPES = SYNAPSES + NEURONS + (nir.Input, nir.Output, nir.Flatten)
@@ -49,6 +50,7 @@ class NetNeuron:
     dv: int
     vth: int
     bias: torch.Tensor  # int64 v-units, broadcastable to [B, *shape]
+    bias_start: int  # the first step the bias is on
 
 
 def _scalar(value):
@@ -146,7 +148,8 @@ class NetSimulator:
                                   _int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX))
                 self.neurons[name] = NetNeuron(name, shape, _int_meta(name, node, "du", *DU_RANGE),
                                                _int_meta(name, node, "dv", *DV_RANGE),
-                                               _int_meta(name, node, "vth", 1, VTH_MAX), bias.reshape(1, *bias.shape))
+                                               _int_meta(name, node, "vth", 1, VTH_MAX), bias.reshape(1, *bias.shape),
+                                               _int_meta(name, node, "bias_start", 0, None))
         shapes = {**self.inputs, **{n: p.shape for n, p in self.neurons.items()}}
         self.synapses = []
         for name, node in nodes.items():
@@ -227,7 +230,8 @@ class NetSimulator:
                 a[syn.target] += self._current(syn, last[syn.source]).view(batch, *self.neurons[syn.target].shape)
             now = {}
             for n, p in self.neurons.items():
-                u[n], v[n], s = lif_step(u[n], v[n], a[n], du=p.du, dv=p.dv, vth=p.vth, bias=p.bias)
+                bias = p.bias if step >= p.bias_start else torch.zeros_like(p.bias)
+                u[n], v[n], s = lif_step(u[n], v[n], a[n], du=p.du, dv=p.dv, vth=p.vth, bias=bias)
                 now[n] = s.to(torch.int64)
                 out[n].append(s)
             last.update(now)

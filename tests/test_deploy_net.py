@@ -127,7 +127,7 @@ def _uncompiled_li():
     graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((2, 2)), np.zeros(2)),
                                    nir.LI(tau=np.full(2, 1e-3), r=np.ones(2), v_leak=np.zeros(2)),
                                    nir.Output(np.array([2])))
-    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"format": "sddpm-net-nir", "version": 1})
+    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"format": "sddpm-net-nir", "version": 2})
 
 
 def _without(key, node="lif1"):
@@ -164,11 +164,18 @@ def test_a_graph_lava_cannot_run_exactly_is_refused_by_node_before_lava_starts(g
 # within [-256, 254] (|w| * 1024 a-units <= 254 here: threshold 1 is 1024 a-units and every gain is 1),
 # biases in whole multiples of 64 v-units (k / 1024 at threshold 1).
 # Weights below 127 / 1024 compile to weight_exp 0 (Lava's Dense then gets weight_exp -1), below 254 / 1024 to 1.
+# netx's biases are on from step 0, so the biased nodes ask for that (metadata bias_start = 0).
 EXP_0_MAX, EXP_1_MAX = 0.12, 0.24
+FROM_STEP_0 = {"bias_start": 0}
 
 
 def _netx_weights(rng, mean, shape, limit):
     return np.clip(rng.normal(mean, 0.1, shape), -limit, limit)
+
+
+def _from_step_0(node):
+    node.metadata = dict(FROM_STEP_0)
+    return node
 
 
 def _dense_chain():
@@ -178,7 +185,7 @@ def _dense_chain():
         "fc1": nir.Linear(_netx_weights(rng, 0.02, (8, 10), EXP_0_MAX)),
         "cuba": cuba(8),
         "fc2": nir.Affine(_netx_weights(rng, 0.1, (5, 8), EXP_1_MAX), rng.integers(-2, 6, 5) / 1024),
-        "lif": lif(5),
+        "lif": _from_step_0(lif(5)),
         "output": nir.Output(np.array([5])),
     }, edges=[("input", "fc1"), ("fc1", "cuba"), ("cuba", "fc2"), ("fc2", "lif"), ("lif", "output")])
 
@@ -187,7 +194,9 @@ def _conv_chain():
     rng = np.random.default_rng(5)
     conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
                       dilation=1, groups=1, bias=rng.integers(-2, 6, 4) / 1024)
-    return conv_flatten_graph(conv, lambda n: _netx_weights(rng, 0.02, (5, n), EXP_1_MAX))
+    graph = conv_flatten_graph(conv, lambda n: _netx_weights(rng, 0.02, (5, n), EXP_1_MAX))
+    _from_step_0(graph.nodes["if1"])
+    return graph
 
 
 def _flattened_input_chain():
@@ -255,11 +264,18 @@ def _with_bias(bias):
     return graph
 
 
+def _windowed_bias():
+    graph = _dense_chain()
+    graph.nodes["lif"].metadata = {}  # its depth then: two synapses from the Input
+    return graph
+
+
 @pytest.mark.parametrize("graph, message", [
     (recurrent_graph(), r"synapse 'w_rec': feeds 'lif' back; netx builds chains only"),
     (feed_forward_graph(), r"synapse 'fc1': netx's dense layer would not apply these integer weights"),
     (_with_bias(np.full(5, 1.5 / 1024)), r"node 'lif': netx's bias is mant << 6"),
-], ids=["recurrent", "weights", "bias"])
+    (_windowed_bias(), r"node 'lif': netx's bias is on from step 0, this one from step 2 \(bias_start\)"),
+], ids=["recurrent", "weights", "bias", "bias-window"])
 def test_netx_refuses_by_node_what_it_cannot_run_exactly(graph, message, tmp_path):
     from deploy.net_lava import UnsupportedGraphError
     from deploy.netx import write_netx
