@@ -197,7 +197,8 @@ def cmd_import_nir(args) -> int:
     from export.nir_foreign import Discretization, read_foreign, write_foreign
 
     graph = read_foreign(args.graph)
-    compiled = write_foreign(args.out, graph, Discretization(dt=args.dt), args.allow_degenerate)
+    compiled = write_foreign(args.out, graph, Discretization(dt=args.dt, decay=args.decay, norse_dt=args.norse_dt),
+                             args.allow_degenerate)
     print(f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}")
     for name, node in sorted(compiled.nodes.items()):
         md = node.metadata or {}

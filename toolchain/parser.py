@@ -289,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-degenerate", action="store_true",
                    help="compile even when at this --dt a synapse's weights all round to 0, a node can never spike "
                         "or a leak rounds to none (a warning instead of an error that suggests a dt that works)")
+    p.add_argument("--decay", choices=("euler", "exp"), default="euler",
+                   help="euler: v keeps 1 - dt/tau per step (NIR read by forward Euler, the default); exp: it keeps "
+                        "exp(-dt/tau) and the input gains 1 - exp(-dt/tau), as Sinabs runs (its tau in steps: --dt 1)")
+    p.add_argument("--norse-dt", type=float, default=None,
+                   help="the file is Norse's to_nir(dt=NORSE_DT), which writes tau = NORSE_DT / tau_mem_inv and no "
+                        "CubaLIF w_in: read tau / NORSE_DT as the time constant and the current gain as 1")
 
     p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
                                       "chip network; energy per step and per image against the ANN twin",
