@@ -387,3 +387,92 @@ if __name__ == "__main__":  # the README's table: .venv/bin/python tests/test_fo
             floor = floors(chip, library)
         print(f"{case:20s} {'bias' if bias else 'no bias':8s} " + "  ".join(
             f"{n}: {agreement(ours[n], s):.3f} (floor {floor[n]:.2f}, {int(s.sum())} spikes)" for n, s in library.items()))
+
+
+# ---- each library's quirks, checked against the installed library: refused by node and field, or read
+# with the option that says what the file means
+
+def _norse_lif_box_file(tmp_path):
+    graph, _, _, _ = norse_lif_box(False)
+    path = str(tmp_path / "norse.nir")
+    nir.write(path, graph)
+    return path, graph
+
+
+def test_norse_writes_tau_as_its_dt_over_tau_mem_inv_and_is_refused_without_norse_dt(tmp_path):
+    path, graph = _norse_lif_box_file(tmp_path)
+    assert np.allclose(graph.nodes["1"].tau, NORSE_DT / 100.0)  # tau_mem_inv = 100 / s: 10 ms, written as 1e-5
+    with pytest.raises(ForeignGraphError, match=r"node '1': dt/tau = 100 must be <= 1 .* read such a file with "
+                                                r"norse_dt"):
+        compile_foreign(read_foreign(path), Discretization(dt=NORSE_DT))
+    compiled = compile_foreign(read_foreign(path), Discretization(dt=NORSE_DT, norse_dt=NORSE_DT))
+    assert compiled.nodes["1"].metadata["dv"] == round(4096 * NORSE_DT * 100.0)  # dt / 10 ms of 4096
+
+
+def test_norse_omits_cubalif_w_in_and_norse_dt_refuses_a_file_that_has_one():
+    graph, _, disc, _ = norse_lif(False)
+    assert np.all(graph.nodes["1"].w_in == 1.0)  # NIR's default: Norse writes none
+    graph.nodes["1"].w_in = np.full(16, 2.0)
+    with pytest.raises(ForeignGraphError, match=r"node '1': w_in = 2; Norse writes none"):
+        compile_foreign(graph, disc)
+
+
+def test_norse_and_sinabs_scalar_parameters_cannot_be_written_and_are_refused_by_node():
+    # Norse's and Sinabs' LIF write one value for the whole layer unless given per neuron
+    torch.manual_seed(0)
+    graph = norse.to_nir(norse.SequentialState(torch.nn.Linear(12, 16, bias=False), norse.LIFBoxCell()),
+                         torch.zeros(12), dt=NORSE_DT)
+    with pytest.raises(TypeError):  # nir 1.0.8: "Scalar datasets don't support chunk/filter options"
+        nir.write("/dev/null", graph)
+    with pytest.raises(ForeignGraphError, match=r"node '1': v_threshold must hold one value per neuron"):
+        compile_foreign(graph, Discretization(dt=NORSE_DT, norse_dt=NORSE_DT))
+
+
+def test_sinabs_decays_exponentially_which_forward_euler_does_not_reproduce():
+    graph, library, disc, x = sinabs_lif(True)
+    assert disc.decay == "exp"
+    euler = Discretization(dt=SINABS_DT)
+    padded, depth = _padded(x, library)
+    ours = _aligned(run_discrete(compile_foreign(graph, euler), {"input": padded}, euler), depth)
+    assert min(agreement(ours[n], s) for n, s in library.items()) < 0.99  # exact with decay="exp" (above)
+
+
+def test_sinabs_leaves_a_conv_input_shape_none_which_the_compiled_file_fills(tmp_path):
+    graph, library, disc, _ = sinabs_iaf_conv(False)
+    assert graph.nodes["0"].input_shape is None
+    with pytest.raises((TypeError, ValueError)):  # h5py: "One of data, shape or dtype must be specified"
+        nir.write(str(tmp_path / "sinabs.nir"), graph)
+    write_foreign(str(tmp_path / "chip.nir"), graph, disc)
+    assert nir.read(str(tmp_path / "chip.nir")).nodes["0"].input_shape.tolist() == [8, 8]
+
+
+def test_snntorch_writes_v_reset_0_for_every_reset_mechanism():
+    # the file cannot tell: a "subtract" network (snnTorch's default) is read as reset to 0, NIR's meaning,
+    # and then leaves the library's spikes; "zero" is what runs as exported
+    def net(mechanism):
+        torch.manual_seed(10)
+        leaky = snn.Leaky(beta=_per_neuron((16,), 0.9), threshold=_per_neuron((16,), 1.0), init_hidden=True,
+                          reset_mechanism=mechanism)
+        layers = torch.nn.Sequential(torch.nn.Linear(12, 16), leaky)
+        _weights(layers, 0, 0.06, 0.1, 0.05)
+        return layers
+    graphs = {m: export_to_nir(net(m), torch.zeros(1, 12), ignore_dims=[0]) for m in ("zero", "subtract")}
+    assert all(np.all(g.nodes["1"].v_reset == 0) for g in graphs.values())
+    x = _input(12)
+    subtract = net("subtract")
+    library = _run_by_step(subtract, x, {"1": subtract[1]}, lambda out: out, lambda m, xt: m(xt))
+    disc = Discretization(dt=SNNTORCH_DT)
+    padded, depth = _padded(x, library)
+    ours = _aligned(run_discrete(compile_foreign(graphs["subtract"], disc), {"input": padded}, disc), depth)
+    assert agreement(ours["1"], library["1"]) < 0.95
+
+
+def test_cli_import_nir_reads_a_norse_file_with_norse_dt(tmp_path, capsys):
+    from toolchain.cli import main
+
+    path, _ = _norse_lif_box_file(tmp_path)
+    out = str(tmp_path / "chip.nir")
+    assert main(["import-nir", path, "--out", out, "--dt", str(NORSE_DT)]) == 2
+    assert "read such a file with norse_dt" in capsys.readouterr().err
+    assert main(["import-nir", path, "--out", out, "--dt", str(NORSE_DT), "--norse-dt", str(NORSE_DT)]) == 0
+    assert NetSimulator.from_file(out).run({"input": _input(12)[:5].long()})["1"].shape == (5, BATCH, 16)
