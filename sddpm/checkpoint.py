@@ -70,6 +70,7 @@ class LoadedModel:
     train_config: TrainConfig | None
     step: int
     source: str  # "sddpm" or "official"
+    path: str  # the file it was loaded from
 
 
 def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,7 +147,7 @@ def load_model(path: str, use_ema: bool = True, snn_steps: int | None = None) ->
         model = build_model(cfg)
         _load_weights(model, state, path)
         return LoadedModel(model.eval(), cfg, DiffusionConfig(steps=cfg.diffusion_steps), None,
-                           int(data.get("step", 0) or 0), "official")
+                           int(data.get("step", 0) or 0), "official", path)
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an SDDPM checkpoint (no 'format': {FORMAT!r} and no official "
                               f"'net_model' key; top-level keys: {sorted(data)[:8]})")
@@ -167,7 +168,7 @@ def load_model(path: str, use_ema: bool = True, snn_steps: int | None = None) ->
     model = build_model(model_cfg)
     state = data["ema"] if use_ema and data.get("ema") is not None else data["model"]
     _load_weights(model, state, path)
-    return LoadedModel(model.eval(), model_cfg, diffusion_cfg, train_cfg, int(data.get("step", 0)), "sddpm")
+    return LoadedModel(model.eval(), model_cfg, diffusion_cfg, train_cfg, int(data.get("step", 0)), "sddpm", path)
 
 
 def release_checkpoint(src: str, dst: str, use_ema: bool = True) -> dict[str, Any]:

@@ -9,23 +9,34 @@ import time
 
 from sddpm.config import DiffusionConfig, TrainConfig
 from toolchain.errors import UsageError
-from toolchain.parser import build_parser
+from toolchain.parser import build_parser, calibration_of, model_config_of, sampler_config_of
 from toolchain.paths import SHIPPED_CHECKPOINT
-from toolchain.pipeline import (EXPORTERS, calibration_dataset, compile_chip, export_float_nir,
-                                export_onnx_file, float_chain, model_config, sample_images, verify_and_report)
+from toolchain.pipeline import (EXPORTERS, Calibration, FileCheck, compile_chip, export_float_nir, export_onnx_file,
+                                float_chain, sample_images, verify_and_report)
 from toolchain.report import format_deploy, format_energy, format_network, format_whole_chain
 
 
 def cmd_train(args) -> None:
     from sddpm.training import train
 
-    model_cfg = model_config(args)
+    model_cfg = model_config_of(args)
     train_cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, batch_size=args.batch_size, lr=args.lr,
                             warmup=args.warmup, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
                             total_steps=args.steps, seed=args.seed, ckpt_every=args.ckpt_every,
                             sample_every=args.sample_every, hflip=args.hflip)
     path = train(args.run_dir, model_cfg, train_cfg, DiffusionConfig())
     print(f"checkpoint: {path}")
+
+
+def _sample(args, count: int):
+    """`sddpm sample` and `sddpm fid`: images of --checkpoint with the sampler and backend options."""
+    from sddpm.checkpoint import load_model
+
+    # `sddpm fid` samples the float model; `sddpm sample` also the simulator or Lava
+    backend = {} if args.command == "fid" else dict(backend=args.backend, calibration=calibration_of(args),
+                                                     sim_mode=args.sim_mode, out_dir=args.out)
+    return sample_images(load_model(args.checkpoint, use_ema=not args.no_ema), count, sampler_config_of(args),
+                         batch_size=args.batch_size, seed=args.seed, threshold_factor=args.threshold_factor, **backend)
 
 
 def cmd_sample(args) -> None:
@@ -35,7 +46,7 @@ def cmd_sample(args) -> None:
     from sddpm.images import save_grid
 
     started = time.time()
-    images, info = sample_images(args, args.num_images)
+    images, info = _sample(args, args.num_images)
     if info.is_main:
         grid = save_grid(images[:256], os.path.join(args.out, "grid.png"))
         with atomic_write(os.path.join(args.out, "samples.npz")) as f:
@@ -58,7 +69,7 @@ def cmd_fid(args) -> None:
             images = torch.from_numpy(f["images"])
         is_main = True
     else:
-        images, info = sample_images(args, args.num_images)
+        images, info = _sample(args, args.num_images)
         is_main = info.is_main
     report = fid_report(images, args.dataset, args.ref_count, args.cache_dir, root=args.data_root,
                         bootstrap=args.bootstrap)
@@ -87,7 +98,7 @@ def cmd_eval_eps(args) -> None:
     from sddpm.schedule import NoiseSchedule
 
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
-    dataset = calibration_dataset(args, loaded)
+    dataset = calibration_of(args).dataset_of(loaded)
     x0 = to_model_range(load_images(dataset, "test", args.data_root)[:args.count])
     rows = eps_error_by_step(loaded.model, x0, NoiseSchedule.linear(loaded.diffusion_config),
                              args.t or DEFAULT_STEPS, seed=args.seed)
@@ -123,53 +134,23 @@ def cmd_quality(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from statistics import median
-
-    from deploy.chip_lava import run_config, run_denoising_step
-    from export.energy import count_forward
+    from deploy.chip_lava import run_config
     from export.nir_chip import read_chip_nir
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
-    from toolchain.verify import compare_runs, first_count_difference
+    from toolchain.verify import steps_on_lava
 
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
     if not args.nir:
-        compile_chip(args, loaded, args.threshold_factor, path)
+        compile_chip(loaded, path, args.threshold_factor, calibration_of(args))
     net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
     if args.whole_chain:
         return deploy_whole_chain(args, loaded, net, sim, path)
     _, states = float_chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
-    cfg = run_config(args.run_config)
-    mismatch, count_mismatch, lava_s, sim_s, runs, sops = None, None, [], [], [], []
-    for x, t in states:
-        run = run_denoising_step(net, x, int(t[0]), cfg)
-        started = time.perf_counter()
-        out = sim.run(x, t, "delayed")
-        sim_s.append(time.perf_counter() - started)
-        lava_s.append(sum(run.seconds.values()))
-        runs.append(run)
-        mismatch = compare_runs(out, run, t=int(t[0]))
-        if mismatch is not None:
-            break
-        # the energy accounting counted from Lava's spike records and from the simulator's
-        sim_counts, lava_counts = count_forward(net, out.spikes), count_forward(net, run.spikes)
-        count_mismatch = count_mismatch or first_count_difference(sim_counts, lava_counts)
-        sops.append(sum(int(p.sops.sum()) for p in lava_counts.populations))
-    first = None if mismatch is None else mismatch.to_json()
-    report = {"identical": mismatch is None, "steps_checked": len(runs), "first_mismatch": first,
-              "counts_identical": mismatch is None and count_mismatch is None, "first_count_mismatch": count_mismatch,
-              "sops_per_step": sops,
-              "diffusion_steps": [int(t[0]) for _, t in states[:len(runs)]],
-              "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
-              "lava_build_seconds": median([r.seconds["build"] for r in runs]),
-              "lava_processes": runs[0].info["processes"],
-              "chip_steps_per_denoising_step": net.steps_per_denoising_step, "nir_file": path,
-              "run_config": args.run_config, "open_file_limit": runs[0].info["open_file_limit"]}
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_deploy(report))
+    report = steps_on_lava(net, sim, states, run_config(args.run_config))
+    report.update(nir_file=path, run_config=args.run_config)
+    print(json.dumps(report) if args.json else format_deploy(report))
     return 0 if report["identical"] and report["counts_identical"] else 1
 
 
@@ -215,7 +196,7 @@ def cmd_compile(args) -> None:
     from sddpm.checkpoint import load_model
 
     loaded = load_model(args.checkpoint)
-    net = compile_chip(args, loaded, args.threshold_factor, args.out)
+    net = compile_chip(loaded, args.out, args.threshold_factor, calibration_of(args))
     print(format_network(net))
     print(f"chip network -> {args.out}")
 
@@ -226,7 +207,7 @@ def cmd_verify(args) -> int:
     from toolchain.verify import format_ladder, run_ladder
 
     loaded = load_model(args.checkpoint)
-    net = compile_chip(args, loaded, args.threshold_factor, args.chip_out)
+    net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
     sim = ChipSimulator.from_file(args.chip_out)
     model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
@@ -247,7 +228,7 @@ def cmd_energy(args) -> None:
 
     loaded = load_model(args.checkpoint)
     cfg = loaded.model_config
-    net = compile_chip(args, loaded, args.threshold_factor, args.chip_out)
+    net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
     sim = ChipSimulator.from_file(args.chip_out)
     _, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     runs = [count_forward(net, sim.run(x, t).spikes) for x, t in states]
@@ -266,10 +247,10 @@ def cmd_report(args) -> int:
 
     loaded = load_model(args.checkpoint)
     chip_path = os.path.join(args.out, "network.nir")
-    net = compile_chip(args, loaded, args.threshold_factor, chip_path)
-    ladder, summary, path = verify_and_report(args, loaded, net, chip_path, args.batch_size, args.seed,
-                                               args.ddim_steps, args.steps,
-                                               f"SDDPM on Loihi 2: {os.path.basename(args.checkpoint)}")
+    net = compile_chip(loaded, chip_path, args.threshold_factor, calibration_of(args))
+    ladder, summary, path = verify_and_report(loaded, net, chip_path, args.out, batch=args.batch_size, seed=args.seed,
+                                              ddim_steps=args.ddim_steps, steps=args.steps,
+                                              title=f"SDDPM on Loihi 2: {os.path.basename(args.checkpoint)}")
     print(format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
     return 0 if ladder.identical else 1
 
@@ -279,14 +260,24 @@ def cmd_export(args) -> int:
 
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0]
-    return EXPORTERS[args.format](args, loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"))
+    check = FileCheck(calibration_of(args), args.check_images, args.threshold_factor)
+    return EXPORTERS[args.format](loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"), check)
+
+
+# `sddpm demo`: the whole path on the shipped model in minutes on a CPU. Calibration on 2 batches of 16 noisy
+# images; the ladder on 3 denoising steps of a 100-step DDIM chain of 2 images; each file checked on 8 images.
+DEMO_CALIBRATION = Calibration(batches=2, batch_size=16)
+DEMO_LADDER = dict(batch=2, seed=0, ddim_steps=100, steps=3)
+DEMO_CHECK_IMAGES = 8
 
 
 def cmd_demo(args) -> int:
+    from deploy.chip_lava import run_config
     from sddpm.checkpoint import load_model
     from sddpm.generate import SamplerConfig, generate, model_denoiser
     from sddpm.images import save_grid
-    from toolchain.verify import format_ladder
+    from simulators.network import ChipSimulator
+    from toolchain.verify import format_ladder, steps_on_lava
 
     loaded = load_model(SHIPPED_CHECKPOINT)
     cfg = loaded.model_config
@@ -302,26 +293,24 @@ def cmd_demo(args) -> int:
     print(f"sampled {args.num_images} images (DDPM, 1000 steps, x0 clipped) in {time.time() - started:.1f} s -> {path}")
 
     started = time.time()
-    args.checkpoint, args.dataset, args.data_root = SHIPPED_CHECKPOINT, None, None
-    args.calibration_batches, args.calibration_batch_size = 2, 16
     chip_path = os.path.join(args.out, "network.nir")
-    net = compile_chip(args, loaded, 1.0, chip_path)
+    net = compile_chip(loaded, chip_path, 1.0, DEMO_CALIBRATION)
     print(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}")
     print(format_network(net))
-    ladder, summary, path = verify_and_report(args, loaded, net, chip_path, 2, 0, 100, 3,
-                                               "SDDPM on Loihi 2: the shipped MNIST model")
+    ladder, summary, path = verify_and_report(loaded, net, chip_path, args.out, **DEMO_LADDER,
+                                              title="SDDPM on Loihi 2: the shipped MNIST model")
     print("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
 
     print("\ninterchange files, each read back and checked against its source:")
-    args.check_images, args.no_ema = 8, False
-    exported = [exporter(args, loaded, os.path.join(args.out, name)) == 0
+    check = FileCheck(DEMO_CALIBRATION, DEMO_CHECK_IMAGES)
+    exported = [exporter(loaded, os.path.join(args.out, name), check) == 0
                 for exporter, name in ((export_onnx_file, "denoiser.onnx"), (export_float_nir, "float.nir"))]
 
     print("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
-    args.nir, args.steps, args.ddim_steps, args.seed, args.threshold_factor = chip_path, 1, 100, 0, 1.0
-    args.run_config, args.json, args.whole_chain = "sim", False, False
-    deployed = cmd_deploy(args) == 0
-    return 0 if ladder.identical and all(exported) and deployed else 1
+    _, states = float_chain(loaded, 1.0, 1, DEMO_LADDER["seed"], DEMO_LADDER["ddim_steps"], 1)
+    deployed = steps_on_lava(net, ChipSimulator.from_file(chip_path), states, run_config("sim"))
+    print(format_deploy({**deployed, "nir_file": chip_path, "run_config": "sim"}))
+    return 0 if ladder.identical and all(exported) and deployed["identical"] and deployed["counts_identical"] else 1
 
 
 def cmd_release(args) -> None:

@@ -9,6 +9,36 @@ from toolchain.paths import SHIPPED_CHECKPOINT
 EXPORT_FORMATS = ("nir", "nir-float", "onnx")  # `sddpm export --format`, see toolchain.pipeline.EXPORTERS
 
 
+# The configurations the parsed options stand for: the pipeline takes these, never the options themselves.
+
+def model_config_of(args):
+    """`sddpm train`: the preset of the dataset (or --preset), with the options given on top."""
+    from sddpm.config import ModelConfig
+    from sddpm.data import dataset_shape
+
+    channels, size = dataset_shape(args.dataset)
+    preset = args.preset or ("mnist" if channels == 1 else "celeba" if size == 64 else "cifar10")
+    values = PRESETS[preset].to_dict()
+    values.update(img_ch=channels, img_size=size)
+    for name in ("kind", "ch", "ch_mult", "num_res_blocks", "snn_steps"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return ModelConfig.from_dict(values)
+
+
+def sampler_config_of(args):
+    from sddpm.generate import SamplerConfig
+
+    return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
+                         clip_x0=args.clip_x0)
+
+
+def calibration_of(args):
+    from toolchain.pipeline import Calibration
+
+    return Calibration(args.dataset, args.data_root, args.calibration_batches, args.calibration_batch_size)
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))

@@ -1,52 +1,42 @@
 """The steps the `sddpm` commands are made of: compile a checkpoint, run a float DDIM chain, sample, verify
-and report, export and check a file. The commands in `toolchain.cli` parse, call these and print."""
+and report, export and check a file. Each takes explicit arguments (never the parsed command line); the
+commands in `toolchain.cli` parse, call these and print."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from sddpm.config import PRESETS, ModelConfig
+from export.compiler import CALIBRATION_BATCH_SIZE, CALIBRATION_BATCHES
 from toolchain.errors import UsageError
 from toolchain.report import format_onnx_comparison
 
 
-def model_config(args) -> ModelConfig:
-    from sddpm.data import dataset_shape
+@dataclass(frozen=True)
+class Calibration:
+    """The noisy training images a checkpoint is compiled (and its files checked) with."""
+    dataset: str | None = None  # None: the checkpoint's own training dataset
+    data_root: str | None = None
+    batches: int = CALIBRATION_BATCHES
+    batch_size: int = CALIBRATION_BATCH_SIZE
 
-    channels, size = dataset_shape(args.dataset)
-    preset = args.preset or ("mnist" if channels == 1 else "celeba" if size == 64 else "cifar10")
-    values = PRESETS[preset].to_dict()
-    values.update(img_ch=channels, img_size=size)
-    for name in ("kind", "ch", "ch_mult", "num_res_blocks", "snn_steps"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    return ModelConfig.from_dict(values)
-
-
-def sampler_config(args):
-    from sddpm.generate import SamplerConfig
-
-    return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
-                         clip_x0=args.clip_x0)
+    def dataset_of(self, loaded) -> str:
+        if self.dataset:
+            return self.dataset
+        if loaded.train_config is None:
+            raise UsageError(f"{loaded.path} does not say which dataset it was trained on: give --dataset")
+        return loaded.train_config.dataset
 
 
-def calibration_dataset(args, loaded) -> str:
-    if args.dataset:
-        return args.dataset
-    if loaded.train_config is None:
-        raise UsageError(f"{args.checkpoint} does not say which dataset it was trained on: give --dataset")
-    return loaded.train_config.dataset
-
-
-def compile_chip(args, loaded, threshold_factor: float, path: str):
+def compile_chip(loaded, path: str, threshold_factor: float, calibration: Calibration):
     """Compile the loaded model, calibrated on its dataset, and write the chip file; returns the network."""
-    from export.nir_chip import write_chip_nir
     from export.compiler import calibration_batches, compile_model
+    from export.nir_chip import write_chip_nir
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
 
-    images = load_images(calibration_dataset(args, loaded), "train", args.data_root)
-    batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), args.calibration_batches,
-                                  args.calibration_batch_size)
+    images = load_images(calibration.dataset_of(loaded), "train", calibration.data_root)
+    batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), calibration.batches,
+                                  calibration.batch_size)
     net = compile_model(loaded.model, batches, threshold_factor)
     write_chip_nir(path, net)
     return net
@@ -67,24 +57,24 @@ def float_chain(loaded, threshold_factor: float, batch: int, seed: int, ddim_ste
     return model, chain_states(model, NoiseSchedule.linear(loaded.diffusion_config), x_T, ddim_steps, steps)
 
 
-def sample_images(args, count: int):
-    from sddpm.checkpoint import load_model
+def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, backend: str = "float",
+                  threshold_factor: float = 1.0, calibration: Calibration = Calibration(),
+                  sim_mode: str = "zero_delay", out_dir: str = "."):
+    """`count` images of the loaded model with `sampler` (a `SamplerConfig`) on `backend` (float: PyTorch;
+    sim, lava: the model compiled to out_dir/network.nir and run there), and the distributed run's info."""
     from sddpm.generate import generate, model_denoiser
     from sddpm.training import init_distributed
 
     info = init_distributed()
-    loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
     cfg = loaded.model_config
-    backend = getattr(args, "backend", "float")
 
     def run(denoiser, device):
         return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
-                        sampler_config(args), batch_size=args.batch_size, seed=args.seed, progress=info.is_main,
-                        device=device), info
+                        sampler, batch_size=batch_size, seed=seed, progress=info.is_main, device=device), info
 
     if backend in ("sim", "lava"):
-        chip_path = os.path.join(args.out, "network.nir")
-        compile_chip(args, loaded, args.threshold_factor, chip_path)
+        chip_path = os.path.join(out_dir, "network.nir")
+        compile_chip(loaded, chip_path, threshold_factor, calibration)
         if backend == "lava":  # one Lava graph for every denoising step of every image; stopped on any error
             from deploy.chain_lava import ChainGraph
             from export.nir_chip import read_chip_nir
@@ -93,14 +83,14 @@ def sample_images(args, count: int):
                 return run(graph.denoiser(), "cpu")
         from simulators.network import ChipSimulator
 
-        return run(ChipSimulator.from_file(chip_path).denoiser(args.sim_mode), "cpu")
-    return run(model_denoiser(loaded.model.to(info.device), args.threshold_factor), info.device)
+        return run(ChipSimulator.from_file(chip_path).denoiser(sim_mode), "cpu")
+    return run(model_denoiser(loaded.model.to(info.device), threshold_factor), info.device)
 
 
-def verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, ddim_steps: int, steps: int,
-                       title: str):
+def verify_and_report(loaded, net, chip_path: str, out_dir: str, *, batch: int, seed: int, ddim_steps: int,
+                      steps: int, title: str):
     """The ladder on `steps` denoising steps of a seeded DDIM chain, the energy of those same simulator runs,
-    the resource estimate, and the report in args.out; returns (ladder, energy summary, report path)."""
+    the resource estimate, and the report in out_dir; returns (ladder, energy summary, report path)."""
     from export.energy import ann_operations, count_forward, summarize
     from export.resources import estimate
     from simulators.network import ChipSimulator
@@ -113,24 +103,32 @@ def verify_and_report(args, loaded, net, chip_path: str, batch: int, seed: int, 
     ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
                         on_run=lambda out: runs.append(count_forward(net, out.spikes)))
     summary = summarize(runs, ann_operations(cfg))
-    summary.update(checkpoint=args.checkpoint, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
+    summary.update(checkpoint=loaded.path, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
                    denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
-    return ladder, summary, write_report(args.out, summary, ladder, estimate(net), title)
+    return ladder, summary, write_report(out_dir, summary, ladder, estimate(net), title)
 
 
-def check_images(args, loaded, seed: int):
-    """(dataset name, (x_t, t)): --check-images noisy training images, t spread over the diffusion steps."""
+@dataclass(frozen=True)
+class FileCheck:
+    """How `sddpm export` checks a file it wrote: on `images` noisy training images of the calibration set."""
+    calibration: Calibration = Calibration()
+    images: int = 8
+    threshold_factor: float = 1.0  # of the chip network (format nir)
+
+
+def check_images(loaded, check: FileCheck, seed: int):
+    """(dataset name, (x_t, t)): check.images noisy training images, t spread over the diffusion steps."""
     from export.compiler import calibration_batches
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
 
-    dataset = calibration_dataset(args, loaded)
-    ((x, t),) = calibration_batches(load_images(dataset, "train", args.data_root),
-                                    NoiseSchedule.linear(loaded.diffusion_config), 1, args.check_images, seed=seed)
+    dataset = check.calibration.dataset_of(loaded)
+    ((x, t),) = calibration_batches(load_images(dataset, "train", check.calibration.data_root),
+                                    NoiseSchedule.linear(loaded.diffusion_config), 1, check.images, seed=seed)
     return dataset, (x, t)
 
 
-def export_onnx_file(args, loaded, path: str) -> int:
+def export_onnx_file(loaded, path: str, check: FileCheck) -> int:
     from export.onnx_export import OPSET, compare_onnx, export_onnx
 
     export_onnx(loaded.model, path)
@@ -138,14 +136,14 @@ def export_onnx_file(args, loaded, path: str) -> int:
     image = f"[batch, {cfg.img_ch}, {cfg.img_size}, {cfg.img_size}]"
     print(f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 [batch] -> "
           f"eps float32 {image}")
-    dataset, (x, t) = check_images(args, loaded, seed=0)
+    dataset, (x, t) = check_images(loaded, check, seed=0)
     report = compare_onnx(loaded.model, path, x, t)
     print(f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:")
     print(format_onnx_comparison(report, t))
     return 0 if report.ok else 1
 
 
-def export_chip_nir(args, loaded, path: str) -> int:
+def export_chip_nir(loaded, path: str, check: FileCheck) -> int:
     import nir
     import torch
 
@@ -153,12 +151,12 @@ def export_chip_nir(args, loaded, path: str) -> int:
     from simulators.network import ChipSimulator
     from toolchain.verify import compare_runs
 
-    net = compile_chip(args, loaded, args.threshold_factor, path)
+    net = compile_chip(loaded, path, check.threshold_factor, check.calibration)
     graph = nir.read(path)  # NIR's own reader, type checks on
     kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
     print(f"{path}: NIR {nir.__version__} graph, {len(graph.nodes)} nodes ({', '.join(kinds)}), "
           f"{len(graph.edges)} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks")
-    dataset, (x, t) = check_images(args, loaded, seed=1)
+    dataset, (x, t) = check_images(loaded, check, seed=1)
     ref = run_reference(net, x, t)
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
     mismatch = compare_runs(ref, out, t=int(t[0]))
@@ -168,7 +166,7 @@ def export_chip_nir(args, loaded, path: str) -> int:
     return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
 
 
-def export_float_nir(args, loaded, path: str) -> int:
+def export_float_nir(loaded, path: str, check: FileCheck) -> int:
     import copy
 
     import nir
@@ -181,7 +179,7 @@ def export_float_nir(args, loaded, path: str) -> int:
     kinds = sorted({type(node).__name__ for node in nir.read(path).nodes.values()})
     print(f"{path}: NIR {nir.__version__} graph ({', '.join(kinds)}), {os.path.getsize(path) / 1e6:.1f} MB; passes "
           f"nir.read's type checks")
-    dataset, (x, t) = check_images(args, loaded, seed=1)
+    dataset, (x, t) = check_images(loaded, check, seed=1)
     written, read = run_float(graph, x.double(), t), run_float(read_float_nir(path), x.double(), t)
     flips = [name for name, s in written.spikes.items() if not bool((s == read.spikes[name]).all())]
     diff = float((written.eps - read.eps).abs().max())
@@ -191,5 +189,5 @@ def export_float_nir(args, loaded, path: str) -> int:
     return 0 if not flips and diff <= FILE_ROUND_TRIP_ATOL else 1
 
 
-# `sddpm export --format NAME`: NAME -> function(args, loaded checkpoint, output path) -> exit status
+# `sddpm export --format NAME`: NAME -> function(loaded checkpoint, output path, FileCheck) -> exit status
 EXPORTERS = {"onnx": export_onnx_file, "nir": export_chip_nir, "nir-float": export_float_nir}

@@ -200,6 +200,37 @@ def format_ladder(report: LadderReport) -> str:
     return "\n".join(lines)
 
 
+def steps_on_lava(net: ChipNetwork, sim: ChipSimulator, states, run_cfg=None) -> dict:
+    """Denoising steps (x_t, t) of one image, each on a Lava graph built for it (`deploy.chip_lava`), compared
+    with the simulator spike for spike, and the energy accounting counted from both; stops at a mismatch."""
+    from deploy.chip_lava import run_denoising_step
+    from export.energy import count_forward
+
+    mismatch, count_mismatch, lava_s, sim_s, runs, sops = None, None, [], [], [], []
+    for x, t in states:
+        run = run_denoising_step(net, x, int(t[0]), run_cfg)
+        started = time.perf_counter()
+        out = sim.run(x, t, "delayed")
+        sim_s.append(time.perf_counter() - started)
+        lava_s.append(sum(run.seconds.values()))
+        runs.append(run)
+        mismatch = compare_runs(out, run, t=int(t[0]))
+        if mismatch is not None:
+            break
+        sim_counts, lava_counts = count_forward(net, out.spikes), count_forward(net, run.spikes)
+        count_mismatch = count_mismatch or first_count_difference(sim_counts, lava_counts)
+        sops.append(sum(int(p.sops.sum()) for p in lava_counts.populations))
+    return {"identical": mismatch is None, "steps_checked": len(runs),
+            "first_mismatch": None if mismatch is None else mismatch.to_json(),
+            "counts_identical": mismatch is None and count_mismatch is None, "first_count_mismatch": count_mismatch,
+            "sops_per_step": sops, "diffusion_steps": [int(t[0]) for _, t in states[:len(runs)]],
+            "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
+            "lava_build_seconds": median([r.seconds["build"] for r in runs]),
+            "lava_processes": runs[0].info["processes"],
+            "chip_steps_per_denoising_step": net.steps_per_denoising_step,
+            "open_file_limit": runs[0].info["open_file_limit"]}
+
+
 def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, schedule: NoiseSchedule,
                         x_T: torch.Tensor, steps: int, run_cfg=None) -> dict:
     """A DDIM chain of `steps` denoising steps of one image x_T on one Lava graph (`deploy.chain_lava`).

@@ -27,7 +27,7 @@ from sddpm.generate import model_denoiser
 from sddpm.images import save_grid
 from sddpm.schedule import NoiseSchedule
 from simulators.network import ChipSimulator
-from toolchain.parser import build_parser
+from toolchain.parser import build_parser, calibration_of
 from toolchain.pipeline import compile_chip
 from toolchain.verify import whole_chain_on_lava
 
@@ -46,7 +46,7 @@ def main() -> None:
     cfg = loaded.model_config
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "network.nir")
-        compile_chip(deploy, loaded, deploy.threshold_factor, path)
+        compile_chip(loaded, path, deploy.threshold_factor, calibration_of(deploy))
         net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
     model = model_denoiser(loaded.model.eval(), deploy.threshold_factor)
     schedule = NoiseSchedule.linear(loaded.diffusion_config)
