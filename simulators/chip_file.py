@@ -6,7 +6,8 @@ weight must be an integer mantissa << exponent inside the 8-bit range and zero o
 channels, every edge must chain, and each up-sampling port pair must be linked. Every range the simulator
 relies on is checked: 0 < vth within 17 bits, bias mantissas within 13 bits of one row or one per diffusion
 step, bias exponents within 3 bits, integer depths, delays and exponents, one spike's weight below 2^17
-a-units, finite scales and host weights. A mismatch is a `ChipFileError` that names the node.
+a-units, finite scales and host weights. A mismatch is a `ChipFileError` that names the node; the
+populations, synapses and host weights are each checked, and every problem among them is listed.
 
 This module must not import `sddpm` or `export`: the simulator and the code it checks cannot share a bug.
 """
@@ -206,26 +207,11 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     if not isinstance(order, list) or not order or len(set(order)) != len(order):
         raise ChipFileError(f"the population order must be a non-empty list of distinct names, is {order!r}")
     diffusion_steps = _int_field("graph", meta, "diffusion_steps", 1)
-    pops = []
-    for name in order:
-        node = nodes.get(name) if isinstance(name, str) else None
-        if not isinstance(node, nir.IF):
-            raise ChipFileError(f"population {name!r}: no IF node of that name")
-        md = node.metadata
-        vth = _int_field(name, md, "vth", 1, VTH_MAX)  # > 0: a threshold of 0 fires on any positive input
-        shape = tuple(int(v) for v in np.shape(node.v_threshold))
-        if len(shape) != 3 or min(shape) < 1:
-            raise ChipFileError(f"population {name!r}: v_threshold has shape {shape}, not (C, H, W)")
-        _uniform(name, "r", node.r, V_PER_A)
-        _uniform(name, "v_threshold", node.v_threshold, vth << VTH_SHIFT)
-        _uniform(name, "v_reset", node.v_reset, 0)
-        pops.append(Population(name, shape, _positive(name, md, "scale"), vth,
-                               _bias_mant(name, md, shape[0], diffusion_steps),
-                               _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
-                               bool(_field(name, md, "host_input"))))
+    problems: list[str] = []  # of every population, synapse and host stage, listed together
+    pops = [p for p in (_checked(problems, _population, name, nodes, diffusion_steps) for name in order) if p]
     if {n for n, node in nodes.items() if isinstance(node, nir.IF)} != set(order):
         raise ChipFileError("the IF nodes and the graph's population order differ")
-    shapes = {p.name: p.shape for p in pops}
+    shapes = {n: tuple(int(v) for v in np.shape(nodes[n].v_threshold)) for n in order}
 
     readout = nodes.get(READOUT)
     if not isinstance(readout, nir.Scale) or targets.get(READOUT) != [OUTPUT]:
@@ -233,17 +219,18 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     if INPUT not in sources.get(order[0], []):
         raise ChipFileError(f"the host input must feed the first population {order[0]!r}")
 
-    syns = []
-    for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d)):
-        syns.append(_synapse(name, nodes[name], sources.get(name, []), targets.get(name, []), links, sources,
-                             nodes, shapes))
+    syns = [_checked(problems, _synapse, name, nodes[name], sources.get(name, []), targets.get(name, []), links,
+                     sources, nodes, shapes)
+            for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d))]
     host_meta = _field("graph", meta, "host")
     missing = [k for k in HOST_KEYS if k not in host_meta]
     if missing:
-        raise ChipFileError(f"host: lacks {missing}")
+        problems.append(f"host: lacks {missing}")
     for key, value in host_meta.items():  # the host's weights run in float: a NaN would spread silently
         if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-            raise ChipFileError(f"host {key!r}: holds NaN or inf")
+            problems.append(f"host {key!r}: holds NaN or inf")
+    if problems:
+        raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
     host = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in host_meta.items()
             if k not in ("membrane_decay", "readout_bias", "readout_temb")}
     if np.ndim(host_meta["membrane_decay"]) != 0:
@@ -285,6 +272,32 @@ def _check_host(host: dict, readout: dict, first_channels: int, diffusion_steps:
         raise ChipFileError(f"host: shapes do not chain: {', '.join(wrong) or 'no image channels'}")
     if not 0 <= host["membrane_decay"] <= 1:
         raise ChipFileError(f"host: membrane_decay {host['membrane_decay']} outside [0, 1]")
+
+
+def _checked(problems: list[str], check, *args):
+    """check(*args), or None with its ChipFileError recorded in problems."""
+    try:
+        return check(*args)
+    except ChipFileError as err:
+        problems.append(str(err))
+        return None
+
+
+def _population(name, nodes, diffusion_steps: int) -> Population:
+    node = nodes.get(name) if isinstance(name, str) else None
+    if not isinstance(node, nir.IF):
+        raise ChipFileError(f"population {name!r}: no IF node of that name")
+    md = node.metadata
+    vth = _int_field(name, md, "vth", 1, VTH_MAX)  # > 0: a threshold of 0 fires on any positive input
+    shape = tuple(int(v) for v in np.shape(node.v_threshold))
+    if len(shape) != 3 or min(shape) < 1:
+        raise ChipFileError(f"population {name!r}: v_threshold has shape {shape}, not (C, H, W)")
+    _uniform(name, "r", node.r, V_PER_A)
+    _uniform(name, "v_threshold", node.v_threshold, vth << VTH_SHIFT)
+    _uniform(name, "v_reset", node.v_reset, 0)
+    return Population(name, shape, _positive(name, md, "scale"), vth, _bias_mant(name, md, shape[0], diffusion_steps),
+                      _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
+                      bool(_field(name, md, "host_input")))
 
 
 def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) -> Synapse:

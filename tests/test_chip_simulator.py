@@ -95,6 +95,13 @@ def _edit(dataset: str, change, reseal=True):
     return edit
 
 
+def _all(*edits):
+    def edit(path):
+        for e in edits:
+            e(path)
+    return edit
+
+
 def _unsealed(path):
     with h5py.File(path, "r+") as h5:
         del h5.attrs["sddpm_sha256"]
@@ -154,6 +161,12 @@ def _unknown_node(path):
                  r"node 'neuron': scale = nan must be finite and > 0", id="scale"),
     pytest.param(_edit("node/metadata/host/head_weight", lambda old: old * np.nan), r"host 'head_weight': holds NaN",
                  id="host-nan"),
+    # every problem of the populations, synapses and host at once, not only the first
+    pytest.param(_all(_edit(f"{NODES}/neuron/metadata/vth", lambda old: 0),
+                      _edit(f"{NODES}/syn0003/weight", lambda old: old + 1),
+                      _edit("node/metadata/host/head_weight", lambda old: old * np.nan)),
+                 r"3 problems: node 'neuron': vth = 0 must be .*; synapse 'syn0003'.*not 8-bit mantissas.*; host "
+                 r"'head_weight': holds NaN", id="all-listed"),
 ])
 def test_a_broken_file_is_refused_with_the_problem_named(chip, tmp_path, damage, message):
     path = _copy(chip[1], tmp_path)
