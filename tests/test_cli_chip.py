@@ -50,21 +50,21 @@ def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_p
 def test_export_nir_writes_a_nir_graph_and_checks_it_on_the_simulator(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "net.nir")
     assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
-                 *SMALL]) == 0
-    text = capsys.readouterr().out
+                 "--json", *SMALL]) == 0
+    report = json.loads(capsys.readouterr().out)
     graph = nir.read(out)
-    assert f"{len(graph.nodes)} nodes (Conv2d, IF, Input, Output, Scale)" in text
-    assert "passes nir.read's type checks" in text
-    assert "vs the in-memory quantized reference, 3 noisy digits images: identical" in text
+    assert report["nodes"] == len(graph.nodes) and report["node_types"] == ["Conv2d", "IF", "Input", "Output", "Scale"]
+    assert (report["dataset"], report["images"]) == ("digits", 3)
+    assert report["ok"] is report["identical"] is report["eps_identical"] is True and report["first_mismatch"] is None
 
 
 def test_export_nir_float_writes_the_float_network_and_checks_the_round_trip(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "float.nir")
     assert main(["export", "--format", "nir-float", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
-                 *SMALL]) == 0
-    text = capsys.readouterr().out
-    assert "(Conv2d, IF, Input, Output, Scale)" in text and "passes nir.read's type checks" in text
-    assert "3 noisy digits images): spikes identical, max |eps diff|" in text
+                 "--json", *SMALL]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["node_types"] == ["Conv2d", "IF", "Input", "Output", "Scale"] and report["spikes_differ_in"] == []
+    assert report["ok"] is True and report["max_abs_diff"] <= report["tolerance"] and report["images"] == 3
     assert nir.read(out).metadata["format"] == "sddpm-float-nir"
 
 
@@ -81,9 +81,12 @@ def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, ca
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
     out = str(tmp_path / "net.nir")
     assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
-                 *SMALL]) == 1
-    printed = capsys.readouterr().out
-    assert "first difference at t = " in printed and ", population " in printed
+                 "--json", *SMALL]) == 1
+    first = json.loads(capsys.readouterr().out)["first_mismatch"]
+    # the simulator read a file whose first synapse is reversed: its target is the first to differ
+    assert first["population"] == next(b for a, b in nir.read(out).edges if a == "syn0000")
+    assert (first["expected_backend"], first["actual_backend"]) == ("reference", "simulator")
+    assert first["expected"] != first["actual"] and len(first["index"]) == 4
 
 
 @DIVERGING_CHAIN

@@ -227,11 +227,12 @@ def _checkpoint(path: str, model) -> str:
 
 def test_cli_export_writes_the_file_and_reports_the_check(snn, tmp_path, capsys):
     checkpoint, out = _checkpoint(str(tmp_path / "tiny.pt"), snn), str(tmp_path / "tiny.onnx")
-    assert main(["export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out, "--check-images", "4"]) == 0
-    text = capsys.readouterr().out
-    assert text.startswith(f"{out}: ONNX opset 17")
-    assert "onnxruntime vs PyTorch on 4 noisy digits training images" in text
-    assert "4 images with identical spike trains" in text and text.rstrip().endswith("-> agrees")
+    assert main(["export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out, "--check-images", "4",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["file"] == out and report["opset"] == 17 and report["bytes"] > 0
+    assert (report["dataset"], report["images"], report["spike_flips"]) == ("digits", 4, [])
+    assert report["same_spikes_max_abs_diff"] < report["tolerance"]
     assert load_onnx(out).config == TINY
 
 
@@ -245,5 +246,7 @@ def test_cli_export_exits_1_when_the_file_disagrees(snn, tmp_path, capsys, monke
 
     checkpoint, out = _checkpoint(str(tmp_path / "tiny.pt"), snn), str(tmp_path / "tiny.onnx")
     monkeypatch.setattr(torch.onnx, "export", export_a_changed_model)
-    assert main(["export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out, "--check-images", "4"]) == 1
-    assert capsys.readouterr().out.rstrip().endswith("-> DISAGREES")
+    assert main(["export", "--format", "onnx", "--checkpoint", checkpoint, "--out", out, "--check-images", "4",
+                 "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["same_spikes_max_abs_diff"] > report["tolerance"]

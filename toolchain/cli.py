@@ -261,7 +261,9 @@ def cmd_export(args) -> int:
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
     name = os.path.splitext(os.path.basename(args.checkpoint))[0]
     check = FileCheck(calibration_of(args), args.check_images, args.threshold_factor)
-    return EXPORTERS[args.format](loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"), check)
+    report = EXPORTERS[args.format](loaded, args.out or os.path.join("out", "export", f"{name}.{args.format}"), check)
+    print(json.dumps(report.to_json()) if args.json else "\n".join(report.lines))
+    return 0 if report.ok else 1
 
 
 # `sddpm demo`: the whole path on the shipped model in minutes on a CPU. Calibration on 2 batches of 16 noisy
@@ -303,14 +305,15 @@ def cmd_demo(args) -> int:
 
     print("\ninterchange files, each read back and checked against its source:")
     check = FileCheck(DEMO_CALIBRATION, DEMO_CHECK_IMAGES)
-    exported = [exporter(loaded, os.path.join(args.out, name), check) == 0
+    exported = [exporter(loaded, os.path.join(args.out, name), check)
                 for exporter, name in ((export_onnx_file, "denoiser.onnx"), (export_float_nir, "float.nir"))]
+    print("\n".join(line for report in exported for line in report.lines))
 
     print("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
     _, states = float_chain(loaded, 1.0, 1, DEMO_LADDER["seed"], DEMO_LADDER["ddim_steps"], 1)
     deployed = steps_on_lava(net, ChipSimulator.from_file(chip_path), states, run_config("sim"))
     print(format_deploy({**deployed, "nir_file": chip_path, "run_config": "sim"}))
-    return 0 if ladder.identical and all(exported) and deployed["identical"] and deployed["counts_identical"] else 1
+    return 0 if ladder.identical and all(r.ok for r in exported) and deployed["identical"] and deployed["counts_identical"] else 1
 
 
 def cmd_release(args) -> None:

@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file to write (default: out/export/<checkpoint name>.<format>)")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     _add_threshold_factor(p, "nir: threshold factor of the chip network")
+    p.add_argument("--json", action="store_true", help="print the file's facts and its check as one JSON object")
     p.add_argument("--check-images", type=int, default=16,
                    help="noisy training images to check the file on, t spread over all diffusion steps "
                         "(default: %(default)s)")

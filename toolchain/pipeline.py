@@ -128,23 +128,49 @@ def check_images(loaded, check: FileCheck, seed: int):
     return dataset, (x, t)
 
 
-def export_onnx_file(loaded, path: str, check: FileCheck) -> int:
-    from export.onnx_export import OPSET, compare_onnx, export_onnx
+@dataclass(frozen=True)
+class ExportReport:
+    """A file `sddpm export` wrote and how its check went: `facts` for --json, `lines` for people."""
+    format: str
+    file: str
+    ok: bool
+    facts: dict
+    lines: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "file": self.file, "ok": self.ok, "bytes": os.path.getsize(self.file),
+                **self.facts}
+
+
+def export_onnx_file(loaded, path: str, check: FileCheck) -> ExportReport:
+    import dataclasses
+
+    from export.onnx_export import ONNX_ATOL, OPSET, compare_onnx, export_onnx
 
     export_onnx(loaded.model, path)
     cfg = loaded.model_config
     image = f"[batch, {cfg.img_ch}, {cfg.img_size}, {cfg.img_size}]"
-    print(f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 [batch] -> "
-          f"eps float32 {image}")
     dataset, (x, t) = check_images(loaded, check, seed=0)
     report = compare_onnx(loaded.model, path, x, t)
-    print(f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:")
-    print(format_onnx_comparison(report, t))
-    return 0 if report.ok else 1
+    facts = {"opset": OPSET, "dataset": dataset, "images": len(x), "max_abs_diff": report.max_abs_diff,
+             "same_spikes_max_abs_diff": report.same_spikes_max_abs_diff, "tolerance": ONNX_ATOL,
+             "spike_flips": [dataclasses.asdict(f) | {"is_tie": f.is_tie} for f in report.flips]}
+    lines = (f"{path}: ONNX opset {OPSET}, {os.path.getsize(path) / 1e6:.1f} MB; x float32 {image}, t int64 "
+             f"[batch] -> eps float32 {image}",
+             f"onnxruntime vs PyTorch on {len(x)} noisy {dataset} training images:",
+             format_onnx_comparison(report, t))
+    return ExportReport("onnx", path, report.ok, facts, lines)
 
 
-def export_chip_nir(loaded, path: str, check: FileCheck) -> int:
+def _nir_facts(path: str) -> dict:
     import nir
+
+    graph = nir.read(path)  # NIR's own reader, type checks on
+    return {"nir_version": nir.__version__, "nodes": len(graph.nodes), "edges": len(graph.edges),
+            "node_types": sorted({type(node).__name__ for node in graph.nodes.values()})}
+
+
+def export_chip_nir(loaded, path: str, check: FileCheck) -> ExportReport:
     import torch
 
     from export.reference import run_reference
@@ -152,42 +178,44 @@ def export_chip_nir(loaded, path: str, check: FileCheck) -> int:
     from toolchain.verify import compare_runs
 
     net = compile_chip(loaded, path, check.threshold_factor, check.calibration)
-    graph = nir.read(path)  # NIR's own reader, type checks on
-    kinds = sorted({type(node).__name__ for node in graph.nodes.values()})
-    print(f"{path}: NIR {nir.__version__} graph, {len(graph.nodes)} nodes ({', '.join(kinds)}), "
-          f"{len(graph.edges)} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks")
+    facts = _nir_facts(path)
     dataset, (x, t) = check_images(loaded, check, seed=1)
     ref = run_reference(net, x, t)
     out = ChipSimulator.from_file(path).run(x, t, "delayed")
     mismatch = compare_runs(ref, out, t=int(t[0]))
+    facts.update(dataset=dataset, images=len(x), identical=mismatch is None,
+                 first_mismatch=None if mismatch is None else mismatch.to_json(),
+                 eps_identical=bool(torch.equal(out.eps, ref.eps)))
     what = f"simulator reading {path} vs the in-memory quantized reference, {len(x)} noisy {dataset} images"
     found = "identical spikes, output currents and eps" if mismatch is None else f"first difference at {mismatch}"
-    print(f"{what}: {found}")
-    return 0 if mismatch is None and torch.equal(out.eps, ref.eps) else 1
+    lines = (f"{path}: NIR {facts['nir_version']} graph, {facts['nodes']} nodes ({', '.join(facts['node_types'])}), "
+             f"{facts['edges']} edges, {os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks",
+             f"{what}: {found}")
+    return ExportReport("nir", path, facts["identical"] and facts["eps_identical"], facts, lines)
 
 
-def export_float_nir(loaded, path: str, check: FileCheck) -> int:
+def export_float_nir(loaded, path: str, check: FileCheck) -> ExportReport:
     import copy
-
-    import nir
 
     from export.graph import extract_graph, run_float
     from export.nir_float import FILE_ROUND_TRIP_ATOL, read_float_nir, write_float_nir
 
     graph = extract_graph(copy.deepcopy(loaded.model).double())
     write_float_nir(path, graph)
-    kinds = sorted({type(node).__name__ for node in nir.read(path).nodes.values()})
-    print(f"{path}: NIR {nir.__version__} graph ({', '.join(kinds)}), {os.path.getsize(path) / 1e6:.1f} MB; passes "
-          f"nir.read's type checks")
+    facts = _nir_facts(path)
     dataset, (x, t) = check_images(loaded, check, seed=1)
     written, read = run_float(graph, x.double(), t), run_float(read_float_nir(path), x.double(), t)
     flips = [name for name, s in written.spikes.items() if not bool((s == read.spikes[name]).all())]
     diff = float((written.eps - read.eps).abs().max())
-    print(f"the graph read back vs the graph written (float64, {len(x)} noisy {dataset} images): spikes "
-          f"{'identical' if not flips else 'differ in ' + ', '.join(flips)}, max |eps diff| {diff:.1e} "
-          f"(tolerance {FILE_ROUND_TRIP_ATOL:.0e}: weights are float32 on file)")
-    return 0 if not flips and diff <= FILE_ROUND_TRIP_ATOL else 1
+    facts.update(dataset=dataset, images=len(x), spikes_differ_in=flips, max_abs_diff=diff,
+                 tolerance=FILE_ROUND_TRIP_ATOL)
+    lines = (f"{path}: NIR {facts['nir_version']} graph ({', '.join(facts['node_types'])}), "
+             f"{os.path.getsize(path) / 1e6:.1f} MB; passes nir.read's type checks",
+             f"the graph read back vs the graph written (float64, {len(x)} noisy {dataset} images): spikes "
+             f"{'identical' if not flips else 'differ in ' + ', '.join(flips)}, max |eps diff| {diff:.1e} "
+             f"(tolerance {FILE_ROUND_TRIP_ATOL:.0e}: weights are float32 on file)")
+    return ExportReport("nir-float", path, not flips and diff <= FILE_ROUND_TRIP_ATOL, facts, lines)
 
 
-# `sddpm export --format NAME`: NAME -> function(loaded checkpoint, output path, FileCheck) -> exit status
+# `sddpm export --format NAME`: NAME -> function(loaded checkpoint, output path, FileCheck) -> ExportReport
 EXPORTERS = {"onnx": export_onnx_file, "nir": export_chip_nir, "nir-float": export_float_nir}
