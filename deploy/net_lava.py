@@ -53,6 +53,7 @@ from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
+from export.nir_chip import read_sealed
 
 FORMAT = "sddpm-net-nir"  # export.nir_foreign.FORMAT; that module imports torch, so not imported here
 VERSIONS = (2,)  # 2: bias_start
@@ -133,13 +134,10 @@ class NetPlan:
 
 
 def load_graph(graph_or_path: nir.NIRGraph | str | os.PathLike) -> nir.NIRGraph:
+    """The graph, or the file's with its digest checked (write_foreign seals what it writes)."""
     if isinstance(graph_or_path, nir.NIRGraph):
         return graph_or_path
-    try:
-        return nir.read(os.fspath(graph_or_path))
-    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
-        raise UnsupportedGraphError(f"{graph_or_path}: not a readable NIR file ({type(err).__name__}: {err})") \
-            from None
+    return read_sealed(os.fspath(graph_or_path), FORMAT, UnsupportedGraphError)
 
 
 def _scalar(value):

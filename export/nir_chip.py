@@ -156,6 +156,40 @@ def seal(path: str) -> None:
         h5.attrs[DIGEST_ATTR] = file_digest(h5)
 
 
+def seal_problem(path: str) -> str | None:
+    """Why the file's contents are not the ones its writer sealed, or None."""
+    with h5py.File(path, "r") as h5:
+        stored, actual = h5.attrs.get(DIGEST_ATTR), file_digest(h5)
+    stored = stored.decode() if isinstance(stored, bytes) else stored
+    if stored is None:
+        return "the file carries no digest: write it again"
+    if stored != actual:
+        return "the file's contents differ from the digest written with them: it was damaged or edited"
+    return None
+
+
+# What reading a damaged NIR file raises: h5py's OSError/RuntimeError, and from nir.read a KeyError for a
+# missing dataset, an AssertionError for an unknown node type, TypeError/ValueError from the nodes'
+# constructors and type checks, AttributeError/IndexError for a field of the wrong kind.
+NIR_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError)
+
+
+def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:
+    """nir.read of a file this project wrote in format `fmt`: a damaged file, or one whose digest fails, is
+    `error` naming the file (another tool's file is returned, for the format check to name)."""
+    try:
+        problem = seal_problem(path)
+        graph = nir.read(path)
+    except NIR_READ_ERRORS as err:
+        raise error(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
+    meta = graph.metadata or {}
+    kind = meta.get("format")
+    kind = kind.item() if isinstance(kind, np.ndarray) and kind.ndim == 0 else kind
+    if problem is not None and kind == fmt:
+        raise error(f"{path}: {problem}")
+    return graph
+
+
 def write_chip_nir(path: str, net: ChipNetwork) -> None:
     """Write the network as a NIR file with its digest, atomically (an interrupted write leaves the old
     file, or none)."""
@@ -228,11 +262,9 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
 
 
 def read_chip_nir(path: str) -> ChipNetwork:
-    try:
-        graph = nir.read(path)
-    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py's, a missing field's, the type checks'
-        raise ChipNirError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
+    """The network of a chip file, its digest checked."""
+    graph = read_sealed(path, FORMAT, ChipNirError)
     try:
         return nir_to_chip(graph)
-    except (KeyError, ValueError, TypeError, StopIteration) as err:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, StopIteration) as err:
         raise ChipNirError(f"{path}: {err}") from None

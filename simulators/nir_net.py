@@ -121,6 +121,51 @@ def _conv(name: str, node, weight: torch.Tensor, src: tuple[int, ...], tgt: tupl
     return conv
 
 
+def _checked(problems: list[str], check, *args):
+    """check(*args), or None with its ChipFileError recorded in problems."""
+    try:
+        return check(*args)
+    except ChipFileError as err:
+        problems.append(str(err))
+        return None
+
+
+def _neuron(name: str, node) -> NetNeuron:
+    shape = _shape(name, np.shape(node.v_threshold))
+    bias = scale_bias(_int_array_meta(name, node, "bias_mant", BIAS_MANT_MAX, shape),
+                      _int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX))
+    return NetNeuron(name, shape, _int_meta(name, node, "du", *DU_RANGE), _int_meta(name, node, "dv", *DV_RANGE),
+                     _int_meta(name, node, "vth", 1, VTH_MAX), bias.reshape(1, *bias.shape),
+                     _int_meta(name, node, "bias_start", 0, None))
+
+
+def _synapse(name: str, nodes, into, out_of, shapes) -> NetSynapse:
+    node = nodes[name]
+    src = _single(name, "input", into[name])
+    flatten = isinstance(nodes[src], nir.Flatten)
+    if flatten:
+        src = _single(src, "input", into[src])
+    target = _single(name, "output", out_of[name])
+    if src not in shapes or target not in shapes or isinstance(nodes[target], nir.Input):
+        raise ChipFileError(f"synapse {name!r}: must read a neuron or Input and drive a neuron, reads {src!r}, "
+                            f"drives {target!r}")
+    mant = _int_array_meta(name, node, "weight_mant", WEIGHT_MANT_MAX, np.shape(node.weight))
+    exp = _int_meta(name, node, "weight_exp", 0, None)
+    if int(mant.abs().max()) << exp >= SPIKE_LIMIT:  # Python ints: a huge exponent cannot overflow here
+        raise ChipFileError(f"synapse {name!r}: one spike must stay below {SPIKE_LIMIT} a-units")
+    weight = mant << exp
+    conv = None
+    if isinstance(node, nir.Conv2d):
+        if flatten:
+            raise ChipFileError(f"synapse {name!r}: a Conv2d reads no Flatten")
+        conv = _conv(name, node, weight, shapes[src], shapes[target])
+    elif weight.dim() != 2 or tuple(weight.shape) != (int(np.prod(shapes[target])), int(np.prod(shapes[src]))) \
+            or (len(shapes[src]) != 1 and not flatten):
+        raise ChipFileError(f"synapse {name!r}: weight {tuple(weight.shape)} does not map {shapes[src]} onto "
+                            f"{shapes[target]}")
+    return NetSynapse(name, src, target, weight, flatten, conv)
+
+
 class NetSimulator:
     def __init__(self, graph: nir.NIRGraph):
         meta = graph.metadata or {}
@@ -140,44 +185,16 @@ class NetSimulator:
             out_of[a].append(b)
         self.inputs = {n: _shape(n, node.output_type["output"]) for n, node in nodes.items()
                        if isinstance(node, nir.Input)}
-        self.neurons = {}
-        for name, node in nodes.items():
-            if isinstance(node, NEURONS):
-                shape = _shape(name, np.shape(node.v_threshold))
-                bias = scale_bias(_int_array_meta(name, node, "bias_mant", BIAS_MANT_MAX, shape),
-                                  _int_meta(name, node, "bias_exp", 0, BIAS_EXP_MAX))
-                self.neurons[name] = NetNeuron(name, shape, _int_meta(name, node, "du", *DU_RANGE),
-                                               _int_meta(name, node, "dv", *DV_RANGE),
-                                               _int_meta(name, node, "vth", 1, VTH_MAX), bias.reshape(1, *bias.shape),
-                                               _int_meta(name, node, "bias_start", 0, None))
-        shapes = {**self.inputs, **{n: p.shape for n, p in self.neurons.items()}}
-        self.synapses = []
-        for name, node in nodes.items():
-            if not isinstance(node, SYNAPSES):
-                continue
-            src = _single(name, "input", into[name])
-            flatten = isinstance(nodes[src], nir.Flatten)
-            if flatten:
-                src = _single(src, "input", into[src])
-            target = _single(name, "output", out_of[name])
-            if src not in shapes or target not in self.neurons:
-                raise ChipFileError(f"synapse {name!r}: must read a neuron or Input and drive a neuron, reads {src!r}, "
-                                    f"drives {target!r}")
-            mant = _int_array_meta(name, node, "weight_mant", WEIGHT_MANT_MAX, np.shape(node.weight))
-            exp = _int_meta(name, node, "weight_exp", 0, None)
-            if int(mant.abs().max()) << exp >= SPIKE_LIMIT:  # Python ints: a huge exponent cannot overflow here
-                raise ChipFileError(f"synapse {name!r}: one spike must stay below {SPIKE_LIMIT} a-units")
-            weight = mant << exp
-            conv = None
-            if isinstance(node, nir.Conv2d):
-                if flatten:
-                    raise ChipFileError(f"synapse {name!r}: a Conv2d reads no Flatten")
-                conv = _conv(name, node, weight, shapes[src], shapes[target])
-            elif weight.dim() != 2 or tuple(weight.shape) != (int(np.prod(shapes[target])), int(np.prod(shapes[src]))) \
-                    or (len(shapes[src]) != 1 and not flatten):
-                raise ChipFileError(f"synapse {name!r}: weight {tuple(weight.shape)} does not map {shapes[src]} onto "
-                                    f"{shapes[target]}")
-            self.synapses.append(NetSynapse(name, src, target, weight, flatten, conv))
+        problems: list[str] = []  # every neuron's and synapse's, listed together
+        self.neurons = {name: p for name, p in ((n, _checked(problems, _neuron, n, node)) for n, node in nodes.items()
+                                                if isinstance(node, NEURONS)) if p is not None}
+        # a synapse is checked against every neuron node with a shape, not only those that passed
+        shapes = {**self.inputs, **{n: s for n, s in ((n, _checked([], _shape, n, np.shape(node.v_threshold)))
+                                                     for n, node in nodes.items() if isinstance(node, NEURONS)) if s}}
+        self.synapses = [syn for syn in (_checked(problems, _synapse, name, nodes, into, out_of, shapes)
+                                         for name, node in nodes.items() if isinstance(node, SYNAPSES)) if syn]
+        if problems:
+            raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
         if "outputs" not in meta:
             raise ChipFileError("the graph's metadata lacks 'outputs'")
         outputs = json.loads(_scalar(meta["outputs"]))

@@ -217,6 +217,16 @@ def test_a_broken_file_names_the_node_and_field(tmp_path, edit, message):
         read_foreign(_written(tmp_path, edit))
 
 
+def test_the_simulator_lists_every_problem_of_a_compiled_graph():
+    compiled = compile_foreign(feed_forward_graph())
+    compiled.nodes["lif1"].metadata["du"] = 5000
+    compiled.nodes["cuba"].metadata["vth"] = 0
+    compiled.nodes["fc2"].metadata["weight_exp"] = -1
+    with pytest.raises(ChipFileError, match=r"^3 problems: node 'lif1': du = 5000 must be an integer in \[-1, 4095\]; "
+                                            r"node 'cuba': vth = 0 .*; node 'fc2': weight_exp = -1"):
+        NetSimulator(compiled)
+
+
 def test_an_uncompiled_graph_is_refused_by_the_simulator():
     with pytest.raises(ChipFileError, match="not an sddpm-net-nir graph"):
         NetSimulator(_lif_graph())
