@@ -90,11 +90,13 @@ class PeakChildPss:
         self._thread.join()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measured_chain(doc: str, extra_steps: int = 0):
+    """The options of a Lava benchmark, the shipped (or given) model compiled, and `--steps` + extra_steps
+    denoising steps (x_t, t) of its float DDIM chain of one image from seed 0."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=SHIPPED)
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="denoising steps measured (default: %(default)s)")
     parser.add_argument("--ddim-steps", type=int, default=100, help="the chain whose steps are measured")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,7 +107,12 @@ def main() -> None:
     net = compile_model(loaded.model, calibration_batches(load_images(args.dataset, "train"), schedule))
     cfg = loaded.model_config
     x_T = torch.randn(1, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
-    states = chain_states(model_denoiser(loaded.model), schedule, x_T, args.ddim_steps, args.steps)
+    states = chain_states(model_denoiser(loaded.model), schedule, x_T, args.ddim_steps, args.steps + extra_steps)
+    return args, net, states
+
+
+def main() -> None:
+    args, net, states = measured_chain(__doc__)
     rows = {"lava build (s)": [], "lava run (s)": [], "lava PSS (MiB)": [], "sim (s)": [],
             "chain build (s)": [], "chain step (s)": [], "chain PSS (MiB)": []}
     with tempfile.TemporaryDirectory() as tmp:
