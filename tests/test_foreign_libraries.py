@@ -156,7 +156,7 @@ def norse_iaf(bias):
         return norse.IAFCell(norse.IAFParameters(v_th=_per_neuron((n,), 1.0), v_reset=torch.zeros(n)), dt=NORSE_DT)
     net = _norse_net(cell(16), cell(6), bias, 22)
     _weights(net, 0, 0.055, 0.1, 0.02)
-    _weights(net, 2, 0.06, 0.1, 0.02)
+    _weights(net, 2, 0.08, 0.1, 0.02)
     return _norse(net, {"1": 1, "3": 3}, _input(12, seed=5), Discretization(dt=NORSE_DT))
 
 
