@@ -53,7 +53,7 @@ from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
 from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, VTH_MAX, WEIGHT_MANT_MAX
-from export.nir_chip import read_sealed
+from export.nir_chip import metadata_value, read_sealed, scalar
 
 FORMAT = "sddpm-net-nir"  # export.nir_foreign.FORMAT; that module imports torch, so not imported here
 VERSIONS = (2,)  # 2: bias_start
@@ -140,17 +140,9 @@ def load_graph(graph_or_path: nir.NIRGraph | str | os.PathLike) -> nir.NIRGraph:
     return read_sealed(os.fspath(graph_or_path), FORMAT, UnsupportedGraphError)
 
 
-def _scalar(value):
-    # nir.read gives 0-d arrays where the writer had Python values
-    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
-
-
 def _meta(name: str, node, key: str):
-    md = node.metadata or {}
-    if key not in md:
-        raise UnsupportedGraphError(f"node {name!r}: metadata lacks {key!r} (compile the graph with "
-                                    f"`sddpm import-nir` first)")
-    return _scalar(md[key])
+    return metadata_value(node.metadata, key, f"node {name!r}", UnsupportedGraphError,
+                          " (compile the graph with `sddpm import-nir` first)")
 
 
 def _int_meta(name: str, node, key: str, low: int, high: int | None) -> int:
@@ -244,7 +236,7 @@ def _synapse(name: str, node, source: str, flatten: bool, target: str, shapes: M
 
 def _check_format(graph: nir.NIRGraph) -> None:
     meta = graph.metadata or {}
-    fmt, version = _scalar(meta.get("format")), _scalar(meta.get("version", -1))
+    fmt, version = scalar(meta.get("format")), scalar(meta.get("version", -1))
     if fmt != FORMAT or version not in VERSIONS:
         raise UnsupportedGraphError(f"not an {FORMAT} graph of version {VERSIONS} (format {fmt!r}, version "
                                     f"{version!r}): compile a NIR graph with `sddpm import-nir` first")

@@ -203,60 +203,66 @@ class ChipNirError(ExportError, ValueError):
     """A file that is not a chip network in this module's NIR layout."""
 
 
-def _value(metadata: dict, key: str, where: str):
-    if key not in metadata:
-        raise ChipNirError(f"{where}: metadata lacks {key!r}")
-    value = metadata[key]
+def scalar(value):
+    """A metadata value as the writer had it: nir.read gives numpy scalars or 0-d arrays for Python values."""
     return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) \
         else value
+
+
+def metadata_value(metadata: dict | None, key: str, where: str, error: type[Exception] = ChipNirError,
+                   hint: str = ""):
+    """metadata[key] as a Python value; a missing key is `error` naming `where` and the key."""
+    if not metadata or key not in metadata:
+        raise error(f"{where}: metadata lacks {key!r}{hint}")
+    return scalar(metadata[key])
 
 
 def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
     """The ChipNetwork a graph of `chip_to_nir` holds (the inverse of `chip_to_nir`, ranges checked)."""
     meta = graph.metadata
-    if _value(meta, "format", "graph") != FORMAT or int(_value(meta, "version", "graph")) != VERSION:
+    if metadata_value(meta, "format", "graph") != FORMAT or int(metadata_value(meta, "version", "graph")) != VERSION:
         raise ChipNirError(f"not an {FORMAT} graph of version {VERSION}")
     nodes = graph.nodes
-    links = {link["to"]: link["from"] for link in json.loads(_value(meta, "links", "graph"))}
+    links = {link["to"]: link["from"] for link in json.loads(metadata_value(meta, "links", "graph"))}
     feeds = {}
     for a, b in graph.edges:
         feeds.setdefault(b, []).append(a)
     pops = []
-    for name in json.loads(_value(meta, "order", "graph")):
+    for name in json.loads(metadata_value(meta, "order", "graph")):
         node = nodes.get(name)
         if not isinstance(node, nir.IF):
             raise ChipNirError(f"population {name!r}: no IF node of that name")
         md = node.metadata
-        pops.append(ChipPopulation(name, tuple(int(v) for v in node.v_threshold.shape), float(_value(md, "scale", name)),
-                                   int(_value(md, "vth", name)), np.asarray(_value(md, "bias_mant", name), np.int16),
-                                   int(_value(md, "bias_exp", name)), int(_value(md, "depth", name)),
-                                   bool(_value(md, "host_input", name))))
+        pops.append(ChipPopulation(name, tuple(int(v) for v in node.v_threshold.shape), float(metadata_value(md, "scale", name)),
+                                   int(metadata_value(md, "vth", name)), np.asarray(metadata_value(md, "bias_mant", name), np.int16),
+                                   int(metadata_value(md, "bias_exp", name)), int(metadata_value(md, "depth", name)),
+                                   bool(metadata_value(md, "host_input", name))))
     syns = []
     for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d)), key=lambda n: int(n[3:])):
         node, md = nodes[name], nodes[name].metadata
         port = feeds[name][0]  # a population, or the Input port of an up-sampling link
         source = feeds[links[port]][0] if port in links else port
         target = next(b for a, b in graph.edges if a == name)
-        exp, offset, channels = (int(_value(md, k, name)) for k in ("weight_exp", "out_offset", "channels"))
+        exp, offset, channels = (int(metadata_value(md, k, name)) for k in ("weight_exp", "out_offset", "channels"))
         weight = np.asarray(node.weight, np.float64)[offset:offset + channels]
         syns.append(ChipSynapse(source, READOUT if target == "readout" else target,
                                 np.round(weight / 2.0 ** exp).astype(np.int8), exp,
                                 int(np.asarray(node.stride).flat[0]), int(np.asarray(node.padding).flat[0]),
-                                int(_value(md, "upsample", name)), offset, int(_value(md, "delay", name))))
-    host = _value(meta, "host", "graph")
+                                int(metadata_value(md, "upsample", name)), offset, int(metadata_value(md, "delay", name))))
+    host = metadata_value(meta, "host", "graph")
     scale = np.asarray(nodes["readout"].scale)
     temb = host.get("readout_temb")
     readout = ChipReadout(tuple(int(v) for v in scale.shape), float(scale.flat[0]),
                           np.asarray(host["readout_bias"], np.float32),
                           None if temb is None else np.asarray(temb, np.float32),
-                          int(_value(nodes["readout"].metadata, "depth", "readout")))
+                          int(metadata_value(nodes["readout"].metadata, "depth", "readout")))
     tail = {k: np.asarray(v, np.float32) for k, v in host.items()
             if k not in ("head_weight", "head_bias", "readout_bias", "readout_temb", "membrane_decay")}
-    net = ChipNetwork(json.loads(_value(meta, "model_config", "graph")), int(_value(meta, "snn_steps", "graph")),
-                      int(_value(meta, "diffusion_steps", "graph")), tuple(pops), tuple(syns), readout,
+    net = ChipNetwork(json.loads(metadata_value(meta, "model_config", "graph")), int(metadata_value(meta, "snn_steps", "graph")),
+                      int(metadata_value(meta, "diffusion_steps", "graph")), tuple(pops), tuple(syns), readout,
                       ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
                                tail, float(host["membrane_decay"])),
-                      float(_value(meta, "threshold_factor", "graph")))
+                      float(metadata_value(meta, "threshold_factor", "graph")))
     check_ranges(net)
     return net
 

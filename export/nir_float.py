@@ -28,6 +28,7 @@ written graph with those arrays rounded to float32.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -41,7 +42,7 @@ from sddpm.files import atomic_path
 from .errors import ExportError
 from .graph import Expr, FloatGraph, FloatPopulation, Term
 from .host import HostStages
-from .nir_chip import wire_synapse
+from .nir_chip import metadata_value, wire_synapse
 
 FORMAT = "sddpm-float-nir"
 VERSION = 1
@@ -125,9 +126,7 @@ def _require(ok: bool, message: str) -> None:
         raise NirFileError(message)
 
 
-def _field(metadata: dict, field: str, where: str):
-    _require(field in metadata, f"{where}: missing metadata field {field!r}")
-    return metadata[field]
+_field = functools.partial(metadata_value, error=NirFileError)  # (metadata, key, where) -> value
 
 
 def _json(metadata: dict, field: str):

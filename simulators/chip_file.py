@@ -133,21 +133,22 @@ def read_chip_file(path: str) -> ChipFile:
         raise ChipFileError(f"{path}: malformed chip network ({type(err).__name__}: {err})") from None
 
 
-def _scalar(value):
+def scalar(value):
     """Numbers and strings come back from HDF5 as numpy scalars or 0-d arrays."""
     return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) \
         else value
 
 
-def _field(node_name: str, metadata: dict, key: str):
-    if key not in metadata:
-        raise ChipFileError(f"node {node_name!r}: metadata lacks {key!r}")
-    return _scalar(metadata[key])
+def field(node_name: str, metadata: dict | None, key: str, hint: str = ""):
+    """The metadata value `key` of a node, as a Python value; missing is an error naming node and key."""
+    if not metadata or key not in metadata:
+        raise ChipFileError(f"node {node_name!r}: metadata lacks {key!r}{hint}")
+    return scalar(metadata[key])
 
 
 def _int_field(node_name: str, metadata: dict, key: str, low: int, high: int | None = None) -> int:
     """An integer metadata field inside [low, high]: a float or out-of-range value is an error, not a cast."""
-    value = _field(node_name, metadata, key)
+    value = field(node_name, metadata, key)
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low or \
             (high is not None and value > high):
         raise ChipFileError(f"node {node_name!r}: {key} = {value!r} must be an integer in [{low}, "
@@ -156,7 +157,7 @@ def _int_field(node_name: str, metadata: dict, key: str, low: int, high: int | N
 
 
 def _positive(node_name: str, metadata: dict, key: str) -> float:
-    value = float(_field(node_name, metadata, key))
+    value = float(field(node_name, metadata, key))
     if not (np.isfinite(value) and value > 0):
         raise ChipFileError(f"node {node_name!r}: {key} = {value} must be finite and > 0")
     return value
@@ -164,7 +165,7 @@ def _positive(node_name: str, metadata: dict, key: str) -> float:
 
 def _bias_mant(name: str, md: dict, channels: int, diffusion_steps: int) -> torch.Tensor:
     """The [rows, C] bias mantissas: integers within 13 bits, one row or one per diffusion step."""
-    mant = np.asarray(_field(name, md, "bias_mant"))
+    mant = np.asarray(field(name, md, "bias_mant"))
     if mant.dtype.kind not in "iu" or mant.ndim != 2 or mant.shape[1] != channels or \
             mant.shape[0] not in (1, diffusion_steps):
         raise ChipFileError(f"node {name!r}: bias_mant must be integers of shape [1 or {diffusion_steps}, "
@@ -181,14 +182,14 @@ def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None
 
 def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     meta = graph.metadata
-    if _scalar(meta.get("format")) != FORMAT:
-        raise ChipFileError(f"not an {FORMAT} file (format {_scalar(meta.get('format'))!r}): a NIR graph from "
+    if scalar(meta.get("format")) != FORMAT:
+        raise ChipFileError(f"not an {FORMAT} file (format {scalar(meta.get('format'))!r}): a NIR graph from "
                             f"another tool holds no chip integers")
-    if int(_field("graph", meta, "version")) not in VERSIONS:
-        raise ChipFileError(f"{FORMAT} version {_scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
+    if int(field("graph", meta, "version")) not in VERSIONS:
+        raise ChipFileError(f"{FORMAT} version {scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
     if unsealed is not None:  # after the format: another tool's file is named as such
         raise ChipFileError(unsealed)
-    neuron = json.loads(_field("graph", meta, "neuron"))
+    neuron = json.loads(field("graph", meta, "neuron"))
     if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
         raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
                             f"(du={IF_DU}, dv={IF_DV})")
@@ -201,14 +202,14 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     for a, b in graph.edges:
         targets.setdefault(a, []).append(b)
         sources.setdefault(b, []).append(a)
-    links = {link["to"]: link for link in json.loads(_field("graph", meta, "links"))}
+    links = {link["to"]: link for link in json.loads(field("graph", meta, "links"))}
 
-    order = json.loads(_field("graph", meta, "order"))
+    order = json.loads(field("graph", meta, "order"))
     if not isinstance(order, list) or not order or len(set(order)) != len(order):
         raise ChipFileError(f"the population order must be a non-empty list of distinct names, is {order!r}")
     diffusion_steps = _int_field("graph", meta, "diffusion_steps", 1)
     problems: list[str] = []  # of every population, synapse and host stage, listed together
-    pops = [p for p in (_checked(problems, _population, name, nodes, diffusion_steps) for name in order) if p]
+    pops = [p for p in (checked(problems, _population, name, nodes, diffusion_steps) for name in order) if p]
     if {n for n, node in nodes.items() if isinstance(node, nir.IF)} != set(order):
         raise ChipFileError("the IF nodes and the graph's population order differ")
     shapes = {n: tuple(int(v) for v in np.shape(nodes[n].v_threshold)) for n in order}
@@ -219,10 +220,10 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     if INPUT not in sources.get(order[0], []):
         raise ChipFileError(f"the host input must feed the first population {order[0]!r}")
 
-    syns = [_checked(problems, _synapse, name, nodes[name], sources.get(name, []), targets.get(name, []), links,
+    syns = [checked(problems, _synapse, name, nodes[name], sources.get(name, []), targets.get(name, []), links,
                      sources, nodes, shapes)
             for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d))]
-    host_meta = _field("graph", meta, "host")
+    host_meta = field("graph", meta, "host")
     missing = [k for k in HOST_KEYS if k not in host_meta]
     if missing:
         problems.append(f"host: lacks {missing}")
@@ -235,7 +236,7 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
             if k not in ("membrane_decay", "readout_bias", "readout_temb")}
     if np.ndim(host_meta["membrane_decay"]) != 0:
         raise ChipFileError("host: membrane_decay must be one number")
-    host["membrane_decay"] = float(_scalar(host_meta["membrane_decay"]))
+    host["membrane_decay"] = float(scalar(host_meta["membrane_decay"]))
     temb = host_meta.get("readout_temb")
     scale = np.asarray(readout.scale, dtype=np.float64)
     if scale.size == 0 or not np.all(np.isfinite(scale)) or float(scale.flat[0]) == 0:
@@ -248,9 +249,9 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
     return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
                     diffusion_steps,
-                    {"model_config": json.loads(_field("graph", meta, "model_config")),
+                    {"model_config": json.loads(field("graph", meta, "model_config")),
                      "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                     "host_input_max": int(_field("graph", meta, "host_input_max"))})
+                     "host_input_max": int(field("graph", meta, "host_input_max"))})
 
 
 def _check_host(host: dict, readout: dict, first_channels: int, diffusion_steps: int) -> None:
@@ -274,7 +275,7 @@ def _check_host(host: dict, readout: dict, first_channels: int, diffusion_steps:
         raise ChipFileError(f"host: membrane_decay {host['membrane_decay']} outside [0, 1]")
 
 
-def _checked(problems: list[str], check, *args):
+def checked(problems: list[str], check, *args):
     """check(*args), or None with its ChipFileError recorded in problems."""
     try:
         return check(*args)
@@ -297,7 +298,7 @@ def _population(name, nodes, diffusion_steps: int) -> Population:
     _uniform(name, "v_reset", node.v_reset, 0)
     return Population(name, shape, _positive(name, md, "scale"), vth, _bias_mant(name, md, shape[0], diffusion_steps),
                       _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
-                      bool(_field(name, md, "host_input")))
+                      bool(field(name, md, "host_input")))
 
 
 def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) -> Synapse:

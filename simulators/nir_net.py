@@ -18,7 +18,8 @@ import nir
 import numpy as np
 import torch
 
-from .chip_file import BIAS_EXP_MAX, BIAS_MANT_MAX, SPIKE_LIMIT, VTH_MAX, WEIGHT_MANT_MAX, ChipFileError, seal_problem
+from .chip_file import (BIAS_EXP_MAX, BIAS_MANT_MAX, SPIKE_LIMIT, VTH_MAX, WEIGHT_MANT_MAX, ChipFileError, checked,
+                        field, scalar, seal_problem)
 from .errors import SimulatorInputError
 from .fixed_point import conv_synapse, lif_step, scale_bias
 
@@ -53,17 +54,8 @@ class NetNeuron:
     bias_start: int  # the first step the bias is on
 
 
-def _scalar(value):
-    return value.item() if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0) \
-        else value
-
-
 def _meta(name: str, node, key: str):
-    md = node.metadata or {}
-    if key not in md:
-        raise ChipFileError(f"node {name!r}: metadata lacks {key!r} (compile the graph with "
-                            f"`sddpm import-nir` first)")
-    return _scalar(md[key])
+    return field(name, node.metadata, key, hint=" (compile the graph with `sddpm import-nir` first)")
 
 
 def _int_meta(name: str, node, key: str, low: int, high: int | None) -> int:
@@ -121,15 +113,6 @@ def _conv(name: str, node, weight: torch.Tensor, src: tuple[int, ...], tgt: tupl
     return conv
 
 
-def _checked(problems: list[str], check, *args):
-    """check(*args), or None with its ChipFileError recorded in problems."""
-    try:
-        return check(*args)
-    except ChipFileError as err:
-        problems.append(str(err))
-        return None
-
-
 def _neuron(name: str, node) -> NetNeuron:
     shape = _shape(name, np.shape(node.v_threshold))
     bias = scale_bias(_int_array_meta(name, node, "bias_mant", BIAS_MANT_MAX, shape),
@@ -169,8 +152,8 @@ def _synapse(name: str, nodes, into, out_of, shapes) -> NetSynapse:
 class NetSimulator:
     def __init__(self, graph: nir.NIRGraph):
         meta = graph.metadata or {}
-        if _scalar(meta.get("format")) != FORMAT or _scalar(meta.get("version", -1)) not in VERSIONS:
-            raise ChipFileError(f"not an {FORMAT} graph of version {VERSIONS} (format {_scalar(meta.get('format'))!r})"
+        if scalar(meta.get("format")) != FORMAT or scalar(meta.get("version", -1)) not in VERSIONS:
+            raise ChipFileError(f"not an {FORMAT} graph of version {VERSIONS} (format {scalar(meta.get('format'))!r})"
                                 f": compile a NIR graph with `sddpm import-nir` first")
         nodes = graph.nodes
         for name, node in nodes.items():
@@ -186,18 +169,18 @@ class NetSimulator:
         self.inputs = {n: _shape(n, node.output_type["output"]) for n, node in nodes.items()
                        if isinstance(node, nir.Input)}
         problems: list[str] = []  # every neuron's and synapse's, listed together
-        self.neurons = {name: p for name, p in ((n, _checked(problems, _neuron, n, node)) for n, node in nodes.items()
+        self.neurons = {name: p for name, p in ((n, checked(problems, _neuron, n, node)) for n, node in nodes.items()
                                                 if isinstance(node, NEURONS)) if p is not None}
         # a synapse is checked against every neuron node with a shape, not only those that passed
-        shapes = {**self.inputs, **{n: s for n, s in ((n, _checked([], _shape, n, np.shape(node.v_threshold)))
+        shapes = {**self.inputs, **{n: s for n, s in ((n, checked([], _shape, n, np.shape(node.v_threshold)))
                                                      for n, node in nodes.items() if isinstance(node, NEURONS)) if s}}
-        self.synapses = [syn for syn in (_checked(problems, _synapse, name, nodes, into, out_of, shapes)
+        self.synapses = [syn for syn in (checked(problems, _synapse, name, nodes, into, out_of, shapes)
                                          for name, node in nodes.items() if isinstance(node, SYNAPSES)) if syn]
         if problems:
             raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
         if "outputs" not in meta:
             raise ChipFileError("the graph's metadata lacks 'outputs'")
-        outputs = json.loads(_scalar(meta["outputs"]))
+        outputs = json.loads(scalar(meta["outputs"]))
         if not isinstance(outputs, dict) or any(v not in self.neurons for v in outputs.values()):
             raise ChipFileError(f"the graph's outputs {outputs!r} must name neuron nodes")
         self.outputs = outputs

@@ -133,7 +133,7 @@ def _drop_bias_table(g: nir.NIRGraph) -> nir.NIRGraph:
     (_narrow_syn000, r"node 'syn000': Conv2d \[8, 16, 16\] -> \[8, 16, 16\] does not chain neuron \(8, 32, 32\)"),
     (lambda g: _set(g, links=json.dumps([{"from": "nowhere.to_up2", "to": "nowhere.up2", "op": "nearest_upsample",
                                           "factor": 2}])), r"link 'nowhere.to_up2' -> 'nowhere.up2': no Output port"),
-    (_drop_bias_table, r"node 'downblocks.0.neuron1': missing metadata field 'bias_table'"),
+    (_drop_bias_table, r"node 'downblocks.0.neuron1': metadata lacks 'bias_table'"),
 ])
 def test_a_bad_graph_is_refused_by_name(written, tmp_path, corrupt, message):
     path = str(tmp_path / "bad.nir")
