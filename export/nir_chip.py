@@ -35,7 +35,7 @@ import h5py
 import nir
 import numpy as np
 
-from sddpm.files import atomic_path
+from fileio import atomic_path
 
 from .errors import ExportError
 

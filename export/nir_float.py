@@ -37,7 +37,7 @@ import nir
 import numpy as np
 import torch
 
-from sddpm.files import atomic_path
+from fileio import atomic_path
 
 from .errors import ExportError
 from .graph import Expr, FloatGraph, FloatPopulation, Term

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sddpm.files import atomic_path
+from fileio import atomic_path
 
 from .errors import ExportError
 from .nir_chip import seal

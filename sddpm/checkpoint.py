@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import SddpmError
-from .files import atomic_write
+from fileio import atomic_write
 from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .unet import build_model
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .data import dataset_shape, load_images
 from .errors import SddpmError
-from .files import atomic_write
+from fileio import atomic_write
 
 
 class FidError(SddpmError, ValueError):

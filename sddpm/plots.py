@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from .files import atomic_write
+from fileio import atomic_write
 
 
 def pyplot():

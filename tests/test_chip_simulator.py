@@ -5,6 +5,8 @@ import ast
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import h5py
 import nir
@@ -287,7 +289,8 @@ def test_compare_runs_checks_populations_in_dependency_order_then_the_readout():
 
 # package -> project packages it must not import: records <- sddpm <- export <- {simulators, deploy} <- toolchain
 FORBIDDEN_IMPORTS = {
-    "records": {"sddpm", "export", "simulators", "deploy", "toolchain"},  # a data shape every backend returns
+    "records": {"fileio", "sddpm", "export", "simulators", "deploy", "toolchain"},  # a data shape every backend returns
+    "fileio": {"records", "sddpm", "export", "simulators", "deploy", "toolchain"},  # atomic writes, stdlib only
     "sddpm": {"export", "simulators", "deploy", "toolchain"},
     "export": {"simulators", "deploy", "toolchain"},
     "simulators": {"sddpm", "export", "deploy", "toolchain"},  # an independent oracle shares no code
@@ -384,3 +387,11 @@ def test_exports_reader_checks_the_digest_and_names_the_file(chip, tmp_path, dam
     damage(path)
     with pytest.raises(ChipNirError, match=f"^{path}: {message}"):
         read_chip_nir(path)
+
+
+def test_loading_the_lava_backend_loads_no_training_code():
+    # transitively, as lint-imports checks it: every deploy module imported in a fresh interpreter
+    code = ("import sys, pkgutil, importlib, deploy; [importlib.import_module('deploy.' + m.name) for m in "
+            "pkgutil.iter_modules(deploy.__path__)]; print([m for m in sys.modules if m.split('.')[0] == 'sddpm'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

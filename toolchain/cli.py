@@ -42,7 +42,7 @@ def _sample(args, count: int):
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from sddpm.files import atomic_write
+    from fileio import atomic_write
     from sddpm.images import save_grid
 
     started = time.time()
@@ -83,7 +83,7 @@ def cmd_fid(args) -> None:
                                                       ref_count=args.ref_count, root=args.data_root)
     if is_main:
         if args.save:
-            from sddpm.files import atomic_write
+            from fileio import atomic_write
 
             with atomic_write(args.save, "w") as f:
                 json.dump(result, f, indent=1)

@@ -1,7 +1,7 @@
 """Files written atomically: readers never see half a file, a killed writer leaves the old one.
 
-Standard library only, so that every layer (the NIR and ONNX writers included) can write files
-without loading the training code.
+Standard library only, and a package of its own below every other, so that every layer (the NIR and ONNX
+writers, which the Lava backend's loader imports) can write files without loading the training code.
 """
 from __future__ import annotations
 
