@@ -1,0 +1,238 @@
+"""The toolchain at the paper's sizes: wall time and peak RSS of every `sddpm` stage, per model width.
+
+Run on demand, never as a test:
+
+    .venv/bin/python benchmarks/bench_scale.py --ch 16,32            # mnist layout at ch 16 and 32
+    .venv/bin/python benchmarks/bench_scale.py --ch 64,128 --cifar10 --timeout-min 15
+
+Models: the `mnist` preset's layout (1x32x32 images, ch_mult 1,2,2,2, 2 res blocks, T 4) at each --ch, and
+with --cifar10 the `cifar10` preset (ch 128, ch_mult 1,2,2,4). Weights are random (seeded PyTorch init, BN
+at its initial statistics), saved as an official SDDPM checkpoint ({'net_model': state_dict, 'step': 0}) so
+that every stage takes the path a user's official checkpoint takes: its configuration read off the shapes,
+calibration on --dataset (mnist for 1 channel; for cifar10, which is not offline, a stand-in folder of random
+CIFAR-10 python batches is written next to the checkpoint).
+
+Every stage is a fresh subprocess, so its peak RSS (`os.wait4`'s ru_maxrss) is its own; a stage that runs past
+--timeout-min is killed and recorded as not finished. The `sddpm` commands compile the checkpoint themselves
+(verify, energy, report and `export --format nir` each include a compile), as a user running them would:
+  compile            sddpm compile (default calibration: 4 batches of 16)
+  verify delayed     sddpm verify --steps 1 --batch-size 1 --sim-mode delayed
+  verify zero        sddpm verify --steps 1 --batch-size 1 --sim-mode zero_delay
+  energy             sddpm energy --steps 1 --batch-size 1
+  report             sddpm report --steps 1 --batch-size 1
+  export nir         sddpm export --format nir --check-images 4
+  export onnx        sddpm export --format onnx --check-images 4
+  step b1, step b8   one denoising step (T SNN steps): the simulator (zero-delay) reading compile's file
+                     against the float SpikingUNet, median of 3 after a warm-up, batch 1 and 8
+  resources          export.resources.estimate of compile's file
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+VENV_BIN = os.path.dirname(sys.executable)
+STAGES = ("compile", "verify-delayed", "verify-zero", "energy", "report", "export-nir", "export-onnx",
+          "step-b1", "step-b8", "resources")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    ch: int
+    preset: str  # "mnist" or "cifar10"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    seconds: float
+    peak_mb: float
+    status: str  # "ok", "failed (rc N)", "did not finish in N min"
+    detail: str = ""  # what the stage reports (a step's times, the resources)
+
+
+def write_checkpoint(model: Model, folder: str) -> tuple[str, int]:
+    """An official-format checkpoint of a seeded random model; returns (path, parameters)."""
+    import torch
+
+    from sddpm.config import PRESETS
+    from sddpm.unet import build_model
+
+    cfg = dataclasses.replace(PRESETS[model.preset], ch=model.ch)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    path = os.path.join(folder, "official.pt")
+    if not os.path.exists(path):
+        torch.save({"net_model": net.state_dict(), "step": 0}, path)
+    return path, sum(p.numel() for p in net.parameters())
+
+
+def write_cifar10_standin(folder: str, images: int = 256) -> str:
+    """CIFAR-10 python batches of smooth random images (the real set is not offline): calibration data only."""
+    import numpy as np
+
+    root = os.path.join(folder, "cifar10-standin")
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        coarse = rng.integers(0, 256, (images, 3, 8, 8))
+        data = np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3).astype(np.uint8).reshape(images, -1)
+        with open(os.path.join(root, name), "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0] * images}, f, protocol=2)
+    return root
+
+
+def run_stage(argv: list[str], timeout_s: float, log: str) -> StageResult:
+    """Run argv in its own process group; wall time, its own peak RSS, and its last output line."""
+    # PYTHONPATH: the repository's packages as they are in the work tree, whatever the venv's install lists
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    begin = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                start_new_session=True)
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - begin > timeout_s:
+                os.killpg(proc.pid, signal.SIGKILL)
+                timed_out = True
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
+    seconds = time.perf_counter() - begin
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    with open(log) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if timed_out:
+        state = f"did not finish in {timeout_s / 60:.0f} min"
+    elif proc.returncode == -signal.SIGKILL:
+        state = "killed (out of memory?)"
+    else:
+        state = "ok" if proc.returncode == 0 else f"failed (rc {proc.returncode})"
+    detail = lines[-1] if lines and lines[-1].startswith("RESULT ") else ""
+    return StageResult(seconds, usage.ru_maxrss / 1024, state, detail.removeprefix("RESULT "))
+
+
+def stage_argv(stage: str, ckpt: str, folder: str, calib: list[str]) -> list[str]:
+    sddpm = [os.path.join(VENV_BIN, "sddpm")]
+    chip = os.path.join(folder, "network.nir")
+    one = ["--steps", "1", "--batch-size", "1"]
+    scratch = os.path.join(folder, "scratch.nir")  # the commands that recompile do not overwrite compile's file
+    if stage == "compile":
+        return sddpm + ["compile", "--checkpoint", ckpt, "--out", chip] + calib
+    if stage.startswith("verify"):
+        mode = "delayed" if stage == "verify-delayed" else "zero_delay"
+        return sddpm + ["verify", "--checkpoint", ckpt, *one, "--sim-mode", mode, "--chip-out", scratch] + calib
+    if stage == "energy":
+        return sddpm + ["energy", "--checkpoint", ckpt, *one, "--chip-out", scratch] + calib
+    if stage == "report":
+        return sddpm + ["report", "--checkpoint", ckpt, *one, "--out", os.path.join(folder, "report")] + calib
+    if stage.startswith("export"):
+        fmt = stage.removeprefix("export-")
+        return sddpm + ["export", "--format", fmt, "--checkpoint", ckpt, "--check-images", "4",
+                        "--out", os.path.join(folder, f"export.{fmt}")] + calib
+    me = [sys.executable, os.path.abspath(__file__), "--inner", stage, "--inner-args", ckpt, chip]
+    return me
+
+
+def inner_step(ckpt: str, chip: str, batch: int) -> str:
+    """Median seconds of one denoising step: float SpikingUNet vs the simulator in zero-delay mode."""
+    import statistics
+
+    import torch
+
+    from sddpm.checkpoint import load_model
+    from simulators.network import ChipSimulator
+
+    torch.set_num_threads(1)
+    loaded = load_model(ckpt)
+    cfg = loaded.model_config
+    sim = ChipSimulator.from_file(chip)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.img_ch, cfg.img_size, cfg.img_size, generator=gen)
+    t = torch.randint(cfg.diffusion_steps, (batch,), generator=gen)
+    runs = {"float": lambda: loaded.model(x, t), "sim": lambda: sim.run(x, t, "zero_delay")}
+    times = {k: [] for k in runs}
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()
+        for _ in range(3):
+            for key, fn in runs.items():
+                begin = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - begin)
+    f, s = (statistics.median(times[k]) for k in ("float", "sim"))
+    return f"float {f:.2f} s, sim {s:.2f} s ({s / f:.1f}x)"
+
+
+def inner_resources(chip: str) -> str:
+    from export.nir_chip import read_chip_nir
+    from export.resources import estimate
+
+    est = estimate(read_chip_nir(chip))
+    return (f"{est.neurons / 1e6:.2f} M neurons, {est.synapses(True) / 1e6:.1f} M shared / "
+            f"{est.synapses(False) / 1e6:.0f} M dense synapses, {est.cores(True)} / {est.cores(False)} cores, "
+            f"{est.chips(True)} / {est.chips(False)} chips")
+
+
+def fmt(result: StageResult) -> str:
+    cell = f"{result.seconds:.0f} s, {result.peak_mb / 1024:.1f} GB"
+    return cell if result.status == "ok" else f"{result.status} ({cell})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ch", default="16,32,64,128", help="widths of the mnist layout (default: %(default)s)")
+    parser.add_argument("--cifar10", action="store_true", help="also the cifar10 preset (ch 128, ch_mult 1,2,2,4)")
+    parser.add_argument("--stages", default=",".join(STAGES), help="which stages (default: all)")
+    parser.add_argument("--timeout-min", type=float, default=15.0, help="per stage (default: %(default)s)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "scale"), help="checkpoints, files and logs")
+    parser.add_argument("--inner", choices=("step-b1", "step-b8", "resources"), help=argparse.SUPPRESS)
+    parser.add_argument("--inner-args", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        ckpt, chip = args.inner_args
+        detail = inner_resources(chip) if args.inner == "resources" else inner_step(ckpt, chip, int(args.inner[6:]))
+        print("RESULT " + detail)
+        return
+
+    models = [Model(f"mnist ch {c}", int(c), "mnist") for c in args.ch.split(",") if c]
+    if args.cifar10:
+        models.append(Model("cifar10 ch 128", 128, "cifar10"))
+    stages = args.stages.split(",")
+    header = f"| stage | {' | '.join(m.name for m in models)} |"
+    rows: dict[str, list[str]] = {"parameters": [], "NIR file": []}
+    rows.update({s: [] for s in stages})
+    for model in models:
+        folder = os.path.join(args.out, model.name.replace(" ", "-"))
+        os.makedirs(folder, exist_ok=True)
+        ckpt, params = write_checkpoint(model, folder)
+        calib = ["--dataset", "mnist"] if model.preset == "mnist" else \
+            ["--dataset", "cifar10", "--data-root", write_cifar10_standin(folder)]
+        rows["parameters"].append(f"{params / 1e6:.1f} M")
+        for stage in stages:
+            result = run_stage(stage_argv(stage, ckpt, folder, calib), args.timeout_min * 60,
+                               os.path.join(folder, f"{stage}.log"))
+            cell = fmt(result) + (f": {result.detail}" if result.detail else "")
+            rows[stage].append(cell)
+            print(f"{model.name} {stage}: {cell}", file=sys.stderr, flush=True)
+        chip = os.path.join(folder, "network.nir")
+        rows["NIR file"].append(f"{os.path.getsize(chip) / 1e6:.0f} MB" if os.path.exists(chip) else "none")
+    print(header)
+    print("|---|" + "---|" * len(models))
+    for name, cells in rows.items():
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
