@@ -87,7 +87,7 @@ TRAIN_mnist-sddpm-t4-step2000 := --dataset mnist --steps 2000
 TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
 # The yardstick: diffusers' UNet2DModel at the twin's size, trained as the twin is (needs diffusers).
 TRAIN_mnist-diffusers := --dataset mnist --kind diffusers --steps 13000
-TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000  # not trained yet
+TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000
 
 # The MNIST SDDPM trained on from its shipped step-13,000 state towards LONG_STEPS, a few hours per session
 # (issue 15): `make continue-mnist-sddpm` resumes runs/mnist-sddpm-long (seeded from the kept state), kill it

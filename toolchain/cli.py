@@ -96,9 +96,10 @@ def cmd_eval_eps(args) -> None:
     from sddpm.data import load_images, to_model_range
     from sddpm.eps_error import DEFAULT_STEPS, eps_error_by_step, format_eps_errors
     from sddpm.schedule import NoiseSchedule
+    from toolchain.pipeline import Calibration
 
     loaded = load_model(args.checkpoint, use_ema=not args.no_ema)
-    dataset = calibration_of(args).dataset_of(loaded)
+    dataset = Calibration(args.dataset, args.data_root).dataset_of(loaded)
     x0 = to_model_range(load_images(dataset, "test", args.data_root)[:args.count])
     rows = eps_error_by_step(loaded.model, x0, NoiseSchedule.linear(loaded.diffusion_config),
                              args.t or DEFAULT_STEPS, seed=args.seed)
