@@ -276,16 +276,17 @@ class FloatRun:
 
 
 @torch.no_grad()
-def run_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor) -> FloatRun:
-    """Run the float chip graph (float64, the IF dynamics of training) on x_t [B, C, H, W], t [B]."""
-    steps = graph.snn_steps
+def simulate_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor, observe) -> list[torch.Tensor]:
+    """Step the float chip graph (float64, the IF dynamics of training) on x_t [B, C, H, W], t [B].
+
+    `observe(population, snn_step, current, membrane, spikes)` sees every population's input current,
+    membrane before the reset and spikes as they are made; nothing else is kept, so a caller that needs
+    only summaries (calibration) holds one SNN step of the network, not all of them. Returns the
+    readout's current at every SNN step."""
     head = head_current(graph.host, x).double()
-    spikes: dict[str, list] = {p.name: [] for p in graph.populations}
-    currents: dict[str, list] = {p.name: [] for p in graph.populations}
-    membranes: dict[str, list] = {p.name: [] for p in graph.populations}
     v = {p.name: torch.zeros(x.shape[0], *p.shape, dtype=torch.float64) for p in graph.populations}
     readout = []
-    for step in range(steps):
+    for step in range(graph.snn_steps):
         now: dict[str, torch.Tensor] = {}
         for pop in graph.populations:
             current = head if pop.host_input else evaluate_expr(pop.current, now, t)
@@ -293,11 +294,23 @@ def run_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor) -> FloatRun:
             s = (h >= pop.threshold).double()
             v[pop.name] = h * (1 - s)
             now[pop.name] = s
-            spikes[pop.name].append(s)
-            currents[pop.name].append(current)
-            membranes[pop.name].append(h)
+            observe(pop.name, step, current, h, s)
         readout.append(evaluate_expr(graph.readout, now, t))
-    stack = {k: torch.stack(v_) for k, v_ in spikes.items()}
-    h_seq = torch.stack(readout)
-    return FloatRun(stack, {k: torch.stack(v_) for k, v_ in currents.items()},
+    return readout
+
+
+@torch.no_grad()
+def run_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor) -> FloatRun:
+    """Run the float chip graph on x_t [B, C, H, W], t [B], keeping every state of every SNN step."""
+    spikes: dict[str, list] = {p.name: [] for p in graph.populations}
+    currents: dict[str, list] = {p.name: [] for p in graph.populations}
+    membranes: dict[str, list] = {p.name: [] for p in graph.populations}
+
+    def record(name, _step, current, h, s):
+        spikes[name].append(s)
+        currents[name].append(current)
+        membranes[name].append(h)
+
+    h_seq = torch.stack(simulate_float(graph, x, t, record))
+    return FloatRun({k: torch.stack(v_) for k, v_ in spikes.items()}, {k: torch.stack(v_) for k, v_ in currents.items()},
                     {k: torch.stack(v_) for k, v_ in membranes.items()}, h_seq, tail(graph.host, h_seq))

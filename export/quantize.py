@@ -27,7 +27,7 @@ from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, READOUT, V_PER_A, WEIGHT_MANT_MAX, ChipHost,
                    ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 from .errors import ExportInputError
-from .graph import Expr, FloatGraph, run_float
+from .graph import Expr, FloatGraph, simulate_float
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
 HEADROOM = 2.0  # calibration sees a sample of the inputs: leave a factor 2 of range unused
@@ -51,12 +51,16 @@ def calibrate(graph: FloatGraph, batches: list[tuple[torch.Tensor, torch.Tensor]
     current = {p.name: 0.0 for p in graph.populations}
     membrane = dict(current)
     readout, samples, steps = 0.0, 0, set()
+
+    # Running maxima, so only one SNN step of states is alive at a time (a max is exact in any order,
+    # so the result equals the maxima of a full recorded run).
+    def keep_peaks(name, _step, cur, h, _s):
+        current[name] = max(current[name], float(cur.abs().max()))
+        membrane[name] = max(membrane[name], float(h.abs().max()))
+
     for x, t in batches:
-        run = run_float(graph, x, t)
-        for name in current:
-            current[name] = max(current[name], float(run.currents[name].abs().max()))
-            membrane[name] = max(membrane[name], float(run.membranes[name].abs().max()))
-        readout = max(readout, float(run.readout.abs().max()))
+        for h_readout in simulate_float(graph, x, t, keep_peaks):
+            readout = max(readout, float(h_readout.abs().max()))
         samples += x.shape[0]
         steps.update(int(v) for v in t)
     return Calibration(current, membrane, readout, samples, tuple(sorted(steps)))

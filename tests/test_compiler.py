@@ -14,7 +14,7 @@ from chip_helpers import digits_batches, firing_tiny_model
 from export.compiler import compile_model
 from export.graph import Expr, FloatGraph, FloatPopulation, Term, UnsupportedModelError, extract_graph, run_float
 from export.host import ChipOverflowWarning, HostStages
-from export.quantize import Calibration, quantize, quantize_weight
+from export.quantize import Calibration, calibrate, quantize, quantize_weight
 from export.reference import run_reference
 from helpers import TINY, assert_close
 from sddpm.neuron import IF
@@ -62,6 +62,20 @@ def test_float_graph_reproduces_the_model_spike_for_spike():
         assert 0.02 < float(s.mean()) < 0.8, f"{name} fires at {float(s.mean()):.3f}: the test would be vacuous"
         assert torch.equal(run.spikes[name], s), name
     assert_close(run.eps, eps, atol=FLOAT64_REWRITE_ATOL, what="eps of the float chip graph vs the model")
+
+
+def test_streaming_calibration_keeps_the_peaks_of_a_fully_recorded_run():
+    # calibrate keeps running maxima instead of every state: a max is exact in any order, so its peaks
+    # must equal the maxima of run_float's recorded currents, membranes and readout over all batches.
+    graph = extract_graph(firing_tiny_model().double())
+    batches = [(x.double(), t) for x, t in digits_batches()[:2]]
+    runs = [run_float(graph, x, t) for x, t in batches]
+    calib = calibrate(graph, batches)
+    for p in graph.populations:
+        assert calib.peak_current[p.name] == max(float(r.currents[p.name].abs().max()) for r in runs), p.name
+        assert calib.peak_membrane[p.name] == max(float(r.membranes[p.name].abs().max()) for r in runs), p.name
+    assert calib.peak_readout == max(float(r.readout.abs().max()) for r in runs)
+    assert calib.samples == sum(len(x) for x, _ in batches)
 
 
 @pytest.mark.parametrize("swap, named", [
