@@ -176,13 +176,29 @@ def inner_step(ckpt: str, chip: str, batch: int) -> str:
 
 
 def inner_resources(chip: str) -> str:
-    from export.nir_chip import read_chip_nir
-    from export.resources import estimate
+    """The resource estimate and the greedy placement, its crossing spikes from one simulator run (batch 1,
+    noise at t = 500)."""
+    import torch
 
-    est = estimate(read_chip_nir(chip))
+    from export.nir_chip import read_chip_nir
+    from export.placement import placement_summary
+    from export.resources import estimate
+    from simulators.network import ChipSimulator
+
+    torch.set_num_threads(1)
+    net = read_chip_nir(chip)
+    est = estimate(net)
+    cfg = net.model_config
+    x = torch.randn(1, cfg["img_ch"], cfg["img_size"], cfg["img_size"], generator=torch.Generator().manual_seed(0))
+    run = ChipSimulator.from_file(chip).run(x, torch.tensor([500]), "zero_delay")
+    spikes = {name: float(s.sum()) for name, s in run.spikes.items()}
+    placed = placement_summary(net, est, spikes)
+    shared, dense = placed["shared"], placed["dense"]
     return (f"{est.neurons / 1e6:.2f} M neurons, {est.synapses(True) / 1e6:.1f} M shared / "
-            f"{est.synapses(False) / 1e6:.0f} M dense synapses, {est.cores(True)} / {est.cores(False)} cores, "
-            f"{est.chips(True)} / {est.chips(False)} chips")
+            f"{est.synapses(False) / 1e6:.0f} M dense synapses, {est.cores(True)} / {est.cores(False)} cores; "
+            f"placed: {shared['chips']} chip(s) shared ({shared['system']}, "
+            f"{shared['crossing_spikes_per_step'] / 1e3:.0f} k crossing spikes per step), "
+            f"{dense['chips']} dense ({dense['system']}, {dense['crossing_spikes_per_step'] / 1e3:.0f} k crossing)")
 
 
 def fmt(result: StageResult) -> str:

@@ -229,4 +229,5 @@ def test_report_writes_markdown_plots_and_json(checkpoint, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["ladder"]["identical"] is True and len(report["energy"]["denoising_steps"]) == 2
     assert report["resources"]["populations"][-1]["name"] == "readout"
+    assert "### Placement on chips" in text and report["placement"]["shared"]["system"] == "one Loihi 2 chip"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporary file

@@ -92,6 +92,7 @@ def verify_and_report(loaded, net, chip_path: str, out_dir: str, *, batch: int, 
     """The ladder on `steps` denoising steps of a seeded DDIM chain, the energy of those same simulator runs,
     the resource estimate, and the report in out_dir; returns (ladder, energy summary, report path)."""
     from export.energy import ann_operations, count_forward, summarize
+    from export.placement import placement_summary
     from export.resources import estimate
     from simulators.network import ChipSimulator
     from toolchain.report import write_report
@@ -105,7 +106,9 @@ def verify_and_report(loaded, net, chip_path: str, out_dir: str, *, batch: int, 
     summary = summarize(runs, ann_operations(cfg))
     summary.update(checkpoint=loaded.path, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
                    denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
-    return ladder, summary, write_report(out_dir, summary, ladder, estimate(net), title)
+    resources = estimate(net)
+    placement = placement_summary(net, resources, {p["name"]: p["spikes"] for p in summary["populations"]})
+    return ladder, summary, write_report(out_dir, summary, ladder, resources, placement, title)
 
 
 @dataclass(frozen=True)

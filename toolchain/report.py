@@ -112,6 +112,22 @@ def _resources_section(res: ResourceEstimate) -> list[str]:
     return lines
 
 
+def _placement_section(placement: dict) -> list[str]:
+    lines = ["### Placement on chips", "",
+             "A greedy placement (`export/placement.py`): populations in network order fill the cores of one chip "
+             "after another, a chip full at its cores or its synapse budget. A spike is one message to every other "
+             "chip holding part of one of its targets (an upper bound for convolutions, which reach only nearby "
+             "neurons); per denoising step of one image.", ""]
+    for key, label in (("shared", "with weight sharing"), ("dense", "without weight sharing")):
+        p = placement[key]
+        spread = [name for name, chips in p["populations"].items() if len(chips) > 1]
+        lines.append(f"- **{label}**: {p['chips']:,} chip(s), fits {p['system']}; "
+                     f"{p['crossing_spikes_per_step']:,.0f} spike messages cross chips "
+                     f"({p['crossing_per_spike']:.2f} per spike); {len(spread)} populations span more than one chip")
+    lines += ["", "Systems: " + "; ".join(f"{s['name']}: {s['source']}" for s in placement["systems"]) + "."]
+    return lines
+
+
 def _energy_section(summary: dict) -> list[str]:
     step = summary["per_denoising_step"]
     samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
@@ -134,7 +150,7 @@ def _energy_section(summary: dict) -> list[str]:
 
 
 def write_report(out_dir: str, summary: dict, ladder: LadderReport, resources: ResourceEstimate,
-                 title: str) -> str:
+                 placement: dict, title: str) -> str:
     """Write out_dir/report.md, its PNGs (`PLOTS`) and report.json; returns the Markdown's path."""
     os.makedirs(out_dir, exist_ok=True)
     pops = summary["populations"]
@@ -153,9 +169,11 @@ def write_report(out_dir: str, summary: dict, ladder: LadderReport, resources: R
              f"of a DDIM-{summary['ddim_chain']} chain of {summary['images']} images.", "",
              "## Activity", "", f"Mean firing rate {mean_rate:.3f}.", "",
              f"![firing rate]({PLOTS['firing_rate']})", "", f"![SOPs]({PLOTS['sops']})", "",
-             *_energy_section(summary), "", *_ladder_section(ladder), "", *_resources_section(resources), ""]
+             *_energy_section(summary), "", *_ladder_section(ladder), "", *_resources_section(resources), "",
+             *_placement_section(placement), ""]
     with atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump({"energy": summary, "ladder": ladder.to_json(), "resources": resources.to_json()}, f)
+        json.dump({"energy": summary, "ladder": ladder.to_json(), "resources": resources.to_json(),
+                   "placement": placement}, f)
     path = os.path.join(out_dir, REPORT)
     with atomic_write(path, "w") as f:
         f.write("\n".join(lines))
