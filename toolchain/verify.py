@@ -143,17 +143,27 @@ def float_spikes(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[to
     return eps, spikes
 
 
+class _ChainFarEnough(Exception):
+    """Raised inside the denoiser once the chain has reached the last state a caller asked for."""
+
+
 def chain_states(model: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, ddim_steps: int,
                  check: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(x_t, t) at `check` denoising steps spread evenly over a deterministic float DDIM chain from x_T."""
+    """(x_t, t) at `check` denoising steps spread evenly over a deterministic float DDIM chain from x_T.
+    The chain stops after the last of them: one check step is the first state, and costs no model call."""
+    picks = sorted({round(i * (ddim_steps - 1) / max(check - 1, 1)) for i in range(min(check, ddim_steps))})
     seen = []
 
     def recording(x, t):
         seen.append((x.clone(), t.clone()))
+        if len(seen) > picks[-1]:
+            raise _ChainFarEnough
         return model(x, t)
 
-    ddim_sample(recording, x_T, schedule, steps=ddim_steps)
-    picks = sorted({round(i * (len(seen) - 1) / max(check - 1, 1)) for i in range(min(check, len(seen)))})
+    try:
+        ddim_sample(recording, x_T, schedule, steps=ddim_steps)
+    except _ChainFarEnough:
+        pass
     return [seen[i] for i in picks]
 
 
