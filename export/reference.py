@@ -2,8 +2,9 @@
 
 All populations see SNN step t together (no synaptic delay), in dependency order. This is the
 reference that the bit-accurate simulator and Lava must match exactly; it is written from the
-contract in `export/chip.py`, independently of the simulator. Synaptic sums are computed in float64,
-exact for integers below 2^53.
+contract in `export/chip.py`, independently of the simulator. A synapse's convolution runs in float32
+when that is exact (see `_conv_dtype`), else in float64, exact for integers below 2^53; the sums of a
+population's synapses are added in int64.
 """
 from __future__ import annotations
 
@@ -19,18 +20,41 @@ from .chip import ACT_SHIFT, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSyn
 from .host import ChipOverflowWarning, host_input_current, readout_to_eps
 
 
-def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+FLOAT32_INTEGERS = 2 ** 24  # float32 holds every integer of magnitude up to 2^24
+
+
+def _conv_dtype(weight: np.ndarray) -> torch.dtype:
+    """float32 when no partial sum of the convolution can leave the integers float32 holds exactly.
+
+    The inputs are 0/1 spikes (nearest up-sampling copies them), so every partial sum of output channel c,
+    in whatever order the convolution adds its taps, lies within +-sum|W[c]|: if the largest such sum is at
+    most 2^24, every addition is exact and float32 gives the integer result. float32 convolutions are
+    several times faster than float64 on CPU, which the paper-sized models need."""
+    bound = int(np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(1).max(initial=0))
+    return torch.float32 if bound <= FLOAT32_INTEGERS else torch.float64
+
+
+def _conv_weights(net: ChipNetwork) -> dict[int, torch.Tensor]:
+    """id(synapse) -> its integer weights as a float tensor of `_conv_dtype`, converted once per run."""
+    out = {}
+    for syn in net.synapses:
+        weight = syn.integer_weight()
+        out[id(syn)] = torch.from_numpy(weight.astype(np.float64)).to(_conv_dtype(weight))
+    return out
+
+
+def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.Tensor], batch: int,
+                  weights: dict[int, torch.Tensor]) -> torch.Tensor:
     a = torch.zeros(batch, *shape, dtype=torch.int64)
     for syn in net.inputs_of(target):
-        a[:, syn.out_offset:syn.out_offset + syn.weight.shape[0]] += _apply(syn, spikes[syn.source])
+        a[:, syn.out_offset:syn.out_offset + syn.weight.shape[0]] += _apply(syn, spikes[syn.source], weights[id(syn)])
     return a
 
 
-def _apply(syn: ChipSynapse, spikes: torch.Tensor) -> torch.Tensor:
-    x = spikes.double()
+def _apply(syn: ChipSynapse, spikes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    x = spikes.to(weight.dtype)
     if syn.upsample != 1:
         x = F.interpolate(x, scale_factor=syn.upsample, mode="nearest")
-    weight = torch.from_numpy(syn.integer_weight()).double()
     return F.conv2d(x, weight, stride=syn.stride, padding=syn.padding).round().long()
 
 
@@ -45,13 +69,14 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor) -> ChipRun
     for p in net.populations:
         mant = torch.from_numpy(p.bias_mant[p.bias_row(t_np)].astype(np.int64))  # [B, C]
         bias[p.name] = (mant << p.bias_exp)[:, :, None, None]
+    weights = _conv_weights(net)
     spikes = {p.name: [] for p in net.populations}
     readout = []
     overflow: dict[str, int] = {}
     for _ in range(steps):
         now: dict[str, torch.Tensor] = {}
         for p in net.populations:
-            a = a_host if p.host_input else _synaptic_sum(net, p.name, p.shape, now, batch)
+            a = a_host if p.host_input else _synaptic_sum(net, p.name, p.shape, now, batch, weights)
             u = a << ACT_SHIFT
             # u is a 24-bit state: one conditional wrap into (-2^23, 2^23] (Lava PyLifModelBitAcc)
             wrapped = (u > STATE_MAX) | (u <= -STATE_MAX)
@@ -66,7 +91,7 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor) -> ChipRun
             n = int(wrapped.sum()) + int(saturated.sum())
             if n:
                 overflow[p.name] = overflow.get(p.name, 0) + n
-        readout.append(_synaptic_sum(net, READOUT, net.readout.shape, now, batch))
+        readout.append(_synaptic_sum(net, READOUT, net.readout.shape, now, batch, weights))
     for name, n in overflow.items():
         warnings.warn(f"population {name}: {n} current or voltage values overflowed the 24-bit state "
                       "(u wraps, v saturates); recompile with calibration data that covers these inputs",

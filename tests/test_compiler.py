@@ -208,3 +208,20 @@ def test_input_outside_the_calibrated_range_warns_naming_the_population(compiled
     names = {p.name for p in net.populations}
     for m in messages:
         assert re.match(r"population (\S+):", m).group(1) in names, m
+
+
+def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exact():
+    from types import SimpleNamespace
+
+    from export.reference import _apply, _conv_dtype
+
+    syn = SimpleNamespace(upsample=1, stride=1, padding=0)
+    ones = torch.ones(1, 2, 1, 1, dtype=torch.bool)
+    # 1x1 kernels over 2 channels of spikes that are all 1: the output is w0 + w1. 2^23 + 2^23 = 2^24 is the
+    # largest sum float32 holds exactly; one more needs float64 (float32 would round 2^24 + 1 to 2^24).
+    for weights, dtype in (([2 ** 23, 2 ** 23], torch.float32), ([2 ** 23, 2 ** 23 + 1], torch.float64),
+                           ([-2 ** 23, 2 ** 23 + 1], torch.float64)):  # the bound is on |w|, whatever the signs
+        w = np.array(weights, dtype=np.int64).reshape(1, 2, 1, 1)
+        assert _conv_dtype(w) == dtype, weights
+        got = _apply(syn, ones, torch.from_numpy(w.astype(np.float64)).to(dtype))
+        assert int(got) == sum(weights), weights
