@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.nir_foreign import (VTH_A, Discretization, ForeignGraphError, compile_foreign, read_foreign, run_discrete,
-                                write_foreign)
+from export.nir_foreign import VTH_A, Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
+from export.nir_foreign_read import read_foreign
 from simulators.nir_net import NetSimulator
 
 with warnings.catch_warnings():  # their imports warn about torch.jit and nirtorch deprecations

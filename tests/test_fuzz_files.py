@@ -25,7 +25,8 @@ import torch
 from export.chip import ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, READOUT
 from export.errors import ExportError
 from export.nir_chip import seal, write_chip_nir
-from export.nir_foreign import compile_foreign, read_foreign, write_foreign
+from export.nir_foreign import compile_foreign, write_foreign
+from export.nir_foreign_read import read_foreign
 from nir_helpers import conv_flatten_graph, feed_forward_graph, recurrent_graph
 from simulators.errors import SimulatorError
 from simulators.network import ChipSimulator

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from export.nir_foreign import (DegenerateGraphWarning, Discretization, ForeignGraphError, compile_foreign,
-                                read_foreign, run_discrete, write_foreign)
+                                run_discrete, write_foreign)
+from export.nir_foreign_read import read_foreign
 from nir_helpers import (DT, conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif,
                          recurrent_graph)
 from simulators.chip_file import ChipFileError

@@ -176,7 +176,8 @@ def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
 
 
 def cmd_import_nir(args) -> int:
-    from export.nir_foreign import Discretization, read_foreign, write_foreign
+    from export.nir_foreign import Discretization, write_foreign
+    from export.nir_foreign_read import read_foreign
 
     graph = read_foreign(args.graph)
     compiled = write_foreign(args.out, graph, Discretization(dt=args.dt, decay=args.decay, norse_dt=args.norse_dt),

@@ -22,7 +22,7 @@ from export.chip import READOUT, ChipNetwork
 from export.reference import run_reference
 from records import ChipRun
 from sddpm.neuron import IF
-from sddpm.samplers import ddim_sample
+from sddpm.samplers import ddim_sample, ddim_step, ddim_timesteps
 from sddpm.schedule import NoiseSchedule
 from simulators.network import ChipSimulator
 
@@ -143,27 +143,23 @@ def float_spikes(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[to
     return eps, spikes
 
 
-class _ChainFarEnough(Exception):
-    """Raised inside the denoiser once the chain has reached the last state a caller asked for."""
-
-
+@torch.no_grad()
 def chain_states(model: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, ddim_steps: int,
                  check: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(x_t, t) at `check` denoising steps spread evenly over a deterministic float DDIM chain from x_T.
-    The chain stops after the last of them: one check step is the first state, and costs no model call."""
-    picks = sorted({round(i * (ddim_steps - 1) / max(check - 1, 1)) for i in range(min(check, ddim_steps))})
-    seen = []
 
-    def recording(x, t):
-        seen.append((x.clone(), t.clone()))
+    The chain is `sddpm.samplers.ddim_sample`'s at eta 0 (its steps, through its `ddim_step`), stopped after
+    the last state a check needs: one check step is the noise itself and costs no model call."""
+    seq = ddim_timesteps(schedule.steps, ddim_steps)
+    picks = sorted({round(i * (len(seq) - 1) / max(check - 1, 1)) for i in range(min(check, len(seq)))})
+    ab = schedule.alphas_bar
+    x, seen = x_T, []
+    for i in range(len(seq) - 1, -1, -1):
+        t = torch.full((x.shape[0],), seq[i], dtype=torch.long)
+        seen.append((x.clone(), t))
         if len(seen) > picks[-1]:
-            raise _ChainFarEnough
-        return model(x, t)
-
-    try:
-        ddim_sample(recording, x_T, schedule, steps=ddim_steps)
-    except _ChainFarEnough:
-        pass
+            break
+        x = ddim_step(x, model(x, t), float(ab[seq[i]]), float(ab[seq[i - 1]]) if i > 0 else 1.0)
     return [seen[i] for i in picks]
 
 
