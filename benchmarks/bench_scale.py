@@ -24,12 +24,16 @@ Every stage is a fresh subprocess, so its peak RSS (`os.wait4`'s ru_maxrss) is i
   export onnx        sddpm export --format onnx --check-images 4
   step b1, step b8   one denoising step (T SNN steps): the simulator (zero-delay) reading compile's file
                      against the float SpikingUNet, median of 3 after a warm-up, batch 1 and 8
-  resources          export.resources.estimate of compile's file
+  resources          export.resources.estimate of compile's file, and export.placement's chips and crossing
+                     spikes (from one simulator run)
+  deploy-lava        sddpm deploy --backend lava --nir (compile's file) --steps 1 --json: one denoising step on
+                     Lava, identical to the simulator or not
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import pickle
 import signal
@@ -41,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 VENV_BIN = os.path.dirname(sys.executable)
 STAGES = ("compile", "verify-delayed", "verify-zero", "energy", "report", "export-nir", "export-onnx",
-          "step-b1", "step-b8", "resources")
+          "step-b1", "step-b8", "resources", "deploy-lava")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +124,12 @@ def run_stage(argv: list[str], timeout_s: float, log: str) -> StageResult:
     else:
         state = "ok" if proc.returncode == 0 else f"failed (rc {proc.returncode})"
     detail = lines[-1] if lines and lines[-1].startswith("RESULT ") else ""
+    if lines and lines[-1].startswith('{"identical"'):  # sddpm deploy --json
+        report = json.loads(lines[-1])
+        detail = (f"RESULT {'identical' if report['identical'] else 'DIFFERS'} to the simulator, Lava "
+                  f"{report['lava_seconds_per_step']:.0f} s per step (build {report['lava_build_seconds']:.0f} s), "
+                  f"{report['lava_processes']} processes")
+    # ru_maxrss of a waited child is the largest of it and its reaped descendants (one Lava process, not their sum)
     return StageResult(seconds, usage.ru_maxrss / 1024, state, detail.removeprefix("RESULT "))
 
 
@@ -137,6 +147,8 @@ def stage_argv(stage: str, ckpt: str, folder: str, calib: list[str]) -> list[str
         return sddpm + ["energy", "--checkpoint", ckpt, *one, "--chip-out", scratch] + calib
     if stage == "report":
         return sddpm + ["report", "--checkpoint", ckpt, *one, "--out", os.path.join(folder, "report")] + calib
+    if stage == "deploy-lava":  # on compile's file, one denoising step, checked against the simulator
+        return sddpm + ["deploy", "--backend", "lava", "--nir", chip, "--checkpoint", ckpt, "--steps", "1", "--json"]
     if stage.startswith("export"):
         fmt = stage.removeprefix("export-")
         return sddpm + ["export", "--format", fmt, "--checkpoint", ckpt, "--check-images", "4",
