@@ -157,8 +157,38 @@ def stage_argv(stage: str, ckpt: str, folder: str, calib: list[str]) -> list[str
     return me
 
 
+def conv_macs(ckpt: str, chip: str) -> tuple[int, int]:
+    """MACs of one forward pass of one image as each side computes it: the float SpikingUNet's convs (hooked,
+    T folded into the batch where the model does so), and the simulator's dense convs, every synapse at every
+    SNN step over its whole output grid, plus the host's convs."""
+    import torch
+
+    from export.energy import host_macs
+    from export.nir_chip import read_chip_nir
+    from sddpm.checkpoint import load_model
+
+    net = read_chip_nir(chip)
+    grid = {p.name: p.shape[1:] for p in net.populations} | {"readout": net.readout.shape[1:]}
+    chip_macs = net.snn_steps * sum(s.weight.size * grid[s.target][0] * grid[s.target][1] for s in net.synapses)
+    chip_macs += sum(host_macs(net).values())
+    model = load_model(ckpt).model.eval()
+    total = [0]
+
+    def count(module, _inputs, out):
+        total[0] += out.numel() * module.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    cfg = net.model_config
+    with torch.no_grad():
+        model(torch.zeros(1, cfg["img_ch"], cfg["img_size"], cfg["img_size"]), torch.tensor([500]))
+    for h in hooks:
+        h.remove()
+    return total[0], chip_macs
+
+
 def inner_step(ckpt: str, chip: str, batch: int) -> str:
-    """Median seconds of one denoising step: float SpikingUNet vs the simulator in zero-delay mode."""
+    """Median seconds of one denoising step: float SpikingUNet vs the simulator in zero-delay mode, beside the
+    ratio of the MACs each computes (`conv_macs`)."""
     import statistics
 
     import torch
@@ -184,7 +214,9 @@ def inner_step(ckpt: str, chip: str, batch: int) -> str:
                 fn()
                 times[key].append(time.perf_counter() - begin)
     f, s = (statistics.median(times[k]) for k in ("float", "sim"))
-    return f"float {f:.2f} s, sim {s:.2f} s ({s / f:.1f}x)"
+    float_macs, chip_macs = conv_macs(ckpt, chip)
+    return (f"float {f:.2f} s, sim {s:.2f} s ({s / f:.1f}x); MACs per image float {float_macs / 1e9:.2f} G, "
+            f"sim {chip_macs / 1e9:.2f} G ({chip_macs / float_macs:.1f}x)")
 
 
 def inner_resources(chip: str) -> str:
