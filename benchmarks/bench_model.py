@@ -270,7 +270,7 @@ def compare_table(configs: list[str], args) -> tuple[list[str], dict[str, float]
     return lines, ratios
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -286,6 +286,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuned-malloc", action="store_true",
                         help=f"run the measurements with {' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())}")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def _header(args: argparse.Namespace) -> list[str]:
+    """The table's heading: the machine, the libraries and how each number was measured."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    malloc = (" glibc malloc tuned (" + ", ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")."
+              if args.tuned_malloc else "")
+    return [
+        "## SDDPM U-Net on CPU",
+        "",
+        f"`{' '.join(['bench_model.py'] + sys.argv[1:])}`: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"with {args.threads} thread(s), SpikingJelly {importlib.metadata.version('spikingjelly')}, T = 4 SNN steps. "
+        f"Medians of {args.repeats} timed pass(es) after {args.warmup} warm-up; wall clock, process CPU time in "
+        f"parentheses; peak RSS from getrusage in a fresh subprocess per measurement.{malloc}",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -305,19 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.warmup = 1 if args.warmup is None else args.warmup
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    malloc = (" glibc malloc tuned (" + ", ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")."
-              if args.tuned_malloc else "")
-    out = [
-        "## SDDPM U-Net on CPU",
-        "",
-        f"`{' '.join(['bench_model.py'] + sys.argv[1:])}`: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"with {args.threads} thread(s), SpikingJelly {importlib.metadata.version('spikingjelly')}, T = 4 SNN steps. "
-        f"Medians of {args.repeats} timed pass(es) after {args.warmup} warm-up; wall clock, process CPU time in "
-        f"parentheses; peak RSS from getrusage in a fresh subprocess per measurement.{malloc}",
-        "",
-    ]
+    out = _header(args)
     started = time.perf_counter()
     if configs:
         out += throughput_table(configs, args) + [

@@ -41,10 +41,10 @@ from lava.magma.core.run_configs import RunConfig
 from lava.proc.io.source import RingBuffer
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
-from deploy.net_lava import NetPlan, Population, Synapse, UnsupportedGraphError, from_lava, load_graph, plan_net, \
-    run_to_end, to_lava
+from deploy.net_lava import from_lava, to_lava
+from deploy.net_plan import NetPlan, Population, Synapse, UnsupportedGraphError, load_graph, plan_net
 from deploy.errors import DeployInputError
-from deploy.processes import FileSink
+from deploy.processes import FileSink, run_to_end
 from export.chip import BIAS_MANT_MAX
 
 NETX_STEP_OFFSET = 0  # netx output step t = our Lava graph's (and the simulator's) step t, see the docstring

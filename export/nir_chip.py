@@ -35,7 +35,7 @@ import h5py
 import nir
 import numpy as np
 
-from fileio import atomic_path
+from fileio import NIR_READ_ERRORS, atomic_path
 
 from .errors import ExportError
 
@@ -166,12 +166,6 @@ def seal_problem(path: str) -> str | None:
     if stored != actual:
         return "the file's contents differ from the digest written with them: it was damaged or edited"
     return None
-
-
-# What reading a damaged NIR file raises: h5py's OSError/RuntimeError, and from nir.read a KeyError for a
-# missing dataset, an AssertionError for an unknown node type, TypeError/ValueError from the nodes'
-# constructors and type checks, AttributeError/IndexError for a field of the wrong kind.
-NIR_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError)
 
 
 def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:

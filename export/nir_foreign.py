@@ -87,11 +87,23 @@ def _decays(m: NeuronMap) -> tuple[int, int]:
 
 def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[str], list[str]]:
     """The integers as node metadata, the problems that make them unrepresentable, and what degenerates."""
-    wires, maps = checked.wires, checked.maps
-    nodes = graph.nodes
+    nodes, maps = graph.nodes, checked.maps
     problems, degenerate = [], []
     scale = {name: m.threshold / VTH_A for name, m in maps.items()}  # float voltage per a-unit
     bias_v = {name: np.full(checked.shapes[name], m.leak_bias / scale[name] * V_PER_A) for name, m in maps.items()}
+    new, weights = _quantize_synapses(nodes, checked, scale, bias_v, problems, degenerate)
+    new_neurons, biases = _quantize_neurons(nodes, checked, scale, bias_v, problems, degenerate)
+    new.update(new_neurons)
+    if not problems:
+        degenerate += _silent(checked, weights, biases, nodes)
+    return new, problems, degenerate
+
+
+def _quantize_synapses(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
+                       degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Each synapse's node with its weight mantissas and exponent, and its integer weights; a synapse's bias
+    is added to its target's `bias_v` (in place); problems and degenerate cases are appended."""
+    wires, maps = checked.wires, checked.maps
     new, weights = {}, {}
     for name, src in wires.source.items():
         tgt = wires.target[name]
@@ -121,8 +133,14 @@ def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[st
         known = {"input_shape": checked.shapes[src][1:]} if isinstance(node, nir.Conv2d) and \
             getattr(node, "input_shape", None) is None else {}
         new[name] = _with_metadata(node, md, **known)
-    biases = {}
-    for name, m in maps.items():
+    return new, weights
+
+
+def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
+                      degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Each neuron node with its decays, threshold and bias integers, and its integer bias."""
+    new, biases = {}, {}
+    for name, m in checked.maps.items():
         node = nodes[name]
         if not np.all(np.isfinite(bias_v[name])):
             problems.append(f"node {name!r}: its bias (v_leak and synapse biases over the threshold) overflows")
@@ -145,10 +163,7 @@ def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[st
         md.update({"du": du, "dv": dv, "vth": VTH_A, "scale": scale[name], "bias_mant": b_mant.astype(np.int16),
                    "bias_exp": b_exp, "bias_start": checked.bias_start[name]})
         new[name] = _with_metadata(node, md)
-    if not problems:
-        degenerate += _silent(checked, weights, biases, nodes)
-    return new, problems, degenerate
-
+    return new, biases
 
 def _silent(checked: CheckedGraph, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray], nodes) -> list[str]:
     """Neuron nodes that can never spike, whatever the input: their voltage has an upper bound at or below

@@ -9,6 +9,8 @@ import h5py
 import nir
 import numpy as np
 
+from fileio import NIR_READ_ERRORS
+
 from .nir_foreign_check import ForeignGraphError, raise_problems
 
 
@@ -103,5 +105,5 @@ def read_foreign(path: str) -> nir.NIRGraph:
         raise_problems([f"{path}: {problems[0]}"] + problems[1:])
     try:
         return nir.read(path)
-    except Exception as err:  # nir's constructors and type checks raise many kinds, none naming the node
+    except NIR_READ_ERRORS as err:  # nir's constructors and type checks: many kinds, none naming the node
         raise ForeignGraphError(f"{path}: not a valid NIR graph ({type(err).__name__}: {err})") from None

@@ -1,4 +1,5 @@
-"""Files written atomically: readers never see half a file, a killed writer leaves the old one.
+"""Files written atomically: readers never see half a file, a killed writer leaves the old one; and what
+reading a damaged NIR file raises, for every reader to catch the same kinds.
 
 Standard library only, and a package of its own below every other, so that every layer (the NIR and ONNX
 writers, which the Lava backend's loader imports) can write files without loading the training code.
@@ -9,6 +10,12 @@ import contextlib
 import os
 import tempfile
 from typing import Any, Iterator
+
+
+# What reading a damaged NIR file raises: h5py's OSError/RuntimeError, and from nir.read a KeyError for a
+# missing dataset, an AssertionError for an unknown node type, TypeError/ValueError from the nodes'
+# constructors and type checks, AttributeError/IndexError for a field of the wrong kind.
+NIR_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError)
 
 
 @contextlib.contextmanager

@@ -107,16 +107,15 @@ def _truncate_log(path: str, step: int) -> None:
 
 def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
           diffusion_cfg: DiffusionConfig = DiffusionConfig(), progress: bool = True) -> str:
-    """Train (or resume) a model in `run_dir`; returns the checkpoint path."""
+    """Train (or resume) a model in `run_dir`; returns the checkpoint path.
+
+    One function of about 70 lines on purpose: the loop and the state it saves and resumes together (model,
+    EMA, optimizer, scheduler, data order, log) read top to bottom in one place, as in nanoGPT's train.py.
+    """
     info = init_distributed()
     ckpt_path = os.path.join(run_dir, CHECKPOINT_NAME)
     log_path = os.path.join(run_dir, "loss.jsonl")
-    if train_cfg.batch_size % info.world_size:
-        raise ConfigError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} ranks")
-    channels, size = dataset_shape(train_cfg.dataset)
-    if (model_cfg.img_ch, model_cfg.img_size) != (channels, size):
-        raise ConfigError(f"dataset {train_cfg.dataset!r} has {channels}x{size}x{size} images but the model "
-                         f"expects {model_cfg.img_ch}x{model_cfg.img_size}x{model_cfg.img_size}")
+    channels, size = _check_configs(model_cfg, train_cfg, info)
 
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg).to(info.device)
@@ -182,6 +181,16 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
         dist.destroy_process_group()
     return ckpt_path
 
+
+def _check_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, info: DistInfo) -> tuple[int, int]:
+    """The dataset's (channels, size), checked against the model and the ranks."""
+    if train_cfg.batch_size % info.world_size:
+        raise ConfigError(f"batch size {train_cfg.batch_size} is not divisible by {info.world_size} ranks")
+    channels, size = dataset_shape(train_cfg.dataset)
+    if (model_cfg.img_ch, model_cfg.img_size) != (channels, size):
+        raise ConfigError(f"dataset {train_cfg.dataset!r} has {channels}x{size}x{size} images but the model "
+                          f"expects {model_cfg.img_ch}x{model_cfg.img_size}x{model_cfg.img_size}")
+    return channels, size
 
 def _noise_generator(seed: int, step: int, info: DistInfo) -> torch.Generator:
     """The generator of the diffusion steps and noise of one step on one rank, a function of (seed, step, rank)

@@ -22,6 +22,8 @@ import nir
 import numpy as np
 import torch
 
+from fileio import NIR_READ_ERRORS
+
 from .errors import SimulatorError
 from .fixed_point import ACT_SHIFT, IF_DU, IF_DV, STATE_MAX, VTH_SHIFT
 
@@ -123,7 +125,7 @@ def read_chip_file(path: str) -> ChipFile:
     try:
         unsealed = seal_problem(path)
         graph = nir.read(path)
-    except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
+    except NIR_READ_ERRORS as err:  # h5py's, nir's constructors' and type checks': many kinds
         raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     try:
         return _from_graph(graph, unsealed)
@@ -182,17 +184,7 @@ def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None
 
 def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     meta = graph.metadata
-    if scalar(meta.get("format")) != FORMAT:
-        raise ChipFileError(f"not an {FORMAT} file (format {scalar(meta.get('format'))!r}): a NIR graph from "
-                            f"another tool holds no chip integers")
-    if int(field("graph", meta, "version")) not in VERSIONS:
-        raise ChipFileError(f"{FORMAT} version {scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
-    if unsealed is not None:  # after the format: another tool's file is named as such
-        raise ChipFileError(unsealed)
-    neuron = json.loads(field("graph", meta, "neuron"))
-    if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
-        raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
-                            f"(du={IF_DU}, dv={IF_DV})")
+    _check_header(meta, unsealed)
     nodes = graph.nodes
     for name, node in nodes.items():
         if not isinstance(node, nir.Input | nir.Output | nir.IF | nir.Conv2d | nir.Scale):
@@ -224,19 +216,56 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
                      sources, nodes, shapes)
             for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d))]
     host_meta = field("graph", meta, "host")
+    problems += _host_problems(host_meta)
+    if problems:
+        raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
+    host = _host(host_meta)
+    readout_info = _readout(readout, host_meta)
+    _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
+    return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
+                    diffusion_steps,
+                    {"model_config": json.loads(field("graph", meta, "model_config")),
+                     "threshold_factor": _positive("graph", meta, "threshold_factor"),
+                     "host_input_max": int(field("graph", meta, "host_input_max"))})
+
+
+def _check_header(meta: dict, unsealed: str | None) -> None:
+    """The graph's format, version, seal and neuron model: what must hold before any node is read."""
+    if scalar(meta.get("format")) != FORMAT:
+        raise ChipFileError(f"not an {FORMAT} file (format {scalar(meta.get('format'))!r}): a NIR graph from "
+                            f"another tool holds no chip integers")
+    if int(field("graph", meta, "version")) not in VERSIONS:
+        raise ChipFileError(f"{FORMAT} version {scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
+    if unsealed is not None:  # after the format: another tool's file is named as such
+        raise ChipFileError(unsealed)
+    neuron = json.loads(field("graph", meta, "neuron"))
+    if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
+        raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
+                            f"(du={IF_DU}, dv={IF_DV})")
+
+
+def _host_problems(host_meta: dict) -> list[str]:
+    problems = []
     missing = [k for k in HOST_KEYS if k not in host_meta]
     if missing:
         problems.append(f"host: lacks {missing}")
     for key, value in host_meta.items():  # the host's weights run in float: a NaN would spread silently
         if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
             problems.append(f"host {key!r}: holds NaN or inf")
-    if problems:
-        raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
+    return problems
+
+
+def _host(host_meta: dict) -> dict:
+    """The host stages' float32 tensors and the membrane decay (the readout's fields are `_readout`'s)."""
     host = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in host_meta.items()
             if k not in ("membrane_decay", "readout_bias", "readout_temb")}
     if np.ndim(host_meta["membrane_decay"]) != 0:
         raise ChipFileError("host: membrane_decay must be one number")
     host["membrane_decay"] = float(scalar(host_meta["membrane_decay"]))
+    return host
+
+
+def _readout(readout: nir.Scale, host_meta: dict) -> dict:
     temb = host_meta.get("readout_temb")
     scale = np.asarray(readout.scale, dtype=np.float64)
     if scale.size == 0 or not np.all(np.isfinite(scale)) or float(scale.flat[0]) == 0:
@@ -246,12 +275,7 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
                     "depth": _int_field(READOUT, readout.metadata, "depth", 0),
                     "bias": torch.from_numpy(np.asarray(host_meta["readout_bias"], dtype=np.float32)),
                     "temb": None if temb is None else torch.from_numpy(np.asarray(temb, dtype=np.float32))}
-    _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
-    return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
-                    diffusion_steps,
-                    {"model_config": json.loads(field("graph", meta, "model_config")),
-                     "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                     "host_input_max": int(field("graph", meta, "host_input_max"))})
+    return readout_info
 
 
 def _check_host(host: dict, readout: dict, first_channels: int, diffusion_steps: int) -> None:

@@ -18,6 +18,8 @@ import nir
 import numpy as np
 import torch
 
+from fileio import NIR_READ_ERRORS
+
 from .chip_file import (BIAS_EXP_MAX, BIAS_MANT_MAX, SPIKE_LIMIT, VTH_MAX, WEIGHT_MANT_MAX, ChipFileError, checked,
                         field, scalar, seal_problem)
 from .errors import SimulatorInputError
@@ -190,7 +192,7 @@ class NetSimulator:
         try:
             problem = seal_problem(path)
             graph = nir.read(path)
-        except Exception as err:  # h5py's, nir's constructors' and type checks': many kinds, on a damaged file
+        except NIR_READ_ERRORS as err:  # h5py's, nir's constructors' and type checks': many kinds
             raise ChipFileError(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
         try:
             sim = cls(graph)

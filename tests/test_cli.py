@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -8,7 +9,6 @@ from PIL import Image
 from helpers import TINY
 from sddpm.checkpoint import save_checkpoint
 from toolchain.cli import build_parser, main
-from toolchain.paths import SHIPPED_CHECKPOINT
 from sddpm.config import DiffusionConfig
 from sddpm.unet import SpikingUNet
 
@@ -60,19 +60,20 @@ def test_errors_exit_2_with_the_problem_named(tmp_path, capsys, tiny_checkpoint,
 
 
 def test_demo_samples_the_shipped_model(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--num-images", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "shipped model: snn" in out and "SNN / ANN" in out  # the energy summary, then the report's path
-    assert f"report -> {tmp_path / 'report.md'}" in out and (tmp_path / "energy.png").exists()
-    # then the interchange files, each checked: ONNX against PyTorch, the float NIR read back
-    assert "onnxruntime vs PyTorch on 8 noisy mnist training images" in out
-    assert "(tolerance 1e-05: weights are float32 on file)" in out and "spikes identical" in out
-    # then one denoising step on Lava, identical to the simulator
-    assert "1 denoising steps (t = 999): identical spikes of every population and identical output currents" in out
-    assert "spike and SOP counts from Lava's records vs the simulator's: identical" in out  # the shipped model
+    assert main(["demo", "--out", str(tmp_path), "--num-images", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # --json: one object, nothing else on stdout
+    assert result["checkpoint"].endswith("checkpoints/mnist-sddpm.pt") and result["kind"] == "snn"
+    assert Image.open(result["grid"]).size == (70, 70)  # 4 images of 32x32 in a 2x2 grid, 2-pixel borders
+    # the ladder on the demo's 3 denoising steps: the simulator identical to the quantized reference
+    ladder = result["ladder"]
+    assert ladder["identical"] and ladder["steps_checked"] == 3 and ladder["first_mismatch"] is None
+    assert result["report"] == str(tmp_path / "report.md") and (tmp_path / "energy.png").exists()
+    # the interchange files, each read back and checked against its source
+    assert [(e["format"], e["ok"]) for e in result["exports"]] == [("onnx", True), ("nir-float", True)]
+    # one denoising step on Lava, identical to the simulator in spikes, currents and counts
+    lava = result["lava"]
+    assert lava["identical"] and lava["counts_identical"] and lava["steps_checked"] == 1
     assert {"network.nir", "denoiser.onnx", "float.nir"} <= set(os.listdir(tmp_path))
-    assert Image.open(tmp_path / "grid.png").size == (70, 70)
-    assert SHIPPED_CHECKPOINT.endswith("checkpoints/mnist-sddpm.pt")
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.net_plan import UnsupportedGraphError
 from export.nir_foreign import compile_foreign
-from nir_helpers import DT, conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
+from nir_helpers import conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
 from simulators.nir_net import NetSimulator
 
 pytestmark = pytest.mark.lava
@@ -158,7 +159,7 @@ def test_a_graph_lava_cannot_run_exactly_is_refused_by_node_before_lava_starts(g
     from deploy import net_lava
 
     monkeypatch.setattr(net_lava, "_build", _raise_injected)  # the refusal must come first
-    with pytest.raises(net_lava.UnsupportedGraphError, match=message):
+    with pytest.raises(UnsupportedGraphError, match=message):
         net_lava.run_net_on_lava(graph, {"input": _spikes(12)})
 
 
@@ -279,7 +280,6 @@ def _windowed_bias():
     (_windowed_bias(), r"node 'lif': netx's bias is on from step 0, this one from step 2 \(bias_start\)"),
 ], ids=["recurrent", "weights", "bias", "bias-window"])
 def test_netx_refuses_by_node_what_it_cannot_run_exactly(graph, message, tmp_path):
-    from deploy.net_lava import UnsupportedGraphError
     from deploy.netx import write_netx
 
     with pytest.raises(UnsupportedGraphError, match=message):
@@ -313,5 +313,5 @@ def test_a_damaged_file_is_refused_naming_it_before_lava_starts(damage, message,
     write_foreign(path, feed_forward_graph())
     damage(path)
     monkeypatch.setattr(net_lava, "_build", _raise_injected)
-    with pytest.raises(net_lava.UnsupportedGraphError, match=f"^{path}: {message}"):
+    with pytest.raises(UnsupportedGraphError, match=f"^{path}: {message}"):
         net_lava.run_net_on_lava(path, {"input": _spikes(12)})

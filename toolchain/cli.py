@@ -283,38 +283,43 @@ def cmd_demo(args) -> int:
     from simulators.network import ChipSimulator
     from toolchain.verify import format_ladder, steps_on_lava
 
+    say = (lambda text: None) if args.json else print  # with --json, one object at the end instead
     loaded = load_model(SHIPPED_CHECKPOINT)
     cfg = loaded.model_config
-    print(f"shipped model: {cfg.kind} U-Net ch={cfg.ch} ch_mult={list(cfg.ch_mult)} T={cfg.snn_steps} "
-          f"trained {loaded.step} steps on {loaded.train_config.dataset if loaded.train_config else '?'}")
+    say(f"shipped model: {cfg.kind} U-Net ch={cfg.ch} ch_mult={list(cfg.ch_mult)} T={cfg.snn_steps} "
+        f"trained {loaded.step} steps on {loaded.train_config.dataset if loaded.train_config else '?'}")
     started = time.time()
     model = model_denoiser(loaded.model)
     # DDPM with x0 clipped (Ho et al.'s clip_denoised): the small model's deterministic DDIM chains drift off the
     # data range late, where ancestral sampling with clipped x0 predictions gives clean digits (README, FID table)
     images = generate(model, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, args.num_images,
                       SamplerConfig(sampler="ddpm", clip_x0=True))
-    path = save_grid(images, os.path.join(args.out, "grid.png"))
-    print(f"sampled {args.num_images} images (DDPM, 1000 steps, x0 clipped) in {time.time() - started:.1f} s -> {path}")
+    grid = save_grid(images, os.path.join(args.out, "grid.png"))
+    say(f"sampled {args.num_images} images (DDPM, 1000 steps, x0 clipped) in {time.time() - started:.1f} s -> {grid}")
 
     started = time.time()
     chip_path = os.path.join(args.out, "network.nir")
     net = compile_chip(loaded, chip_path, 1.0, DEMO_CALIBRATION)
-    print(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}")
-    print(format_network(net))
-    ladder, summary, path = verify_and_report(loaded, net, chip_path, args.out, **DEMO_LADDER,
-                                              title="SDDPM on Loihi 2: the shipped MNIST model")
-    print("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
+    say(f"\ncompiled for Loihi 2 in {time.time() - started:.1f} s -> {chip_path}\n" + format_network(net))
+    ladder, summary, report = verify_and_report(loaded, net, chip_path, args.out, **DEMO_LADDER,
+                                                title="SDDPM on Loihi 2: the shipped MNIST model")
+    say("\n" + format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {report}")
 
-    print("\ninterchange files, each read back and checked against its source:")
+    say("\ninterchange files, each read back and checked against its source:")
     check = FileCheck(DEMO_CALIBRATION, DEMO_CHECK_IMAGES)
     exported = [exporter(loaded, os.path.join(args.out, name), check)
                 for exporter, name in ((export_onnx_file, "denoiser.onnx"), (export_float_nir, "float.nir"))]
-    print("\n".join(line for report in exported for line in report.lines))
+    say("\n".join(line for r in exported for line in r.lines))
 
-    print("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
+    say("\none denoising step on Lava (CPU, fixed-point models) from the chip network's NIR file:")
     _, states = float_chain(loaded, 1.0, 1, DEMO_LADDER["seed"], DEMO_LADDER["ddim_steps"], 1)
-    deployed = steps_on_lava(net, ChipSimulator.from_file(chip_path), states, run_config("sim"))
-    print(format_deploy({**deployed, "nir_file": chip_path, "run_config": "sim"}))
+    deployed = {**steps_on_lava(net, ChipSimulator.from_file(chip_path), states, run_config("sim")),
+                "nir_file": chip_path, "run_config": "sim"}
+    say(format_deploy(deployed))
+    if args.json:
+        print(json.dumps({"checkpoint": SHIPPED_CHECKPOINT, "kind": cfg.kind, "step": loaded.step, "grid": grid,
+                          "chip_file": chip_path, "ladder": ladder.to_json(), "energy": summary, "report": report,
+                          "exports": [r.to_json() for r in exported], "lava": deployed}))
     return 0 if ladder.identical and all(r.ok for r in exported) and deployed["identical"] and deployed["counts_identical"] else 1
 
 

@@ -375,4 +375,5 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NIR file, compared spike for spike with the simulator.")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--num-images", type=int, default=16, help="images in the grid (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object of every result instead of the text")
     return parser
