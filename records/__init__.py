@@ -7,7 +7,7 @@ one package). Comparing two runs is `toolchain.verify.compare_runs`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -32,6 +32,11 @@ class ChipRun:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}: one of {', '.join(BACKENDS)}")
+
+    def to(self, device: str | torch.device) -> ChipRun:
+        """The same run with its tensors on `device` (a GPU backend's run, compared on the CPU)."""
+        return replace(self, spikes={name: s.to(device) for name, s in self.spikes.items()},
+                       readout=self.readout.to(device), eps=self.eps.to(device))
 
     def bool_spikes(self) -> dict[str, torch.Tensor]:
         """Spikes as bool tensors (converted on demand: a sampling chain needs only eps)."""

@@ -37,6 +37,7 @@ IF_DU, IF_DV = 4095, 0            # integrate-and-fire: u = a_in << 6 (no curren
 
 CONV_OUT_BITS = 24                # PyConvModelFixed wraps its output to 24 bits (signed_clamp)
 DENSE_WEIGHT_BITS = 8             # Dense weights are clipped to 8 bits magnitude (+ sign when mixed)
+GPU_EXACT_BOUND = 1 << 31          # below it a float64 GPU convolution rounds back to the integer (_exact_float_dtype)
 
 
 def wrap_signed(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -110,13 +111,21 @@ def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:
     """A float dtype in which conv2d / matmul with 0/1 inputs give exact integers, given the bound
     fan_in * max|w| on every partial sum (whatever the summation order)."""
     # float32 holds every integer up to 2^24 and is several times faster than float64 on CPU, where
-    # PyTorch's float32 conv2d and matmul are plain IEEE float32 by default. On CUDA, cuDNN convolutions
-    # use TF32 by default (weights rounded to 11 significant bits), so float64 there.
+    # PyTorch's float32 conv2d and matmul are plain IEEE float32 sums of products by default.
     if bound < 1 << 24 and device.type == "cpu":
         return torch.float32
-    if bound < 1 << 53:
+    if device.type == "cpu":
+        if bound < 1 << 53:
+            return torch.float64
+        raise SimulatorInputError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")
+    # On a GPU, cuDNN may use TF32 for float32 (operands cut to 11 significant bits) and may pick FFT or
+    # Winograd algorithms, which round. So float64 (TF32 never applies to it), and the caller's round() gives
+    # back the integer whenever the algorithm's error stays below 1/2: a float64 FFT or Winograd result is
+    # off by at most about n * 2^-53 * bound for n <= 2^16 terms, below 2^-6 for bound < 2^31.
+    if bound < GPU_EXACT_BOUND:
         return torch.float64
-    raise SimulatorInputError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")
+    raise SimulatorInputError(f"fan_in * max|weight| = {bound} >= 2^31: no convolution on {device.type} "
+                              f"is provably exact; run on the CPU")
 
 
 def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,

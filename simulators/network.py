@@ -18,7 +18,7 @@ This module must not import `sddpm` or `export`: it and the reference cannot sha
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ MODES = ("zero_delay", "delayed")
 CHANNELS_LAST = torch.channels_last
 
 
-def _zeros(*shape, dtype) -> torch.Tensor:
-    return torch.empty(*shape, dtype=dtype, memory_format=CHANNELS_LAST).zero_()
+def _zeros(*shape, dtype, device) -> torch.Tensor:
+    return torch.empty(*shape, dtype=dtype, device=device, memory_format=CHANNELS_LAST).zero_()
 
 
 class TimingError(SimulatorError, RuntimeError):
@@ -97,9 +97,14 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
 
 
 class ChipSimulator:
-    def __init__(self, populations, synapses, readout, host, snn_steps, diffusion_steps, meta):
-        self.populations: tuple[Population, ...] = populations
-        self.synapses: tuple[Synapse, ...] = synapses
+    def __init__(self, populations, synapses, readout, host, snn_steps, diffusion_steps, meta,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        on = self.device
+        self.populations: tuple[Population, ...] = tuple(replace(p, bias_mant=p.bias_mant.to(on)) for p in populations)
+        self.synapses: tuple[Synapse, ...] = tuple(replace(s, weight=s.weight.to(on)) for s in synapses)
+        # The host stages stay on the CPU, so that x_t's input current and eps are the same float32 results
+        # whatever device the chip part runs on (a GPU's float32 convolutions may round differently).
         self.readout = readout  # dict: shape, scale, depth, bias, temb
         self.host = host  # dict of float32 tensors + membrane_decay
         self.snn_steps = snn_steps
@@ -112,13 +117,15 @@ class ChipSimulator:
         # stay below 2^24: every partial sum is then an exact integer.
         self._float32 = {name: all(g.peak < WRAP_FREE_PEAK for g in groups) and sum(g.peak for g in groups) < 1 << 24
                          for name, groups in self._groups.items()}
-        self.exact_float32 = True  # False forces the int64 path of `conv_synapse` everywhere (tests compare both)
+        # False forces the int64 path of `conv_synapse` everywhere (tests compare both); on a GPU always, since
+        # float32 convolutions there may use TF32 or rounding algorithms (`fixed_point._exact_float_dtype`)
+        self.exact_float32 = self.device.type == "cpu"
 
     @classmethod
-    def from_file(cls, path: str) -> ChipSimulator:
-        """The network of a chip NIR file (`export.nir_chip.write_chip_nir`)."""
+    def from_file(cls, path: str, device: str | torch.device = "cpu") -> ChipSimulator:
+        """The network of a chip NIR file (`export.nir_chip.write_chip_nir`), its tensors on `device`."""
         f = read_chip_file(path)
-        sim = cls(f.populations, f.synapses, f.readout, f.host, f.snn_steps, f.diffusion_steps, f.meta)
+        sim = cls(f.populations, f.synapses, f.readout, f.host, f.snn_steps, f.diffusion_steps, f.meta, device)
         try:
             sim._check()
         except ChipFileError as err:
@@ -142,16 +149,17 @@ class ChipSimulator:
 
     def host_input(self, x: torch.Tensor) -> torch.Tensor:
         """a-units of the first population: round half to even of float32 conv(x_t) / scale, saturated."""
-        current = F.conv2d(x.float(), self.host["head_weight"], self.host["head_bias"], padding=1)
+        current = F.conv2d(x.to("cpu", torch.float32), self.host["head_weight"], self.host["head_bias"], padding=1)
         limit = self.meta["host_input_max"]
-        return torch.round(current / np.float32(self.populations[0].scale)).clamp(-limit, limit).long()
+        a = torch.round(current / np.float32(self.populations[0].scale)).clamp(-limit, limit).long()
+        return a.to(self.device)
 
     def eps_from_readout(self, a_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r, p = self.readout, self.host
         bias = r["bias"][None, :].expand(t.shape[0], -1)
         if r["temb"] is not None:
             bias = bias + r["temb"][t]
-        h = a_out.float() * np.float32(r["scale"]) + bias[None, :, :, None, None]
+        h = a_out.cpu().float() * np.float32(r["scale"]) + bias[None, :, :, None, None]
         steps, batch = h.shape[:2]
         x = h.flatten(0, 1)
         x = F.silu(x * p["tail_bn_scale"][:, None, None] + p["tail_bn_shift"][:, None, None])
@@ -166,7 +174,7 @@ class ChipSimulator:
 
     def _bias(self, p: Population, t: torch.Tensor) -> torch.Tensor:
         rows = t if p.bias_mant.shape[0] > 1 else torch.zeros_like(t)
-        return scale_bias(p.bias_mant[rows], p.bias_exp)[:, :, None, None]  # v-units [B, C, 1, 1]
+        return scale_bias(p.bias_mant[rows.to(self.device)], p.bias_exp)[:, :, None, None]  # v-units [B, C, 1, 1]
 
     def _sum(self, target: str, shape, batch: int, spikes_of, skip_silent: bool = False) -> torch.Tensor:
         """Sum of the synapses into `target` for a batch of `batch` rows; spikes_of(synapse) gives the
@@ -178,7 +186,7 @@ class ChipSimulator:
             spikes = [spikes_of(syn) for syn in group.synapses]
             if skip_silent and all(s is None or not s.any() for s in spikes):  # no spike, no current
                 continue
-            spikes = [_zeros(batch, *self._shape[syn.source], dtype=torch.int32)
+            spikes = [_zeros(batch, *self._shape[syn.source], dtype=torch.int32, device=self.device)
                       if s is None else s for s, syn in zip(spikes, group.synapses)]
             out = group.current(spikes, fast)
             first = group.synapses[0]
@@ -186,13 +194,14 @@ class ChipSimulator:
                 a = out  # the first group covering every channel: no zeros to add it to
                 continue
             if a is None:
-                a = _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64)
+                a = _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64, device=self.device)
             a[:, first.out_offset:first.out_offset + out.shape[1]] += out
-        return _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64) if a is None else a
+        return _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64, device=self.device) if a is None else a
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> ChipRun:
-        """One forward pass on x_t [B, C, H, W] at diffusion steps t [B]."""
+        """One forward pass on x_t [B, C, H, W] at diffusion steps t [B]. The chip's spikes and output currents
+        are on the simulator's device (`ChipRun.to` moves them), eps (the host's) on the CPU."""
         if mode not in MODES:
             raise SimulatorInputError(f"mode must be one of {MODES}, got {mode!r}")
         cfg = self.meta["model_config"]
@@ -220,8 +229,9 @@ class ChipSimulator:
                 a_seq = self._sum(p.name, p.shape, steps * batch, lambda syn: spikes[syn.source])
                 a_seq = a_seq.view(steps, batch, *p.shape)
             bias = self._bias(p, t)
-            v = _zeros(batch, *p.shape, dtype=torch.int32)
-            out = torch.empty(steps * batch, *p.shape, dtype=torch.float32, memory_format=CHANNELS_LAST)
+            v = _zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
+            out = torch.empty(steps * batch, *p.shape, dtype=torch.float32, device=self.device,
+                              memory_format=CHANNELS_LAST)
             out = out.view(steps, batch, *p.shape)
             for step in range(steps):
                 v, out[step] = if_step(v, a_seq[step], vth=p.vth, bias=bias)
@@ -233,10 +243,9 @@ class ChipSimulator:
     def _delayed(self, a_host, t):
         batch, steps = a_host.shape[0], self.snn_steps
         chip_steps = self.readout["depth"] + steps
-        v = {p.name: _zeros(batch, *p.shape, dtype=torch.int32)
-             for p in self.populations}
+        v = {p.name: _zeros(batch, *p.shape, dtype=torch.int32, device=self.device) for p in self.populations}
         bias = {p.name: self._bias(p, t) for p in self.populations}
-        zero_bias = torch.zeros(1, dtype=torch.int32)
+        zero_bias = torch.zeros(1, dtype=torch.int32, device=self.device)
         history: dict[str, list] = {p.name: [] for p in self.populations}  # spikes of every chip step so far
         readout = []
         for tau in range(chip_steps):
@@ -265,4 +274,4 @@ class ChipSimulator:
 
     def denoiser(self, mode: str = "zero_delay"):
         """eps = f(x_t, t) for the samplers of `sddpm.samplers`."""
-        return lambda x, t: self.run(x, t, mode).eps.to(x.dtype)
+        return lambda x, t: self.run(x, t, mode).eps.to(x.device, x.dtype)

@@ -224,6 +224,10 @@ def test_reference_and_both_simulator_modes_agree_bit_for_bit(chip):
         assert torch.equal(out.eps, ref.eps), f"{mode}: eps"
     # the delayed run (the last one) takes Lava's time: the readout's window of T steps starts at its depth
     assert out.chip_steps == net.readout.depth + net.snn_steps
+    # the arithmetic a GPU run takes (no float32 group sums: every synapse through conv_synapse, int64 sums)
+    sim.exact_float32 = False
+    for mode in ("zero_delay", "delayed"):
+        assert compare_runs(ref, sim.run(x, t, mode), t=int(t[0])) is None, mode
 
 
 def test_a_changed_weight_is_found_at_its_target_population(chip, tmp_path):

@@ -12,6 +12,7 @@ from torch import nn
 
 from chip_helpers import digits_batches, firing_tiny_model
 from export.compiler import compile_model
+from export.errors import ExportInputError
 from export.graph import Expr, FloatGraph, FloatPopulation, Term, UnsupportedModelError, extract_graph, run_float
 from export.host import ChipOverflowWarning, HostStages
 from export.quantize import Calibration, calibrate, quantize, quantize_weight
@@ -222,6 +223,11 @@ def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exac
     for weights, dtype in (([2 ** 23, 2 ** 23], torch.float32), ([2 ** 23, 2 ** 23 + 1], torch.float64),
                            ([-2 ** 23, 2 ** 23 + 1], torch.float64)):  # the bound is on |w|, whatever the signs
         w = np.array(weights, dtype=np.int64).reshape(1, 2, 1, 1)
-        assert _conv_dtype(w) == dtype, weights
+        assert _conv_dtype(w, torch.device("cpu")) == dtype, weights
         got = _apply(syn, ones, torch.from_numpy(w.astype(np.float64)).to(dtype))
         assert int(got) == sum(weights), weights
+        # on a GPU always float64 (cuDNN's TF32 and FFT/Winograd algorithms round float32), rounded back
+        assert _conv_dtype(w, torch.device("cuda")) == torch.float64, weights
+    # ... and refused from 2^31 on, where float64's error bound no longer stays below 1/2 (2^30 + 2^30 = 2^31)
+    with pytest.raises(ExportInputError, match=r"sum \|W\| = 2147483648 >= 2\^31"):
+        _conv_dtype(np.array([2 ** 30, -2 ** 30]).reshape(1, 2, 1, 1), torch.device("cuda"))

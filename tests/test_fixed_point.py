@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from simulators import fixed_point
+from simulators.errors import SimulatorInputError
 from simulators.fixed_point import (IF_DU, IF_DV, conv_synapse, dense_synapse, dense_weights, lif_step,
                                     scale_bias, wrap_signed)
 
@@ -203,3 +204,16 @@ def test_if_step_is_lif_step_with_du_4095_dv_0(scale):
         v32, s32 = fixed_point.if_step(v32, a, vth=vth, bias=bias)
         assert s32.dtype == torch.int32 and torch.equal(s, s32.bool())
         assert torch.equal(v, v32.long())
+
+
+def test_a_gpu_convolution_is_float64_and_refused_where_rounding_could_not_restore_the_integer():
+    # On the CPU float32 up to a bound of 2^24, float64 up to 2^53. On a GPU (cuDNN's TF32 and FFT/Winograd
+    # algorithms round float32) float64 at any bound, up to 2^31: there a float64 result's error,
+    # about n * 2^-53 * bound with n <= 2^16, stays below 2^-6, so rounding gives the integer back.
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert fixed_point._exact_float_dtype(2 ** 24 - 1, cpu) == torch.float32
+    assert fixed_point._exact_float_dtype(2 ** 24, cpu) == torch.float64
+    assert fixed_point._exact_float_dtype(1, gpu) == torch.float64
+    assert fixed_point._exact_float_dtype(2 ** 31 - 1, gpu) == torch.float64
+    with pytest.raises(SimulatorInputError, match=r"= 2147483648 >= 2\^31: no convolution on cuda"):
+        fixed_point._exact_float_dtype(2 ** 31, gpu)

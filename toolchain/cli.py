@@ -34,7 +34,7 @@ def _sample(args, count: int):
 
     # `sddpm fid` samples the float model; `sddpm sample` also the simulator or Lava
     backend = {} if args.command == "fid" else dict(backend=args.backend, calibration=calibration_of(args),
-                                                     sim_mode=args.sim_mode, out_dir=args.out)
+                                                     sim_mode=args.sim_mode, sim_device=args.device, out_dir=args.out)
     return sample_images(load_model(args.checkpoint, use_ema=not args.no_ema), count, sampler_config_of(args),
                          batch_size=args.batch_size, seed=args.seed, threshold_factor=args.threshold_factor, **backend)
 
@@ -210,12 +210,12 @@ def cmd_verify(args) -> int:
 
     loaded = load_model(args.checkpoint)
     net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
-    sim = ChipSimulator.from_file(args.chip_out)
+    sim = ChipSimulator.from_file(args.chip_out, args.device)
     model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
-    report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
+    report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json, device=args.device)
     if args.json:
         print(json.dumps({**report.to_json(), "chip_file": args.chip_out, "threshold_factor": args.threshold_factor,
-                          "batch_size": args.batch_size}))
+                          "batch_size": args.batch_size, "device": str(args.device)}))
     else:
         print(format_ladder(report))
     return 0 if report.identical else 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from sddpm.config import MODEL_KINDS, PRESETS, TrainConfig
 from toolchain.paths import SHIPPED_CHECKPOINT
@@ -78,6 +79,23 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
 
 
+def _device(text: str):
+    """A torch device the chip's integers can run on here; a GPU that torch cannot see is refused up front."""
+    import torch
+
+    device = torch.device(text) if re.fullmatch(r"cpu|cuda(:\d+)?", text) else None
+    if device is None or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: the simulator and the reference run on cpu or cuda[:N], "
+                                         f"and torch sees {torch.cuda.device_count()} CUDA devices here")
+    return device
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="where the simulator and the quantized reference run the chip's integers: cpu or cuda[:N]; "
+                        "exact on both, the host stages stay on the CPU (default: %(default)s)")
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument("--backend", choices=("float", "sim", "lava"), default="float",
@@ -86,6 +104,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                         "process graph kept up for the whole run (one image at a time) (default: %(default)s)")
     g.add_argument("--sim-mode", choices=("zero_delay", "delayed"), default="zero_delay",
                    help="simulator timing (default: %(default)s; both give identical results)")
+    _add_device(g)
     _add_calibration_args(p)
 
 
@@ -251,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delayed: Lava's timing; zero_delay: all populations see SNN step t together "
                         "(default: %(default)s)")
     _add_threshold_factor(p, "threshold factor of both networks")
+    _add_device(p)
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where the exported file is written")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)

@@ -59,9 +59,10 @@ def float_chain(loaded, threshold_factor: float, batch: int, seed: int, ddim_ste
 
 def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, backend: str = "float",
                   threshold_factor: float = 1.0, calibration: Calibration = Calibration(),
-                  sim_mode: str = "zero_delay", out_dir: str = "."):
+                  sim_mode: str = "zero_delay", sim_device="cpu", out_dir: str = "."):
     """`count` images of the loaded model with `sampler` (a `SamplerConfig`) on `backend` (float: PyTorch;
-    sim, lava: the model compiled to out_dir/network.nir and run there), and the distributed run's info."""
+    sim, lava: the model compiled to out_dir/network.nir and run there, the simulator's chip part on
+    `sim_device`), and the distributed run's info."""
     from sddpm.generate import generate, model_denoiser
     from sddpm.training import init_distributed
 
@@ -83,7 +84,7 @@ def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, ba
                 return run(graph.denoiser(), "cpu")
         from simulators.network import ChipSimulator
 
-        return run(ChipSimulator.from_file(chip_path).denoiser(sim_mode), "cpu")
+        return run(ChipSimulator.from_file(chip_path, sim_device).denoiser(sim_mode), "cpu")
     return run(model_denoiser(loaded.model.to(info.device), threshold_factor), info.device)
 
 
