@@ -114,6 +114,20 @@ def snntorch_conv(bias):
     return _snntorch(net, {"1": 1, "4": 4}, _input(2, 8, 8, seed=2), torch.zeros(1, 2, 8, 8))
 
 
+def snntorch_synaptic(bias):
+    torch.manual_seed(13)
+    # exported as CubaLIF: tau_syn = dt / (1 - alpha), tau_mem = dt / (1 - beta), w_in = tau_syn / dt, r = tau_mem / dt;
+    # reset_delay=False as for RLeaky: Synaptic's default also zeroes v a step late (test_snntorch_writes_v_reset_0...)
+    synaptic = snn.Synaptic(alpha=_per_neuron((16,), 0.8), beta=_per_neuron((16,), 0.9),
+                            threshold=_per_neuron((16,), 1.0), init_hidden=True, reset_mechanism="zero",
+                            reset_delay=False)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 16, bias=bias), synaptic, torch.nn.Linear(16, 6, bias=bias),
+                              _snn_leaky((6,), 0.8, output=True))
+    _weights(net, 0, 0.012, 0.02, 0.01)  # the current's memory multiplies the drive by 1 / (1 - alpha) = 5
+    _weights(net, 2, 0.12, 0.15, 0.05)
+    return _snntorch(net, {"1": 1, "3": 3}, _input(12, seed=3), torch.zeros(1, 12))
+
+
 def _norse(cell_net, names, x, disc):
     graph = norse.to_nir(cell_net, x[0, 0], dt=NORSE_DT)  # one sample without its batch: the Input's shape
     state = [None]
@@ -210,10 +224,11 @@ def _weights(net, index, mean, std, bias_std):
 
 
 CASES = {"snnTorch Leaky MLP": snntorch_leaky, "snnTorch RLeaky": snntorch_rleaky, "snnTorch conv": snntorch_conv,
+         "snnTorch Synaptic (CubaLIF)": snntorch_synaptic,
          "Norse LIFBox": norse_lif_box, "Norse LIF (CubaLIF)": norse_lif, "Norse IAF": norse_iaf,
          "Sinabs LIF": sinabs_lif, "Sinabs IAF conv": sinabs_iaf_conv}
 # A bias into a CubaLIF enters its decaying current, which Lava's bias (into v) cannot do: refused.
-NO_BIAS = {"Norse LIF (CubaLIF)"}
+NO_BIAS = {"Norse LIF (CubaLIF)", "snnTorch Synaptic (CubaLIF)"}
 
 
 
@@ -349,8 +364,8 @@ def test_the_integers_agree_with_the_library_above_the_8_bit_floor(case, bias, t
 
 
 @pytest.mark.lava
-@pytest.mark.parametrize("case, bias", _cases(with_bias_only=True) + [pytest.param("Norse LIF (CubaLIF)", False,
-                                                                                    id="Norse LIF (CubaLIF)-no-bias")])
+@pytest.mark.parametrize("case, bias", _cases(with_bias_only=True) + [pytest.param(c, False, id=f"{c}-no-bias")
+                                                                      for c in sorted(NO_BIAS)])
 def test_lava_runs_the_compiled_file_as_the_simulator_does(case, bias, tmp_path):
     from deploy.net_lava import run_net_on_lava
 
@@ -475,3 +490,29 @@ def test_cli_import_nir_reads_a_norse_file_with_norse_dt(tmp_path, capsys):
     assert "read such a file with norse_dt" in capsys.readouterr().err
     assert main(["import-nir", path, "--out", out, "--dt", str(NORSE_DT), "--norse-dt", str(NORSE_DT)]) == 0
     assert NetSimulator.from_file(out).run({"input": _input(12)[:5].long()})["1"].shape == (5, BATCH, 16)
+
+
+def test_snntorch_synaptic_writes_v_reset_0_and_only_its_undelayed_zero_reset_is_nirs():
+    # Synaptic (CubaLIF) as Leaky: the file says reset to 0 whatever the network did. "subtract", and "zero"
+    # with snnTorch's default reset_delay=True (v zeroed a step late, that step's input dropped), leave the
+    # library's spikes; "zero" with reset_delay=False is what runs as exported
+    def net(mechanism, delay):
+        torch.manual_seed(13)
+        synaptic = snn.Synaptic(alpha=_per_neuron((16,), 0.8), beta=_per_neuron((16,), 0.9),
+                                threshold=_per_neuron((16,), 1.0), init_hidden=True, reset_mechanism=mechanism,
+                                reset_delay=delay)
+        layers = torch.nn.Sequential(torch.nn.Linear(12, 16, bias=False), synaptic)  # a CubaLIF bias is refused
+        _weights(layers, 0, 0.012, 0.02, 0.0)
+        return layers
+    x, disc = _input(12, seed=3), Discretization(dt=SNNTORCH_DT)
+    agree = {}
+    for mechanism, delay in (("zero", False), ("zero", True), ("subtract", False)):
+        graph = export_to_nir(net(mechanism, delay), torch.zeros(1, 12), ignore_dims=[0])
+        assert np.all(graph.nodes["1"].v_reset == 0), (mechanism, delay)
+        layers = net(mechanism, delay)
+        library = _run_by_step(layers, x, {"1": layers[1]}, lambda out: out, lambda m, xt: m(xt))
+        padded, depth = _padded(x, library)
+        ours = _aligned(run_discrete(compile_foreign(graph, disc), {"input": padded}, disc), depth)
+        agree[mechanism, delay] = agreement(ours["1"], library["1"])
+    assert agree["zero", False] == 1.0
+    assert agree["zero", True] < 0.95 and agree["subtract", False] < 0.95
