@@ -129,6 +129,8 @@ def run_stage(argv: list[str], timeout_s: float, log: str) -> StageResult:
         detail = (f"RESULT {'identical' if report['identical'] else 'DIFFERS'} to the simulator, Lava "
                   f"{report['lava_seconds_per_step']:.0f} s per step (build {report['lava_build_seconds']:.0f} s), "
                   f"{report['lava_processes']} processes")
+    if lines and lines[-1].startswith("quantized reference vs simulator"):  # sddpm verify's ladder
+        detail = "RESULT " + ("identical" if lines[-1].endswith(" identical") else "DIFFERS: " + lines[-1])
     # ru_maxrss of a waited child is the largest of it and its reaped descendants (one Lava process, not their sum)
     return StageResult(seconds, usage.ru_maxrss / 1024, state, detail.removeprefix("RESULT "))
 
