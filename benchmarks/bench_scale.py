@@ -24,6 +24,7 @@ Every stage is a fresh subprocess, so its peak RSS (`os.wait4`'s ru_maxrss) is i
   export onnx        sddpm export --format onnx --check-images 4
   step b1, step b8   one denoising step (T SNN steps): the simulator (zero-delay) reading compile's file
                      against the float SpikingUNet, median of 3 after a warm-up, batch 1 and 8
+  sim memory         the simulator's peak RSS above its loaded file for one zero-delay step at batch 1, 2, 4, 8
   resources          export.resources.estimate of compile's file, and export.placement's chips and crossing
                      spikes (from one simulator run)
   deploy-lava        sddpm deploy --backend lava --nir (compile's file) --steps 1 --json: one denoising step on
@@ -45,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 VENV_BIN = os.path.dirname(sys.executable)
 STAGES = ("compile", "verify-delayed", "verify-zero", "energy", "report", "export-nir", "export-onnx",
-          "step-b1", "step-b8", "resources", "deploy-lava")
+          "step-b1", "step-b8", "sim-memory", "resources", "deploy-lava")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +222,31 @@ def inner_step(ckpt: str, chip: str, batch: int) -> str:
             f"sim {chip_macs / 1e9:.2f} G ({chip_macs / float_macs:.1f}x)")
 
 
+def inner_sim_memory(ckpt: str, chip: str, batches=(1, 2, 4, 8)) -> str:
+    """The simulator's peak RSS above the loaded file for one zero-delay denoising step at growing batch sizes
+    (in increasing order, so each run's peak is the new high-water mark): linear in the batch if the
+    increments per image stay flat."""
+    import resource
+
+    import torch
+
+    from simulators.network import ChipSimulator
+
+    torch.set_num_threads(1)
+    sim = ChipSimulator.from_file(chip)
+    cfg = sim.meta["model_config"]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peaks = []
+    for batch in batches:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, cfg["img_ch"], cfg["img_size"], cfg["img_size"], generator=gen)
+        sim.run(x, torch.full((batch,), 500), "zero_delay")
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+    per_image = "/".join(f"{p / b:.0f}" for p, b in zip(peaks, batches))
+    return (f"above the loaded file ({base:.0f} MB) at batch {'/'.join(map(str, batches))}: "
+            f"{'/'.join(f'{p:.0f}' for p in peaks)} MB, per image {per_image} MB")
+
+
 def inner_resources(chip: str) -> str:
     """The resource estimate and the greedy placement, its crossing spikes from one simulator run (batch 1,
     noise at t = 500)."""
@@ -259,12 +285,13 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help="which stages (default: all)")
     parser.add_argument("--timeout-min", type=float, default=15.0, help="per stage (default: %(default)s)")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "scale"), help="checkpoints, files and logs")
-    parser.add_argument("--inner", choices=("step-b1", "step-b8", "resources"), help=argparse.SUPPRESS)
+    parser.add_argument("--inner", choices=("step-b1", "step-b8", "sim-memory", "resources"), help=argparse.SUPPRESS)
     parser.add_argument("--inner-args", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         ckpt, chip = args.inner_args
-        detail = inner_resources(chip) if args.inner == "resources" else inner_step(ckpt, chip, int(args.inner[6:]))
+        detail = inner_resources(chip) if args.inner == "resources" else inner_sim_memory(ckpt, chip) \
+            if args.inner == "sim-memory" else inner_step(ckpt, chip, int(args.inner[6:]))
         print("RESULT " + detail)
         return
 
