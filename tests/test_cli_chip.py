@@ -71,12 +71,12 @@ def test_export_nir_float_writes_the_float_network_and_checks_the_round_trip(che
 def test_export_nir_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
     read = ChipSimulator.from_file
 
-    def read_a_tampered_file(path):
+    def read_a_tampered_file(path, device="cpu"):
         with h5py.File(path, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]
         seal(path)  # as a compiler with a bug would write it
-        return read(path)
+        return read(path, device)
 
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
     out = str(tmp_path / "net.nir")
@@ -103,13 +103,13 @@ def test_verify_reports_identical_runs_as_json(checkpoint, tmp_path, capsys):
 def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
     read = ChipSimulator.from_file
 
-    def read_a_tampered_file(path):
+    def read_a_tampered_file(path, device="cpu"):
         with h5py.File(path, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]  # mantissas lie within +-127, so negating never wraps
         seal(path)  # as a compiler with a bug would write it
         found.append(next(b for a, b in nir.read(path).edges if a == "syn0000"))
-        return read(path)
+        return read(path, device)
 
     found = []
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_file))
@@ -144,14 +144,15 @@ def test_deploy_exits_1_naming_the_first_spike_lava_and_the_simulator_disagree_o
     assert main(["compile", "--checkpoint", checkpoint, "--out", chip, *SMALL]) == 0
     read = ChipSimulator.from_file
 
-    def read_a_tampered_copy(path):  # the simulator reads a copy whose first synapse is reversed; Lava does not
+    def read_a_tampered_copy(path, device="cpu"):
+        # the simulator reads a copy whose first synapse is reversed; Lava does not
         copy = str(tmp_path / "tampered.nir")
         shutil.copyfile(path, copy)
         with h5py.File(copy, "r+") as h5:
             weight = h5["node/nodes/syn0000/weight"]
             weight[...] = -weight[...]
         seal(copy)  # as a compiler with a bug would write it
-        return read(copy)
+        return read(copy, device)
 
     monkeypatch.setattr(ChipSimulator, "from_file", staticmethod(read_a_tampered_copy))
     capsys.readouterr()
