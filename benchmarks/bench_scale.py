@@ -222,7 +222,7 @@ def inner_step(ckpt: str, chip: str, batch: int) -> str:
             f"sim {chip_macs / 1e9:.2f} G ({chip_macs / float_macs:.1f}x)")
 
 
-def inner_sim_memory(ckpt: str, chip: str, batches=(1, 2, 4, 8)) -> str:
+def inner_sim_memory(chip: str, batches=(1, 2, 4, 8)) -> str:
     """The simulator's peak RSS above the loaded file for one zero-delay denoising step at growing batch sizes
     (in increasing order, so each run's peak is the new high-water mark): linear in the batch if the
     increments per image stay flat."""
@@ -290,8 +290,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.inner:
         ckpt, chip = args.inner_args
-        detail = inner_resources(chip) if args.inner == "resources" else inner_sim_memory(ckpt, chip) \
-            if args.inner == "sim-memory" else inner_step(ckpt, chip, int(args.inner[6:]))
+        if args.inner == "resources":
+            detail = inner_resources(chip)
+        elif args.inner == "sim-memory":
+            detail = inner_sim_memory(chip)
+        else:
+            detail = inner_step(ckpt, chip, int(args.inner[6:]))
         print("RESULT " + detail)
         return
 

@@ -165,6 +165,7 @@ def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, p
         new[name] = _with_metadata(node, md)
     return new, biases
 
+
 def _silent(checked: CheckedGraph, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray], nodes) -> list[str]:
     """Neuron nodes that can never spike, whatever the input: their voltage has an upper bound at or below
     the threshold. Every source fires at most once per step, so a neuron's input a (a-units) is at most

@@ -41,7 +41,7 @@ def _conv_dtype(weight: np.ndarray, device: torch.device) -> torch.dtype:
     if device.type != "cpu":
         if bound >= GPU_ROUNDED_INTEGERS:
             raise ExportInputError(f"a synapse's sum |W| = {bound} >= 2^31: no GPU convolution is provably exact; "
-                             f"run the reference on the CPU")
+                                   f"run the reference on the CPU")
         return torch.float64
     return torch.float32 if bound <= FLOAT32_INTEGERS else torch.float64
 

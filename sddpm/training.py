@@ -192,6 +192,7 @@ def _check_configs(model_cfg: ModelConfig, train_cfg: TrainConfig, info: DistInf
                           f"expects {model_cfg.img_ch}x{model_cfg.img_size}x{model_cfg.img_size}")
     return channels, size
 
+
 def _noise_generator(seed: int, step: int, info: DistInfo) -> torch.Generator:
     """The generator of the diffusion steps and noise of one step on one rank, a function of (seed, step, rank)
     alone: a resumed run draws exactly what the uninterrupted run drew, with no generator state to save."""

@@ -112,9 +112,9 @@ def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:
     fan_in * max|w| on every partial sum (whatever the summation order)."""
     # float32 holds every integer up to 2^24 and is several times faster than float64 on CPU, where
     # PyTorch's float32 conv2d and matmul are plain IEEE float32 sums of products by default.
-    if bound < 1 << 24 and device.type == "cpu":
-        return torch.float32
     if device.type == "cpu":
+        if bound < 1 << 24:
+            return torch.float32
         if bound < 1 << 53:
             return torch.float64
         raise SimulatorInputError(f"fan_in * max|weight| = {bound} >= 2^53: no exact float dtype")

@@ -212,7 +212,7 @@ def cmd_verify(args) -> int:
     net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
     sim = ChipSimulator.from_file(args.chip_out, args.device)
     model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
-    report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json, device=args.device)
+    report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
     if args.json:
         print(json.dumps({**report.to_json(), "chip_file": args.chip_out, "threshold_factor": args.threshold_factor,
                           "batch_size": args.batch_size, "device": str(args.device)}))

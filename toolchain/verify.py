@@ -164,15 +164,14 @@ def chain_states(model: nn.Module, schedule: NoiseSchedule, x_T: torch.Tensor, d
 
 
 def run_ladder(model: nn.Module, net: ChipNetwork, sim: ChipSimulator, states, mode: str = "delayed",
-               progress: bool = True, on_run: Callable | None = None, device="cpu") -> LadderReport:
+               progress: bool = True, on_run: Callable | None = None) -> LadderReport:
     """`on_run(out)`, if given, receives every simulator run: counting its spikes needs no second run.
-    `device`: where the reference runs the chip's integers (the simulator runs on its own); both compare on
-    the CPU."""
+    The reference runs the chip's integers on the simulator's device; both runs are compared on the CPU."""
     report = LadderReport(backend="sim", mode=mode)
     order = [p.name for p in net.populations]
     for x, t in tqdm(states, desc=f"verify ({mode})", disable=not progress):
         eps_f, spikes_f = float_spikes(model, x, t)
-        ref = run_reference(net, x, t, device)
+        ref = run_reference(net, x, t, sim.device)
         out = sim.run(x, t, mode).to("cpu")
         if on_run is not None:
             on_run(out)
