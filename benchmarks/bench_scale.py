@@ -4,6 +4,7 @@ Run on demand, never as a test:
 
     .venv/bin/python benchmarks/bench_scale.py --ch 16,32            # mnist layout at ch 16 and 32
     .venv/bin/python benchmarks/bench_scale.py --ch 64,128 --cifar10 --timeout-min 15
+    .venv/bin/python benchmarks/bench_scale.py --ch 128 --stages compile,verify-zero --repeat 3  # the targets
 
 Models: the `mnist` preset's layout (1x32x32 images, ch_mult 1,2,2,2, 2 res blocks, T 4) at each --ch, and
 with --cifar10 the `cifar10` preset (ch 128, ch_mult 1,2,2,4). Weights are random (seeded PyTorch init, BN
@@ -38,6 +39,7 @@ import json
 import os
 import pickle
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -278,11 +280,22 @@ def fmt(result: StageResult) -> str:
     return cell if result.status == "ok" else f"{result.status} ({cell})"
 
 
+def repeated(runs: list[StageResult]) -> str:
+    """One cell for --repeat runs of a stage: the median time with its range, the largest peak RSS."""
+    if len(runs) == 1 or any(r.status != "ok" for r in runs):
+        return "; ".join(fmt(r) for r in runs)
+    seconds = sorted(r.seconds for r in runs)
+    return (f"{statistics.median(seconds):.0f} s (median of {len(runs)}, {seconds[0]:.0f}-{seconds[-1]:.0f}), "
+            f"{max(r.peak_mb for r in runs) / 1024:.1f} GB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ch", default="16,32,64,128", help="widths of the mnist layout (default: %(default)s)")
     parser.add_argument("--cifar10", action="store_true", help="also the cifar10 preset (ch 128, ch_mult 1,2,2,4)")
     parser.add_argument("--stages", default=",".join(STAGES), help="which stages (default: all)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each subprocess stage; the cell gives their median (default: %(default)s)")
     parser.add_argument("--timeout-min", type=float, default=15.0, help="per stage (default: %(default)s)")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "scale"), help="checkpoints, files and logs")
     parser.add_argument("--inner", choices=("step-b1", "step-b8", "sim-memory", "resources"), help=argparse.SUPPRESS)
@@ -314,9 +327,10 @@ def main() -> None:
             ["--dataset", "cifar10", "--data-root", write_cifar10_standin(folder)]
         rows["parameters"].append(f"{params / 1e6:.1f} M")
         for stage in stages:
-            result = run_stage(stage_argv(stage, ckpt, folder, calib), args.timeout_min * 60,
-                               os.path.join(folder, f"{stage}.log"))
-            cell = fmt(result) + (f": {result.detail}" if result.detail else "")
+            runs = [run_stage(stage_argv(stage, ckpt, folder, calib), args.timeout_min * 60,
+                              os.path.join(folder, f"{stage}.log")) for _ in range(args.repeat)]
+            details = sorted({r.detail for r in runs if r.detail})
+            cell = repeated(runs) + (f": {' / '.join(details)}" if details else "")
             rows[stage].append(cell)
             print(f"{model.name} {stage}: {cell}", file=sys.stderr, flush=True)
         chip = os.path.join(folder, "network.nir")

@@ -32,7 +32,7 @@ from records import ChipRun
 from deploy.chip_lava import lava_run, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError
 from deploy.layout import lava_shape
-from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph,
+from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph, frozen_heap,
                               raise_open_file_limit)
 
 
@@ -92,7 +92,9 @@ class ChainGraph:
         started = time.perf_counter()
         self._state = "failed"  # until the runtime is up: a failure half-way still tears it down
         try:
-            self.current.create_runtime(run_cfg=self.run_cfg, compile_config={"pypy_channel_size": CHANNEL_SLOTS})
+            with frozen_heap():  # the fork of every process happens here
+                self.current.create_runtime(run_cfg=self.run_cfg,
+                                            compile_config={"pypy_channel_size": CHANNEL_SLOTS})
         except BaseException:
             self.close()
             raise
