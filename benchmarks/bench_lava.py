@@ -6,7 +6,7 @@ Run on demand, never as a test:
     .venv/bin/python benchmarks/bench_lava.py --steps 5
 
 For each denoising step (x_t of a float DDIM chain, one image: Lava has no batch dimension):
-  lava build   constructing the process graph (Conv, Sparse, LIFReset, delay lines, sinks)
+  lava build   constructing the process graph (Conv, SpikeUpsample, LIFReset, delay lines, sinks)
   lava run     Lava's compile, fork, the chip steps of one forward pass and stop (Loihi2SimCfg fixed_pt)
   lava PSS     peak proportional set size of the Lava child processes (shared pages counted fairly),
                sampled every 0.2 s from /proc/<pid>/smaps_rollup

@@ -7,7 +7,7 @@ Run on demand, never as a test:
     .venv/bin/python benchmarks/bench_lava_breakdown.py --steps 5
 
 Lava forks one OS process per process of the graph. Before the fork, every process model's `run_spk` (the
-model's work in one chip step: a LIF update, a Conv's convolution, a Sparse matrix product, our host feeds and
+model's work in one chip step: a LIF update, a Conv's convolution, a spike up-sampling, our host feeds and
 sinks) is wrapped in a timer of the CPU time of its own thread; each child writes its totals to a file once
 per denoising step. Beside that, /proc gives every child's whole CPU time (user + system) over the same
 steps. The difference is what Lava's runtime spends outside the models: the phase handshakes with the
@@ -61,7 +61,6 @@ def instrument(directory: str, period: int) -> None:
     """Wrap the run_spk of every process model class that defines one (inherited by the fork)."""
     import lava.proc.conv.models  # noqa: F401  (the models the graph uses, so that their classes exist)
     import lava.proc.lif.models  # noqa: F401
-    import lava.proc.sparse.models  # noqa: F401
     from lava.magma.core.model.py.model import AbstractPyProcessModel
 
     import deploy.processes  # noqa: F401

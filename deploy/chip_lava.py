@@ -12,10 +12,10 @@ Mapping (research/lava.md for every fixed-point rule quoted here):
 - Synapse without up-sampling -> `Conv` holding the integer weights mant << exp (Lava's Conv ignores
   weight_exp, lava#803), zero-padded over the target's channels; a true convolution on (W, H, C), so the
   PyTorch kernel is flipped and transposed. Its output wraps at 24 bits, as the simulator models.
-- Up-sampling synapse (nearest x u, then the conv) -> u * u `Sparse` matrices, one per residue class of
-  the kernel taps modulo u: taps of one class never meet the same source neuron, so every matrix entry
-  is one 8-bit mantissa. Lava's Dense/Sparse truncate mixed-sign weights to even values, so each holds
-  2 * mant with weight_exp = exp - 1, a floor shift of an even sum: exact.
+- Up-sampling synapse (nearest x u, then the conv) -> the same `Conv` reading a `SpikeUpsample` of its
+  source (one per source and factor, shared), which repeats each spike u x u times in the same step: the
+  kernel is stored once. (Sparse matrices with an entry per target neuron and tap, the earlier mapping,
+  needed 25 bytes per entry across the forked processes: 14 GB at ch 64.)
 - A synapse of delay d > 1 adds a `DelayLine` of d - 1 steps (a hardware synaptic delay on Loihi 2).
 - The host's input current -> a `RingBuffer` wired straight to the first population's a_in (no delay),
   on for the first T steps. Spikes of every population and the readout's currents -> `FileSink`s,
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 import torch
-from scipy import sparse
+from lava.magma.core.process.ports.ports import OutPort
 
 from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.host import host_input_current, readout_to_eps
@@ -38,7 +38,7 @@ from records import ChipRun
 
 from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
-from deploy.processes import DelayLine, FileSink, read_record, run_to_end
+from deploy.processes import DelayLine, FileSink, SpikeUpsample, read_record, run_to_end
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
 
@@ -65,85 +65,49 @@ def to_lava(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
 
 
-def upsample_matrices(syn: ChipSynapse, source_shape, target_shape) -> list[sparse.csr_matrix]:
-    """The up-sampling synapse as u * u matrices [N_target, N_source] over Lava's flattened (W, H, C),
-    one per residue class (dy % u, dx % u) of the taps, each entry one mantissa."""
-    c_in, h_in, w_in = source_shape
-    c_t, h_out, w_out = target_shape
-    u, s, p = syn.upsample, syn.stride, syn.padding
-    c_slice, _, k, _ = syn.weight.shape
-    co, ci, ys, xs = np.meshgrid(np.arange(c_slice), np.arange(c_in), np.arange(h_out), np.arange(w_out),
-                                 indexing="ij")
-    matrices = []
-    for ry in range(u):
-        for rx in range(u):
-            rows, cols, vals = [], [], []
-            for dy in range(ry, k, u):
-                for dx in range(rx, k, u):
-                    uy, ux = ys * s + dy - p, xs * s + dx - p  # in the up-sampled image
-                    ok = (uy >= 0) & (uy < u * h_in) & (ux >= 0) & (ux < u * w_in)
-                    sy, sx = uy[ok] // u, ux[ok] // u
-                    rows.append((xs[ok] * h_out + ys[ok]) * c_t + syn.out_offset + co[ok])
-                    cols.append((sx * h_in + sy) * c_in + ci[ok])
-                    vals.append(syn.weight[co[ok], ci[ok], dy, dx].astype(np.int64))
-            coo = sparse.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                    shape=(c_t * h_out * w_out, c_in * h_in * w_in))
-            csr = coo.tocsr()
-            if csr.nnz != coo.nnz:  # a sum of two mantissas could leave Lava's 8-bit range
-                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: taps of one residue class meet")
-            csr.eliminate_zeros()
-            matrices.append(csr)
-    return matrices
-
-
 def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
     """Every chip synapse between the populations' processes `lif` (and into `readout_port`), with the delay
     lines that balance its depths; returns the processes made."""
     shapes = {p.name: p.shape for p in net.populations}
     processes = []
+    upsampled: dict[tuple[str, int], OutPort] = {}  # (source, factor) -> its up-sampled spikes, shared
     for syn in net.synapses:
         target_shape = net.readout.shape if syn.target == READOUT else shapes[syn.target]
         target_port = readout_port if syn.target == READOUT else lif[syn.target].a_in
-        outs = _synapse(syn, lif[syn.source].s_out, shapes[syn.source], target_shape, processes)
+        source = lif[syn.source].s_out
+        if syn.upsample != 1:
+            if (syn.source, syn.upsample) not in upsampled:
+                relay = SpikeUpsample(shape=source.shape, factor=syn.upsample)
+                source.connect(relay.s_in)
+                processes.append(relay)
+                upsampled[syn.source, syn.upsample] = relay.s_out
+            source = upsampled[syn.source, syn.upsample]
+        out = _conv(syn, source, target_shape, processes)
         if syn.delay > 1:
             line = DelayLine(shape=lava_shape(target_shape), delay=syn.delay - 1)
             processes.append(line)
-            for out in outs:
-                out.connect(line.a_in)
-            outs = [line.a_out]
-        for out in outs:
-            out.connect(target_port)
+            out.connect(line.a_in)
+            out = line.a_out
+        out.connect(target_port)
     return processes
 
 
-def _synapse(syn: ChipSynapse, source, source_shape, target_shape, processes: list) -> list:
-    """The Lava synapse processes of one chip synapse from the OutPort `source`, appended to `processes`;
-    returns their output ports (target layout)."""
+def _conv(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> OutPort:
+    """The Lava Conv of one chip synapse reading `source` (the population's spikes, or their up-sampled copy),
+    appended to `processes`; returns its output port (target layout)."""
     from lava.proc.conv.process import Conv
-    from lava.proc.sparse.process import Sparse
 
-    lava_target = lava_shape(target_shape)
-    if syn.upsample == 1:
-        weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
-        weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
-        if np.abs(weight).max() >= 2 ** 31:
-            raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
-        conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape,
-                    padding=syn.padding, stride=syn.stride)
-        source.connect(conv.s_in)
-        processes.append(conv)
-        if conv.a_out.shape != lava_target:
-            raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
-                                 f"target is {lava_target}")
-        return [conv.a_out]
-    outs = []
-    for matrix in upsample_matrices(syn, source_shape, target_shape):
-        # 2 * mant with weight_exp - 1: Lava's mixed-sign truncation to even values loses nothing
-        proc = Sparse(weights=(matrix * 2).astype(np.int32), weight_exp=syn.weight_exp - 1)
-        source.flatten().connect(proc.s_in)
-        processes.append(proc)
-        outs.append(proc.a_out.reshape(lava_target))
-    return outs
+    weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.int64)
+    weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
+    if np.abs(weight).max() >= 2 ** 31:
+        raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
+    conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape, padding=syn.padding, stride=syn.stride)
+    source.connect(conv.s_in)
+    processes.append(conv)
+    if conv.a_out.shape != lava_shape(target_shape):
+        raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: Conv gives {conv.a_out.shape}, the "
+                             f"target is {lava_shape(target_shape)}")
+    return conv.a_out
 
 
 class ChipGraph:

@@ -3,6 +3,8 @@
 - `FileSink`: records what arrives at its port every step and writes the whole record to one .npy file
   at its last step. Lava's own sinks are read with `Var.get()`, which sends every element as its own
   message (research/lava.md section 8: 18.6 s for 688,128 values); one file read per run is the point.
+- `SpikeUpsample`: nearest up-sampling of a population's spikes without delay, for the Conv of an
+  up-sampling synapse (Lava's Conv has no up-sampling, its virtual ports cannot repeat values).
 - `DelayLine`: delays an integer current by `delay` steps. Conv and Sparse synapses delay by exactly one
   step; a longer path (a skip connection meeting a deep one) needs more. On Loihi 2 that is a synaptic
   delay in hardware (Lava's DelayDense, dense only, up to 62 steps); on the CPU it is this ring buffer,
@@ -133,6 +135,40 @@ class PyDelayLineModel(PyLoihiProcessModel):
         self.a_out.send(self.ring[self.head])  # what arrived `delay` steps ago
         self.ring[self.head] = self.a_in.recv()
         self.head = (self.head + 1) % len(self.ring)
+
+
+class SpikeUpsample(AbstractProcess):
+    """s_out[t] = s_in[t] repeated `factor` times along x and y (nearest up-sampling), in the same step.
+
+    It adds no delay: like a neuron, it receives and then sends within one step, so a Conv reading it
+    delivers one step after the population spiked, as a Conv reading the population does. One per up-sampled
+    source, shared by every synapse that reads it; the Conv behind it holds the kernel once, where one Sparse
+    matrix per tap class held an entry per (target neuron, tap), which outgrew memory at ch 64
+    (benchmarks/bench_lava_memory.py). On Loihi 2 this fan-out is axon routing, not a process."""
+
+    def __init__(self, shape: tuple[int, int, int], factor: int):
+        if factor < 2:
+            raise DeployInputError(f"a spike up-sampling repeats each spike at least twice per axis, got {factor}")
+        super().__init__(shape=shape, factor=factor)
+        self.s_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=(shape[0] * factor, shape[1] * factor, shape[2]))
+
+
+@implements(proc=SpikeUpsample, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikeUpsampleModel(PyLoihiProcessModel):
+    # the types of the bit-accurate LIF's s_out and of Conv's fixed-point s_in
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.factor = proc_params["factor"]
+
+    def run_spk(self):
+        spikes = self.s_in.recv()  # (W, H, C)
+        self.s_out.send(np.repeat(np.repeat(spikes, self.factor, axis=0), self.factor, axis=1))
 
 
 def abort_graph(runtime) -> None:

@@ -139,8 +139,9 @@ def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride: in
     each output position reads an input position through one tap at most, so the fan-out is the kernel clipped
     at the borders (and thinned by the stride): summed over spikes it equals the conv of the spike map with an
     all-ones kernel, summed (`tests/test_energy.py` checks both). With up-sampling, the u x u copies of a spike
-    reach some outputs through several taps; the chip holds that synapse as one matrix (a Lava Sparse process,
-    see simulators/network.py) whose single entry per (output, input) pair sums those taps: one SOP per pair.
+    reach some outputs through several taps; Loihi 2 holds that synapse as one sparse matrix whose single
+    entry per (output, input) pair sums those taps (export/resources.py counts it so): one SOP per pair. Lava's
+    CPU graph computes the same currents as a Conv of the up-sampled spikes (deploy/chip_lava.py).
     """
     c_out, _, k_h, k_w = weight_shape
     rows = reach(in_hw[0], k_h, stride, padding, upsample)

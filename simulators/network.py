@@ -10,9 +10,9 @@ what Lava's fixed-point models compute (`simulators.fixed_point`), batched over 
 - `zero_delay` mode runs SNN step t of every population together, in dependency order, the
   semantics of the quantized reference. Both modes must give the same spikes.
 
-Synapses without up-sampling are Lava `Conv` processes (their output wraps at 24 bits); synapses
-that up-sample are `Sparse` matrices on Lava (no wrap), computed here as the conv of the up-sampled
-spikes. The host stages (first conv, tail) run in float32 as the file describes them.
+Every synapse is a Lava `Conv` process (its output wraps at 24 bits); one that up-samples reads the
+up-sampled spikes of its source (deploy's `SpikeUpsample`), so here it is the conv of the up-sampled spikes,
+wrapped the same way. The host stages (first conv, tail) run in float32 as the file describes them.
 
 This module must not import `sddpm` or `export`: it and the reference cannot share a bug.
 """
@@ -72,12 +72,11 @@ class SynapseGroup:
         """
         first = self.synapses[0]
         s = spikes[0] if len(spikes) == 1 else torch.cat(spikes, dim=-3)
-        if first.upsample != 1:  # Lava Sparse: the conv of the up-sampled spikes, exact, no wrap
+        if first.upsample != 1:  # Lava's Conv reads the up-sampled spikes
             s = s.repeat_interleave(first.upsample, dim=-2).repeat_interleave(first.upsample, dim=-1)
         if exact_float32:
             return F.conv2d(s.float(), self.weight_f32, stride=first.stride, padding=first.padding)
-        # Lava Conv: exact conv, then the 24-bit wrap (the identity for a group, and for any Sparse
-        # synapse whose peak stays below 2^23, which the grouping rule checks)
+        # Lava Conv: exact conv, then the 24-bit wrap (the identity for a group)
         return conv_synapse(s, self.weight, stride=first.stride, padding=first.padding)
 
 
@@ -86,9 +85,6 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
     alone = []
     for syn in synapses:
         if syn.peak >= WRAP_FREE_PEAK:
-            if syn.upsample != 1:
-                raise ChipFileError(f"synapse {syn.source} -> {syn.target}: an up-sampling synapse whose output "
-                                    f"can reach 2^23 is outside what this simulator models")
             alone.append([syn])
             continue
         key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, tuple(syn.weight.shape[::2]))

@@ -1,5 +1,5 @@
-"""The chip network on Lava: one denoising step bit-exact with the simulator, the up-sampling synapses as
-Sparse matrices, `sddpm deploy`, and refusals before any Lava process starts."""
+"""The chip network on Lava: one denoising step bit-exact with the simulator, an up-sampling synapse as a
+Conv of up-sampled spikes, `sddpm deploy`, and refusals before any Lava process starts."""
 import dataclasses
 import multiprocessing
 import resource
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from chip_helpers import compiled_tiny
-from deploy.chip_lava import run_denoising_step, upsample_matrices
+from deploy.chip_lava import run_denoising_step
 from deploy.errors import DeployError
 from deploy.processes import TooManyProcessesError
 from export.chip import ChipFormatError
@@ -38,21 +38,36 @@ def test_one_denoising_step_on_lava_is_identical_to_the_simulator(chip):
     assert multiprocessing.active_children() == []
 
 
-def test_the_up_sampling_matrices_are_the_conv_of_the_up_sampled_spikes(chip):
+def test_an_up_sampling_synapse_on_lava_is_the_conv_of_the_up_sampled_spikes_one_step_later(chip, tmp_path):
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer
+
+    from deploy.chip_lava import _conv
+    from deploy.processes import FileSink, SpikeUpsample, read_record
+
     net, _, _ = chip
     syn = next(s for s in net.synapses if s.upsample != 1)
-    source = net.population(syn.source).shape
-    target = net.population(syn.target).shape
-    spikes = (torch.rand(source, generator=torch.Generator().manual_seed(0)) < 0.4).double()
-    up = spikes.repeat_interleave(syn.upsample, 1).repeat_interleave(syn.upsample, 2)
-    expected = torch.zeros(target, dtype=torch.float64)
-    expected[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = F.conv2d(
-        up[None], torch.from_numpy(syn.integer_weight()).double(), stride=syn.stride, padding=syn.padding)[0]
-    lava_in = spikes.permute(2, 1, 0).flatten().numpy()  # (C, H, W) -> Lava's (W, H, C), flattened C-order
-    matrices = upsample_matrices(syn, source, target)
-    assert len(matrices) == syn.upsample ** 2 and all(abs(m).max() <= 127 for m in matrices)
-    got = sum(m @ lava_in for m in matrices) * 2 ** syn.weight_exp
-    assert np.array_equal(got.reshape(target[2], target[1], target[0]).transpose(2, 1, 0), expected.numpy())
+    source, target = net.population(syn.source).shape, net.population(syn.target).shape
+    frames = (torch.rand(3, *source, generator=torch.Generator().manual_seed(0)) < 0.4).double()  # [3, C, H, W]
+    up = frames.repeat_interleave(syn.upsample, 2).repeat_interleave(syn.upsample, 3)
+    expected = torch.zeros(3, *target, dtype=torch.float64)
+    expected[:, syn.out_offset:syn.out_offset + syn.weight.shape[0]] = F.conv2d(
+        up, torch.from_numpy(syn.integer_weight()).double(), stride=syn.stride, padding=syn.padding)
+    # RingBuffer sends frame k at Lava step k + 1, the up-sampling passes it on in that step and the Conv
+    # delivers it one step later: the sink's row k + 1 holds frame k, row 0 nothing yet.
+    feed = RingBuffer(data=np.ascontiguousarray(frames.permute(3, 2, 1, 0).numpy().astype(np.int32)))
+    relay, processes = SpikeUpsample(shape=feed.s_out.shape, factor=syn.upsample), []
+    sink = FileSink((target[2], target[1], target[0]), 4, str(tmp_path / "out.npy"))
+    feed.s_out.connect(relay.s_in)
+    _conv(syn, relay.s_out, target, processes).connect(sink.a_in)
+    try:
+        feed.run(condition=RunSteps(num_steps=4), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    finally:
+        feed.stop()
+    got = np.transpose(read_record(sink), (0, 3, 2, 1))  # Lava's (W, H, C) back to (C, H, W)
+    assert not got[0].any()
+    assert np.array_equal(got[1:], expected.numpy())
 
 
 def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeypatch):

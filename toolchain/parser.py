@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="run denoising steps of a chip network on Lava and compare with the simulator",
                        description="Read the chip network's NIR file (compiled from --checkpoint unless --nir names "
-                                   "one), build it as a Lava process graph (LIF populations, Conv and Sparse "
-                                   "synapses, delay lines, file sinks) and run --steps denoising steps of a real DDIM "
-                                   "chain of one image with Lava's bit-accurate fixed-point models, host stages in "
-                                   "PyTorch. Every spike of every population and every output current is compared "
+                                   "one), build it as a Lava process graph (LIF populations, Conv synapses, spike "
+                                   "up-sampling, delay lines, file sinks) and run --steps denoising steps of a real "
+                                   "DDIM chain of one image with Lava's bit-accurate fixed-point models, host stages "
+                                   "in PyTorch. Every spike of every population and every output current is compared "
                                    "with the bit-accurate simulator reading the same file: identical, or the first "
                                    "(population, SNN step, index) that differs. Exit status 1 if not identical.")
     p.add_argument("--backend", choices=("lava",), default="lava", help="where to run (default: %(default)s)")
