@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import signal
 import statistics
 import subprocess
@@ -134,6 +135,10 @@ def run_stage(argv: list[str], timeout_s: float, log: str) -> StageResult:
                   f"{report['lava_processes']} processes")
     if lines and lines[-1].startswith("quantized reference vs simulator"):  # sddpm verify's ladder
         detail = "RESULT " + ("identical" if lines[-1].endswith(" identical") else "DIFFERS: " + lines[-1])
+        # the checking itself, after the compile: the elapsed time of verify's finished progress bar
+        bars = re.findall(r"verify \(\w+\): 100%.*?\[(\d+):(\d\d)<", "\n".join(lines).replace("\r", "\n"))
+        if bars:
+            detail += f", {int(bars[-1][0]) * 60 + int(bars[-1][1])} s of it checking"
     # ru_maxrss of a waited child is the largest of it and its reaped descendants (one Lava process, not their sum)
     return StageResult(seconds, usage.ru_maxrss / 1024, state, detail.removeprefix("RESULT "))
 

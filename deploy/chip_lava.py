@@ -38,7 +38,7 @@ from records import ChipRun
 
 from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
-from deploy.processes import DelayLine, FileSink, SpikeUpsample, read_record, run_to_end
+from deploy.processes import DelayLine, FileSink, SpikeUpsample, check_memory, read_record, run_to_end
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
 
@@ -63,6 +63,19 @@ def run_config(kind: str = "sim"):
 def to_lava(a: np.ndarray) -> np.ndarray:
     """(C, H, W) -> Lava's (W, H, C)."""
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def lava_process_count(net: ChipNetwork, host_processes: int = 1) -> int:
+    """The processes the graph of `net` will have, counted before building it: `host_processes` feeding it,
+    per population a LIF and a sink, the readout's sink, per synapse a Conv and a DelayLine where its delay
+    is above 1, and one SpikeUpsample per up-sampled source."""
+    relays = {(s.source, s.upsample) for s in net.synapses if s.upsample != 1}
+    lines = sum(1 for s in net.synapses if s.delay > 1)
+    return host_processes + 2 * len(net.populations) + 1 + len(net.synapses) + lines + len(relays)
+
+
+def neuron_count(net: ChipNetwork) -> int:
+    return sum(int(np.prod(p.shape)) for p in net.populations)
 
 
 def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
@@ -163,6 +176,7 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
         raise DeployInputError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
     if not 0 <= t < net.diffusion_steps:
         raise DeployInputError(f"t must lie in [0, {net.diffusion_steps}), got {t}")
+    check_memory(lava_process_count(net), neuron_count(net))
     a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:

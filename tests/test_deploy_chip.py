@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from chip_helpers import compiled_tiny
-from deploy.chip_lava import run_denoising_step
+from deploy import processes
+from deploy.chain_lava import ChainGraph
+from deploy.chip_lava import ChipGraph, lava_process_count, neuron_count, run_denoising_step
 from deploy.errors import DeployError
 from deploy.processes import TooManyProcessesError
 from export.chip import ChipFormatError
+from export.host import host_input_current
 from simulators.network import ChipSimulator
 from toolchain.verify import compare_runs
 
@@ -82,4 +85,23 @@ def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeyp
     monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 512))
     with pytest.raises(TooManyProcessesError, match=r"a Lava graph of \d+ processes needs about \d+ open files"):
         run_denoising_step(net, x[:1], int(t[0]))
+    monkeypatch.setattr(processes, "mem_available_mb", lambda: 100.0)
+    needed = processes.lava_memory_mb(lava_process_count(net), neuron_count(net)) / 1024
+    refusal = (rf"a Lava graph of {lava_process_count(net)} processes and {neuron_count(net) / 1e6:.2f} M neurons "
+               rf"needs about {needed:.1f} GB .*, and 0.1 GB are available")
+    with pytest.raises(processes.LavaMemoryError, match=refusal):
+        run_denoising_step(net, x[:1], int(t[0]))
+    with pytest.raises(processes.LavaMemoryError, match=refusal.replace(str(lava_process_count(net)),
+                                                                          str(lava_process_count(net) + 1))):
+        ChainGraph(net)  # its own host feed of the time-embedding rows is one process more
+    assert multiprocessing.active_children() == []
+
+
+def test_the_process_count_checked_before_building_is_the_graphs(chip, tmp_path):
+    net, _, (x, t) = chip
+    graph = ChipGraph(net, host_input_current(net, x[:1])[0].numpy().astype(np.int32), int(t[0]), str(tmp_path))
+    assert len(graph.processes) == lava_process_count(net)
+    chain = ChainGraph(net)  # built, not started: no process runs until its `with` block
+    assert len(chain.processes) == lava_process_count(net, host_processes=2)
+    chain.close()
     assert multiprocessing.active_children() == []

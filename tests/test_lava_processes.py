@@ -42,6 +42,15 @@ def test_the_open_file_limit_is_raised_or_the_graph_refused(monkeypatch):
         processes.raise_open_file_limit(500)
 
 
+def test_the_lava_memory_model_reproduces_the_graphs_it_was_fitted_to():
+    from deploy import processes
+
+    # benchmarks/bench_lava_memory.py, mnist layout, 374 processes: the tree's peak Pss above the parent's RSS
+    # before the fork was 4313 MB at ch 16 (416,768 neurons) and 4479 MB at ch 32 (833,536 neurons)
+    assert processes.lava_memory_mb(374, 416_768) == pytest.approx(4313, rel=0.02)
+    assert processes.lava_memory_mb(374, 833_536) == pytest.approx(4479, rel=0.02)
+
+
 def test_a_failing_run_names_the_silent_sink_and_leaves_no_lava_process(tmp_path):
     import multiprocessing
     import time
