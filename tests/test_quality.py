@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def test_a_row_samples_scores_and_draws_a_grid_once(tmp_path, tiny_row):
     (tmp_path / "samples" / "tiny-ddim2" / "samples.npz").unlink()
     assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []
     assert calls == ["sample", "fid", "fid", "fid"]
+
+
+def test_a_result_under_another_reference_count_is_scored_again_from_its_kept_images(tmp_path, tiny_row):
+    calls = []
+
+    def run(argv):
+        calls.append(argv[0])
+        return main(argv)
+
+    assert quality.run_rows([tiny_row], "samples", "results", "grids", run) == []
+    more = dataclasses.replace(tiny_row, ref_count=30)  # the protocol changed: 30 reference images, not 20
+    assert quality.run_rows([more], "samples", "results", "grids", run) == []
+    assert calls == ["sample", "fid", "fid"]
+    assert json.loads((tmp_path / "results" / "tiny-ddim2.json").read_text())["ref_count"] == 30
 
 
 def test_a_failing_command_fails_its_row_only(tiny_row):

@@ -165,8 +165,14 @@ def load_result(row: Row, results: str) -> dict | None:
         return json.load(f)
 
 
+def is_current(row: Row, result: dict | None) -> bool:
+    """A result counts only under the row's protocol: one scored against another reference count (the
+    1,000-image statistics before a change of REF_COUNT) is scored again, from its kept images."""
+    return result is not None and result.get("ref_count") == row.ref_count
+
+
 def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> list[Row]:
-    """Run every row without a result through `run(argv) -> exit status`; returns the rows that failed.
+    """Run every row without a current result through `run(argv) -> exit status`; returns the rows that failed.
 
     A row samples into `out`, keeps its images under `results`/samples, scores them and draws their grid;
     kept images are scored without sampling again."""
@@ -179,7 +185,8 @@ def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> lis
     from sddpm.images import save_grid
 
     failed = []
-    for row in tqdm([r for r in rows if load_result(r, results) is None], desc="quality rows", unit="row"):
+    for row in tqdm([r for r in rows if not is_current(r, load_result(r, results))], desc="quality rows",
+                    unit="row"):
         kept = kept_samples_path(row, results)
         started = time.time()
         if not os.path.isfile(kept):
