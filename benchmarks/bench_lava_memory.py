@@ -23,7 +23,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 VENV_BIN = os.path.dirname(sys.executable)
+
+from deploy.processes import mem_available_mb  # noqa: E402  (after the repository is on the path)
 
 
 def children_of() -> dict[int, list[int]]:
@@ -76,14 +79,6 @@ def sample(root: int) -> dict[str, float] | None:
             "child_private_mb": sum(private[p] for p in children) / 1024,
             "largest_child_private_mb": max((private[p] for p in children), default=0) / 1024,
             "largest_child_rss_mb": max((rows[p]["Rss"] for p in children), default=0) / 1024}
-
-
-def mem_available_mb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable")
 
 
 def measure(nir_file: str, interval: float, log: str, stop_below_mb: float) -> dict[str, float]:
