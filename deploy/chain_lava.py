@@ -29,7 +29,7 @@ from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, check_ranges
 from export.host import host_input_current
 from records import ChipRun
 
-from deploy.chip_lava import lava_process_count, lava_run, neuron_count, run_config, to_lava, wire_synapses
+from deploy.chip_lava import lava_run, neuron_count, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError
 from deploy.layout import lava_shape
 from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph, check_memory,
@@ -51,7 +51,6 @@ class ChainGraph:
         self.net, self.run_cfg = net, run_cfg if run_cfg is not None else run_config("sim")
         self.period, steps = net.steps_per_denoising_step, net.snn_steps
         self.timed = [p for p in net.populations if p.bias_mant.shape[0] > 1]  # time-embedding bias rows
-        check_memory(lava_process_count(net, host_processes=2 if self.timed else 1), neuron_count(net))
         offsets = np.cumsum([0] + [p.shape[0] for p in self.timed])
         self.row_offset = {p.name: int(o) for p, o in zip(self.timed, offsets)}
         first = net.populations[0]
@@ -89,6 +88,7 @@ class ChainGraph:
         return self.graph_seconds + self.start_seconds
 
     def __enter__(self) -> "ChainGraph":
+        check_memory(len(self.processes), neuron_count(self.net))
         self.note = raise_open_file_limit(len(self.processes))
         started = time.perf_counter()
         self._state = "failed"  # until the runtime is up: a failure half-way still tears it down

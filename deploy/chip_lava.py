@@ -65,15 +65,6 @@ def to_lava(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
 
 
-def lava_process_count(net: ChipNetwork, host_processes: int = 1) -> int:
-    """The processes the graph of `net` will have, counted before building it: `host_processes` feeding it,
-    per population a LIF and a sink, the readout's sink, per synapse a Conv and a DelayLine where its delay
-    is above 1, and one SpikeUpsample per up-sampled source."""
-    relays = {(s.source, s.upsample) for s in net.synapses if s.upsample != 1}
-    lines = sum(1 for s in net.synapses if s.delay > 1)
-    return host_processes + 2 * len(net.populations) + 1 + len(net.synapses) + lines + len(relays)
-
-
 def neuron_count(net: ChipNetwork) -> int:
     return sum(int(np.prod(p.shape)) for p in net.populations)
 
@@ -162,6 +153,7 @@ class ChipGraph:
     def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float, str | None]:
         """Run one forward pass; returns every sink's record [steps, C, H, W], the run's seconds and the note of
         the open-file limit."""
+        check_memory(len(self.processes), neuron_count(self.net))  # built, none started yet
         started = time.perf_counter()
         note = run_to_end(self.processes[0], self.steps, run_cfg, len(self.processes))
         seconds = time.perf_counter() - started
@@ -176,7 +168,6 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
         raise DeployInputError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
     if not 0 <= t < net.diffusion_steps:
         raise DeployInputError(f"t must lie in [0, {net.diffusion_steps}), got {t}")
-    check_memory(lava_process_count(net), neuron_count(net))
     a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:

@@ -3,6 +3,7 @@ Conv of up-sampled spikes, `sddpm deploy`, and refusals before any Lava process 
 import dataclasses
 import multiprocessing
 import resource
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from chip_helpers import compiled_tiny
 from deploy import processes
 from deploy.chain_lava import ChainGraph
-from deploy.chip_lava import ChipGraph, lava_process_count, neuron_count, run_denoising_step
+from deploy.chip_lava import ChipGraph, neuron_count, run_denoising_step
 from deploy.errors import DeployError
 from deploy.processes import TooManyProcessesError
 from export.chip import ChipFormatError
@@ -86,22 +87,20 @@ def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeyp
     with pytest.raises(TooManyProcessesError, match=r"a Lava graph of \d+ processes needs about \d+ open files"):
         run_denoising_step(net, x[:1], int(t[0]))
     monkeypatch.setattr(processes, "mem_available_mb", lambda: 100.0)
-    needed = processes.lava_memory_mb(lava_process_count(net), neuron_count(net)) / 1024
-    refusal = (rf"a Lava graph of {lava_process_count(net)} processes and {neuron_count(net) / 1e6:.2f} M neurons "
-               rf"needs about {needed:.1f} GB .*, and 0.1 GB are available")
-    with pytest.raises(processes.LavaMemoryError, match=refusal):
+    with tempfile.TemporaryDirectory() as sinks:
+        count = len(ChipGraph(net, host_input_current(net, x[:1])[0].numpy().astype(np.int32), int(t[0]),
+                              sinks).processes)
+    neurons = neuron_count(net)
+
+    def refusal(processes_: int) -> str:
+        return (rf"a Lava graph of {processes_} processes and {neurons / 1e6:.2f} M neurons needs about "
+                rf"{processes.lava_memory_mb(processes_, neurons) / 1024:.1f} GB .*, and 0.1 GB are available")
+
+    with pytest.raises(processes.LavaMemoryError, match=refusal(count)):
         run_denoising_step(net, x[:1], int(t[0]))
-    with pytest.raises(processes.LavaMemoryError, match=refusal.replace(str(lava_process_count(net)),
-                                                                          str(lava_process_count(net) + 1))):
-        ChainGraph(net)  # its own host feed of the time-embedding rows is one process more
-    assert multiprocessing.active_children() == []
-
-
-def test_the_process_count_checked_before_building_is_the_graphs(chip, tmp_path):
-    net, _, (x, t) = chip
-    graph = ChipGraph(net, host_input_current(net, x[:1])[0].numpy().astype(np.int32), int(t[0]), str(tmp_path))
-    assert len(graph.processes) == lava_process_count(net)
-    chain = ChainGraph(net)  # built, not started: no process runs until its `with` block
-    assert len(chain.processes) == lava_process_count(net, host_processes=2)
-    chain.close()
+    chain = ChainGraph(net)  # built, not started; its host feed of the time-embedding rows is one process more
+    assert len(chain.processes) == count + 1
+    with pytest.raises(processes.LavaMemoryError, match=refusal(count + 1)):
+        with chain:
+            pass
     assert multiprocessing.active_children() == []
