@@ -75,6 +75,7 @@ class Synapse:
     upsample: int
     out_offset: int
     delay: int
+    weight_exp: int  # weight >> weight_exp is the 8-bit mantissa (|m| <= WEIGHT_MANT_MAX)
 
     @property
     def peak(self) -> int:
@@ -368,4 +369,4 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
         raise ChipFileError(f"synapse {name!r}: a weight of {np.abs(w).max():.4g} a-units; one spike must stay "
                             f"below {SPIKE_LIMIT}")
     return Synapse(source, target, torch.from_numpy(mant.astype(np.int64)) << exp, int(stride[0]), int(padding[0]),
-                   upsample, offset, _int_field(name, md, "delay", 1))
+                   upsample, offset, _int_field(name, md, "delay", 1), exp)

@@ -4,7 +4,8 @@ Reproduced models (the ones `Loihi2SimCfg(select_tag="fixed_pt")` picks), with t
 ../shared/research/lava.md:
 - `lif_step`, `scale_bias`: `PyLifModelBitAcc` (sections 0, 1); `if_step`, its IF case in int32;
 - `dense_weights`, `dense_synapse`: `PyDenseModelBitAcc` (section 2.1);
-- `conv_synapse`: `PyConvModelFixed` (section 3).
+- `conv_synapse`: `PyConvModelFixed` (section 3); `conv_int8`, the same sums for spikes and 8-bit
+  mantissas as an int8 matmul with int32 sums, where `int8_matmul_is_exact` holds.
 Lava's one step of synaptic delay (a synapse sends the buffer computed in the previous step) is NOT
 modelled here: that is the network simulator's job (lava.md section 5).
 
@@ -14,6 +15,8 @@ conv spikes are [..., C_in, H, W], conv weights [C_out, C_in / groups, kH, kW] u
 cross-correlation (F.conv2d); dense spikes are [..., N_in] and weights [N_out, N_in].
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,8 @@ IF_DU, IF_DV = 4095, 0            # integrate-and-fire: u = a_in << 6 (no curren
 
 CONV_OUT_BITS = 24                # PyConvModelFixed wraps its output to 24 bits (signed_clamp)
 DENSE_WEIGHT_BITS = 8             # Dense weights are clipped to 8 bits magnitude (+ sign when mixed)
+INT8_MANT_MAX = 127               # conv_int8's operands: 0/1 spikes and mantissas of 8 signed bits
+INT32_SUM_BOUND = 1 << 31          # conv_int8's sums are int32: exact while every |sum| stays below
 GPU_EXACT_BOUND = 1 << 31          # below it a float64 GPU convolution rounds back to the integer (_exact_float_dtype)
 
 
@@ -148,6 +153,57 @@ def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, 
     # algorithm, should cuDNN pick one.
     y = wrap_signed(y.round().to(torch.int64), CONV_OUT_BITS)
     return y.reshape(*lead, *y.shape[-3:])
+
+
+@functools.cache
+def int8_matmul_is_exact() -> bool:
+    """Whether `torch._int_mm` on this CPU sums int8 products exactly in int32, probed on the worst case.
+
+    oneDNN computes it with AMX or VNNI dot products, which accumulate in int32 exactly. A CPU without VNNI
+    may pair products in saturating int16 sums (vpmaddubsw), which spikes on every input times mantissas
+    of -128 or 127 saturate at once; so those operands, and random ones, are checked against int64 sums.
+    """
+    gen = torch.Generator().manual_seed(0)
+    spikes = torch.cat([torch.ones(8, 1024), torch.randint(0, 2, (24, 1024), generator=gen)]).to(torch.int8)
+    mant = torch.cat([torch.full((1024, 1), -128), torch.full((1024, 1), INT8_MANT_MAX),
+                      torch.randint(-128, 128, (1024, 14), generator=gen)], dim=1).to(torch.int8)
+    try:
+        out = torch._int_mm(spikes, mant)
+    except (AttributeError, RuntimeError, NotImplementedError):  # a build or CPU without an int8 matmul
+        return False
+    return bool(torch.equal(out.long(), spikes.long() @ mant.long()))
+
+
+def int8_columns(mant: torch.Tensor) -> torch.Tensor:
+    """Mantissas [C_out, C_in, kH, kW] (|m| <= 127) as `conv_int8`'s int8 matrix [kH * kW * C_in, C_out]."""
+    if int(mant.abs().max()) > INT8_MANT_MAX:
+        raise SimulatorInputError(f"mantissas must lie within +-{INT8_MANT_MAX}, got {int(mant.abs().max())}")
+    c_out, c_in, kh, kw = mant.shape
+    return mant.permute(2, 3, 1, 0).reshape(kh * kw * c_in, c_out).to(torch.int8).contiguous()
+
+
+def conv_int8(spikes: torch.Tensor, columns: torch.Tensor, *, kernel: tuple[int, int], stride: int,
+              padding: int) -> torch.Tensor:
+    """The integer cross-correlation of 0/1 spikes with 8-bit mantissas, as one int8 matmul with int32 sums.
+
+    spikes: int8 0/1 [N, H, W, C_in] (NHWC); columns: `int8_columns` of the mantissas; kernel: (kH, kW).
+    Returns int32 [N, C_out, H_out, W_out], channels-last in memory. Exact while every sum of |m| into one
+    output stays below INT32_SUM_BOUND and `int8_matmul_is_exact()`; no wrap is applied.
+    """
+    # PyTorch has no int8 convolution with an int32 result (its quantized conv requantizes to 8 bits), so the
+    # conv is written out: the kH x kW shifted views of the padded input side by side (each contiguous in C),
+    # then one int8 matmul, several times faster than a float32 conv on AMX or VNNI hardware.
+    n, h, w, c = spikes.shape
+    kh, kw = kernel
+    h_out, w_out = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if (kh, kw, stride) == (1, 1, 1) and padding == 0:
+        cols = spikes.reshape(n * h * w, c)
+    else:
+        x = F.pad(spikes, (0, 0, padding, padding, padding, padding))  # zeros: no spikes beyond the border
+        views = [x[:, i:i + stride * (h_out - 1) + 1:stride, j:j + stride * (w_out - 1) + 1:stride]
+                 for i in range(kh) for j in range(kw)]
+        cols = torch.stack(views, dim=3).view(n * h_out * w_out, kh * kw * c)
+    return torch._int_mm(cols, columns).view(n, h_out, w_out, -1).permute(0, 3, 1, 2)
 
 
 def dense_weights(weight, num_weight_bits: int = 8) -> torch.Tensor:

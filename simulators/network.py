@@ -28,7 +28,7 @@ from records import ChipRun
 
 from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
 from .errors import SimulatorError, SimulatorInputError
-from .fixed_point import CONV_OUT_BITS, conv_synapse, if_step, scale_bias
+from .fixed_point import CONV_OUT_BITS, conv_int8, conv_synapse, if_step, int8_columns, int8_matmul_is_exact, scale_bias
 
 WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
 MODES = ("zero_delay", "delayed")
@@ -45,36 +45,50 @@ class TimingError(SimulatorError, RuntimeError):
     """A population spiked outside its window: the delays of the network are not balanced."""
 
 
+# How the wrap-free synapse groups are summed, fastest first; each gives the exact integers:
+# "int8": `conv_int8`, an int8 matmul of the spikes and the 8-bit mantissas with int32 sums (CPU, where
+#   `int8_matmul_is_exact`); "float32": a float32 conv, exact because every partial sum is an integer below
+#   2^24; "int64": `conv_synapse` for every group, float64 rounded back (a GPU, where float32 may use TF32).
+ARITHMETICS = ("int8", "float32", "int64")
+ACCUMULATOR = {"int8": torch.int32, "float32": torch.float32, "int64": torch.int64}
+
+
 @dataclass(frozen=True)
 class SynapseGroup:
-    """Synapses into one target with one geometry, computed as a single conv over their sources'
-    spikes stacked along channels. Only synapses whose output can never reach 2^23 are grouped: for
-    them Lava's per-synapse 24-bit wrap is the identity, so the sum of the group is exactly the sum of
+    """Synapses into one target with one geometry and one weight exponent, computed as a single conv over
+    their sources' spikes stacked along channels. Only synapses whose output can never reach 2^23 are grouped:
+    for them Lava's per-synapse 24-bit wrap is the identity, so the sum of the group is exactly the sum of
     the synapses. A synapse that could wrap stays a group of its own."""
     synapses: tuple[Synapse, ...]
     weight: torch.Tensor  # int64 [C_out, sum C_in, k, k]
     weight_f32: torch.Tensor
+    columns: torch.Tensor  # the mantissas as `conv_int8`'s int8 matrix
+    weight_exp: int
     peak: int  # largest |output| of the group for any 0/1 input
 
     @classmethod
     def of(cls, synapses: list[Synapse]) -> SynapseGroup:
         weight = torch.cat([s.weight for s in synapses], dim=1)
+        exp = synapses[0].weight_exp
         return cls(tuple(synapses), weight, weight.float().contiguous(memory_format=CHANNELS_LAST),
-                   int(weight.abs().flatten(1).sum(1).max()))
+                   int8_columns(weight >> exp), exp, int(weight.abs().flatten(1).sum(1).max()))
 
-    def current(self, spikes: list[torch.Tensor], exact_float32: bool) -> torch.Tensor:
-        """Output for the spikes each member delivers ([N, C_k, H, W] each), without delay.
+    def current(self, spikes: list[torch.Tensor], arithmetic: str) -> torch.Tensor:
+        """Output for the spikes each member delivers ([N, C_k, H, W] each, any dtype), without delay.
 
-        exact_float32: the caller guarantees peak < 2^23; then every partial sum of the conv is an integer
-        below 2^24 in magnitude, exact in float32 whatever the summation order, and the 24-bit wrap is the
-        identity: the float32 conv *is* `conv_synapse`, without its conversions. Returns float32 then,
-        int64 otherwise.
+        "int8" and "float32" need the caller's guarantee that peak < 2^23: then every partial sum is an
+        integer below 2^24 in magnitude and the 24-bit wrap is the identity, so the matmul or the float32 conv
+        *is* `conv_synapse`, without its conversions. Returns the dtype of ACCUMULATOR[arithmetic].
         """
         first = self.synapses[0]
         s = spikes[0] if len(spikes) == 1 else torch.cat(spikes, dim=-3)
         if first.upsample != 1:  # Lava's Conv reads the up-sampled spikes
             s = s.repeat_interleave(first.upsample, dim=-2).repeat_interleave(first.upsample, dim=-1)
-        if exact_float32:
+        if arithmetic == "int8":
+            out = conv_int8(s.to(torch.int8).permute(0, 2, 3, 1), self.columns, kernel=tuple(self.weight.shape[2:]),
+                            stride=first.stride, padding=first.padding)
+            return out << self.weight_exp if self.weight_exp else out
+        if arithmetic == "float32":
             return F.conv2d(s.float(), self.weight_f32, stride=first.stride, padding=first.padding)
         # Lava Conv: exact conv, then the 24-bit wrap (the identity for a group)
         return conv_synapse(s, self.weight, stride=first.stride, padding=first.padding)
@@ -87,7 +101,7 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
         if syn.peak >= WRAP_FREE_PEAK:
             alone.append([syn])
             continue
-        key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, tuple(syn.weight.shape[::2]))
+        key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, syn.weight_exp, tuple(syn.weight.shape[::2]))
         groups.setdefault(key, []).append(syn)
     return [SynapseGroup.of(members) for members in list(groups.values()) + alone]
 
@@ -109,13 +123,13 @@ class ChipSimulator:
         self._shape = {p.name: p.shape for p in populations}
         targets = [p.name for p in populations] + [READOUT]
         self._groups = {name: group_synapses([s for s in synapses if s.target == name]) for name in targets}
-        # A target's input can be summed in float32 when every group is wrap-free and all of them together
-        # stay below 2^24: every partial sum is then an exact integer.
-        self._float32 = {name: all(g.peak < WRAP_FREE_PEAK for g in groups) and sum(g.peak for g in groups) < 1 << 24
-                         for name, groups in self._groups.items()}
-        # False forces the int64 path of `conv_synapse` everywhere (tests compare both); on a GPU always, since
-        # float32 convolutions there may use TF32 or rounding algorithms (`fixed_point._exact_float_dtype`)
-        self.exact_float32 = self.device.type == "cpu"
+        # A target's input can be summed in int32 or float32 when every group is wrap-free and all of them
+        # together stay below 2^24: every partial sum is then an exact integer in either.
+        self._wrap_free = {name: all(g.peak < WRAP_FREE_PEAK for g in groups) and sum(g.peak for g in groups) < 1 << 24
+                           for name, groups in self._groups.items()}
+        # One of ARITHMETICS (tests run each); on a GPU always "int64", since float32 convolutions there may use
+        # TF32 or rounding algorithms (`fixed_point._exact_float_dtype`)
+        self.arithmetic = "int64" if self.device.type != "cpu" else "int8" if int8_matmul_is_exact() else "float32"
 
     @classmethod
     def from_file(cls, path: str, device: str | torch.device = "cpu") -> ChipSimulator:
@@ -174,9 +188,10 @@ class ChipSimulator:
 
     def _sum(self, target: str, shape, batch: int, spikes_of, skip_silent: bool = False) -> torch.Tensor:
         """Sum of the synapses into `target` for a batch of `batch` rows; spikes_of(synapse) gives the
-        spikes [batch, C, H, W] the synapse delivers (None: nothing yet). Float32 holding exact integers
-        where `_float32` allows it, int64 otherwise."""
-        fast = self.exact_float32 and self._float32[target]
+        spikes [batch, C, H, W] the synapse delivers (None: nothing yet). In the accumulator of the simulator's
+        arithmetic where `_wrap_free` allows it, int64 otherwise."""
+        arithmetic = self.arithmetic if self._wrap_free[target] else "int64"
+        dtype = ACCUMULATOR[arithmetic]
         a = None
         for group in self._groups[target]:
             spikes = [spikes_of(syn) for syn in group.synapses]
@@ -184,15 +199,15 @@ class ChipSimulator:
                 continue
             spikes = [_zeros(batch, *self._shape[syn.source], dtype=torch.int32, device=self.device)
                       if s is None else s for s, syn in zip(spikes, group.synapses)]
-            out = group.current(spikes, fast)
+            out = group.current(spikes, arithmetic)
             first = group.synapses[0]
             if a is None and first.out_offset == 0 and out.shape[1] == shape[0]:
                 a = out  # the first group covering every channel: no zeros to add it to
                 continue
             if a is None:
-                a = _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64, device=self.device)
+                a = _zeros(batch, *shape, dtype=dtype, device=self.device)
             a[:, first.out_offset:first.out_offset + out.shape[1]] += out
-        return _zeros(batch, *shape, dtype=torch.float32 if fast else torch.int64, device=self.device) if a is None else a
+        return _zeros(batch, *shape, dtype=dtype, device=self.device) if a is None else a
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, t: torch.Tensor, mode: str = "zero_delay") -> ChipRun:
@@ -216,7 +231,8 @@ class ChipSimulator:
         step t are the sources' spikes of step t, so the layer-major order computes exactly what the
         step-major order does, with one batched conv per synapse group instead of T."""
         batch, steps = a_host.shape[0], self.snn_steps
-        spikes = {}  # name -> float32 0/1 [T * B, C, H, W], the conv input of the consumers
+        spikes = {}  # name -> int8 0/1 [T * B, C, H, W], the conv input of the consumers
+        trains = {}  # name -> float32 0/1 [T, B, C, H, W], the run's record
 
         for p in self.populations:
             if p.host_input:
@@ -231,9 +247,9 @@ class ChipSimulator:
             out = out.view(steps, batch, *p.shape)
             for step in range(steps):
                 v, out[step] = if_step(v, a_seq[step], vth=p.vth, bias=bias)
-            spikes[p.name] = out.flatten(0, 1)
+            trains[p.name] = out
+            spikes[p.name] = out.flatten(0, 1).to(torch.int8)
         readout = self._sum(READOUT, self.readout["shape"], steps * batch, lambda syn: spikes[syn.source])
-        trains = {p.name: spikes[p.name].view(steps, batch, *p.shape) for p in self.populations}
         return trains, readout.long().contiguous().view(steps, batch, *self.readout["shape"]), steps
 
     def _delayed(self, a_host, t):

@@ -20,7 +20,8 @@ from export.nir_chip import seal, write_chip_nir
 from export.reference import run_reference
 from records import ChipRun
 from simulators.chip_file import ChipFileError
-from simulators.network import ChipSimulator
+from simulators.fixed_point import int8_matmul_is_exact
+from simulators.network import ARITHMETICS, ChipSimulator
 from toolchain.verify import Mismatch, compare_runs, first_difference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,6 +216,8 @@ def test_reference_and_both_simulator_modes_agree_bit_for_bit(chip):
     ref = run_reference(net, x, t)
     for name, s in ref.spikes.items():
         assert 0.02 < float(s.float().mean()) < 0.8, f"{name} fires at {float(s.float().mean()):.3f}: vacuous test"
+    # the fastest exact arithmetic of this CPU (test_fixed_point's int8 tests report whether it is int8)
+    assert sim.arithmetic == ("int8" if int8_matmul_is_exact() else "float32")
     for mode in ("zero_delay", "delayed"):
         out = sim.run(x, t, mode)
         assert list(out.spikes) == list(ref.spikes), mode
@@ -224,10 +227,12 @@ def test_reference_and_both_simulator_modes_agree_bit_for_bit(chip):
         assert torch.equal(out.eps, ref.eps), f"{mode}: eps"
     # the delayed run (the last one) takes Lava's time: the readout's window of T steps starts at its depth
     assert out.chip_steps == net.readout.depth + net.snn_steps
-    # the arithmetic a GPU run takes (no float32 group sums: every synapse through conv_synapse, int64 sums)
-    sim.exact_float32 = False
-    for mode in ("zero_delay", "delayed"):
-        assert compare_runs(ref, sim.run(x, t, mode), t=int(t[0])) is None, mode
+    # the others: float32 group sums (a CPU whose int8 matmul is not exact), int64 conv_synapse for every
+    # group (a GPU)
+    for arithmetic in [a for a in ARITHMETICS if a not in (sim.arithmetic, "int8")]:
+        sim.arithmetic = arithmetic
+        for mode in ("zero_delay", "delayed"):
+            assert compare_runs(ref, sim.run(x, t, mode), t=int(t[0])) is None, (arithmetic, mode)
 
 
 def test_a_changed_weight_is_found_at_its_target_population(chip, tmp_path):

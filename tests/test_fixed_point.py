@@ -217,3 +217,61 @@ def test_a_gpu_convolution_is_float64_and_refused_where_rounding_could_not_resto
     assert fixed_point._exact_float_dtype(2 ** 31 - 1, gpu) == torch.float64
     with pytest.raises(SimulatorInputError, match=r"= 2147483648 >= 2\^31: no convolution on cuda"):
         fixed_point._exact_float_dtype(2 ** 31, gpu)
+
+
+needs_exact_int8 = pytest.mark.skipif(not fixed_point.int8_matmul_is_exact(),
+                                      reason="this CPU's int8 matmul is not exact; the simulator uses float32 here")
+
+
+@needs_exact_int8
+def test_int8_conv_stride_2_padding_1_is_the_hand_derived_cross_correlation():
+    # the example of test_conv_stride_2_padding_1_is_cross_correlation: 14, 12 / 14, 5
+    x = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.int8).reshape(1, 3, 3, 1)  # NHWC
+    w = torch.arange(1, 10).reshape(1, 1, 3, 3)
+    out = fixed_point.conv_int8(x, fixed_point.int8_columns(w), kernel=(3, 3), stride=2, padding=1)
+    assert out.dtype == torch.int32 and out.tolist() == [[[[14, 12], [14, 5]]]]
+
+
+@needs_exact_int8
+@pytest.mark.parametrize("kernel, stride, padding", [((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 1), 1, 0), ((2, 2), 2, 0)])
+def test_int8_conv_is_the_integer_conv_at_the_extremes_of_the_mantissas(kernel, stride, padding):
+    # Every input spiking, all 64 x 9 mantissas -128 into output 0: -73,728, which saturating int16 pair sums
+    # (2 x 128 x 128 = 32,768 > 32,767) could not give; the rest random.
+    g = torch.Generator().manual_seed(stride + padding)
+    x = torch.rand(3, 64, 7, 6, generator=g) < 0.5
+    x[0] = True
+    w = torch.randint(-128, 128, (5, 64, *kernel), generator=g)
+    w[0] = -128
+    mant = w.clone()
+    mant[1:] = mant[1:].clamp(min=-127)  # the chip's mantissas are symmetric; output 0 probes the hardware range
+    columns = mant.permute(2, 3, 1, 0).reshape(-1, 5).to(torch.int8).contiguous()
+    out = fixed_point.conv_int8(x.to(torch.int8).permute(0, 2, 3, 1).contiguous(), columns, kernel=kernel,
+                                stride=stride, padding=padding)
+    expected = conv_reference(x, mant, (stride, stride), (padding, padding))
+    assert int(expected[0, 0].min()) == -128 * 64 * kernel[0] * kernel[1]
+    assert torch.equal(out.long(), expected)
+
+
+def test_int8_columns_refuse_a_mantissa_beyond_8_bits():
+    with pytest.raises(SimulatorInputError, match=r"within \+-127, got 128"):
+        fixed_point.int8_columns(torch.full((1, 1, 1, 1), 128))
+
+
+def test_an_int8_matmul_that_saturates_is_found_by_the_probe(monkeypatch):
+    # How an int8 GEMM without VNNI computes s8 x s8 (vpmaddubsw wants one unsigned operand): a + 128, pairs of
+    # products summed in int16 with saturation, then 128 x the column sums of b taken off. A spike (129) times
+    # -128 twice is -33,024 per pair: saturated to -32,768, so the probe's all-spiking rows come out wrong.
+    def saturating_int_mm(a, b):
+        shifted, b = a.long() + 128, b.long()
+        pairs = shifted[:, 0::2, None] * b[None, 0::2] + shifted[:, 1::2, None] * b[None, 1::2]
+        return (pairs.clamp(-2 ** 15, 2 ** 15 - 1).sum(1) - 128 * b.sum(0)).to(torch.int32)
+
+    a = torch.tensor([[1, 0, -3, 5]], dtype=torch.int8)
+    b = torch.tensor([[2], [7], [1], [-1]], dtype=torch.int8)
+    assert saturating_int_mm(a, b).tolist() == [[2 - 3 - 5]]  # exact where nothing saturates
+    fixed_point.int8_matmul_is_exact.cache_clear()
+    monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    try:
+        assert not fixed_point.int8_matmul_is_exact()
+    finally:
+        fixed_point.int8_matmul_is_exact.cache_clear()
