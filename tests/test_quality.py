@@ -109,15 +109,17 @@ def test_the_commands_of_every_row_parse():
 def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     (tmp_path / "mnist-sddpm-ddim50.json").write_text(json.dumps({"fid": 123.45, "real_vs_real_fid": 15.56}))
     text = quality.markdown(str(tmp_path), "docs/img/quality")
-    row = ("| SDDPM, T = 4, step 13,000 | our DDIM 50, eta 0, final image clipped | 500 | 123.5 |  | 15.6 |  | "
+    # a row sampled before rows kept their images: still scored against the earlier 1,000 reference images
+    row = ("| SDDPM, T = 4, step 13,000 | our DDIM 50, eta 0, final image clipped | 500 | 1,000 | 123.5 |  | 15.6 |  | "
            '<a href="docs/img/quality/mnist-sddpm-ddim50.png"><img src="docs/img/quality/mnist-sddpm-ddim50.png" '
            'width="128" alt="mnist-sddpm-ddim50"></a> | `sddpm quality mnist-sddpm-ddim50` |')
     assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
-    assert "| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | 21.38 | | | | | |" in text
+    assert ("| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | all 60,000 | 21.38 | | | | | |"
+            in text)
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text
     (tmp_path / "mnist-ann-ddim100.json").write_text(json.dumps(
         {"fid": 40.04, "real_vs_real_fid": 15.56, "fid_bootstrap_std": 1.96, "flat_or_washed_out": 1}))
-    assert "| 500 | 40.0 | ±2.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
+    assert "| 500 | 10,000 | 40.0 | ±2.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
 
 
 def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):

@@ -21,14 +21,18 @@ from tqdm.auto import tqdm
 
 from .errors import UsageError
 
-# The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset),
-# all samples of one row drawn in batches of SAMPLE_BATCH, batch b from the noise of seed b; the FID's
-# spread from BOOTSTRAP resamplings of the row's images.
-REF_COUNT = 1000
+# The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset; 31 min
+# per dataset on one core, computed once and cached), all samples of one row drawn in batches of SAMPLE_BATCH,
+# batch b from the noise of seed b; the FID's spread from BOOTSTRAP resamplings of the row's images. Rows in
+# SCORED_BEFORE_KEEPING were sampled before rows kept their images, so they stay scored against the earlier
+# EARLIER_REF_COUNT images until they are sampled again (about 3 h of CPU); the tables give each row's count.
+REF_COUNT = 10_000
+EARLIER_REF_COUNT = 1000
 SAMPLE_BATCH = 100
 BOOTSTRAP = 200
 GRID_IMAGES = 64
 PAPER_SAMPLES = 50_000
+PAPER_TRAIN = {"MNIST": 60_000, "Fashion-MNIST": 60_000}  # the paper's reference: the whole training set
 GRID_WIDTH_PX = 128  # of a README table cell; the 8 x 8 grid of 32-pixel images is 274 pixels wide
 
 
@@ -86,12 +90,21 @@ DATASETS = (("mnist", "mnist", "MNIST"), ("fashion-mnist", "fashion", "Fashion-M
 # checkpoint suffix, what the tables call it, its training budget
 KINDS = (("sddpm", "SDDPM, T = 4", "step 13,000"), ("ann", "ANN twin (our U-Net)", "step 13,000"),
          ("diffusers", "diffusers UNet2DModel (yardstick)", "step 13,000"))
+# The MNIST SDDPM trained on from its step-13,000 state (`make continue-mnist-sddpm`, issue 15).
+LONG_SDDPM = ("mnist-sddpm-step40000", "SDDPM, T = 4", "step 40,000")
+LONG_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
+                 ("ddim100-clip", DDIM100_CLIP))
+SCORED_BEFORE_KEEPING = frozenset(
+    [f"{prefix}-sddpm-{tag}" for _, prefix, _ in DATASETS for tag in ("ddpm", "ddim100", "ddim50", "ddim100-clip")]
+    + ["mnist-t4-step2000-ddim100", "mnist-t8-step2000-ddim100", "mnist-sddpm-ddim100-chip"]
+    + [f"mnist-sddpm-ddim50-tg{factor}" for factor in THRESHOLD_FACTORS])
 
 
 def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None) -> Row:
     sampler_label, options = sampler
+    ref_count = EARLIER_REF_COUNT if name in SCORED_BEFORE_KEEPING else REF_COUNT
     return Row(name, table, model, f"checkpoints/{checkpoint}.pt", dataset, label or sampler_label,
-               (*options, *extra), SAMPLES[sampler])
+               (*options, *extra), SAMPLES[sampler], ref_count)
 
 
 def _rows() -> tuple[Row, ...]:
@@ -101,6 +114,9 @@ def _rows() -> tuple[Row, ...]:
             for tag, sampler in TABLE_SAMPLERS:
                 rows.append(_row(f"{prefix}-{kind}-{tag}", title, f"{model}, {budget}", f"{prefix}-{kind}",
                                  dataset, sampler))
+    checkpoint, model, budget = LONG_SDDPM
+    for tag, sampler in LONG_SAMPLERS:
+        rows.append(_row(f"{checkpoint}-{tag}", "MNIST", f"{model}, {budget}", checkpoint, "mnist", sampler))
     for snn_steps in (4, 8):
         rows.append(_row(f"mnist-t{snn_steps}-step2000-ddim100", "T", f"SDDPM, T = {snn_steps}, step 2,000",
                          f"mnist-sddpm-t{snn_steps}-step2000", "mnist", DDIM100))
@@ -235,9 +251,9 @@ def markdown(results: str, grid_dir: str) -> str:
     parts = []
     for table, (title, borrowed) in TABLES.items():
         lines = [f"**{title}**", "",
-                 "| model | sampler | samples | FID | bootstrap sd | real test images, same count | "
-                 "flat or white | grid | command |",
-                 "|---|---|---:|---:|---:|---:|---:|---|---|"]
+                 "| model | sampler | samples | reference images | FID | bootstrap sd | "
+                 "real test images, same count | flat or white | grid | command |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for row in [by_name[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
             result = load_result(row, results) or {}
             fid = f"{result['fid']:.1f}" if result else "not run"
@@ -250,9 +266,10 @@ def markdown(results: str, grid_dir: str) -> str:
             image = f"{grid_dir}/{row.name}.png"
             grid = (f'<a href="{image}"><img src="{image}" width="{GRID_WIDTH_PX}" alt="{row.name}"></a>'
                     if result else "")
-            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {fid} | {spread} | {floor} | "
-                         f"{failed} | {grid} | `sddpm quality {row.name}` |")
+            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {row.ref_count:,} | {fid} | {spread} | "
+                         f"{floor} | {failed} | {grid} | `sddpm quality {row.name}` |")
         for paper in (p for p in PAPER if p.table == table):
-            lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | {paper.fid} | | | | | |")
+            lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | all {PAPER_TRAIN[table]:,} | "
+                         f"{paper.fid} | | | | | |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
