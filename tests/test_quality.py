@@ -120,6 +120,9 @@ def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     (tmp_path / "mnist-ann-ddim100.json").write_text(json.dumps(
         {"fid": 40.04, "real_vs_real_fid": 15.56, "fid_bootstrap_std": 1.96, "flat_or_washed_out": 1}))
     assert "| 500 | 10,000 | 40.0 | ±2.0 | 15.6 | 1 |" in quality.markdown(str(tmp_path), "docs/img/quality")
+    # a result scored under an earlier protocol says so until the row is scored again
+    (tmp_path / "mnist-ann-ddim100.json").write_text(json.dumps({"fid": 40.04, "ref_count": 1000}))
+    assert "| 500 | 1,000 | 40.0 |" in quality.markdown(str(tmp_path), "docs/img/quality")
 
 
 def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):

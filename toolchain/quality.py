@@ -266,7 +266,9 @@ def markdown(results: str, grid_dir: str) -> str:
             image = f"{grid_dir}/{row.name}.png"
             grid = (f'<a href="{image}"><img src="{image}" width="{GRID_WIDTH_PX}" alt="{row.name}"></a>'
                     if result else "")
-            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {row.ref_count:,} | {fid} | {spread} | "
+            # the count the result was scored against, which lags the row's protocol until it is scored again
+            ref_count = result.get("ref_count", row.ref_count)
+            lines.append(f"| {row.model} | {row.sampler} | {row.num_images} | {ref_count:,} | {fid} | {spread} | "
                          f"{floor} | {failed} | {grid} | `sddpm quality {row.name}` |")
         for paper in (p for p in PAPER if p.table == table):
             lines.append(f"| {paper.model} | {paper.sampler} | {PAPER_SAMPLES:,} | all {PAPER_TRAIN[table]:,} | "
