@@ -4,6 +4,7 @@ Run on demand, never as a test:
 
     .venv/bin/python benchmarks/bench_simulator.py                  # shipped model, batches 8 and 32
     .venv/bin/python benchmarks/bench_simulator.py --batches 64 --repeats 7
+    .venv/bin/python benchmarks/bench_simulator.py --groups --nir runs/scale/mnist-ch-64/network.nir
 
 One forward pass (one denoising step, T SNN steps) of the same x_t, t through:
   float      the PyTorch SpikingUNet (eval mode, float32)
@@ -13,6 +14,10 @@ One forward pass (one denoising step, T SNN steps) of the same x_t, t through:
 The simulator's outputs are checked identical to the reference before timing. Timings are medians
 over --repeats, measured interleaved (float, zero, delay, reference, float, ...) so that the load of
 a shared machine falls on all alike; torch runs with --threads intra-op threads (default 1).
+
+--groups times each synapse group of the file alone instead, on random spikes of density 0.2 for one
+denoising step (T * batch rows): the int8 matmul (`conv_int8`) against the float32 conv, to see where the
+int8 path pays. --nir reads a compiled file (e.g. bench_scale.py's) instead of compiling --checkpoint.
 """
 from __future__ import annotations
 
@@ -47,9 +52,22 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--groups", action="store_true", help="time each synapse group: int8 against float32")
+    parser.add_argument("--nir", help="with --groups: a compiled chip file instead of compiling --checkpoint")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ChipOverflowWarning)
+    if args.groups:
+        sim = ChipSimulator.from_file(args.nir) if args.nir else None
+        if sim is None:
+            loaded = load_model(args.checkpoint)
+            schedule = NoiseSchedule.linear(loaded.diffusion_config)
+            net = compile_model(loaded.model.eval(), calibration_batches(load_images(args.dataset, "train"), schedule))
+            with tempfile.TemporaryDirectory() as tmp:
+                write_chip_nir(os.path.join(tmp, "network.nir"), net)
+                sim = ChipSimulator.from_file(os.path.join(tmp, "network.nir"))
+        time_groups(sim, args.batches, args.repeats)
+        return
 
     loaded = load_model(args.checkpoint)
     model = loaded.model.eval()
@@ -91,6 +109,42 @@ def main() -> None:
         print(f"| {batch} | {ms['float']:.0f} | {ms['zero']:.0f} | {ms['zero'] / ms['float']:.2f}x | "
               f"{ms['delay']:.0f} | {ms['delay'] / ms['float']:.2f}x | {ms['ref']:.0f} | "
               f"{ms['ref'] / ms['float']:.2f}x |")
+
+
+def time_groups(sim: ChipSimulator, batches: list[int], repeats: int, density: float = 0.2) -> None:
+    """One row per synapse group and batch: int8 and float32 medians, interleaved, and their ratio."""
+    print(f"{len(sim.populations)} populations; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {repeats}\n")
+    print("| target | depth (C_in*k*k) | out (C, H, W) | batch | int8 (ms) | float32 (ms) | int8 / float32 |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    total = {(b, a): 0.0 for b in batches for a in ("int8", "float32")}
+    for target, groups in sim._groups.items():
+        for group in groups:
+            for batch in batches:
+                rows = sim.snn_steps * batch
+                spikes = [(torch.rand(rows, *sim._shape[syn.source], generator=gen) < density).to(torch.int8)
+                          for syn in group.synapses]
+                runs = {"int8": lambda: group.current(spikes, "int8"),
+                        "float32": lambda: group.current(spikes, "float32")}
+                if not torch.equal(runs["int8"]().long(), runs["float32"]().long()):
+                    raise SystemExit(f"{target}: int8 and float32 sums differ: not timing a wrong result")
+                times = {k: [] for k in runs}
+                with torch.no_grad():
+                    for _ in range(repeats):
+                        for key, fn in runs.items():
+                            begin = time.perf_counter()
+                            fn()
+                            times[key].append(time.perf_counter() - begin)
+                ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+                for k in ms:
+                    total[batch, k] += ms[k]
+                out = runs["float32"]().shape[1:]
+                print(f"| {target} | {group.weight[0].numel()} | {tuple(out)} | {batch} | {ms['int8']:.2f} | "
+                      f"{ms['float32']:.2f} | {ms['int8'] / ms['float32']:.2f} |")
+    for batch in batches:
+        print(f"\nbatch {batch}: all groups {total[batch, 'int8']:.0f} ms in int8, "
+              f"{total[batch, 'float32']:.0f} ms in float32")
 
 
 if __name__ == "__main__":
