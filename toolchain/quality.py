@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .errors import UsageError
 
-# The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset; 31 min
+# The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset; 37-42 min
 # per dataset on one core, computed once and cached), all samples of one row drawn in batches of SAMPLE_BATCH,
 # batch b from the noise of seed b; the FID's spread from BOOTSTRAP resamplings of the row's images. Rows in
 # SCORED_BEFORE_KEEPING were sampled before rows kept their images, so they stay scored against the earlier

@@ -38,10 +38,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="images, one chain each (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images' x_T (default: 0)")
     parser.add_argument("--out", default="docs/img/lava-chain", help="OUT.png and OUT.json")
+    parser.add_argument("--checkpoint", help="checkpoint (default: the deploy command's, the shipped one)")
     args = parser.parse_args()
 
-    # the deploy command's defaults: the shipped checkpoint, its calibration and threshold factor
-    deploy = build_parser().parse_args(["deploy", "--whole-chain"])
+    # the deploy command's defaults (calibration, threshold factor), its checkpoint unless one is given
+    deploy = build_parser().parse_args(["deploy", "--whole-chain",
+                                        *(["--checkpoint", args.checkpoint] if args.checkpoint else [])])
     loaded = load_model(deploy.checkpoint)
     cfg = loaded.model_config
     with tempfile.TemporaryDirectory() as tmp:
