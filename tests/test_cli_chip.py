@@ -100,6 +100,26 @@ def test_verify_reports_identical_runs_as_json(checkpoint, tmp_path, capsys):
 
 
 @DIVERGING_CHAIN
+def test_verify_of_a_compiled_file_gives_the_ladder_of_compiling_again(checkpoint, tmp_path, capsys):
+    chip = str(tmp_path / "net.nir")
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--chip-out", chip]) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--nir", chip, "--chip-out", str(tmp_path / "unused.nir")]) == 0
+    reused = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "unused.nir").exists()  # nothing compiled
+    assert reused["identical"] is True and reused["chip_file"] == chip
+    assert reused["eps_rel_l2"] == compiled["eps_rel_l2"] and reused["spike_agreement"] == compiled["spike_agreement"]
+
+
+def test_verify_refuses_a_compiled_file_of_another_threshold_factor(checkpoint, tmp_path, capsys):
+    chip = str(tmp_path / "net.nir")
+    assert main(["compile", "--checkpoint", checkpoint, "--out", chip, "--threshold-factor", "0.997"]) == 0
+    capsys.readouterr()
+    assert main([*VERIFY, "--checkpoint", checkpoint, "--nir", chip]) == 2
+    assert "compiled with threshold factor 0.997, not 1.0" in capsys.readouterr().err
+
+
+@DIVERGING_CHAIN
 def test_verify_exits_1_naming_the_first_difference(checkpoint, tmp_path, capsys, monkeypatch):
     read = ChipSimulator.from_file
 

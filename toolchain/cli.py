@@ -209,16 +209,33 @@ def cmd_verify(args) -> int:
     from toolchain.verify import format_ladder, run_ladder
 
     loaded = load_model(args.checkpoint)
-    net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
-    sim = ChipSimulator.from_file(args.chip_out, args.device)
+    path = args.nir or args.chip_out
+    net = compiled_file_of(loaded, args.nir, args.threshold_factor) if args.nir else \
+        compile_chip(loaded, path, args.threshold_factor, calibration_of(args))
+    sim = ChipSimulator.from_file(path, args.device)
     model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     report = run_ladder(model, net, sim, states, args.sim_mode, progress=not args.json)
     if args.json:
-        print(json.dumps({**report.to_json(), "chip_file": args.chip_out, "threshold_factor": args.threshold_factor,
+        print(json.dumps({**report.to_json(), "chip_file": path, "threshold_factor": args.threshold_factor,
                           "batch_size": args.batch_size, "device": str(args.device)}))
     else:
         print(format_ladder(report))
     return 0 if report.identical else 1
+
+
+def compiled_file_of(loaded, path: str, threshold_factor: float):
+    """The chip network of a file compiled before, refused unless it was compiled from a model of `loaded`'s
+    configuration at `threshold_factor` (the weights themselves are what the ladder's first rung measures)."""
+    from export.nir_chip import read_chip_nir
+    from sddpm.config import ModelConfig
+
+    net = read_chip_nir(path)
+    if ModelConfig.from_dict(net.model_config) != loaded.model_config:
+        raise UsageError(f"{path} was compiled from another model configuration than {loaded.path}: "
+                         f"{net.model_config} against {loaded.model_config.to_dict()}")
+    if net.threshold_factor != threshold_factor:
+        raise UsageError(f"{path} was compiled with threshold factor {net.threshold_factor}, not {threshold_factor}")
+    return net
 
 
 def cmd_energy(args) -> None:

@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     _add_threshold_factor(p, "threshold factor of both networks")
     _add_device(p)
+    p.add_argument("--nir", help="a chip NIR file compiled before from --checkpoint (`sddpm compile`) to verify "
+                                 "instead of compiling again; its model configuration and threshold factor must "
+                                 "match")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where the exported file is written")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
