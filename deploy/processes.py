@@ -48,13 +48,15 @@ CHANNEL_SLOTS = 4
 FDS_BASE = 256  # the main process's own files, libraries and pipes
 
 
-# What a Lava graph adds to the memory in use once it forks, fitted to the mnist layout at ch 16 and 32
-# (benchmarks/bench_lava_memory.py: the process tree's peak Pss above the parent's RSS before the fork, 4313
-# and 4479 MB for 374 processes and 0.417 / 0.834 M neurons). Each forked process writes about
-# LAVA_MB_PER_PROCESS of pages of its own (interpreter, Lava's runtime); what grows with the network (LIF
-# variables, file-sink records, Conv buffers, channel slots) is about LAVA_KB_PER_NEURON per neuron.
-LAVA_MB_PER_PROCESS = 11.1
-LAVA_KB_PER_NEURON = 0.4
+# What a Lava graph adds to the memory in use once it forks, fitted to the mnist layout at ch 16, 32 and 64
+# (benchmarks/bench_lava_memory.py: the process tree's peak Pss above the parent's RSS before the fork, 4313,
+# 4479 and 6287 MB for 374 processes and 1.25 / 5.00 / 19.98 M stored 8-bit weights; the fit is within 3 % of
+# each). Each forked process writes about LAVA_MB_PER_PROCESS of pages of its own (interpreter, Lava's
+# runtime); what grows with the network is the synapses' weights, about LAVA_BYTES_PER_WEIGHT per stored
+# weight (Lava's Conv keeps its kernel as wide integers in the process and in its model; not dissected
+# further). A fit to neurons instead, made from ch 16 and 32 alone, predicted 4.8 GB at ch 64.
+LAVA_MB_PER_PROCESS = 10.9
+LAVA_BYTES_PER_WEIGHT = 110
 
 
 class LavaMemoryError(DeployError, MemoryError):
@@ -70,20 +72,20 @@ def mem_available_mb() -> float:
     raise DeployError("/proc/meminfo has no MemAvailable line: cannot check a Lava graph's memory")
 
 
-def lava_memory_mb(processes: int, neurons: int) -> float:
-    """What a Lava graph of `processes` processes and `neurons` neurons adds once forked, in MiB."""
-    return processes * LAVA_MB_PER_PROCESS + neurons * LAVA_KB_PER_NEURON / 1024
+def lava_memory_mb(processes: int, weights: int) -> float:
+    """What a Lava graph of `processes` processes and `weights` stored synaptic weights adds once forked, in MiB."""
+    return processes * LAVA_MB_PER_PROCESS + weights * LAVA_BYTES_PER_WEIGHT / 2 ** 20
 
 
-def check_memory(processes: int, neurons: int) -> None:
+def check_memory(processes: int, weights: int) -> None:
     """Refuse, before any process exists, a graph that would exhaust the memory: on this machine (24 GB) Lava
     at ch 64 ran into the kernel's OOM killer with the old up-sampling mapping, which stops the run after
     minutes with nothing to say why."""
-    needed, available = lava_memory_mb(processes, neurons), mem_available_mb()
+    needed, available = lava_memory_mb(processes, weights), mem_available_mb()
     if needed > available:
         raise LavaMemoryError(
-            f"a Lava graph of {processes} processes and {neurons / 1e6:.2f} M neurons needs about "
-            f"{needed / 1024:.1f} GB ({LAVA_MB_PER_PROCESS:g} MB per process, {LAVA_KB_PER_NEURON:g} kB per neuron, "
+            f"a Lava graph of {processes} processes and {weights / 1e6:.2f} M synaptic weights needs about "
+            f"{needed / 1024:.1f} GB ({LAVA_MB_PER_PROCESS:g} MB per process, {LAVA_BYTES_PER_WEIGHT:g} bytes per weight, "
             f"measured), and {available / 1024:.1f} GB are available: run it on a machine with more memory, or "
             f"check the network with the bit-accurate simulator (`sddpm verify`), which Lava equals")
 
