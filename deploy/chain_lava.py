@@ -29,7 +29,7 @@ from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, check_ranges
 from export.host import host_input_current
 from records import ChipRun
 
-from deploy.chip_lava import lava_run, run_config, to_lava, weight_count, wire_synapses
+from deploy.chip_lava import lava_run, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError
 from deploy.layout import lava_shape
 from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph, check_memory,
@@ -88,7 +88,7 @@ class ChainGraph:
         return self.graph_seconds + self.start_seconds
 
     def __enter__(self) -> "ChainGraph":
-        check_memory(len(self.processes), weight_count(self.net))
+        check_memory(len(self.processes), self.net.weight_count)
         self.note = raise_open_file_limit(len(self.processes))
         started = time.perf_counter()
         self._state = "failed"  # until the runtime is up: a failure half-way still tears it down

@@ -65,11 +65,6 @@ def to_lava(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
 
 
-def weight_count(net: ChipNetwork) -> int:
-    """The stored weights of every synapse (shared kernels counted once), what Lava's memory grows with."""
-    return sum(int(s.weight.size) for s in net.synapses)
-
-
 def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
     """Every chip synapse between the populations' processes `lif` (and into `readout_port`), with the delay
     lines that balance its depths; returns the processes made."""
@@ -154,7 +149,7 @@ class ChipGraph:
     def run(self, run_cfg) -> tuple[dict[str, np.ndarray], float, str | None]:
         """Run one forward pass; returns every sink's record [steps, C, H, W], the run's seconds and the note of
         the open-file limit."""
-        check_memory(len(self.processes), weight_count(self.net))  # built, none started yet
+        check_memory(len(self.processes), self.net.weight_count)  # built, none started yet
         started = time.perf_counter()
         note = run_to_end(self.processes[0], self.steps, run_cfg, len(self.processes))
         seconds = time.perf_counter() - started

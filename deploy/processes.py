@@ -85,8 +85,8 @@ def check_memory(processes: int, weights: int) -> None:
     if needed > available:
         raise LavaMemoryError(
             f"a Lava graph of {processes} processes and {weights / 1e6:.2f} M synaptic weights needs about "
-            f"{needed / 1024:.1f} GB ({LAVA_MB_PER_PROCESS:g} MB per process, {LAVA_BYTES_PER_WEIGHT:g} bytes per weight, "
-            f"measured), and {available / 1024:.1f} GB are available: run it on a machine with more memory, or "
+            f"{needed / 1024:.1f} GB ({LAVA_MB_PER_PROCESS:g} MB per process, {LAVA_BYTES_PER_WEIGHT:g} bytes per "
+            f"weight, measured), and {available / 1024:.1f} GB are available: run it on a machine with more memory, or "
             f"check the network with the bit-accurate simulator (`sddpm verify`), which Lava equals")
 
 

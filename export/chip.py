@@ -128,6 +128,11 @@ class ChipNetwork:
         return [s for s in self.synapses if s.target == target]
 
     @property
+    def weight_count(self) -> int:
+        """The stored 8-bit weights of every synapse (a shared kernel counted once)."""
+        return sum(int(s.weight.size) for s in self.synapses)
+
+    @property
     def steps_per_denoising_step(self) -> int:
         """Chip time steps of one forward pass with delays: the readout's window ends last."""
         return self.readout.depth + self.snn_steps

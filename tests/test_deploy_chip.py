@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from chip_helpers import compiled_tiny
 from deploy import processes
 from deploy.chain_lava import ChainGraph
-from deploy.chip_lava import ChipGraph, run_denoising_step, weight_count
+from deploy.chip_lava import ChipGraph, run_denoising_step
 from deploy.errors import DeployError
 from deploy.processes import TooManyProcessesError
 from export.chip import ChipFormatError
@@ -90,7 +90,7 @@ def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeyp
     with tempfile.TemporaryDirectory() as sinks:
         count = len(ChipGraph(net, host_input_current(net, x[:1])[0].numpy().astype(np.int32), int(t[0]),
                               sinks).processes)
-    weights = weight_count(net)
+    weights = net.weight_count
 
     def refusal(processes_: int) -> str:
         return (rf"a Lava graph of {processes_} processes and {weights / 1e6:.2f} M synaptic weights needs about "

@@ -190,8 +190,8 @@ def format_network(net) -> str:
     r = net.readout
     lines.append(f"{'readout':<24} {'x'.join(map(str, r.shape)):<14} {r.depth:>5} {r.scale:>10.3e} {'-':>6} {'-':>8} "
                  f"{len(net.inputs_of('readout')):>6}")
-    weights = sum(s.weight.size for s in net.synapses)
-    lines.append(f"{len(net.populations)} populations, {len(net.synapses)} synapses ({weights:,} 8-bit weights), "
+    lines.append(f"{len(net.populations)} populations, {len(net.synapses)} synapses "
+                 f"({net.weight_count:,} 8-bit weights), "
                  f"{net.steps_per_denoising_step} chip steps per denoising step, threshold factor "
                  f"{net.threshold_factor}")
     return "\n".join(lines)
