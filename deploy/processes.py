@@ -53,8 +53,8 @@ FDS_BASE = 256  # the main process's own files, libraries and pipes
 # 4479 and 6287 MB for 374 processes and 1.25 / 5.00 / 19.98 M stored 8-bit weights; the fit is within 3 % of
 # each). Each forked process writes about LAVA_MB_PER_PROCESS of pages of its own (interpreter, Lava's
 # runtime); what grows with the network is the synapses' weights, about LAVA_BYTES_PER_WEIGHT per stored
-# weight (Lava's Conv keeps its kernel as wide integers in the process and in its model; not dissected
-# further). A fit to neurons instead, made from ch 16 and 32 alone, predicted 4.8 GB at ch 64.
+# weight (far more than the int32 kernel Lava's fixed-point Conv model holds; where the rest goes was not
+# dissected). A fit to neurons instead, made from ch 16 and 32 alone, predicted 4.8 GB at ch 64.
 LAVA_MB_PER_PROCESS = 10.9
 LAVA_BYTES_PER_WEIGHT = 110
 
