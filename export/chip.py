@@ -1,4 +1,21 @@
-"""The chip network: integer IF populations, integer synapses, delays, host stages; and its file.
+"""The chip network: the one intermediate representation every front end writes and every back end runs.
+
+Front ends: the SDDPM compiler (`export.compiler`) and the NIR importer (`export.nir_foreign`). Back ends: the
+bit-accurate simulator (`simulators`, with its own reader of the file), Lava and lava-dl's netx (`deploy`), and
+the analyses (energy, resources, placement). The network is:
+
+- populations of Lava's fixed-point LIF neuron: shape, decays du and dv (IF: du = 4095, dv = 0), threshold,
+  a bias per channel (one row, or one row per diffusion step: a bias schedule), the first chip step its input
+  and bias arrive (`depth`), and optionally the host's current straight into a_in (`host_input`);
+- synapses: dense or conv (stride, padding, dilation, groups; nearest up-sampling of the spikes first), 8-bit
+  mantissas and an exponent, a delay >= 1, into a channel slice of the target (`out_offset`); recurrence allowed;
+- inputs: spike sources (`ChipInput`), or the host's current into the `host_input` population;
+- outputs: spikes of named populations, or the `readout`, a non-spiking sum of synapses whose current the host
+  reads.
+- `window`: where the network is a feed-forward pipeline (SDDPM), each population's bias is on only inside
+  [depth, depth + window); otherwise (`window` None) from `depth` on.
+- application metadata (`ChipApp`: SDDPM's head conv, tail, time-embedding tables, model config) rides along
+  and is read only by the application layer.
 
 Units. A population's input arrives at Lava's `a_in` in integer "a-units"; one a-unit stands for
 `scale` units of the float current. The IF neuron is Lava's fixed-point LIF with du = 4095, dv = 0:
@@ -9,6 +26,11 @@ Units. A population's input arrives at Lava's `a_in` in integer "a-units"; one a
 
 A synapse holds 8-bit signed mantissas and an exponent: its integer weight is `mant << weight_exp`
 (Lava's Conv ignores weight_exp, lava#803, so a Lava Conv receives the product itself).
+
+The neuron in general is Lava's LIF (simulators/fixed_point.py spells out each rounding):
+
+    u = rz(u * (4096 - (du + 1)), 12) + (a << 6)      rz: shift toward zero; u wraps once at 24 bits
+    v = sat24(rz(v * (4096 - dv), 12) + u + bias)
 
 Timing. Every synapse delays by `delay` >= 1 steps (one per Lava synapse process; delays above one
 are delay lines on the chip). A population at depth d receives its inputs at steps [d, d + T), with
@@ -22,15 +44,18 @@ simulator and the Lava backend need nothing else.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ExportError
 
-# Lava's fixed-point LIF set up as integrate-and-fire (research/lava.md section 1.4).
+# Lava's fixed-point LIF set up as integrate-and-fire: the default neuron.
 IF_DU = 4095  # current decay 4096 - (4095 + 1) = 0: u = a << 6
 IF_DV = 0  # no voltage decay
+DECAY_UNITY = 4096  # du, dv are 12-bit fractions: u is multiplied by 4096 - (du + 1), v by 4096 - dv
+DU_RANGE = (-1, DECAY_UNITY - 1)  # du = -1 keeps u (no decay), du = 4095 forgets it every step
+DV_RANGE = (0, DECAY_UNITY)  # dv = 0 keeps v, dv = 4096 forgets it every step
 ACT_SHIFT = 6  # a_in << 6 enters u
 V_PER_A = 1 << ACT_SHIFT  # v-units per a-unit of input current (NIR's r)
 VTH_SHIFT = 6  # the threshold is compared as vth << 6
@@ -57,36 +82,57 @@ class ChipFormatError(ExportError, ValueError):
 @dataclass(frozen=True)
 class ChipPopulation:
     name: str
-    shape: tuple[int, int, int]  # (C, H, W)
-    scale: float  # float current per a-unit
+    shape: tuple[int, ...]  # (C, H, W), or (N,) for a dense population
+    scale: float  # float value per a-unit (informational for imported graphs)
     vth: int  # spike iff v > vth << 6
     bias_mant: np.ndarray  # int16 [rows, C]: rows = diffusion_steps if time-dependent, else 1
     bias_exp: int
-    depth: int
+    depth: int  # the first chip step its input and bias arrive (its window's start in a pipeline)
     host_input: bool = False
+    du: int = IF_DU
+    dv: int = IF_DV
 
     def bias_row(self, t: np.ndarray) -> np.ndarray:
         """Row indices into bias_mant for diffusion steps t."""
         return t if self.bias_mant.shape[0] > 1 else np.zeros_like(t)
 
+    @property
+    def is_if(self) -> bool:
+        return (self.du, self.dv) == (IF_DU, IF_DV)
+
 
 @dataclass(frozen=True)
 class ChipSynapse:
-    source: str
+    source: str  # a population or a spike input
     target: str  # a population name, or READOUT
-    weight: np.ndarray  # int8 mantissas [C_out_slice, C_in, k, k], PyTorch cross-correlation layout
+    weight: np.ndarray  # int8 mantissas: conv [C_out_slice, C_in / groups, k, k] (PyTorch cross-correlation
+    #                     layout) or dense [N_out, N_in]
     weight_exp: int
     stride: int
     padding: int
     upsample: int  # nearest up-sampling of the spikes before the conv (1: none)
     out_offset: int  # first target channel
     delay: int
+    dilation: int = 1
+    groups: int = 1
+    flatten: bool = False  # a dense synapse reading a multi-dimensional source in C order
+
+    @property
+    def dense(self) -> bool:
+        return self.weight.ndim == 2
 
     def integer_weight(self) -> np.ndarray:
         return self.weight.astype(np.int64) << self.weight_exp
 
 
 READOUT = "readout"
+
+
+@dataclass(frozen=True)
+class ChipInput:
+    """A spike source: 0/1 per neuron per chip step, given at run time."""
+    name: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -109,14 +155,25 @@ class ChipHost:
 
 @dataclass(frozen=True)
 class ChipNetwork:
-    model_config: dict
-    snn_steps: int
-    diffusion_steps: int
-    populations: tuple[ChipPopulation, ...]  # dependency order
+    """One chip network. The SDDPM fields (model_config, diffusion_steps, host, threshold_factor, readout) are
+    its application layer: None / empty for a network imported from NIR, whose `inputs` are spike sources
+    and whose `outputs` name the populations it reports."""
+    populations: tuple[ChipPopulation, ...]  # dependency order where the network is feed-forward
     synapses: tuple[ChipSynapse, ...]
-    readout: ChipReadout
-    host: ChipHost
-    threshold_factor: float
+    snn_steps: int | None = None  # the window length T of a pipeline network; None: open-ended
+    readout: ChipReadout | None = None
+    inputs: tuple[ChipInput, ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()  # (output name, population)
+    model_config: dict = field(default_factory=dict)
+    diffusion_steps: int = 1
+    host: ChipHost | None = None
+    threshold_factor: float = 1.0
+    source: dict = field(default_factory=dict)  # how an imported graph was discretized (its front end's record)
+
+    @property
+    def is_diffusion(self) -> bool:
+        """An SDDPM network: host current in, readout current out, the host stages alongside."""
+        return self.host is not None
 
     def population(self, name: str) -> ChipPopulation:
         for pop in self.populations:
@@ -126,6 +183,12 @@ class ChipNetwork:
 
     def inputs_of(self, target: str) -> list[ChipSynapse]:
         return [s for s in self.synapses if s.target == target]
+
+    def source_shape(self, name: str) -> tuple[int, ...]:
+        for node in self.inputs + self.populations:
+            if node.name == name:
+                return node.shape
+        raise KeyError(name)
 
     @property
     def weight_count(self) -> int:
@@ -139,32 +202,95 @@ class ChipNetwork:
 
     def partition(self) -> dict[str, list[str]]:
         """What runs where."""
+        if not self.is_diffusion:
+            return {"host": [f"spike input {i.name}" for i in self.inputs], "chip": [p.name for p in self.populations]}
         return {"host": ["head conv (+BN) -> current of " + self.populations[0].name,
                          "time embedding -> bias tables", "tail (BN, Swish, conv, time conv, BN, Swish, membrane)"],
                 "chip": [p.name for p in self.populations] + [READOUT]}
 
 
+def conv_output_shape(syn: ChipSynapse, source_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The (C_out, H, W) a conv synapse gives over a (C, H, W) source (before its channel offset)."""
+    _, h, w = source_shape
+    k_h, k_w = syn.weight.shape[2:]
+    size = [(n * syn.upsample + 2 * syn.padding - syn.dilation * (k - 1) - 1) // syn.stride + 1
+            for n, k in ((h, k_h), (w, k_w))]
+    return (syn.weight.shape[0], *size)
+
+
+# Design rules: each is a named check of one node that returns its violations; `design_rule_violations` runs them
+# all over the network, so one error lists every violation with its node.
+def _population_rules(pop: ChipPopulation, net: ChipNetwork) -> list[str]:
+    out = []
+    if not 0 <= pop.vth <= VTH_MAX:
+        out.append(f"threshold-range: vth {pop.vth} outside [0, {VTH_MAX}] ({VTH_BITS} bits)")
+    if np.abs(pop.bias_mant.astype(np.int64)).max(initial=0) > BIAS_MANT_MAX:
+        out.append(f"bias-range: bias mantissa outside +-{BIAS_MANT_MAX} ({BIAS_MANT_BITS} bits)")
+    if not 0 <= pop.bias_exp <= BIAS_EXP_MAX:
+        out.append(f"bias-range: bias exponent {pop.bias_exp} outside [0, {BIAS_EXP_MAX}]")
+    if pop.bias_mant.ndim != 2 or pop.bias_mant.shape[1] != pop.shape[0] or \
+            pop.bias_mant.shape[0] not in (1, net.diffusion_steps):
+        out.append(f"bias-shape: bias_mant {pop.bias_mant.shape} is not [1 or {net.diffusion_steps}, {pop.shape[0]}]")
+    if not DU_RANGE[0] <= pop.du <= DU_RANGE[1] or not DV_RANGE[0] <= pop.dv <= DV_RANGE[1]:
+        out.append(f"decay-range: du {pop.du} / dv {pop.dv} outside {DU_RANGE} / {DV_RANGE} (12-bit decays)")
+    if pop.depth < 0:
+        out.append(f"timing: depth {pop.depth} < 0")
+    if pop.host_input and not net.is_diffusion:
+        out.append("host-input: a host current needs the host stages of a diffusion network")
+    return out
+
+
+def _synapse_rules(syn: ChipSynapse, net: ChipNetwork, shapes: dict) -> list[str]:
+    out = []
+    if np.abs(syn.weight.astype(np.int64)).max(initial=0) > WEIGHT_MANT_MAX:
+        out.append(f"weight-range: weight mantissa outside +-{WEIGHT_MANT_MAX} ({WEIGHT_BITS} bits)")
+    if syn.weight_exp < 0:
+        out.append(f"weight-range: weight_exp {syn.weight_exp} < 0")
+    elif np.abs(syn.weight.astype(np.int64)).max(initial=0) << syn.weight_exp >= CURRENT_LIMIT:
+        out.append(f"weight-range: one spike's weight reaches {CURRENT_LIMIT} a-units (a << 6 must fit u's 24 bits)")
+    if syn.delay < 1:
+        out.append(f"timing: delay {syn.delay} < 1 (every synapse delays by at least one step)")
+    if syn.source not in shapes or syn.source == READOUT:
+        return out + [f"chaining: unknown source {syn.source!r}"]
+    if syn.target != READOUT and (syn.target not in shapes or syn.target in {i.name for i in net.inputs}):
+        return out + [f"chaining: unknown target population {syn.target!r}"]
+    if syn.target == READOUT and net.readout is None:
+        return out + ["chaining: targets the readout of a network without one"]
+    src = shapes[syn.source]
+    tgt = net.readout.shape if syn.target == READOUT else shapes[syn.target]
+    if syn.dense:
+        n_in = int(np.prod(src)) if syn.flatten else (src[0] if len(src) == 1 else -1)
+        if syn.weight.shape[1] != n_in or syn.out_offset + syn.weight.shape[0] > int(np.prod(tgt)) or len(tgt) != 1:
+            out.append(f"chaining: dense weight {syn.weight.shape} does not map {src}"
+                       f"{' (flattened)' if syn.flatten else ''} onto {tgt}")
+        return out
+    if min(syn.stride, syn.dilation, syn.groups, syn.upsample) < 1 or syn.padding < 0:
+        return out + ["conv-geometry: stride, dilation, groups and upsample must be >= 1, padding >= 0"]
+    if len(src) != 3 or syn.weight.shape[1] * syn.groups != src[0] or syn.flatten or \
+            syn.out_offset + syn.weight.shape[0] > tgt[0] or conv_output_shape(syn, src)[1:] != tuple(tgt[1:]):
+        out.append(f"chaining: conv weight {syn.weight.shape} (groups {syn.groups}) does not chain {src} -> {tgt}")
+    return out
+
+
+def design_rule_violations(net: ChipNetwork) -> list[str]:
+    """Every violated design rule, as "<node>: <rule>: <what>"."""
+    shapes = {i.name: i.shape for i in net.inputs} | {p.name: p.shape for p in net.populations}
+    problems = []
+    if len(shapes) != len(net.inputs) + len(net.populations):
+        problems.append("network: population and input names must be distinct")
+    problems += [f"population {p.name}: {v}" for p in net.populations for v in _population_rules(p, net)]
+    problems += [f"synapse {s.source} -> {s.target}: {v}" for s in net.synapses for v in _synapse_rules(s, net, shapes)]
+    names = {p.name for p in net.populations}
+    problems += [f"output {name}: reads {pop!r}, not a population" for name, pop in net.outputs if pop not in names]
+    if not net.populations:
+        problems.append("network: no population")
+    return problems
+
+
 def check_ranges(net: ChipNetwork) -> None:
-    """Every integer within its declared hardware range, every synapse chaining; else name the culprit."""
-    names = {p.name: p for p in net.populations}
-    for pop in net.populations:
-        if not 0 <= pop.vth <= VTH_MAX:
-            raise ChipFormatError(f"population {pop.name}: vth {pop.vth} outside [0, {VTH_MAX}] ({VTH_BITS} bits)")
-        if np.abs(pop.bias_mant.astype(np.int64)).max(initial=0) > BIAS_MANT_MAX:
-            raise ChipFormatError(f"population {pop.name}: bias mantissa outside +-{BIAS_MANT_MAX}")
-        if not 0 <= pop.bias_exp <= BIAS_EXP_MAX:
-            raise ChipFormatError(f"population {pop.name}: bias exponent {pop.bias_exp} outside [0, {BIAS_EXP_MAX}]")
-    for syn in net.synapses:
-        where = f"synapse {syn.source} -> {syn.target}"
-        if syn.source not in names:
-            raise ChipFormatError(f"{where}: unknown source population")
-        if syn.target != READOUT and syn.target not in names:
-            raise ChipFormatError(f"{where}: unknown target population")
-        if np.abs(syn.weight.astype(np.int64)).max(initial=0) > WEIGHT_MANT_MAX:
-            raise ChipFormatError(f"{where}: weight mantissa outside +-{WEIGHT_MANT_MAX} ({WEIGHT_BITS} bits)")
-        if syn.weight_exp < 0 or syn.delay < 1:
-            raise ChipFormatError(f"{where}: weight_exp must be >= 0 and delay >= 1")
-        src = names[syn.source]
-        target_shape = net.readout.shape if syn.target == READOUT else names[syn.target].shape
-        if syn.weight.shape[1] != src.shape[0] or syn.out_offset + syn.weight.shape[0] > target_shape[0]:
-            raise ChipFormatError(f"{where}: weight {syn.weight.shape} does not chain {src.shape} -> {target_shape}")
+    """Every design rule holds (integers within their hardware ranges, synapses chaining); else one error that
+    lists every violation with its node."""
+    problems = design_rule_violations(net)
+    if problems:
+        raise ChipFormatError((f"{len(problems)} design-rule violations: " if len(problems) > 1 else "")
+                              + "; ".join(problems))

@@ -1,29 +1,38 @@
-"""The chip network as a NIR graph: the file the simulator and the Lava backend run from.
+"""The chip network (`export.chip`) as a NIR graph: the one file every front end writes and every back end
+runs, whether it came from `sddpm compile` or `sddpm import-nir`.
 
-Every node is a NIR primitive, so `nir.read` loads the file and its type checks pass:
+Every node is a NIR primitive, so `nir.read` loads the file and its type checks pass. One NIR time unit is one
+chip step, integrated by forward Euler:
 
-- `input`: `Input` (C, H, W), the host's current into the first population, integer a-units per step.
-- one `IF` per population, named as the population: r = 64 (one a-unit of input is 64 units of v),
-  v_threshold = vth << 6, v_reset = 0, spike iff v > v_threshold (Lava's strict comparison, and
-  NIR's `Threshold`). One NIR time unit is one chip step, integrated by forward Euler, which is
-  exact for integer inputs. Node metadata carries what NIR has no field for: `vth`, `scale`,
-  the bias table per diffusion step (`bias_mant` [rows, C], `bias_exp`; on only inside the window),
-  `depth` (the window is [depth, depth + T)), `host_input`, and `v_saturate_bits` (v saturates at 24).
-- one `Conv2d` per synapse (`syn000` ...): the integer weights mant << weight_exp as float32 (exact:
-  an 8-bit mantissa times a power of two), zero outside the synapse's output channels (a concatenation
-  is a fan-in sum of zero-padded weights, NIR's only way to concatenate); metadata `weight_exp`,
-  `out_offset`, `channels` (the slice width), `delay`, `upsample`.
-- `readout`: `Scale` (the float current per a-unit) that sums the output synapses, then `output`.
+- `input` (diffusion networks): `Input` (C, H, W), the host's current into the first population, integer
+  a-units per step. Spike inputs: one `Input` each, named as the input, listed in the graph's `spike_inputs`.
+- one neuron node per population, named as the population, by its decays: `IF` (du = 4095, dv = 0) with
+  r = 64 (one a-unit of input is 64 units of v); `LIF` (du = 4095, dv > 0) with tau = 4096 / dv steps and
+  r = 64 tau; otherwise `CubaLIF` with tau_syn = 4096 / (du + 1), w_in = 64 tau_syn, tau_mem = 4096 / dv and
+  r = tau_mem (an infinite tau where a decay is 0). All with v_threshold = vth << 6, v_reset = 0, spike iff
+  v > v_threshold (Lava's strict comparison). NIR's float dynamics round differently from Lava's integers, so
+  node metadata carries the integers themselves: `du`, `dv`, `vth`, `scale`, the bias table (`bias_mant`
+  [rows, C], `bias_exp`), `depth` (input and bias start; in a pipeline the window is [depth, depth + T)),
+  `host_input`, and `v_saturate_bits` (v saturates at 24).
+- one `Conv2d` or `Affine` per synapse (`syn0000` ...): the integer weights mant << weight_exp as float32
+  (exact: an 8-bit mantissa times a power of two), zero outside the synapse's output channels (a concatenation
+  is a fan-in sum of zero-padded weights, NIR's only way to concatenate); metadata `weight_exp`, `out_offset`,
+  `channels` (the slice width), `delay`, `upsample`. A dense synapse that reads a multi-dimensional source
+  reads it through a `Flatten` node `<source>.flat` (C order).
+- `readout` (diffusion networks): `Scale` (the float current per a-unit) that sums the output synapses, then
+  `output`. Spike outputs: an `Output` per name in the graph's `outputs`, fed by its population.
 
 NIR has no up-sampling. A synapse that up-samples its source by u reads from an `Input` port
 `<source>.up<u>` of shape (C, uH, uW), and the source feeds an `Output` port `<source>.to_up<u>`; the
 graph metadata `links` joins each pair by nearest up-sampling within the step. A reader that does not
 know the links sees two more graph ports; nothing in the file claims a meaning NIR does not give it.
 
-Graph metadata: `format` ("sddpm-chip-nir"), `version`, the model config, T, diffusion steps, the
-threshold factor, the neuron's integer constants, the host's saturation, the partition (what runs
-where), `links`, and `host`: the host stages (head conv, readout bias and time embedding, tail) as
-float32 arrays. The file alone runs the network. The root's HDF5 attribute `sddpm_sha256` is a digest
+Graph metadata: `format` ("sddpm-chip-nir"), `version`, the window T (`snn_steps`, absent for an open-ended
+network), the neuron's integer constants, the partition (what runs where), `order`, `links`, `spike_inputs`,
+`outputs`, `source` (how an imported graph was discretized), and for a diffusion network its application
+layer: the model config, diffusion steps, threshold factor, the host's saturation and `host`, the host
+stages (head conv, readout bias and time embedding, tail) as float32 arrays. The file alone runs the network.
+Version 1 files (IF conv networks of `sddpm compile`) read as they are. The root's HDF5 attribute `sddpm_sha256` is a digest
 of all of it, so a reader can tell a damaged or edited file from one this writer wrote.
 """
 from __future__ import annotations
@@ -39,11 +48,14 @@ from fileio import NIR_READ_ERRORS, atomic_path
 
 from .errors import ExportError
 
-from .chip import (ACT_SHIFT, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT, ChipHost,
-                   ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .chip import (ACT_SHIFT, DECAY_UNITY, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT,
+                   ChipHost, ChipInput, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
 FORMAT = "sddpm-chip-nir"
-VERSION = 1
+VERSION = 2  # 2: any LIF, dense synapses, spike inputs and outputs, imported graphs (1: SDDPM's IF conv networks)
+VERSIONS = (1, 2)
+# The second stack's format before version 2 of this one: refused with the way to recompile.
+OLD_IMPORT_FORMAT = "sddpm-net-nir"
 INPUT = "input"
 OUTPUT = "output"
 
@@ -73,59 +85,92 @@ def synapse_name(index: int) -> str:
     return f"syn{index:04d}"
 
 
-def _if_node(shape, vth: int, metadata: dict) -> nir.IF:
-    return nir.IF(r=np.full(shape, float(V_PER_A)), v_threshold=np.full(shape, float(vth << VTH_SHIFT)),
-                  v_reset=np.zeros(shape), metadata=metadata)
+def neuron_node(shape, du: int, dv: int, vth: int, metadata: dict) -> nir.NIRNode:
+    """The NIR node of a Lava LIF population (module docstring: the NIR type and parameters by decay)."""
+    ones = np.ones(shape)
+    threshold = ones * float(vth << VTH_SHIFT)
+    tau_mem = DECAY_UNITY / dv if dv else np.inf  # no leak: an infinite time constant
+    if (du, dv) == (IF_DU, IF_DV):
+        return nir.IF(r=ones * float(V_PER_A), v_threshold=threshold, v_reset=ones * 0.0, metadata=metadata)
+    if du == IF_DU:
+        return nir.LIF(tau=ones * tau_mem, r=ones * V_PER_A * tau_mem, v_leak=ones * 0.0, v_threshold=threshold,
+                       v_reset=ones * 0.0, metadata=metadata)
+    tau_syn = DECAY_UNITY / (du + 1) if du + 1 else np.inf
+    return nir.CubaLIF(tau_syn=ones * tau_syn, tau_mem=ones * tau_mem, r=ones * tau_mem, v_leak=ones * 0.0,
+                       v_threshold=threshold, v_reset=ones * 0.0, w_in=ones * V_PER_A * tau_syn, metadata=metadata)
 
 
-def _conv_node(syn: ChipSynapse, source_shape, target_channels: int) -> nir.Conv2d:
-    c_out, c_in, k, _ = syn.weight.shape
-    weight = np.zeros((target_channels, c_in, k, k), dtype=np.float32)
+def _synapse_node(syn: ChipSynapse, source_shape, target_shape) -> nir.NIRNode:
     # float32 holds mant << exp exactly: 8 significant bits times a power of two
-    weight[syn.out_offset:syn.out_offset + c_out] = syn.integer_weight()
+    md = {"weight_exp": syn.weight_exp, "out_offset": syn.out_offset, "channels": syn.weight.shape[0],
+          "delay": syn.delay, "upsample": syn.upsample}
+    weight = np.zeros((target_shape[0], *syn.weight.shape[1:]), dtype=np.float32)
+    weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
+    if syn.dense:
+        return nir.Affine(weight=weight, bias=np.zeros(target_shape[0], dtype=np.float32), metadata=md)
     _, h, w = source_shape
     return nir.Conv2d(input_shape=(h * syn.upsample, w * syn.upsample), weight=weight, stride=syn.stride,
-                      padding=syn.padding, dilation=1, groups=1, bias=np.zeros(target_channels, dtype=np.float32),
-                      metadata={"weight_exp": syn.weight_exp, "out_offset": syn.out_offset, "channels": c_out,
-                                "delay": syn.delay, "upsample": syn.upsample})
+                      padding=syn.padding, dilation=syn.dilation, groups=syn.groups,
+                      bias=np.zeros(target_shape[0], dtype=np.float32), metadata=md)
+
+
+def flatten_node(shape) -> nir.Flatten:
+    return nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
 
 
 def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
     check_ranges(net)
-    shapes = {p.name: p.shape for p in net.populations}
-    first = net.populations[0]
-    nodes: dict[str, nir.NIRNode] = {INPUT: nir.Input(np.array(first.shape))}
-    edges: list[tuple[str, str]] = [(INPUT, first.name)]
+    shapes = {i.name: i.shape for i in net.inputs} | {p.name: p.shape for p in net.populations}
+    nodes: dict[str, nir.NIRNode] = {i.name: nir.Input(np.array(i.shape)) for i in net.inputs}
+    edges: list[tuple[str, str]] = []
     for p in net.populations:
-        nodes[p.name] = _if_node(p.shape, p.vth, {
-            "vth": p.vth, "scale": p.scale, "bias_mant": p.bias_mant.astype(np.int16), "bias_exp": p.bias_exp,
-            "depth": p.depth, "host_input": int(p.host_input), "v_saturate_bits": STATE_BITS})
+        nodes[p.name] = neuron_node(p.shape, p.du, p.dv, p.vth, {
+            "du": p.du, "dv": p.dv, "vth": p.vth, "scale": p.scale, "bias_mant": p.bias_mant.astype(np.int16),
+            "bias_exp": p.bias_exp, "depth": p.depth, "host_input": int(p.host_input),
+            "v_saturate_bits": STATE_BITS})
+        if p.host_input:
+            nodes[INPUT] = nir.Input(np.array(p.shape))
+            edges.append((INPUT, p.name))
     r = net.readout
-    nodes["readout"] = nir.Scale(np.full(r.shape, r.scale), metadata={"depth": r.depth})
-    nodes[OUTPUT] = nir.Output(np.array(r.shape))
-    edges.append(("readout", OUTPUT))
+    if r is not None:
+        nodes["readout"] = nir.Scale(np.full(r.shape, r.scale), metadata={"depth": r.depth})
+        nodes[OUTPUT] = nir.Output(np.array(r.shape))
+        edges.append(("readout", OUTPUT))
+    for name, pop in net.outputs:
+        nodes[name] = nir.Output(np.array(shapes[pop]))
+        edges.append((pop, name))
     links = []
     for i, syn in enumerate(net.synapses):
         name = synapse_name(i)
         target = "readout" if syn.target == READOUT else syn.target
-        target_channels = r.shape[0] if syn.target == READOUT else shapes[syn.target][0]
-        nodes[name] = _conv_node(syn, shapes[syn.source], target_channels)
-        wire_synapse(nodes, edges, links, name, syn.source, shapes[syn.source], syn.upsample, target)
-    host = {"head_weight": net.host.head_weight.astype(np.float32),
-            "head_bias": net.host.head_bias.astype(np.float32),
-            "readout_bias": r.bias.astype(np.float32), "membrane_decay": float(net.host.membrane_decay),
-            **{k: v.astype(np.float32) for k, v in net.host.tail.items()}}
-    if r.temb is not None:
-        host["readout_temb"] = r.temb.astype(np.float32)
+        target_shape = r.shape if syn.target == READOUT else shapes[syn.target]
+        nodes[name] = _synapse_node(syn, shapes[syn.source], target_shape)
+        source = syn.source
+        if syn.flatten:
+            source = f"{syn.source}.flat"
+            if source not in nodes:
+                nodes[source] = flatten_node(shapes[syn.source])
+                edges.append((syn.source, source))
+        wire_synapse(nodes, edges, links, name, source, shapes[syn.source], syn.upsample, target)
     metadata = {
-        "format": FORMAT, "version": VERSION, "model_config": json.dumps(net.model_config),
-        "snn_steps": net.snn_steps, "diffusion_steps": net.diffusion_steps,
+        "format": FORMAT, "version": VERSION, "neuron": json.dumps({"act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
+                                                                     "state_bits": STATE_BITS}),
+        "partition": json.dumps(net.partition()), "order": json.dumps([p.name for p in net.populations]),
+        "links": json.dumps(links), "spike_inputs": json.dumps([i.name for i in net.inputs]),
+        "outputs": json.dumps([list(o) for o in net.outputs]), "source": json.dumps(net.source),
+        "model_config": json.dumps(net.model_config), "diffusion_steps": net.diffusion_steps,
         "threshold_factor": net.threshold_factor,
-        "neuron": json.dumps({"du": IF_DU, "dv": IF_DV, "act_shift": ACT_SHIFT, "vth_shift": VTH_SHIFT,
-                              "state_bits": STATE_BITS}),
-        "host_input_max": HOST_INPUT_MAX, "partition": json.dumps(net.partition()),
-        "order": json.dumps([p.name for p in net.populations]), "links": json.dumps(links), "host": host,
     }
+    if net.snn_steps is not None:
+        metadata["snn_steps"] = net.snn_steps
+    if net.is_diffusion:
+        host = {"head_weight": net.host.head_weight.astype(np.float32),
+                "head_bias": net.host.head_bias.astype(np.float32),
+                "readout_bias": r.bias.astype(np.float32), "membrane_decay": float(net.host.membrane_decay),
+                **{k: v.astype(np.float32) for k, v in net.host.tail.items()}}
+        if r.temb is not None:
+            host["readout_temb"] = r.temb.astype(np.float32)
+        metadata.update(host_input_max=HOST_INPUT_MAX, host=host)
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
@@ -211,11 +256,20 @@ def metadata_value(metadata: dict | None, key: str, where: str, error: type[Exce
     return scalar(metadata[key])
 
 
+def _check_version(meta: dict) -> int:
+    fmt, version = scalar((meta or {}).get("format")), scalar((meta or {}).get("version"))
+    if fmt == OLD_IMPORT_FORMAT:
+        raise ChipNirError(f"a {OLD_IMPORT_FORMAT} file of an earlier release: its format is retired; compile the "
+                           f"source NIR graph again with `sddpm import-nir`")
+    if fmt != FORMAT or version not in VERSIONS:
+        raise ChipNirError(f"not an {FORMAT} graph of a version in {VERSIONS} (format {fmt!r}, version {version!r})")
+    return int(version)
+
+
 def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
-    """The ChipNetwork a graph of `chip_to_nir` holds (the inverse of `chip_to_nir`, ranges checked)."""
+    """The ChipNetwork a graph of `chip_to_nir` holds (the inverse of `chip_to_nir`, design rules checked)."""
     meta = graph.metadata
-    if metadata_value(meta, "format", "graph") != FORMAT or int(metadata_value(meta, "version", "graph")) != VERSION:
-        raise ChipNirError(f"not an {FORMAT} graph of version {VERSION}")
+    version = _check_version(meta)
     nodes = graph.nodes
     links = {link["to"]: link["from"] for link in json.loads(metadata_value(meta, "links", "graph"))}
     feeds = {}
@@ -224,25 +278,51 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
     pops = []
     for name in json.loads(metadata_value(meta, "order", "graph")):
         node = nodes.get(name)
-        if not isinstance(node, nir.IF):
-            raise ChipNirError(f"population {name!r}: no IF node of that name")
+        if not isinstance(node, nir.IF | nir.LIF | nir.CubaLIF):
+            raise ChipNirError(f"population {name!r}: no IF, LIF or CubaLIF node of that name")
         md = node.metadata
-        pops.append(ChipPopulation(name, tuple(int(v) for v in node.v_threshold.shape), float(metadata_value(md, "scale", name)),
-                                   int(metadata_value(md, "vth", name)), np.asarray(metadata_value(md, "bias_mant", name), np.int16),
+        decays = (IF_DU, IF_DV) if version == 1 else (int(metadata_value(md, "du", name)),
+                                                      int(metadata_value(md, "dv", name)))
+        pops.append(ChipPopulation(name, tuple(int(v) for v in node.v_threshold.shape),
+                                   float(metadata_value(md, "scale", name)), int(metadata_value(md, "vth", name)),
+                                   np.asarray(metadata_value(md, "bias_mant", name), np.int16),
                                    int(metadata_value(md, "bias_exp", name)), int(metadata_value(md, "depth", name)),
-                                   bool(metadata_value(md, "host_input", name))))
+                                   bool(metadata_value(md, "host_input", name)), *decays))
     syns = []
-    for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d)), key=lambda n: int(n[3:])):
+    for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d | nir.Affine)),
+                       key=lambda n: int(n[3:])):
         node, md = nodes[name], nodes[name].metadata
-        port = feeds[name][0]  # a population, or the Input port of an up-sampling link
+        port = feeds[name][0]  # a population or input, its Flatten, or the Input port of an up-sampling link
         source = feeds[links[port]][0] if port in links else port
+        flatten = isinstance(nodes[source], nir.Flatten)
+        if flatten:
+            source = feeds[source][0]
         target = next(b for a, b in graph.edges if a == name)
         exp, offset, channels = (int(metadata_value(md, k, name)) for k in ("weight_exp", "out_offset", "channels"))
-        weight = np.asarray(node.weight, np.float64)[offset:offset + channels]
-        syns.append(ChipSynapse(source, READOUT if target == "readout" else target,
-                                np.round(weight / 2.0 ** exp).astype(np.int8), exp,
-                                int(np.asarray(node.stride).flat[0]), int(np.asarray(node.padding).flat[0]),
-                                int(metadata_value(md, "upsample", name)), offset, int(metadata_value(md, "delay", name))))
+        weight = np.round(np.asarray(node.weight, np.float64)[offset:offset + channels] / 2.0 ** exp).astype(np.int8)
+        common = dict(source=source, target=READOUT if target == "readout" else target, weight=weight, weight_exp=exp,
+                      upsample=int(metadata_value(md, "upsample", name)), out_offset=offset,
+                      delay=int(metadata_value(md, "delay", name)))
+        if isinstance(node, nir.Affine):
+            syns.append(ChipSynapse(stride=1, padding=0, flatten=flatten, **common))
+        else:
+            syns.append(ChipSynapse(stride=int(np.asarray(node.stride).flat[0]),
+                                    padding=int(np.asarray(node.padding).flat[0]),
+                                    dilation=int(np.asarray(node.dilation).flat[0]), groups=int(node.groups), **common))
+    spike_inputs = json.loads(metadata_value(meta, "spike_inputs", "graph")) if version > 1 else []
+    inputs = tuple(ChipInput(n, tuple(int(v) for v in np.asarray(nodes[n].output_type["output"]).ravel()))
+                   for n in spike_inputs)
+    outputs = tuple((str(a), str(b)) for a, b in json.loads(metadata_value(meta, "outputs", "graph"))) \
+        if version > 1 else ()
+    common = dict(inputs=inputs, outputs=outputs, model_config=json.loads(metadata_value(meta, "model_config", "graph")),
+                  diffusion_steps=int(metadata_value(meta, "diffusion_steps", "graph")),
+                  threshold_factor=float(metadata_value(meta, "threshold_factor", "graph")),
+                  snn_steps=int(metadata_value(meta, "snn_steps", "graph")) if "snn_steps" in meta else None,
+                  source=json.loads(metadata_value(meta, "source", "graph")) if version > 1 else {})
+    if "host" not in meta:
+        net = ChipNetwork(tuple(pops), tuple(syns), **common)
+        check_ranges(net)
+        return net
     host = metadata_value(meta, "host", "graph")
     scale = np.asarray(nodes["readout"].scale)
     temb = host.get("readout_temb")
@@ -252,11 +332,9 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
                           int(metadata_value(nodes["readout"].metadata, "depth", "readout")))
     tail = {k: np.asarray(v, np.float32) for k, v in host.items()
             if k not in ("head_weight", "head_bias", "readout_bias", "readout_temb", "membrane_decay")}
-    net = ChipNetwork(json.loads(metadata_value(meta, "model_config", "graph")), int(metadata_value(meta, "snn_steps", "graph")),
-                      int(metadata_value(meta, "diffusion_steps", "graph")), tuple(pops), tuple(syns), readout,
-                      ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
-                               tail, float(host["membrane_decay"])),
-                      float(metadata_value(meta, "threshold_factor", "graph")))
+    net = ChipNetwork(tuple(pops), tuple(syns), readout=readout,
+                      host=ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
+                                    tail, float(host["membrane_decay"])), **common)
     check_ranges(net)
     return net
 

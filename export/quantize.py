@@ -111,8 +111,9 @@ def quantize(graph: FloatGraph, calib: Calibration, model_config: dict, threshol
     host = graph.host
     chip_host = ChipHost(host.head_weight.float().numpy(), host.head_bias.float().numpy(),
                          {k: v.float().numpy() for k, v in host.tail.items()}, host.membrane_decay)
-    net = ChipNetwork(model_config, graph.snn_steps, graph.diffusion_steps, tuple(pops), tuple(synapses), readout,
-                      chip_host, float(threshold_factor))
+    net = ChipNetwork(tuple(pops), tuple(synapses), snn_steps=graph.snn_steps, readout=readout,
+                      model_config=model_config, diffusion_steps=graph.diffusion_steps, host=chip_host,
+                      threshold_factor=float(threshold_factor))
     check_ranges(net)
     return net
 

@@ -1,4 +1,5 @@
-"""The quantized reference: the chip network's integers run in PyTorch with zero-delay semantics.
+"""The quantized reference: the chip network's integers run in PyTorch. A diffusion network runs with zero-delay
+semantics (`run_reference`); a network with spike inputs on the contract's timing (`run_reference_spikes`).
 
 All populations see SNN step t together (no synaptic delay), in dependency order. This is the
 reference that the bit-accurate simulator and Lava must match exactly; it is written from the
@@ -16,7 +17,10 @@ import torch.nn.functional as F
 
 from records import ChipRun
 
-from .chip import ACT_SHIFT, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipSynapse
+from .chip import (ACT_SHIFT, DECAY_UNITY, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipPopulation,
+                   ChipSynapse)
+
+DECAY_SHIFT = 12  # du and dv are fractions of DECAY_UNITY = 2^12
 from .errors import ExportInputError
 from .host import ChipOverflowWarning, host_input_current, readout_to_eps
 
@@ -70,6 +74,86 @@ def _apply(syn: ChipSynapse, spikes: torch.Tensor, weight: torch.Tensor) -> torc
     return F.conv2d(x, weight, stride=syn.stride, padding=syn.padding).round().long()
 
 
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """x * keep / 4096, rounded toward zero (Lava's decays of u and v)."""
+    product = x * keep
+    return torch.sign(product) * (product.abs() >> DECAY_SHIFT)
+
+
+def neuron_step(p: ChipPopulation, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, bias: torch.Tensor):
+    """One chip step of a population (the contract in `export.chip`), all int64: returns the new u, v, the spikes
+    and how many values overflowed the 24-bit state (u wrapped or v saturated)."""
+    u = _decay(u, DECAY_UNITY - (p.du + 1)) + (a << ACT_SHIFT)
+    # u is a 24-bit state: one conditional wrap into (-2^23, 2^23] (Lava PyLifModelBitAcc)
+    wrapped = (u > STATE_MAX) | (u <= -STATE_MAX)
+    u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX, torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
+    total = _decay(v, DECAY_UNITY - p.dv) + u + bias
+    saturated = total.abs() > STATE_MAX - 1
+    v = total.clamp(-(STATE_MAX - 1), STATE_MAX - 1)  # v saturates
+    s = v > (p.vth << VTH_SHIFT)  # strict, as on Loihi
+    return u, torch.where(s, 0, v), s, int(wrapped.sum()) + int(saturated.sum())
+
+
+def _warn_overflow(overflow: dict[str, int]) -> None:
+    for name, n in overflow.items():
+        warnings.warn(f"population {name}: {n} current or voltage values overflowed the 24-bit state "
+                      "(u wraps, v saturates); recompile with calibration data that covers these inputs",
+                      ChipOverflowWarning, stacklevel=3)
+
+
+def _current(syn: ChipSynapse, spikes: torch.Tensor) -> torch.Tensor:
+    """One synapse's integer output for 0/1 spikes [B, *source shape] (general: dense, grouped, dilated)."""
+    weight = torch.from_numpy(syn.integer_weight())
+    if syn.dense:
+        x = spikes.flatten(1) if syn.flatten else spikes
+        return x.to(torch.int64) @ weight.T
+    x = spikes.to(torch.float64)  # exact: integer sums below 2^53 (check_ranges bounds one spike by 2^17)
+    if syn.upsample != 1:
+        x = F.interpolate(x, scale_factor=syn.upsample, mode="nearest")
+    return F.conv2d(x, weight.to(torch.float64), stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                    groups=syn.groups).round().long()
+
+
+@torch.no_grad()
+def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run a network with spike inputs (an imported graph) on the contract's timing: a synapse of delay d delivers
+    at step tau the spikes its source emitted at tau - d, a population's bias is on from its depth (inside its
+    window, where the network has one). inputs: name -> 0/1 [T, B, *shape]. Returns every population's spikes,
+    bool [T, B, *shape]."""
+    names = {i.name: i.shape for i in net.inputs}
+    if set(inputs) != set(names) or not inputs:
+        raise ExportInputError(f"inputs must be given for the spike inputs {sorted(names)}, got {sorted(inputs)}")
+    steps, batch = next(iter(inputs.values())).shape[:2]
+    for name, x in inputs.items():
+        if tuple(x.shape) != (steps, batch, *names[name]):
+            raise ExportInputError(f"input {name!r}: expected [T={steps}, B={batch}, {names[name]}], got {list(x.shape)}")
+    history = {name: [] for name in [*names, *(p.name for p in net.populations)]}
+    u = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64) for p in net.populations}
+    v = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64) for p in net.populations}
+    overflow: dict[str, int] = {}
+    for tau in range(steps):
+        now = {}
+        for p in net.populations:
+            a = torch.zeros(batch, *p.shape, dtype=torch.int64)
+            for syn in net.inputs_of(p.name):
+                if tau - syn.delay >= 0:
+                    out = _current(syn, history[syn.source][tau - syn.delay])
+                    a[:, syn.out_offset:syn.out_offset + out.shape[1]] += out
+            on = p.depth <= tau and (net.snn_steps is None or tau < p.depth + net.snn_steps)
+            bias = torch.from_numpy(p.bias_mant[0].astype(np.int64) << p.bias_exp) * on
+            bias = bias.view(1, p.shape[0], *[1] * (len(p.shape) - 1))
+            u[p.name], v[p.name], s, n = neuron_step(p, u[p.name], v[p.name], a, bias)
+            now[p.name] = s
+            if n:
+                overflow[p.name] = overflow.get(p.name, 0) + n
+        for name in names:
+            history[name].append(inputs[name][tau] != 0)
+        for name, s in now.items():
+            history[name].append(s)
+    _warn_overflow(overflow)
+    return {p.name: torch.stack(history[p.name]) for p in net.populations}
+
+
 @torch.no_grad()
 def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor, device: str | torch.device = "cpu") -> ChipRun:
     """Run one forward pass (T SNN steps) on x_t [B, C, H, W] at diffusion steps t [B]; the chip's integers on
@@ -78,6 +162,7 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor, device: st
     batch, steps = x.shape[0], net.snn_steps
     t_np = t.cpu().numpy()
     a_host = host_input_current(net, x.cpu()).to(device)
+    u = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64, device=device) for p in net.populations}
     v = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64, device=device) for p in net.populations}
     bias = {}
     for p in net.populations:
@@ -91,25 +176,13 @@ def run_reference(net: ChipNetwork, x: torch.Tensor, t: torch.Tensor, device: st
         now: dict[str, torch.Tensor] = {}
         for p in net.populations:
             a = a_host if p.host_input else _synaptic_sum(net, p.name, p.shape, now, batch, weights)
-            u = a << ACT_SHIFT
-            # u is a 24-bit state: one conditional wrap into (-2^23, 2^23] (Lava PyLifModelBitAcc)
-            wrapped = (u > STATE_MAX) | (u <= -STATE_MAX)
-            u = torch.where(u > STATE_MAX, u - 2 * STATE_MAX, torch.where(u <= -STATE_MAX, u + 2 * STATE_MAX, u))
-            total = v[p.name] + u + bias[p.name]
-            saturated = total.abs() > STATE_MAX - 1
-            v_new = total.clamp(-(STATE_MAX - 1), STATE_MAX - 1)  # v saturates
-            s = v_new > (p.vth << VTH_SHIFT)  # strict, as on Loihi
-            v[p.name] = torch.where(s, 0, v_new)
+            u[p.name], v[p.name], s, n = neuron_step(p, u[p.name], v[p.name], a, bias[p.name])
             now[p.name] = s
             spikes[p.name].append(s)
-            n = int(wrapped.sum()) + int(saturated.sum())
             if n:
                 overflow[p.name] = overflow.get(p.name, 0) + n
         readout.append(_synaptic_sum(net, READOUT, net.readout.shape, now, batch, weights))
-    for name, n in overflow.items():
-        warnings.warn(f"population {name}: {n} current or voltage values overflowed the 24-bit state "
-                      "(u wraps, v saturates); recompile with calibration data that covers these inputs",
-                      ChipOverflowWarning, stacklevel=2)
+    _warn_overflow(overflow)
     a_out = torch.stack(readout).cpu()
     return ChipRun("reference", {k: torch.stack(s).cpu() for k, s in spikes.items()}, a_out,
                    readout_to_eps(net, a_out, t.cpu()), chip_steps=steps)

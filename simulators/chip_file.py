@@ -1,7 +1,10 @@
-"""Read a compiled chip network from its NIR file (format "sddpm-chip-nir", see `export/nir_chip.py`).
+"""Read a compiled chip network from its NIR file (format "sddpm-chip-nir", see `export/nir_chip.py`), whichever
+front end wrote it (`sddpm compile` or `sddpm import-nir`).
 
-The reader trusts nothing it can check: every node must be a NIR primitive it knows, the IF
-parameters must say what the integer metadata says (r = 64, v_threshold = vth << 6, v_reset = 0), every
+The reader trusts nothing it can check: every node must be a NIR primitive it knows, the neuron
+parameters must say what the integer metadata says (IF: r = 64; LIF: tau = 4096 / dv, r = 64 tau; CubaLIF:
+tau_syn = 4096 / (du + 1), w_in = 64 tau_syn, tau_mem = 4096 / dv, r = tau_mem; all with
+v_threshold = vth << 6, v_reset = 0), every
 weight must be an integer mantissa << exponent inside the 8-bit range and zero outside the synapse's
 channels, every edge must chain, and each up-sampling port pair must be linked. Every range the simulator
 relies on is checked: 0 < vth within 17 bits, bias mantissas within 13 bits of one row or one per diffusion
@@ -25,10 +28,10 @@ import torch
 from fileio import NIR_READ_ERRORS
 
 from .errors import SimulatorError
-from .fixed_point import ACT_SHIFT, IF_DU, IF_DV, STATE_MAX, VTH_SHIFT
+from .fixed_point import ACT_SHIFT, DECAY_UNITY, IF_DU, IF_DV, STATE_MAX, VTH_SHIFT
 
 FORMAT = "sddpm-chip-nir"
-VERSIONS = (1,)
+VERSIONS = (1, 2)  # 1: SDDPM's IF conv networks; 2: any LIF, dense synapses, spike inputs and outputs
 READOUT = "readout"
 INPUT = "input"
 OUTPUT = "output"
@@ -41,6 +44,9 @@ VTH_MAX = (1 << VTH_BITS) - 1
 BIAS_MANT_BITS = 13  # signed bias mantissa (stored in int16, whose wrap a larger value would hit)
 BIAS_MANT_MAX = (1 << (BIAS_MANT_BITS - 1)) - 1  # +-4095
 BIAS_EXP_MAX = 7  # 3-bit bias exponent
+DU_RANGE = (-1, DECAY_UNITY - 1)  # u is multiplied by 4096 - (du + 1): du = -1 keeps it, 4095 forgets it
+DV_RANGE = (0, DECAY_UNITY)  # v is multiplied by 4096 - dv
+NEURON_TYPES = (nir.IF, nir.LIF, nir.CubaLIF)
 SPIKE_LIMIT = STATE_MAX >> ACT_SHIFT  # one spike's weight below 2^17 a-units keeps a << 6 inside u's 24 bits
 DIGEST_ATTR = "sddpm_sha256"  # the writer's digest of the file, an attribute of its root
 # The host stages the simulator runs (`network.ChipSimulator`); readout_temb is optional.
@@ -63,19 +69,32 @@ class Population:
     bias_exp: int
     depth: int
     host_input: bool
+    du: int = IF_DU
+    dv: int = IF_DV
+
+    @property
+    def is_if(self) -> bool:
+        return (self.du, self.dv) == (IF_DU, IF_DV)
 
 
 @dataclass(frozen=True)
 class Synapse:
     source: str
     target: str
-    weight: torch.Tensor  # int64 [C_out, C_in, k, k]: mantissa << weight_exp
+    weight: torch.Tensor  # int64 mantissa << weight_exp: conv [C_out, C_in / groups, k, k] or dense [N_out, N_in]
     stride: int
     padding: int
     upsample: int
     out_offset: int
     delay: int
     weight_exp: int  # weight >> weight_exp is the 8-bit mantissa (|m| <= WEIGHT_MANT_MAX)
+    dilation: int = 1
+    groups: int = 1
+    flatten: bool = False  # a dense synapse reading its source flattened in C order
+
+    @property
+    def dense(self) -> bool:
+        return self.weight.dim() == 2
 
     @property
     def peak(self) -> int:
@@ -87,11 +106,13 @@ class Synapse:
 class ChipFile:
     populations: tuple[Population, ...]  # dependency order
     synapses: tuple[Synapse, ...]
-    readout: dict  # shape, scale, depth, bias, temb
-    host: dict  # float32 tensors + membrane_decay
-    snn_steps: int
+    readout: dict | None  # shape, scale, depth, bias, temb (a diffusion network's)
+    host: dict | None  # float32 tensors + membrane_decay (a diffusion network's)
+    snn_steps: int | None  # the window T of a pipeline network; None: open-ended
     diffusion_steps: int
     meta: dict  # model_config, threshold_factor, host_input_max
+    inputs: dict[str, tuple[int, ...]]  # spike inputs: name -> shape
+    outputs: tuple[tuple[str, str], ...]  # (output name, population)
 
 
 def _digest(h5: h5py.File) -> str:
@@ -185,10 +206,10 @@ def _uniform(node_name: str, what: str, array: np.ndarray, value: float) -> None
 
 def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     meta = graph.metadata
-    _check_header(meta, unsealed)
+    version = _check_header(meta, unsealed)
     nodes = graph.nodes
     for name, node in nodes.items():
-        if not isinstance(node, nir.Input | nir.Output | nir.IF | nir.Conv2d | nir.Scale):
+        if not isinstance(node, (nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Flatten, nir.Scale) + NEURON_TYPES):
             raise ChipFileError(f"node {name!r}: NIR type {type(node).__name__} has no place in a chip network")
     sources: dict[str, list[str]] = {}
     targets: dict[str, list[str]] = {}
@@ -202,36 +223,64 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
         raise ChipFileError(f"the population order must be a non-empty list of distinct names, is {order!r}")
     diffusion_steps = _int_field("graph", meta, "diffusion_steps", 1)
     problems: list[str] = []  # of every population, synapse and host stage, listed together
-    pops = [p for p in (checked(problems, _population, name, nodes, diffusion_steps) for name in order) if p]
-    if {n for n, node in nodes.items() if isinstance(node, nir.IF)} != set(order):
-        raise ChipFileError("the IF nodes and the graph's population order differ")
-    shapes = {n: tuple(int(v) for v in np.shape(nodes[n].v_threshold)) for n in order}
+    pops = [p for p in (checked(problems, _population, name, nodes, diffusion_steps, version) for name in order) if p]
+    if {n for n, node in nodes.items() if isinstance(node, NEURON_TYPES)} != set(order):
+        raise ChipFileError("the neuron nodes and the graph's population order differ")
+    spike_inputs = json.loads(field("graph", meta, "spike_inputs")) if version > 1 else []
+    inputs = {}
+    for name in spike_inputs:
+        if not isinstance(nodes.get(name), nir.Input) or sources.get(name):
+            raise ChipFileError(f"spike input {name!r}: no Input node of that name, or one with inputs")
+        inputs[name] = tuple(int(v) for v in np.asarray(nodes[name].output_type["output"]).ravel())
+    shapes = {n: tuple(int(v) for v in np.shape(nodes[n].v_threshold)) for n in order} | inputs
+    outputs = tuple((str(a), str(b)) for a, b in json.loads(field("graph", meta, "outputs"))) if version > 1 else ()
+    for name, pop in outputs:
+        if not isinstance(nodes.get(name), nir.Output) or sources.get(name) != [pop] or pop not in order:
+            raise ChipFileError(f"output {name!r}: no Output node fed by population {pop!r}")
 
+    diffusion = "host" in meta
     readout = nodes.get(READOUT)
-    if not isinstance(readout, nir.Scale) or targets.get(READOUT) != [OUTPUT]:
-        raise ChipFileError(f"node {READOUT!r}: expected a Scale feeding {OUTPUT!r}")
-    if INPUT not in sources.get(order[0], []):
-        raise ChipFileError(f"the host input must feed the first population {order[0]!r}")
+    if diffusion:
+        if not isinstance(readout, nir.Scale) or targets.get(READOUT) != [OUTPUT]:
+            raise ChipFileError(f"node {READOUT!r}: expected a Scale feeding {OUTPUT!r}")
+        if INPUT not in sources.get(order[0], []):
+            raise ChipFileError(f"the host input must feed the first population {order[0]!r}")
+    elif readout is not None or any(p.host_input for p in pops):
+        raise ChipFileError("a readout or a host current input needs the host stages of a diffusion network")
 
     syns = [checked(problems, _synapse, name, nodes[name], sources.get(name, []), targets.get(name, []), links,
                      sources, nodes, shapes)
-            for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d))]
+            for name in sorted(n for n, node in nodes.items() if isinstance(node, nir.Conv2d | nir.Affine))]
+    snn_steps = _int_field("graph", meta, "snn_steps", 1) if "snn_steps" in meta else None
+    common = dict(inputs=inputs, outputs=outputs, snn_steps=snn_steps, diffusion_steps=diffusion_steps)
+    if not diffusion:
+        if problems:
+            raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
+        return ChipFile(tuple(pops), tuple(syns), None, None,
+                        meta={"model_config": json.loads(field("graph", meta, "model_config")),
+                              "threshold_factor": _positive("graph", meta, "threshold_factor"),
+                              "source": json.loads(field("graph", meta, "source"))}, **common)
     host_meta = field("graph", meta, "host")
     problems += _host_problems(host_meta)
     if problems:
         raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
+    if snn_steps is None:
+        raise ChipFileError("a diffusion network needs its window T (snn_steps)")
     host = _host(host_meta)
     readout_info = _readout(readout, host_meta)
     _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
-    return ChipFile(tuple(pops), tuple(syns), readout_info, host, _int_field("graph", meta, "snn_steps", 1),
-                    diffusion_steps,
-                    {"model_config": json.loads(field("graph", meta, "model_config")),
-                     "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                     "host_input_max": int(field("graph", meta, "host_input_max"))})
+    return ChipFile(tuple(pops), tuple(syns), readout_info, host,
+                    meta={"model_config": json.loads(field("graph", meta, "model_config")),
+                          "threshold_factor": _positive("graph", meta, "threshold_factor"),
+                          "host_input_max": int(field("graph", meta, "host_input_max"))}, **common)
 
 
-def _check_header(meta: dict, unsealed: str | None) -> None:
-    """The graph's format, version, seal and neuron model: what must hold before any node is read."""
+def _check_header(meta: dict, unsealed: str | None) -> int:
+    """The graph's format, version, seal and (version 1) neuron model, what must hold before any node is read;
+    returns the version."""
+    if scalar(meta.get("format")) == "sddpm-net-nir":
+        raise ChipFileError("a sddpm-net-nir file of an earlier release: its format is retired; compile the source "
+                            "NIR graph again with `sddpm import-nir`")
     if scalar(meta.get("format")) != FORMAT:
         raise ChipFileError(f"not an {FORMAT} file (format {scalar(meta.get('format'))!r}): a NIR graph from "
                             f"another tool holds no chip integers")
@@ -239,10 +288,13 @@ def _check_header(meta: dict, unsealed: str | None) -> None:
         raise ChipFileError(f"{FORMAT} version {scalar(meta['version'])!r} is not supported (this reader: {VERSIONS})")
     if unsealed is not None:  # after the format: another tool's file is named as such
         raise ChipFileError(unsealed)
-    neuron = json.loads(field("graph", meta, "neuron"))
-    if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
-        raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: this simulator runs IF "
-                            f"(du={IF_DU}, dv={IF_DV})")
+    version = int(field("graph", meta, "version"))
+    if version == 1:  # one neuron for the whole network, which had to be IF
+        neuron = json.loads(field("graph", meta, "neuron"))
+        if (neuron["du"], neuron["dv"]) != (IF_DU, IF_DV):
+            raise ChipFileError(f"neuron du={neuron['du']}, dv={neuron['dv']}: a version 1 file holds IF "
+                                f"(du={IF_DU}, dv={IF_DV})")
+    return version
 
 
 def _host_problems(host_meta: dict) -> list[str]:
@@ -309,32 +361,62 @@ def checked(problems: list[str], check, *args):
         return None
 
 
-def _population(name, nodes, diffusion_steps: int) -> Population:
+def _neuron_parameters(name: str, node, du: int, dv: int, vth: int) -> None:
+    """The NIR node's parameters say what its integers say (see the module docstring), computed here anew."""
+    tau_mem = DECAY_UNITY / dv if dv else np.inf
+    tau_syn = DECAY_UNITY / (du + 1) if du + 1 else np.inf
+    if (du, dv) == (IF_DU, IF_DV):
+        expected = {nir.IF: {"r": V_PER_A}}
+    elif du == IF_DU:
+        expected = {nir.LIF: {"tau": tau_mem, "r": V_PER_A * tau_mem, "v_leak": 0}}
+    else:
+        expected = {nir.CubaLIF: {"tau_syn": tau_syn, "tau_mem": tau_mem, "r": tau_mem, "v_leak": 0,
+                                  "w_in": V_PER_A * tau_syn}}
+    kind, values = next(iter(expected.items()))
+    if type(node) is not kind:
+        raise ChipFileError(f"population {name!r}: du = {du}, dv = {dv} is a NIR {kind.__name__}, the node is a "
+                            f"{type(node).__name__}")
+    for what, value in values.items():
+        _uniform(name, what, getattr(node, what), value)
+    _uniform(name, "v_threshold", node.v_threshold, vth << VTH_SHIFT)
+    _uniform(name, "v_reset", node.v_reset, 0)
+
+
+def _population(name, nodes, diffusion_steps: int, version: int) -> Population:
     node = nodes.get(name) if isinstance(name, str) else None
-    if not isinstance(node, nir.IF):
-        raise ChipFileError(f"population {name!r}: no IF node of that name")
+    if not isinstance(node, NEURON_TYPES):
+        raise ChipFileError(f"population {name!r}: no IF, LIF or CubaLIF node of that name")
     md = node.metadata
     vth = _int_field(name, md, "vth", 1, VTH_MAX)  # > 0: a threshold of 0 fires on any positive input
     shape = tuple(int(v) for v in np.shape(node.v_threshold))
-    if len(shape) != 3 or min(shape) < 1:
-        raise ChipFileError(f"population {name!r}: v_threshold has shape {shape}, not (C, H, W)")
-    _uniform(name, "r", node.r, V_PER_A)
-    _uniform(name, "v_threshold", node.v_threshold, vth << VTH_SHIFT)
-    _uniform(name, "v_reset", node.v_reset, 0)
+    if (version == 1 and len(shape) != 3) or not shape or min(shape) < 1:
+        raise ChipFileError(f"population {name!r}: v_threshold has shape {shape}, not (C, H, W) or (N,)")
+    du, dv = (IF_DU, IF_DV) if version == 1 else (_int_field(name, md, "du", *DU_RANGE),
+                                                  _int_field(name, md, "dv", *DV_RANGE))
+    _neuron_parameters(name, node, du, dv, vth)
     return Population(name, shape, _positive(name, md, "scale"), vth, _bias_mant(name, md, shape[0], diffusion_steps),
                       _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
-                      bool(field(name, md, "host_input")))
+                      bool(field(name, md, "host_input")), du, dv)
 
 
-def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) -> Synapse:
+def _synapse(name, node, srcs, dsts, links, sources, nodes, shapes) -> Synapse:
     if len(srcs) != 1 or len(dsts) != 1:
         raise ChipFileError(f"synapse {name!r}: needs one source and one target, has {srcs} -> {dsts}")
     source, target = srcs[0], dsts[0]
     md = node.metadata
+    dense = isinstance(node, nir.Affine)
     upsample = _int_field(name, md, "upsample", 1)
+    flatten = isinstance(nodes.get(source), nir.Flatten)
+    if flatten:  # the Flatten reads the source: C order over everything but the batch
+        flat = nodes[source]
+        if not dense or len(sources.get(source, [])) != 1 or \
+                (int(np.asarray(flat.start_dim)), int(np.asarray(flat.end_dim))) != (0, -1):
+            raise ChipFileError(f"synapse {name!r}: reads the Flatten {source!r}, which must flatten one source "
+                                f"whole (start_dim 0, end_dim -1) into a dense synapse")
+        source = sources[source][0]
     if upsample != 1:  # source is an Input port joined by a link to the population's Output port
         link = links.get(source)
-        if link is None or link["op"] != "nearest_upsample" or int(link["factor"]) != upsample:
+        if link is None or link["op"] != "nearest_upsample" or int(link["factor"]) != upsample or dense:
             raise ChipFileError(f"synapse {name!r}: reads {source!r}, which no nearest-up-sampling link "
                                 f"x{upsample} feeds")
         port = sources.get(link["from"], [])
@@ -342,22 +424,33 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
             raise ChipFileError(f"link {link['from']!r} -> {source!r}: the Output port is fed by {port}")
         source = port[0]
     if source not in shapes:
-        raise ChipFileError(f"synapse {name!r}: source {source!r} is not a population")
-    if target != READOUT and target not in shapes:
+        raise ChipFileError(f"synapse {name!r}: source {source!r} is not a population or a spike input")
+    if target != READOUT and (target not in shapes or isinstance(nodes.get(target), nir.Input)):
         raise ChipFileError(f"synapse {name!r}: target {target!r} is not a population or the readout")
-    stride, padding, dilation = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.stride, node.padding,
-                                                                                 node.dilation))
-    if stride[0] != stride[1] or padding[0] != padding[1] or np.any(dilation != 1) or int(node.groups) != 1:
-        raise ChipFileError(f"synapse {name!r}: only square stride/padding, dilation 1 and groups 1 map to the chip")
-    c_in = shapes[source][0]
+    src = shapes[source]
     weight = np.asarray(node.weight, dtype=np.float64)
-    if weight.ndim != 4 or not np.all(np.isfinite(weight)):
-        raise ChipFileError(f"synapse {name!r}: weight must be a finite [C_out, C_in, k, k] array, is {weight.shape}")
-    if weight.shape[1] != c_in or np.any(np.asarray(node.bias) != 0):
-        raise ChipFileError(f"synapse {name!r}: weight {weight.shape} does not read {c_in} channels, or has a bias")
+    if weight.ndim != (2 if dense else 4) or not np.all(np.isfinite(weight)) or np.any(np.asarray(node.bias) != 0):
+        raise ChipFileError(f"synapse {name!r}: weight must be a finite {'[N_out, N_in]' if dense else '[C_out, C_in, k, k]'}"
+                            f" array without bias, is {weight.shape}")
+    stride = padding = dilation = groups = 1
+    if dense:
+        padding = 0
+        n_in = int(np.prod(src)) if flatten else (src[0] if len(src) == 1 else -1)
+        if weight.shape[1] != n_in:
+            raise ChipFileError(f"synapse {name!r}: weight {weight.shape} does not read {src} spikes"
+                                f"{' flattened' if flatten else ''}")
+    else:
+        stride, padding, dilation = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.stride, node.padding,
+                                                                                     node.dilation))
+        groups = int(np.asarray(node.groups).ravel()[0])
+        if stride[0] != stride[1] or padding[0] != padding[1] or dilation[0] != dilation[1] or groups < 1:
+            raise ChipFileError(f"synapse {name!r}: only square stride, padding and dilation map to the chip")
+        stride, padding, dilation = int(stride[0]), int(padding[0]), int(dilation[0])
+        if len(src) != 3 or weight.shape[1] * groups != src[0]:
+            raise ChipFileError(f"synapse {name!r}: weight {weight.shape} (groups {groups}) does not read {src}")
     exp, offset, channels = (_int_field(name, md, k, 0) for k in ("weight_exp", "out_offset", "channels"))
-    if exp < 0 or not 0 <= offset <= offset + channels <= weight.shape[0]:
-        raise ChipFileError(f"synapse {name!r}: weight_exp {exp} / channels [{offset}, {offset + channels}) invalid")
+    if not 0 <= offset <= offset + channels <= weight.shape[0]:
+        raise ChipFileError(f"synapse {name!r}: channels [{offset}, {offset + channels}) outside the weight")
     outside = np.concatenate([weight[:offset], weight[offset + channels:]])
     if np.any(outside != 0):
         raise ChipFileError(f"synapse {name!r}: non-zero weights outside its channels [{offset}, {offset + channels})")
@@ -368,5 +461,5 @@ def _synapse(name, node: nir.Conv2d, srcs, dsts, links, sources, nodes, shapes) 
     if np.abs(w).max(initial=0) >= SPIKE_LIMIT:  # also keeps mant << exp inside int64
         raise ChipFileError(f"synapse {name!r}: a weight of {np.abs(w).max():.4g} a-units; one spike must stay "
                             f"below {SPIKE_LIMIT}")
-    return Synapse(source, target, torch.from_numpy(mant.astype(np.int64)) << exp, int(stride[0]), int(padding[0]),
-                   upsample, offset, _int_field(name, md, "delay", 1), exp)
+    return Synapse(source, target, torch.from_numpy(mant.astype(np.int64)) << exp, stride, padding,
+                   upsample, offset, _int_field(name, md, "delay", 1), exp, dilation, groups, flatten)

@@ -1,7 +1,10 @@
-"""Bit-accurate simulator of a compiled SDDPM chip network, read from its exported file.
+"""Bit-accurate simulator of a compiled chip network, read from its exported file.
 
 It reads only the NIR file (`simulators.chip_file`, written by `export.nir_chip.write_chip_nir`) and reproduces
-what Lava's fixed-point models compute (`simulators.fixed_point`), batched over images:
+what Lava's fixed-point models compute (`simulators.fixed_point`), batched. A network with spike inputs (an
+imported NIR graph) runs with `run_spikes`: Lava's timing, every synapse delivering the spikes of step
+tau - delay at step tau (recurrence needs nothing more), every population's bias on from its `depth` (and only
+inside [depth, depth + T) where the network has a window T). A diffusion network (SDDPM) runs with `run`:
 
 - `delayed` mode is Lava's timing: every synapse delivers the spikes of step tau - delay at step tau
   (one step per Lava synapse process), the first population receives the host's current directly at
@@ -28,7 +31,8 @@ from records import ChipRun
 
 from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
 from .errors import SimulatorError, SimulatorInputError
-from .fixed_point import CONV_OUT_BITS, conv_int8, conv_synapse, if_step, int8_columns, int8_matmul_is_exact, scale_bias
+from .fixed_point import (CONV_OUT_BITS, conv_int8, conv_synapse, if_step, int8_columns, int8_matmul_is_exact, lif_step,
+                          scale_bias)
 
 WRAP_FREE_PEAK = 1 << (CONV_OUT_BITS - 1)  # below this a Conv synapse's 24-bit wrap never acts
 MODES = ("zero_delay", "delayed")
@@ -106,9 +110,27 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
     return [SynapseGroup.of(members) for members in list(groups.values()) + alone]
 
 
+def upsampled(spikes: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest up-sampling of [..., H, W] spikes (what deploy's SpikeUpsample sends to the Conv)."""
+    if factor == 1:
+        return spikes
+    return spikes.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def synapse_current(syn: Synapse, spikes: torch.Tensor) -> torch.Tensor:
+    """What one synapse delivers for 0/1 spikes [B, *source shape], int64 [B, channels of its slice, ...]: a Lava
+    Conv (exact, wrapped to 24 bits) or Dense (the exact sum, mant << exp; Lava's int32 then enters u, where
+    `lif_step` wraps `a << 6` at 32 bits anyway)."""
+    if not syn.dense:
+        return conv_synapse(upsampled(spikes, syn.upsample), syn.weight, stride=syn.stride, padding=syn.padding,
+                            dilation=syn.dilation, groups=syn.groups)
+    x = (spikes.flatten(1) if syn.flatten else spikes).to(torch.int64)
+    return x @ syn.weight.T  # integers, summed in int64: exact
+
+
 class ChipSimulator:
     def __init__(self, populations, synapses, readout, host, snn_steps, diffusion_steps, meta,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", inputs: dict | None = None, outputs: tuple = ()):
         self.device = torch.device(device)
         on = self.device
         self.populations: tuple[Population, ...] = tuple(replace(p, bias_mant=p.bias_mant.to(on)) for p in populations)
@@ -120,8 +142,10 @@ class ChipSimulator:
         self.snn_steps = snn_steps
         self.diffusion_steps = diffusion_steps
         self.meta = meta
+        self.inputs = dict(inputs or {})  # spike inputs: name -> shape
+        self.outputs = tuple(outputs)
         self._shape = {p.name: p.shape for p in populations}
-        targets = [p.name for p in populations] + [READOUT]
+        targets = [p.name for p in populations] + ([READOUT] if readout is not None else [])
         self._groups = {name: group_synapses([s for s in synapses if s.target == name]) for name in targets}
         # A target's input can be summed in int32 or float32 when every group is wrap-free and all of them
         # together stay below 2^24: every partial sum is then an exact integer in either.
@@ -135,15 +159,25 @@ class ChipSimulator:
     def from_file(cls, path: str, device: str | torch.device = "cpu") -> ChipSimulator:
         """The network of a chip NIR file (`export.nir_chip.write_chip_nir`), its tensors on `device`."""
         f = read_chip_file(path)
-        sim = cls(f.populations, f.synapses, f.readout, f.host, f.snn_steps, f.diffusion_steps, f.meta, device)
+        sim = cls(f.populations, f.synapses, f.readout, f.host, f.snn_steps, f.diffusion_steps, f.meta, device,
+                  f.inputs, f.outputs)
         try:
             sim._check()
         except ChipFileError as err:
             raise ChipFileError(f"{path}: {err}") from None
         return sim
 
+    @property
+    def is_diffusion(self) -> bool:
+        return self.host is not None
+
     def _check(self) -> None:
         names = {p.name: p for p in self.populations}
+        if not self.is_diffusion:
+            for s in self.synapses:
+                if s.source not in names and s.source not in self.inputs or s.target not in names:
+                    raise ChipFileError(f"synapse {s.source} -> {s.target}: unknown source or target")
+            return
         depth = {p.name: p.depth for p in self.populations}
         depth[READOUT] = self.readout["depth"]
         for s in self.synapses:
@@ -215,6 +249,8 @@ class ChipSimulator:
         are on the simulator's device (`ChipRun.to` moves them), eps (the host's) on the CPU."""
         if mode not in MODES:
             raise SimulatorInputError(f"mode must be one of {MODES}, got {mode!r}")
+        if not self.is_diffusion:
+            raise SimulatorInputError(f"this network takes spike inputs {sorted(self.inputs)}: run it with run_spikes")
         cfg = self.meta["model_config"]
         expected = (cfg["img_ch"], cfg["img_size"], cfg["img_size"])
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
@@ -225,6 +261,55 @@ class ChipSimulator:
         run = self._zero_delay if mode == "zero_delay" else self._delayed
         spikes, readout, chip_steps = run(self.host_input(x).contiguous(memory_format=CHANNELS_LAST), t)
         return ChipRun("simulator", spikes, readout, self.eps_from_readout(readout, t), chip_steps)
+
+    def _rest(self, p: Population, batch: int):
+        """A population's state at rest: v (int32) for IF, (u, v) (int64) for any other LIF."""
+        if p.is_if:
+            return _zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
+        return tuple(torch.zeros(batch, *p.shape, dtype=torch.int64, device=self.device) for _ in range(2))
+
+    def _step(self, p: Population, state, a: torch.Tensor, bias: torch.Tensor):
+        """One chip step of a population: the new state and its spikes (0/1). IF has its fast int32 path."""
+        if p.is_if:
+            return if_step(state, a, vth=p.vth, bias=bias)
+        u, v, s = lif_step(state[0], state[1], a.to(torch.int64), du=p.du, dv=p.dv, vth=p.vth, bias=bias.to(torch.int64))
+        return (u, v), s.to(torch.int32)
+
+    @torch.no_grad()
+    def run_spikes(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run a network with spike inputs on Lava's timing. inputs: name -> 0/1 [T, B, *shape], one per spike
+        input. Returns every population's spikes, bool [T, B, *shape], all T steps."""
+        if set(inputs) != set(self.inputs):
+            raise SimulatorInputError(f"inputs must be given for {sorted(self.inputs)}, got {sorted(inputs)}")
+        if not inputs:
+            raise SimulatorInputError("this network takes no spike input (a diffusion network runs with run)")
+        steps, batch = next(iter(inputs.values())).shape[:2]
+        for name, x in inputs.items():
+            if tuple(x.shape) != (steps, batch, *self.inputs[name]):
+                raise SimulatorInputError(f"input {name!r}: expected [T={steps}, B={batch}, {self.inputs[name]}], "
+                                          f"got {list(x.shape)}")
+        history = {name: [] for name in [*self.inputs, *self._shape]}  # spikes of every step so far, int64 0/1
+        state = {p.name: self._rest(p, batch) for p in self.populations}
+        for tau in range(steps):
+            now = {}
+            for p in self.populations:
+                a = torch.zeros(batch, *p.shape, dtype=torch.int64, device=self.device)
+                for syn in self.synapses:
+                    k = tau - syn.delay
+                    if syn.target != p.name or k < 0 or not history[syn.source][k].any():
+                        continue
+                    a[:, syn.out_offset:syn.out_offset + syn.weight.shape[0]] += synapse_current(
+                        syn, history[syn.source][k])
+                on = p.depth <= tau and (self.snn_steps is None or tau < p.depth + self.snn_steps)
+                bias = self._bias(p, torch.zeros(batch, dtype=torch.long)).view(batch, p.shape[0],
+                                                                                *[1] * (len(p.shape) - 1))
+                state[p.name], s = self._step(p, state[p.name], a, bias if on else torch.zeros_like(bias))
+                now[p.name] = s.to(torch.int64)
+            for name in self.inputs:
+                history[name].append((inputs[name][tau] != 0).to(torch.int64).to(self.device))
+            for name, s in now.items():
+                history[name].append(s)
+        return {p.name: torch.stack(history[p.name]).bool() for p in self.populations}
 
     def _zero_delay(self, a_host, t):
         """Population by population, all T steps at once: in a feed-forward network the inputs of
@@ -241,12 +326,12 @@ class ChipSimulator:
                 a_seq = self._sum(p.name, p.shape, steps * batch, lambda syn: spikes[syn.source])
                 a_seq = a_seq.view(steps, batch, *p.shape)
             bias = self._bias(p, t)
-            v = _zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
+            state = self._rest(p, batch)
             out = torch.empty(steps * batch, *p.shape, dtype=torch.float32, device=self.device,
                               memory_format=CHANNELS_LAST)
             out = out.view(steps, batch, *p.shape)
             for step in range(steps):
-                v, out[step] = if_step(v, a_seq[step], vth=p.vth, bias=bias)
+                state, out[step] = self._step(p, state, a_seq[step], bias)
             trains[p.name] = out
             spikes[p.name] = out.flatten(0, 1).to(torch.int8)
         readout = self._sum(READOUT, self.readout["shape"], steps * batch, lambda syn: spikes[syn.source])
@@ -255,7 +340,7 @@ class ChipSimulator:
     def _delayed(self, a_host, t):
         batch, steps = a_host.shape[0], self.snn_steps
         chip_steps = self.readout["depth"] + steps
-        v = {p.name: _zeros(batch, *p.shape, dtype=torch.int32, device=self.device) for p in self.populations}
+        v = {p.name: self._rest(p, batch) for p in self.populations}
         bias = {p.name: self._bias(p, t) for p in self.populations}
         zero_bias = torch.zeros(1, dtype=torch.int32, device=self.device)
         history: dict[str, list] = {p.name: [] for p in self.populations}  # spikes of every chip step so far
@@ -272,7 +357,7 @@ class ChipSimulator:
                 else:
                     a = self._sum(p.name, p.shape, batch, delivered, skip_silent=True)
                 window = p.depth <= tau < p.depth + steps
-                v[p.name], s = if_step(v[p.name], a, vth=p.vth, bias=bias[p.name] if window else zero_bias)
+                v[p.name], s = self._step(p, v[p.name], a, bias[p.name] if window else zero_bias)
                 if not window and s.any():
                     raise TimingError(f"population {p.name} spiked at chip step {tau}, outside its window "
                                       f"[{p.depth}, {p.depth + steps})")

@@ -118,7 +118,15 @@ def _another_tools_graph(path):
 
 
 def _unknown_node(path):
-    # a LIF where the chip network has an IF: a leak this simulator does not run
+    # a node type no chip network holds
+    graph = nir.read(path)
+    graph.nodes["stray"] = nir.Threshold(np.ones(3))
+    nir.write(path, graph)
+    seal(path)
+
+
+def _leak_not_in_the_integers(path):
+    # a LIF where the integers say IF (du = 4095, dv = 0): the NIR node and the metadata disagree
     graph = nir.read(path)
     old = graph.nodes["neuron"]
     graph.nodes["neuron"] = nir.LIF(np.full(old.r.shape, 1e-3), old.r, np.zeros(old.r.shape), old.v_threshold,
@@ -134,9 +142,11 @@ def _unknown_node(path):
                  id="format"),
     pytest.param(_another_tools_graph, r"not an sddpm-chip-nir file \(format None\): a NIR graph from another tool",
                  id="another-tool"),
-    pytest.param(_edit("node/metadata/version", lambda old: 2), r"sddpm-chip-nir version 2 is not supported",
+    pytest.param(_edit("node/metadata/version", lambda old: 3), r"sddpm-chip-nir version 3 is not supported",
                  id="version"),
-    pytest.param(_unknown_node, r"node 'neuron': NIR type LIF has no place in a chip network", id="node-type"),
+    pytest.param(_unknown_node, r"node 'stray': NIR type Threshold has no place in a chip network", id="node-type"),
+    pytest.param(_leak_not_in_the_integers, r"population 'neuron': du = 4095, dv = 0 is a NIR IF, the node is a LIF",
+                 id="neuron-type"),
     # a scale is stored uncompressed, without a checksum of its own: the digest finds the change
     pytest.param(_edit(f"{NODES}/neuron/metadata/scale", lambda old: old * 1.01, reseal=False),
                  r"the file's contents differ from the digest written with them", id="digest"),

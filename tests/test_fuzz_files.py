@@ -65,12 +65,12 @@ def _small_chip() -> ChipNetwork:
     tail = {"tail_bn_scale": f32(1), "tail_bn_shift": f32(1), "tail_conv_weight": f32(1, 1, 3, 3),
             "tail_conv_bias": f32(1), "time_conv_weight": f32(1, 1, 3, 3), "time_conv_bias": f32(1),
             "last_bn_scale": f32(1), "last_bn_shift": f32(1)}
-    return ChipNetwork({"img_ch": 1}, 4, 10,
-                       (pop("p0", (2, 4, 4), 0, [0, 0]), pop("p1", (2, 4, 4), 1, [3, -2]),
+    return ChipNetwork((pop("p0", (2, 4, 4), 0, [0, 0]), pop("p1", (2, 4, 4), 1, [3, -2]),
                         pop("p2", (2, 8, 8), 2, [5, 7])),
                        (syn("p0", "p1", 2, 1, 1), syn("p1", "p2", 2, 2, 1), syn("p2", READOUT, 1, 1, 1)),
-                       ChipReadout((1, 8, 8), 0.001, f32(1), None, 3),
-                       ChipHost(f32(2, 1, 3, 3), f32(2), tail, 0.8), 1.0)
+                       snn_steps=4, readout=ChipReadout((1, 8, 8), 0.001, f32(1), None, 3),
+                       model_config={"img_ch": 1}, diffusion_steps=10,
+                       host=ChipHost(f32(2, 1, 3, 3), f32(2), tail, 0.8), threshold_factor=1.0)
 
 
 def _canon(value):
