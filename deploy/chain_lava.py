@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, check_ranges
+from export.chip import READOUT, ChipNetwork, check_ranges
 from export.host import host_input_current
 from records import ChipRun
 
@@ -61,7 +61,7 @@ class ChainGraph:
         for p in net.populations:
             bias = to_lava(np.broadcast_to(p.bias_mant[0].astype(np.int32)[:, None, None], p.shape))
             # reset when time_step % P == (depth + 1) % P: chip step `depth` of every period (Lava counts from 1)
-            lif = dict(shape=lava_shape(p.shape), du=IF_DU, dv=IF_DV, vth=p.vth, bias_mant=bias,
+            lif = dict(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias,
                        bias_exp=p.bias_exp, reset_interval=self.period, reset_offset=p.depth + 1)
             if p.name in self.row_offset:
                 self.lif[p.name] = HostBiasLIF(rows=self.rows.s_out.shape[0], row_offset=self.row_offset[p.name],
@@ -76,7 +76,9 @@ class ChainGraph:
         self.sinks[READOUT] = WindowSink(shape=lava_shape(net.readout.shape), period=self.period,
                                          start=net.readout.depth, length=steps)
         self.processes = [self.current, *([self.rows] if self.rows else []), *self.lif.values(),
-                          *self.sinks.values(), *wire_synapses(net, self.lif, self.sinks[READOUT].a_in)]
+                          *self.sinks.values(), 
+                          *wire_synapses(net, {name: lif.s_out for name, lif in self.lif.items()},
+                                         {READOUT: self.sinks[READOUT].a_in} | {n: lif.a_in for n, lif in self.lif.items()})]
         self.graph_seconds = time.perf_counter() - started
         self.start_seconds = 0.0  # Lava's compile and fork, in __enter__
         self.note: str | None = None  # the open-file limit's, once started

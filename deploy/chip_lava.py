@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from lava.magma.core.process.ports.ports import OutPort
 
-from export.chip import IF_DU, IF_DV, READOUT, ChipNetwork, ChipSynapse, check_ranges
+from export.chip import READOUT, ChipNetwork, ChipSynapse, check_ranges
 from export.host import host_input_current, readout_to_eps
 from records import ChipRun
 
 from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape
-from deploy.processes import DelayLine, FileSink, SpikeUpsample, check_memory, read_record, run_to_end
+from deploy.processes import (DelayLine, FileSink, SpikeUpsample, WindowBiasLIF, check_memory, read_record,
+                              run_to_end)
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
 
@@ -65,16 +66,14 @@ def to_lava(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
 
 
-def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
-    """Every chip synapse between the populations' processes `lif` (and into `readout_port`), with the delay
-    lines that balance its depths; returns the processes made."""
-    shapes = {p.name: p.shape for p in net.populations}
+def wire_synapses(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) -> list:
+    """Every chip synapse from its source's port (a population's s_out, a spike input's) to its target's a_in (or
+    the readout's sink), with the delay lines that give it its delay; returns the processes made."""
     processes = []
     upsampled: dict[tuple[str, int], OutPort] = {}  # (source, factor) -> its up-sampled spikes, shared
     for syn in net.synapses:
-        target_shape = net.readout.shape if syn.target == READOUT else shapes[syn.target]
-        target_port = readout_port if syn.target == READOUT else lif[syn.target].a_in
-        source = lif[syn.source].s_out
+        target_shape = net.readout.shape if syn.target == READOUT else net.population(syn.target).shape
+        source = sources[syn.source]
         if syn.upsample != 1:
             if (syn.source, syn.upsample) not in upsampled:
                 relay = SpikeUpsample(shape=source.shape, factor=syn.upsample)
@@ -82,14 +81,34 @@ def wire_synapses(net: ChipNetwork, lif: dict, readout_port) -> list:
                 processes.append(relay)
                 upsampled[syn.source, syn.upsample] = relay.s_out
             source = upsampled[syn.source, syn.upsample]
-        out = _conv(syn, source, target_shape, processes)
+        out = (_dense if syn.dense else _conv)(syn, source, target_shape, processes)
         if syn.delay > 1:
             line = DelayLine(shape=lava_shape(target_shape), delay=syn.delay - 1)
             processes.append(line)
             out.connect(line.a_in)
             out = line.a_out
-        out.connect(target_port)
+        out.connect(targets[syn.target])
     return processes
+
+
+# Lava's Dense keeps only even mixed-sign weights (lava.md 2.1): it gets doubled mantissas and one less in the
+# exponent. Its floor shift then acts on sums of even numbers, so the result is mant << exp exactly, exp = 0 too.
+DENSE_WEIGHT_FACTOR = 2
+DENSE_EXP_OFFSET = -1
+
+
+def _dense(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> OutPort:
+    """The Lava Dense of one chip synapse reading `source` (flattened in NIR's C order where the synapse says so:
+    Lava's axes reversed back are NIR's); returns its output port."""
+    from lava.proc.dense.process import Dense
+
+    weight = np.zeros((target_shape[0], syn.weight.shape[1]), dtype=np.int32)
+    weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = DENSE_WEIGHT_FACTOR * syn.weight.astype(np.int32)
+    dense = Dense(weights=weight, weight_exp=syn.weight_exp + DENSE_EXP_OFFSET)
+    port = source.transpose().flatten() if syn.flatten and len(source.shape) > 1 else source
+    port.connect(dense.s_in)
+    processes.append(dense)
+    return dense.a_out
 
 
 def _conv(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> OutPort:
@@ -101,7 +120,8 @@ def _conv(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> O
     weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
     if np.abs(weight).max() >= 2 ** 31:
         raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
-    conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape, padding=syn.padding, stride=syn.stride)
+    conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape, padding=syn.padding, stride=syn.stride,
+                dilation=syn.dilation, groups=syn.groups)
     source.connect(conv.s_in)
     processes.append(conv)
     if conv.a_out.shape != lava_shape(target_shape):
@@ -124,7 +144,7 @@ class ChipGraph:
             row = p.bias_mant[t if p.bias_mant.shape[0] > 1 else 0].astype(np.int32)
             bias = to_lava(np.broadcast_to(row[:, None, None], p.shape))
             # Lava counts steps from 1 and resets when time_step % interval == offset: once, at chip step depth
-            lif = LIFReset(shape=lava_shape(p.shape), du=IF_DU, dv=IF_DV, vth=p.vth, bias_mant=bias,
+            lif = LIFReset(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias,
                            bias_exp=p.bias_exp, reset_interval=self.steps + 1, reset_offset=p.depth + 1)
             self.lif[p.name] = lif
             self._sink(p.name, p.shape, lif.s_out)
@@ -134,7 +154,8 @@ class ChipGraph:
         source.s_out.connect(self.lif[net.populations[0].name].a_in)
         self.processes.append(source)
         readout_sink = self._sink(READOUT, net.readout.shape)
-        self.processes += wire_synapses(net, self.lif, readout_sink.a_in)
+        self.processes += wire_synapses(net, {name: lif.s_out for name, lif in self.lif.items()},
+                                        {READOUT: readout_sink.a_in} | {name: lif.a_in for name, lif in self.lif.items()})
         self.processes += list(self.lif.values())
 
     def _sink(self, name: str, shape, port=None) -> FileSink:
@@ -188,3 +209,67 @@ def lava_run(net: ChipNetwork, windows: dict[str, np.ndarray], t: int, seconds: 
     readout = tensor(READOUT).long()
     return ChipRun("lava", spikes, readout, readout_to_eps(net, readout, torch.tensor([t])),
                    net.steps_per_denoising_step, seconds, info)
+
+
+def check_spike_inputs(net: ChipNetwork, inputs: dict[str, np.ndarray]) -> int:
+    """The number of steps of 0/1 spike trains [T, *shape], one per spike input of the network."""
+    expected = {i.name: i.shape for i in net.inputs}
+    if set(inputs) != set(expected) or not expected:
+        raise DeployInputError(f"inputs must be given for the spike inputs {sorted(expected)}, got {sorted(inputs)}")
+    steps = {len(x) for x in inputs.values()}
+    if len(steps) != 1 or 0 in steps:
+        raise DeployInputError(f"every input needs the same number T >= 1 of steps, got {sorted(steps)}")
+    steps = steps.pop()
+    for name, x in inputs.items():
+        if np.shape(x) != (steps, *expected[name]):
+            raise DeployInputError(f"input {name!r}: expected [T={steps}, {expected[name]}], got {list(np.shape(x))}")
+        if not np.isin(x, (0, 1)).all():
+            raise DeployInputError(f"input {name!r}: spikes must be 0 or 1")
+    return steps
+
+
+def spikes_to_lava(spikes: np.ndarray) -> np.ndarray:
+    """[T, *NIR shape] -> a RingBuffer's int32 (*Lava shape, T): every axis reversed."""
+    return np.ascontiguousarray(np.asarray(spikes).T, dtype=np.int32)
+
+
+def spikes_from_lava(record: np.ndarray) -> np.ndarray:
+    """A FileSink's [T, *Lava shape] -> bool [T, *NIR shape]."""
+    return record.transpose(0, *range(record.ndim - 1, 0, -1)).astype(bool)
+
+
+def run_spikes_on_lava(net: ChipNetwork | str | os.PathLike, inputs: dict[str, np.ndarray],
+                       run_cfg=None) -> dict[str, np.ndarray]:
+    """Run a network with spike inputs (an imported NIR graph), or its chip file, on Lava, one sample: inputs
+    name -> 0/1 [T, *shape].
+    Returns every population's spikes, bool [T, *shape], on the timing of `simulators.network.run_spikes`: an
+    input's spikes of step t reach its targets at t + delay (a RingBuffer sends column t at Lava's step t + 1)."""
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.lif.process import LIF
+
+    if not isinstance(net, ChipNetwork):
+        from export.nir_chip import read_chip_nir
+
+        net = read_chip_nir(os.fspath(net))
+    check_ranges(net)
+    if net.is_diffusion or net.snn_steps is not None:
+        raise LavaGraphError("a diffusion or windowed network runs one denoising step at a time (run_denoising_step)")
+    steps = check_spike_inputs(net, inputs)
+    with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:
+        ports = {name: RingBuffer(data=spikes_to_lava(x)).s_out for name, x in inputs.items()}
+        lifs, sinks, processes = {}, {}, []
+        for p in net.populations:
+            per_channel = p.bias_mant[0].astype(np.int32).reshape(-1, *[1] * (len(p.shape) - 1))
+            bias = np.ascontiguousarray(np.broadcast_to(per_channel, p.shape).T)  # Lava's axes: NIR's reversed
+            params = dict(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias, bias_exp=p.bias_exp,
+                          name=p.name)
+            late = p.depth > 0 and p.bias_mant.any()
+            lifs[p.name] = WindowBiasLIF(bias_start=p.depth, **params) if late else LIF(**params)
+            sinks[p.name] = FileSink(lava_shape(p.shape), steps, os.path.join(sink_dir, f"{len(sinks):04d}.npy"))
+            lifs[p.name].s_out.connect(sinks[p.name].a_in)
+            ports[p.name] = lifs[p.name].s_out
+        processes += [*lifs.values(), *sinks.values()]
+        processes += wire_synapses(net, ports, {name: lif.a_in for name, lif in lifs.items()})
+        check_memory(len(processes) + len(inputs), net.weight_count)
+        run_to_end(processes[0], steps, run_cfg, len(processes) + len(inputs))
+        return {name: spikes_from_lava(read_record(sink)) for name, sink in sinks.items()}

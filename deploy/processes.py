@@ -10,6 +10,8 @@
   delay in hardware (Lava's DelayDense, dense only, up to 62 steps); on the CPU it is this ring buffer,
   which sends before it receives, like Lava's own synapses, so loops cannot deadlock.
 
+- `WindowBiasLIF`: Lava's bit-accurate LIF whose bias is off before a given step (a population whose input
+  arrives late, in a network run from its first step).
 - `HostFeed`, `WindowSink`, `HostBiasLIF`: the host I/O of a graph that stays up for a whole sampling chain,
   one period of chip steps per denoising step. Lava's own `Injector`/`Extractor` carry float64 (their
   models declare `float`), and a LIF's `a_in << 6` refuses floats; these carry int32 through the same
@@ -36,8 +38,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg, RunConfig
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
-from lava.proc.lif.models import PyLifResetModelBitAcc
-from lava.proc.lif.process import LIFReset
+from lava.proc.lif.models import PyLifModelBitAcc, PyLifResetModelBitAcc
+from lava.proc.lif.process import LIF, LIFReset
 
 from deploy.errors import DeployError, DeployInputError
 
@@ -413,3 +415,28 @@ class PyHostBiasLIFModel(PyLifResetModelBitAcc):
         if self.time_step % self.reset_interval == self.reset_offset:  # the reset step of LIFReset.run_spk
             self.bias_mant[:] = rows[self.channels]  # (C,) over Lava's (W, H, C); int16 holds the 13-bit range
         super().run_spk()
+
+
+class WindowBiasLIF(LIF):
+    """Lava's `LIF` whose bias is off before chip step `bias_start` (counted from 0)."""
+
+    def __init__(self, *, bias_start: int, **lif):
+        super().__init__(**lif)
+        self.proc_params["bias_start"] = bias_start
+
+
+@implements(proc=WindowBiasLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyWindowBiasLIFModel(PyLifModelBitAcc):
+    # registered for WindowBiasLIF alone, as PyHostBiasLIFModel is
+    implements_process = None
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.bias_start = proc_params["bias_start"]
+
+    def scale_bias(self):
+        super().scale_bias()  # run_spk calls it every step, before the voltage update
+        if self.time_step <= self.bias_start:  # Lava counts steps from 1
+            self.effective_bias = np.zeros_like(self.effective_bias)

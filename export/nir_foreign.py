@@ -42,15 +42,15 @@ weights all round to 0, a node that can never spike, or a decay that rounds to n
 error suggesting a dt that works, or a `DegenerateGraphWarning` with `allow_degenerate`. Each error
 lists every problem found, not only the first.
 
-The output is the source graph, unchanged and still plain NIR, with the integers (and each neuron node's
-bias_start) in node metadata and the discretization in the graph metadata (format "sddpm-net-nir"); a
-Conv2d without input_shape gets its source's. `run_discrete` runs the same
+The output is a chip network (`export.chip`), the same intermediate representation `sddpm compile` writes,
+in the same file format: every neuron node a population (its bias per channel, on from its bias_start), every
+synapse a chip synapse of one step's delay, every Input a spike input and every Output a spike output; the
+discretization is recorded in the network's `source`. `run_discrete` runs the same
 discretization in float64, without quantization: the yardstick for the integers.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import asdict
@@ -60,11 +60,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fileio import atomic_path
-
-from .nir_chip import seal
-from .chip import BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, V_PER_A, WEIGHT_MANT_MAX
-from .nir_foreign_check import (DECAY_UNITY, DT_CANDIDATES, FORMAT, NO_CURRENT_MEMORY, VERSION, VTH_A,
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, V_PER_A, WEIGHT_MANT_MAX, ChipInput, ChipNetwork,
+                   ChipPopulation, ChipSynapse, check_ranges)
+from .nir_chip import write_chip_nir
+from .nir_foreign_check import (DECAY_UNITY, DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A,
                                 CheckedGraph, DegenerateGraphWarning, Discretization, ForeignGraphError, NeuronMap,
                                 check_graph, raise_problems, synapse_bias, synapse_weight)
 
@@ -85,26 +84,26 @@ def _decays(m: NeuronMap) -> tuple[int, int]:
     return du, round(DECAY_UNITY * (1 - m.voltage_keep))
 
 
-def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[str], list[str]]:
-    """The integers as node metadata, the problems that make them unrepresentable, and what degenerates."""
+def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str], list[str]]:
+    """The chip populations and synapses, the problems that make them unrepresentable, and what degenerates."""
     nodes, maps = graph.nodes, checked.maps
     problems, degenerate = [], []
     scale = {name: m.threshold / VTH_A for name, m in maps.items()}  # float voltage per a-unit
-    bias_v = {name: np.full(checked.shapes[name], m.leak_bias / scale[name] * V_PER_A) for name, m in maps.items()}
-    new, weights = _quantize_synapses(nodes, checked, scale, bias_v, problems, degenerate)
-    new_neurons, biases = _quantize_neurons(nodes, checked, scale, bias_v, problems, degenerate)
-    new.update(new_neurons)
+    # per output channel: v_leak is uniform, a synapse's bias is per output channel (`_quantize_synapses`)
+    bias_v = {name: np.full(checked.shapes[name][0], m.leak_bias / scale[name] * V_PER_A) for name, m in maps.items()}
+    synapses, weights = _quantize_synapses(nodes, checked, scale, bias_v, problems, degenerate)
+    pops, biases = _quantize_neurons(nodes, checked, scale, bias_v, problems, degenerate)
     if not problems:
         degenerate += _silent(checked, weights, biases, nodes)
-    return new, problems, degenerate
+    return pops, synapses, problems, degenerate
 
 
 def _quantize_synapses(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
                        degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Each synapse's node with its weight mantissas and exponent, and its integer weights; a synapse's bias
-    is added to its target's `bias_v` (in place); problems and degenerate cases are appended."""
+    """Each synapse as a chip synapse (one step of delay, as every Lava synapse process), and its integer weights;
+    a synapse's bias is added to its target's `bias_v` (in place); problems and degenerate cases are appended."""
     wires, maps = checked.wires, checked.maps
-    new, weights = {}, {}
+    synapses, weights = [], {}
     for name, src in wires.source.items():
         tgt = wires.target[name]
         node, m = nodes[name], maps[tgt]
@@ -124,22 +123,33 @@ def _quantize_synapses(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, 
                               f"{np.abs(w_int).max():.3g} of an a-unit, 1/{VTH_A} of {tgt!r}'s threshold)")
         bias = synapse_bias(node)
         if bias is not None:
-            extra = bias * m.gain / scale[tgt] * V_PER_A
-            bias_v[tgt] = bias_v[tgt] + extra.reshape((-1,) + (1,) * (bias_v[tgt].ndim - 1))
+            bias_v[tgt] = bias_v[tgt] + bias * m.gain / scale[tgt] * V_PER_A
+        geometry = _square_geometry(name, node, problems)
+        if geometry is None:
+            continue
         weights[name] = mant << exp
-        md = dict(node.metadata or {})
-        md.update({"weight_mant": mant.astype(np.int16), "weight_exp": exp})
-        # Sinabs leaves a Conv2d's input_shape None, which nir.write cannot store: it is its source's (checked)
-        known = {"input_shape": checked.shapes[src][1:]} if isinstance(node, nir.Conv2d) and \
-            getattr(node, "input_shape", None) is None else {}
-        new[name] = _with_metadata(node, md, **known)
-    return new, weights
+        synapses.append(ChipSynapse(src, tgt, mant.astype(np.int8), exp, upsample=1, out_offset=0, delay=1,
+                                    flatten=wires.flatten[name] and len(checked.shapes[src]) > 1, **geometry))
+    return synapses, weights
+
+
+def _square_geometry(name: str, node, problems: list[str]) -> dict | None:
+    """A Conv2d's stride, padding and dilation, each one integer (the chip's convolutions are square), and its
+    groups; a dense synapse's trivial ones."""
+    if not isinstance(node, nir.Conv2d):
+        return {"stride": 1, "padding": 0}
+    pairs = {k: np.broadcast_to(np.asarray(getattr(node, k)), (2,)) for k in ("stride", "padding", "dilation")}
+    if any(v[0] != v[1] for v in pairs.values()):
+        problems.append(f"synapse {name!r}: stride, padding and dilation must be the same along H and W, are "
+                        f"{ {k: v.tolist() for k, v in pairs.items()} }")
+        return None
+    return {k: int(v[0]) for k, v in pairs.items()} | {"groups": int(np.asarray(node.groups).ravel()[0])}
 
 
 def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
                       degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Each neuron node with its decays, threshold and bias integers, and its integer bias."""
-    new, biases = {}, {}
+    """Each neuron node as a chip population (Lava's LIF integers), and its integer bias per channel."""
+    pops, biases = {}, {}
     for name, m in checked.maps.items():
         node = nodes[name]
         if not np.all(np.isfinite(bias_v[name])):
@@ -159,11 +169,9 @@ def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, p
         if m.current_keep != 0 and du + 1 == 0:
             degenerate.append(f"node {name!r}: dt/tau_syn = {1 - m.current_keep:.3g} rounds to du = -1 (a decay of "
                               f"0 in 4096): the current's decay rounds to none")
-        md = dict(node.metadata or {})
-        md.update({"du": du, "dv": dv, "vth": VTH_A, "scale": scale[name], "bias_mant": b_mant.astype(np.int16),
-                   "bias_exp": b_exp, "bias_start": checked.bias_start[name]})
-        new[name] = _with_metadata(node, md)
-    return new, biases
+        pops[name] = ChipPopulation(name, checked.shapes[name], scale[name], VTH_A, b_mant[None].astype(np.int16),
+                                    b_exp, checked.bias_start[name], du=du, dv=dv)
+    return pops, biases
 
 
 def _silent(checked: CheckedGraph, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray], nodes) -> list[str]:
@@ -187,7 +195,7 @@ def _silent(checked: CheckedGraph, weights: dict[str, np.ndarray], biases: dict[
             du, dv = _decays(m)
             keep_u, keep_v = (DECAY_UNITY - 1 - du) / DECAY_UNITY, (DECAY_UNITY - dv) / DECAY_UNITY
             u_max = np.where(drive > 0, np.inf, 0.0) if keep_u == 1 else V_PER_A * drive / (1 - keep_u)
-            total = u_max + biases[name].astype(np.float64)
+            total = u_max + biases[name].astype(np.float64).reshape((-1,) + (1,) * (drive.ndim - 1))
             v_max = np.where(total > 0, np.inf, 0.0) if keep_v == 1 else np.maximum(total, 0) / (1 - keep_v)
             bound[name] = float(v_max.max())
         silent = {n for n, v in bound.items() if v <= VTH_A * V_PER_A}
@@ -205,19 +213,19 @@ def _working_dt(graph: nir.NIRGraph, disc: Discretization) -> float | None:
             checked = check_graph(graph, trial)
         except ForeignGraphError:
             continue
-        _, problems, degenerate = _quantize(graph, checked)
+        _, _, problems, degenerate = _quantize(graph, checked)
         if not problems and not degenerate:
             return dt
     return None
 
 
 def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization(),
-                    allow_degenerate: bool = False) -> nir.NIRGraph:
-    """The graph with Lava's integers in its metadata (see the module docstring). A synapse whose weights
+                    allow_degenerate: bool = False) -> ChipNetwork:
+    """The graph as a chip network with Lava's integers (see the module docstring). A synapse whose weights
     all round to 0, a node that can never spike or a leak that rounds to none is an error that suggests
     a dt that works, or with allow_degenerate a DegenerateGraphWarning."""
     checked = check_graph(graph, disc)
-    new, problems, degenerate = _quantize(graph, checked)
+    pops, synapses, problems, degenerate = _quantize(graph, checked)
     raise_problems(problems)
     if degenerate:
         dt = _working_dt(graph, disc)
@@ -227,26 +235,21 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
         if not allow_degenerate:
             raise ForeignGraphError(text + "; --allow-degenerate compiles it anyway")
         warnings.warn(text, DegenerateGraphWarning, stacklevel=2)
-    nodes = dict(graph.nodes)
-    nodes.update(new)
-    metadata = dict(graph.metadata or {})
-    metadata.update({"format": FORMAT, "version": VERSION, "discretization": json.dumps(asdict(disc)),
-                     "outputs": json.dumps(checked.wires.outputs)})
-    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=metadata)
-
-
-def _with_metadata(node, metadata: dict, **changes):
-    fields = {k: v for k, v in node.__dict__.items() if k not in ("input_type", "output_type", "metadata")}
-    return type(node)(**{**fields, **changes}, metadata=metadata)
+    inputs = tuple(ChipInput(name, checked.shapes[name]) for name, node in graph.nodes.items()
+                   if isinstance(node, nir.Input))
+    net = ChipNetwork(tuple(pops[name] for name in graph.nodes if name in pops), tuple(synapses), inputs=inputs,
+                      outputs=tuple(checked.wires.outputs.items()),
+                      source={"front_end": "sddpm import-nir", "discretization": asdict(disc)})
+    check_ranges(net)
+    return net
 
 
 def write_foreign(path: str, graph: nir.NIRGraph, disc: Discretization = Discretization(),
-                  allow_degenerate: bool = False) -> nir.NIRGraph:
-    compiled = compile_foreign(graph, disc, allow_degenerate)
-    with atomic_path(path) as tmp:
-        nir.write(tmp, compiled)
-        seal(tmp)  # the digest the simulator checks, as in a chip file
-    return compiled
+                  allow_degenerate: bool = False) -> ChipNetwork:
+    """Compile the graph and write its chip network (the format `sddpm compile` writes), atomically."""
+    net = compile_foreign(graph, disc, allow_degenerate)
+    write_chip_nir(path, net)
+    return net
 
 
 def _apply_synapse(node, spikes: torch.Tensor, flatten: bool, weight: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,6 @@ import numpy as np
 
 from .errors import ExportError
 
-FORMAT = "sddpm-net-nir"
-VERSION = 2  # 2: every neuron node carries bias_start
 DECAY_UNITY = 4096  # Lava's decays are 12-bit fractions
 NO_CURRENT_MEMORY = 4095  # du: u = a_in << 6 every step
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)

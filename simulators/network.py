@@ -145,7 +145,9 @@ class ChipSimulator:
         self.inputs = dict(inputs or {})  # spike inputs: name -> shape
         self.outputs = tuple(outputs)
         self._shape = {p.name: p.shape for p in populations}
-        targets = [p.name for p in populations] + ([READOUT] if readout is not None else [])
+        # The grouped fast path serves `run` (a diffusion network's conv synapses); `run_spikes` takes synapses one
+        # by one, dense or conv, in any order (recurrence).
+        targets = [p.name for p in populations] + [READOUT] if readout is not None else []
         self._groups = {name: group_synapses([s for s in synapses if s.target == name]) for name in targets}
         # A target's input can be summed in int32 or float32 when every group is wrap-free and all of them
         # together stay below 2^24: every partial sum is then an exact integer in either.
@@ -265,7 +267,9 @@ class ChipSimulator:
     def _rest(self, p: Population, batch: int):
         """A population's state at rest: v (int32) for IF, (u, v) (int64) for any other LIF."""
         if p.is_if:
-            return _zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
+            if len(p.shape) == 3:
+                return _zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
+            return torch.zeros(batch, *p.shape, dtype=torch.int32, device=self.device)
         return tuple(torch.zeros(batch, *p.shape, dtype=torch.int64, device=self.device) for _ in range(2))
 
     def _step(self, p: Population, state, a: torch.Tensor, bias: torch.Tensor):

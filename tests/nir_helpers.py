@@ -1,6 +1,13 @@
 """NIR graphs the way other tools write them (snnTorch, Norse, Sinabs), shared by the simulator and Lava tests."""
+import os
+import tempfile
+
 import nir
 import numpy as np
+import torch
+
+from export.nir_chip import write_chip_nir
+from simulators.network import ChipSimulator
 
 DT = 1e-4  # seconds per step: the snnTorch / NIR-paper convention
 
@@ -58,3 +65,12 @@ def conv_flatten_graph(conv: nir.Conv2d, fc_weight) -> nir.NIRGraph:
         "if2": integrate_and_fire(5),
         "output": nir.Output(np.array([5])),
     }, edges=[("input", "conv"), ("conv", "if1"), ("if1", "flat"), ("flat", "fc"), ("fc", "if2"), ("if2", "output")])
+
+
+def simulate_network(net, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The simulator's spikes of a chip network with spike inputs, [T, B, *shape] per population, run from its
+    file (the simulator reads nothing else)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "network.nir")
+        write_chip_nir(path, net)
+        return ChipSimulator.from_file(path).run_spikes(inputs)

@@ -1,6 +1,8 @@
-"""Compiled NIR graphs from other tools on Lava (deploy.net_lava) and through lava-dl netx (deploy.netx):
-identical spikes to the bit-accurate simulator at every step; refusals name the node; a failing run
-leaves no process behind."""
+"""Compiled NIR graphs from other tools (chip networks with spike inputs) on Lava
+(deploy.chip_lava.run_spikes_on_lava) and through lava-dl netx (deploy.netx): identical spikes to the bit-accurate
+simulator at every step; refusals name the node; a failing run leaves no process behind."""
+import dataclasses
+
 import multiprocessing
 import time
 
@@ -10,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.net_plan import UnsupportedGraphError
+from export.chip import ChipFormatError
+from export.nir_chip import ChipNirError
 from export.nir_foreign import compile_foreign
 from nir_helpers import conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif, recurrent_graph
-from simulators.nir_net import NetSimulator
+from simulators.network import ChipSimulator
 
 pytestmark = pytest.mark.lava
 
@@ -27,18 +30,22 @@ def _spikes(*shape, rate=0.3, seed=0):
 
 
 def _convolutional():
-    # asymmetric on purpose: 7 x 5 images, a 3 x 2 kernel, stride (1, 2), padding (1, 0), dilation (2, 1),
-    # so that a transposed or unflipped kernel, or swapped H and W, cannot pass. (Not groups: NIR 1.0.8's
-    # type inference takes C_in = weight.shape[1] and refuses the graph.)
+    # asymmetric on purpose: 7 x 5 images and a 3 x 2 kernel (stride 2), so that a transposed or
+    # unflipped kernel, or swapped H and W, cannot pass. (The chip's stride, padding and dilation are square. Not
+    # groups: NIR 1.0.8's type inference takes C_in = weight.shape[1] and refuses the graph.)
     rng = np.random.default_rng(2)
-    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
-                      dilation=(2, 1), groups=1, bias=rng.normal(0.02, 0.01, 4))
+    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=2, padding=1,
+                      dilation=1, groups=1, bias=rng.normal(0.02, 0.01, 4))
     return conv_flatten_graph(conv, lambda n: rng.normal(0.02, 0.1, (5, n)))
 
 
-def simulate(compiled, inputs):
-    """The simulator's spikes of one sample, [T, *shape] per neuron node."""
-    out = NetSimulator(compiled).run({n: torch.from_numpy(x)[:, None] for n, x in inputs.items()})
+def simulate(compiled, inputs, tmp_path):
+    """The simulator's spikes of one sample, [T, *shape] per neuron node, read from the network's file."""
+    from export.nir_chip import write_chip_nir
+
+    path = str(tmp_path / "simulated.nir")
+    write_chip_nir(path, compiled)
+    out = ChipSimulator.from_file(path).run_spikes({n: torch.from_numpy(x)[:, None] for n, x in inputs.items()})
     return {n: s[:, 0].numpy() for n, s in out.items()}
 
 
@@ -72,25 +79,25 @@ def assert_no_children():
     (recurrent_graph(), {"input": _spikes(8, seed=1)}),
     (_convolutional(), {"input": _spikes(2, 7, 5, seed=2)}),
 ], ids=["feed-forward", "recurrent", "conv-flatten"])
-def test_lava_spikes_are_identical_to_the_simulator(graph, inputs):
-    from deploy.net_lava import run_net_on_lava
+def test_lava_spikes_are_identical_to_the_simulator(graph, inputs, tmp_path):
+    from deploy.chip_lava import run_spikes_on_lava
 
     compiled = compile_foreign(graph)
-    expected = simulate(compiled, inputs)
+    expected = simulate(compiled, inputs, tmp_path)
     assert_fires(expected)
-    assert_spikes_identical(run_net_on_lava(compiled, inputs), expected, "Lava vs simulator")
+    assert_spikes_identical(run_spikes_on_lava(compiled, inputs), expected, "Lava vs simulator")
     assert_no_children()
 
 
 def test_a_compiled_file_runs_from_its_path(tmp_path):
-    from deploy.net_lava import run_net_on_lava
-
+    from deploy.chip_lava import run_spikes_on_lava
     from export.nir_foreign import write_foreign
 
     path = tmp_path / "net.nir"
     compiled = write_foreign(str(path), feed_forward_graph())  # sealed: Lava's loader checks the digest
     inputs = {"input": _spikes(12, seed=3)}
-    assert_spikes_identical(run_net_on_lava(path, inputs), simulate(compiled, inputs), "Lava from file vs simulator")
+    assert_spikes_identical(run_spikes_on_lava(path, inputs), simulate(compiled, inputs, tmp_path),
+                            "Lava from file vs simulator")
 
 
 def _raise_injected(*_):
@@ -103,7 +110,7 @@ def test_a_failing_run_leaves_no_process_behind(failure, monkeypatch):
     from lava.magma.runtime.runtime import Runtime
 
     from deploy import processes
-    from deploy.net_lava import run_net_on_lava
+    from deploy.chip_lava import run_spikes_on_lava
 
     run_cfg, error, match = None, RuntimeError, "injected"
     if failure == "model":  # a process model raises in the forked Lava processes; Lava reports it
@@ -114,53 +121,36 @@ def test_a_failing_run_leaves_no_process_behind(failure, monkeypatch):
     else:  # FileSink has no floating-point model: Lava's compiler fails
         run_cfg, error, match = Loihi2SimCfg(select_tag="floating_pt"), AssertionError, "No ProcessModels found"
     with pytest.raises(error, match=match):
-        run_net_on_lava(compile_foreign(recurrent_graph()), {"input": _spikes(8)}, run_cfg)
+        run_spikes_on_lava(compile_foreign(recurrent_graph()), {"input": _spikes(8)}, run_cfg)
     assert_no_children()
 
 
-def _compiled(**metadata_changes):
-    """The compiled feed-forward graph with some node metadata replaced: {node: {key: value}}."""
-    compiled = compile_foreign(feed_forward_graph())
-    for name, changes in metadata_changes.items():
-        compiled.nodes[name].metadata.update(changes)
-    return compiled
+def _changed(population=None, synapse=None, **network):
+    """The compiled feed-forward network with fields of its first population or synapse, or of itself, replaced."""
+    net = compile_foreign(feed_forward_graph())
+    if population:
+        net = dataclasses.replace(net, populations=(dataclasses.replace(net.populations[0], **population),
+                                                    *net.populations[1:]))
+    if synapse:
+        net = dataclasses.replace(net, synapses=(dataclasses.replace(net.synapses[0], **synapse), *net.synapses[1:]))
+    return dataclasses.replace(net, **network)
 
 
-def _uncompiled_li():
-    graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.ones((2, 2)), np.zeros(2)),
-                                   nir.LI(tau=np.full(2, 1e-3), r=np.ones(2), v_leak=np.zeros(2)),
-                                   nir.Output(np.array([2])))
-    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={"format": "sddpm-net-nir", "version": 2})
+@pytest.mark.parametrize("net, message", [
+    (_changed(synapse={"weight": np.full((16, 12), 127, np.int8), "weight_exp": 11}),
+     r"synapse input -> lif1: weight-range: one spike's weight reaches 131072 a-units"),
+    (_changed(population={"du": 4096}), r"population lif1: decay-range: du 4096"),
+    (_changed(population={"vth": -1}), r"population lif1: threshold-range: vth -1"),
+    (_changed(synapse={"weight": np.ones((16, 11), np.int8)}), r"synapse input -> lif1: chaining: dense weight"),
+    (_changed(synapse={"weight": np.ones((16, 11), np.int8)}, population={"vth": -1}),
+     r"2 design-rule violations: population lif1: threshold-range.*; synapse input -> lif1: chaining"),
+], ids=["weight", "decay", "vth", "chaining", "all-listed"])
+def test_a_network_lava_cannot_run_exactly_is_refused_by_node_before_lava_starts(net, message, monkeypatch):
+    from deploy import chip_lava
 
-
-def _without(key, node="lif1"):
-    compiled = compile_foreign(feed_forward_graph())
-    del compiled.nodes[node].metadata[key]
-    return compiled
-
-
-def _input_into_a_neuron():
-    compiled = compile_foreign(feed_forward_graph())
-    compiled.edges.append(("input", "cuba"))  # after NIR's own type checks, which would see 12 -> 6
-    return compiled
-
-
-@pytest.mark.parametrize("graph, message", [
-    (feed_forward_graph(), r"not an sddpm-net-nir graph"),
-    (_uncompiled_li(), r"node 'li': NIR type LI is not supported"),
-    (_without("du"), r"node 'lif1': metadata lacks 'du'"),
-    (_compiled(fc2={"weight_mant": np.full((6, 16), 200, np.int16)}), r"node 'fc2': weight_mant outside \+-127"),
-    (_compiled(fc1={"weight_exp": 11}), r"synapse 'fc1': weights up to \d+ a-units; one spike must stay below 131072"),
-    (_compiled(lif1={"du": 4096.0}), r"node 'lif1': du = 4096.0 is not an integer"),
-    (_compiled(cuba={"vth": -1}), r"node 'cuba': vth = -1 outside \[0, 131071\]"),
-    (_input_into_a_neuron(), r"edge 'input' -> 'cuba': Input -> CubaLIF is not supported"),
-], ids=["uncompiled", "LI", "metadata", "weight_mant", "weight_exp", "float", "vth", "edge"])
-def test_a_graph_lava_cannot_run_exactly_is_refused_by_node_before_lava_starts(graph, message, monkeypatch):
-    from deploy import net_lava
-
-    monkeypatch.setattr(net_lava, "_build", _raise_injected)  # the refusal must come first
-    with pytest.raises(UnsupportedGraphError, match=message):
-        net_lava.run_net_on_lava(graph, {"input": _spikes(12)})
+    monkeypatch.setattr(chip_lava, "run_to_end", _raise_injected)  # the refusal must come first
+    with pytest.raises(ChipFormatError, match=message):
+        chip_lava.run_spikes_on_lava(net, {"input": _spikes(12)})
 
 
 # lava-dl netx: chain graphs whose integers netx represents exactly (see deploy/netx.py): dense weights
@@ -195,7 +185,7 @@ def _dense_chain():
 
 def _conv_chain():
     rng = np.random.default_rng(5)
-    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=(1, 2), padding=(1, 0),
+    conv = nir.Conv2d(input_shape=(7, 5), weight=rng.normal(0.2, 0.3, (4, 2, 3, 2)), stride=2, padding=1,
                       dilation=1, groups=1, bias=rng.integers(-2, 6, 4) / 1024)
     graph = conv_flatten_graph(conv, lambda n: _netx_weights(rng, 0.02, (5, n), EXP_1_MAX))
     _from_step_0(graph.nodes["if1"])
@@ -219,25 +209,24 @@ def delayed(spikes, steps):
 
 
 def _weight_exps(compiled):
-    return {name: int(node.metadata["weight_exp"]) for name, node in compiled.nodes.items()
-            if "weight_exp" in (node.metadata or {})}
+    return {syn.target: syn.weight_exp for syn in compiled.synapses}
 
 
 @pytest.mark.parametrize("graph, shape, last, exps", [
-    (_dense_chain(), (10,), "lif", {"fc1": 0, "fc2": 1}),
-    (_conv_chain(), (2, 7, 5), "if2", {"conv": 3, "fc": 1}),
-    (_flattened_input_chain(), (2, 3, 4), "if1", {"fc": 1}),
+    (_dense_chain(), (10,), "lif", {"cuba": 0, "lif": 1}),
+    (_conv_chain(), (2, 7, 5), "if2", {"if1": 3, "if2": 1}),
+    (_flattened_input_chain(), (2, 3, 4), "if1", {"if1": 1}),
 ], ids=["dense-cuba-lif-bias", "conv-flatten-dense", "flattened-input"])
 def test_netx_runs_a_chain_identically_at_its_step_offset(graph, shape, last, exps, tmp_path):
-    from deploy.net_lava import run_net_on_lava
+    from deploy.chip_lava import run_spikes_on_lava
     from deploy.netx import NETX_STEP_OFFSET, run_netx, write_netx
 
     compiled = compile_foreign(graph)
     assert _weight_exps(compiled) == exps
     inputs = {"input": _spikes(*shape, seed=7)}
-    expected = simulate(compiled, inputs)
+    expected = simulate(compiled, inputs, tmp_path)
     assert_fires(expected)
-    ours = run_net_on_lava(compiled, inputs)
+    ours = run_spikes_on_lava(compiled, inputs)
     assert_spikes_identical(ours, expected, "Lava vs simulator")
     path = tmp_path / "net.h5"
     write_netx(compiled, path)
@@ -274,13 +263,13 @@ def _windowed_bias():
 
 
 @pytest.mark.parametrize("graph, message", [
-    (recurrent_graph(), r"synapse 'w_rec': feeds 'lif' back; netx builds chains only"),
-    (feed_forward_graph(), r"synapse 'fc1': netx's dense layer would not apply these integer weights"),
+    (recurrent_graph(), r"synapse lif -> lif: feeds 'lif' back; netx builds chains only"),
+    (feed_forward_graph(), r"synapse input -> lif1: netx's dense layer would not apply these integer weights"),
     (_with_bias(np.full(5, 1.5 / 1024)), r"node 'lif': netx's bias is mant << 6"),
     (_windowed_bias(), r"node 'lif': netx's bias is on from step 0, this one from step 2 \(bias_start\)"),
 ], ids=["recurrent", "weights", "bias", "bias-window"])
 def test_netx_refuses_by_node_what_it_cannot_run_exactly(graph, message, tmp_path):
-    from deploy.netx import write_netx
+    from deploy.netx import UnsupportedGraphError, write_netx
 
     with pytest.raises(UnsupportedGraphError, match=message):
         write_netx(compile_foreign(graph), tmp_path / "net.h5")
@@ -306,12 +295,12 @@ def _file_unknown_type(path):
     (_file_unknown_type, r"not a readable NIR file \(AssertionError"),
 ], ids=["no-digest", "truncated", "unknown-type"])
 def test_a_damaged_file_is_refused_naming_it_before_lava_starts(damage, message, tmp_path, monkeypatch):
-    from deploy import net_lava
+    from deploy import chip_lava
     from export.nir_foreign import write_foreign
 
     path = str(tmp_path / "net.nir")
     write_foreign(path, feed_forward_graph())
     damage(path)
-    monkeypatch.setattr(net_lava, "_build", _raise_injected)
-    with pytest.raises(UnsupportedGraphError, match=f"^{path}: {message}"):
-        net_lava.run_net_on_lava(path, {"input": _spikes(12)})
+    monkeypatch.setattr(chip_lava, "run_to_end", _raise_injected)
+    with pytest.raises(ChipNirError, match=f"^{path}: {message}"):
+        chip_lava.run_spikes_on_lava(path, {"input": _spikes(12)})

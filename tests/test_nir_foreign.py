@@ -11,9 +11,8 @@ from export.nir_foreign import (DegenerateGraphWarning, Discretization, ForeignG
                                 run_discrete, write_foreign)
 from export.nir_foreign_read import read_foreign
 from nir_helpers import (DT, conv_flatten_graph, cuba, feed_forward_graph, integrate_and_fire, lif,
-                         recurrent_graph)
-from simulators.chip_file import ChipFileError
-from simulators.nir_net import NetSimulator
+                         recurrent_graph, simulate_network)
+from simulators.network import ChipSimulator
 
 # Spike agreement per node between the integers (A) and the float discretization (B), counted over spikes:
 # 2|A and B| / (|A| + |B|), so silent cells do not inflate it. 8-bit weights move a membrane by up to half a
@@ -31,7 +30,7 @@ def _spikes(steps, batch, *shape, rate=0.3, seed=0):
 def _agreement(graph, inputs):
     """The lowest spike agreement over the graph's neuron nodes."""
     expected = run_discrete(graph, inputs)
-    got = NetSimulator(compile_foreign(graph)).run(inputs)
+    got = simulate_network(compile_foreign(graph), inputs)
     worst = 1.0
     for name, s in expected.items():
         rate = float(s.double().mean())
@@ -47,12 +46,12 @@ def test_a_hand_derived_integrate_and_fire_chain():
                                    nir.Output(np.array([1])))
     compiled = compile_foreign(graph)
     # threshold 1.0 = VTH_A = 1024 a-units, so weight 0.5 = 512 a-units = mantissa 64 << 3 (512/127 needs 3 bits)
-    affine = next(node for node in compiled.nodes.values() if isinstance(node, nir.Affine))
-    assert affine.metadata["weight_exp"] == 3 and affine.metadata["weight_mant"].tolist() == [[64]]
+    (synapse,) = compiled.synapses
+    assert synapse.weight_exp == 3 and synapse.weight.tolist() == [[64]] and synapse.delay == 1
     # an input spike every step reaches the neuron one step later: v = 512 << 6 per step from step 1,
     # 98304 > 1024 << 6 = 65536 first at step 3 (65536 at step 2 is not above), then every 3 steps
-    out = NetSimulator(compiled).run({"input": torch.ones(10, 1, 1, dtype=torch.long)})
-    neuron = next(n for n, node in compiled.nodes.items() if isinstance(node, nir.IF))
+    out = simulate_network(compiled, {"input": torch.ones(10, 1, 1, dtype=torch.long)})
+    neuron = synapse.target
     assert out[neuron][:, 0, 0].nonzero().flatten().tolist() == [3, 6, 9]
     assert run_discrete(graph, {"input": torch.ones(10, 1, 1)})[neuron][:, 0, 0].nonzero().flatten().tolist() == \
         [3, 6, 9]
@@ -76,17 +75,36 @@ def test_a_convolutional_graph_like_sinabs_writes_it():
     assert _agreement(graph, {"input": _spikes(30, 4, 2, 8, 8)}) >= SPIKE_AGREEMENT_MIN
 
 
-def test_the_compiled_file_is_plain_nir_and_runs_as_in_memory(tmp_path):
+def test_the_compiled_file_is_plain_nir_in_the_compilers_format_and_matches_the_reference(tmp_path):
+    from export.nir_chip import FORMAT, read_chip_nir
+    from export.reference import run_reference_spikes
+
     rng = np.random.default_rng(3)
     graph = nir.NIRGraph.from_list(nir.Input(np.array([5])), nir.Affine(rng.normal(0.3, 0.3, (4, 5)), np.zeros(4)),
                                    lif(4), nir.Output(np.array([4])))
     path = str(tmp_path / "net.nir")
     compiled = write_foreign(path, graph, Discretization(dt=DT))
-    read = nir.read(path)  # NIR's type checks pass: the source graph is unchanged
-    assert sorted(read.nodes) == sorted(graph.nodes)
+    read = nir.read(path)  # NIR's type checks pass; the format is the one `sddpm compile` writes
+    assert read.metadata["format"] == FORMAT and isinstance(read.nodes["lif"], nir.LIF)
+    assert _same_network(read_chip_nir(path), compiled)
     inputs = {"input": _spikes(20, 3, 5)}
-    from_file, in_memory = NetSimulator.from_file(path).run(inputs), NetSimulator(compiled).run(inputs)
-    assert all(torch.equal(from_file[n], in_memory[n]) for n in in_memory)
+    from_file, reference = ChipSimulator.from_file(path).run_spikes(inputs), run_reference_spikes(compiled, inputs)
+    assert all(torch.equal(from_file[n], reference[n]) for n in reference)
+
+
+def _same_network(a, b) -> bool:
+    """Field by field, arrays by value."""
+    import dataclasses
+
+    def canon(value):
+        if dataclasses.is_dataclass(value):
+            return canon(dataclasses.asdict(value))
+        if isinstance(value, dict):
+            return {k: canon(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [canon(v) for v in value]
+        return np.asarray(value).tolist() if isinstance(value, np.ndarray) else value
+    return canon(a) == canon(b)
 
 
 def _li_graph():
@@ -169,7 +187,7 @@ def test_weights_that_all_round_to_zero_are_an_error_that_suggests_a_dt():
                                                 r"node 'lif': can never spike .*\(dt = 5e-05 s works\)"):
         compile_foreign(graph, Discretization(dt=1e-5))
     compiled = compile_foreign(graph, Discretization(dt=5e-5))
-    assert compiled.nodes["affine"].metadata["weight_mant"].tolist() == [[1, 1]]
+    assert compiled.synapses[0].weight.tolist() == [[1, 1]]
 
 
 def test_a_leak_that_rounds_to_none_is_an_error_or_with_allow_degenerate_a_warning():
@@ -180,7 +198,7 @@ def test_a_leak_that_rounds_to_none_is_an_error_or_with_allow_degenerate_a_warni
         compile_foreign(graph)
     with pytest.warns(DegenerateGraphWarning, match="the leak rounds to none"):
         compiled = compile_foreign(graph, allow_degenerate=True)
-    assert compiled.nodes["lif"].metadata["dv"] == 0
+    assert compiled.population("lif").dv == 0
 
 
 def test_a_node_that_can_never_spike_is_an_error():
@@ -218,19 +236,13 @@ def test_a_broken_file_names_the_node_and_field(tmp_path, edit, message):
         read_foreign(_written(tmp_path, edit))
 
 
-def test_the_simulator_lists_every_problem_of_a_compiled_graph():
-    compiled = compile_foreign(feed_forward_graph())
-    compiled.nodes["lif1"].metadata["du"] = 5000
-    compiled.nodes["cuba"].metadata["vth"] = 0
-    compiled.nodes["fc2"].metadata["weight_exp"] = -1
-    with pytest.raises(ChipFileError, match=r"^3 problems: node 'lif1': du = 5000 must be an integer in \[-1, 4095\]; "
-                                            r"node 'cuba': vth = 0 .*; node 'fc2': weight_exp = -1"):
-        NetSimulator(compiled)
+def test_an_uncompiled_graph_is_refused_by_the_simulator(tmp_path):
+    from simulators.chip_file import ChipFileError
 
-
-def test_an_uncompiled_graph_is_refused_by_the_simulator():
-    with pytest.raises(ChipFileError, match="not an sddpm-net-nir graph"):
-        NetSimulator(_lif_graph())
+    path = str(tmp_path / "source.nir")
+    nir.write(path, _lif_graph())
+    with pytest.raises(ChipFileError, match="not an sddpm-chip-nir file"):
+        ChipSimulator.from_file(path)
 
 
 def test_cli_import_nir_compiles_a_file_and_names_what_does_not_map(tmp_path, capsys):
@@ -242,7 +254,7 @@ def test_cli_import_nir_compiles_a_file_and_names_what_does_not_map(tmp_path, ca
     text = capsys.readouterr().out
     # LIF, tau 2 ms at dt 0.1 ms: dv = 4096 * 0.05 = 204.8 -> 205; no current memory: du = 4095
     assert "lif                  LIF       4095   205  1024" in text and text.rstrip().endswith(f"-> {out}")
-    assert NetSimulator.from_file(out).run({"input": _spikes(5, 1, 2)})["lif"].shape == (5, 1, 3)
+    assert ChipSimulator.from_file(out).run_spikes({"input": _spikes(5, 1, 2)})["lif"].shape == (5, 1, 3)
     nir.write(source, _li_graph())
     assert main(["import-nir", source, "--out", str(tmp_path / "li.nir")]) == 2
     assert "node 'li': NIR type LI has no chip mapping" in capsys.readouterr().err

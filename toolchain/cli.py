@@ -13,7 +13,7 @@ from toolchain.parser import build_parser, calibration_of, model_config_of, samp
 from toolchain.paths import SHIPPED_CHECKPOINT
 from toolchain.pipeline import (EXPORTERS, Calibration, FileCheck, compile_chip, export_float_nir, export_onnx_file,
                                 float_chain, sample_images, verify_and_report)
-from toolchain.report import format_deploy, format_energy, format_network, format_whole_chain
+from toolchain.report import format_deploy, format_energy, format_imported, format_network, format_whole_chain
 
 
 def cmd_train(args) -> None:
@@ -182,14 +182,7 @@ def cmd_import_nir(args) -> int:
     graph = read_foreign(args.graph)
     compiled = write_foreign(args.out, graph, Discretization(dt=args.dt, decay=args.decay, norse_dt=args.norse_dt),
                              args.allow_degenerate)
-    print(f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}")
-    for name, node in sorted(compiled.nodes.items()):
-        md = node.metadata or {}
-        if "du" in md:
-            print(f"{name:<20} {type(node).__name__:<8} {md['du']:>5} {md['dv']:>5} {md['vth']:>5} "
-                  f"{md['scale']:>10.3e} {'':>10}")
-        elif "weight_exp" in md:
-            print(f"{name:<20} {type(node).__name__:<8} {'':>5} {'':>5} {'':>5} {'':>10} {md['weight_exp']:>10}")
+    print(format_imported(compiled))
     print(f"compiled (dt = {args.dt:g} s) -> {args.out}")
     return 0
 

@@ -290,3 +290,20 @@ def format_onnx_comparison(report, t) -> str:
         ": every larger difference follows a spike flipped at a float32 tie" if report.flips else "")
     lines.append(f"  max |eps diff| over all images: {report.max_abs_diff:.2e} -> {verdict}")
     return "\n".join(lines)
+
+
+def neuron_kind(pop) -> str:
+    """The NIR neuron type a population's decays make (export.nir_chip writes it so)."""
+    return "IF" if pop.is_if else "LIF" if pop.du == 4095 else "CubaLIF"
+
+
+def format_imported(net) -> str:
+    """The populations and synapses of an imported network, with their integers."""
+    lines = [f"{'node':<20} {'type':<8} {'du':>5} {'dv':>5} {'vth':>5} {'scale':>10} {'weight_exp':>10}"]
+    for p in sorted(net.populations, key=lambda p: p.name):
+        lines.append(f"{p.name:<20} {neuron_kind(p):<8} {p.du:>5} {p.dv:>5} {p.vth:>5} {p.scale:>10.3e} {'':>10}")
+    for s in net.synapses:
+        name = f"{s.source} -> {s.target}"
+        lines.append(f"{name:<20} {'Dense' if s.dense else 'Conv':<8} {'':>5} {'':>5} {'':>5} {'':>10} "
+                     f"{s.weight_exp:>10}")
+    return "\n".join(lines)
