@@ -104,7 +104,7 @@ def _quantize_synapses(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, 
     a synapse's bias is added to its target's `bias_v` (in place); problems and degenerate cases are appended."""
     wires, maps = checked.wires, checked.maps
     synapses, weights = [], {}
-    for name, src in wires.source.items():
+    for name, src in sorted(wires.source.items()):  # in name order: a file's node order is HDF5's, not the writer's
         tgt = wires.target[name]
         node, m = nodes[name], maps[tgt]
         w_int = synapse_weight(node) * m.gain / scale[tgt]  # a-units per spike
@@ -235,10 +235,13 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
         if not allow_degenerate:
             raise ForeignGraphError(text + "; --allow-degenerate compiles it anyway")
         warnings.warn(text, DegenerateGraphWarning, stacklevel=2)
-    inputs = tuple(ChipInput(name, checked.shapes[name]) for name, node in graph.nodes.items()
+    inputs = tuple(ChipInput(name, checked.shapes[name]) for name, node in sorted(graph.nodes.items())
                    if isinstance(node, nir.Input))
-    net = ChipNetwork(tuple(pops[name] for name in graph.nodes if name in pops), tuple(synapses), inputs=inputs,
-                      outputs=tuple(checked.wires.outputs.items()),
+    # populations by the step their input arrives, then by name: dependency order for a feed-forward graph, and
+    # the same network whatever order the file lists its nodes in
+    order = sorted(pops, key=lambda name: (pops[name].depth, name))
+    net = ChipNetwork(tuple(pops[name] for name in order), tuple(synapses), inputs=inputs,
+                      outputs=tuple(sorted(checked.wires.outputs.items())),
                       source={"front_end": "sddpm import-nir", "discretization": asdict(disc)})
     check_ranges(net)
     return net

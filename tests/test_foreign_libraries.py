@@ -17,7 +17,8 @@ import torch
 
 from export.nir_foreign import VTH_A, Discretization, ForeignGraphError, compile_foreign, run_discrete, write_foreign
 from export.nir_foreign_read import read_foreign
-from simulators.nir_net import NetSimulator
+from export.nir_chip import read_chip_nir
+from simulators.network import ChipSimulator
 
 with warnings.catch_warnings():  # their imports warn about torch.jit and nirtorch deprecations
     warnings.simplefilter("ignore")
@@ -290,30 +291,20 @@ def _impulse(du: int, dv: int, rate: float) -> np.ndarray:
     return np.array([np.sum(u[:k + 1] * keep_v ** np.arange(k, -1, -1)) for k in range(steps)])
 
 
-def _synapses_into(graph, node):
-    return [s for s, t in graph.edges if t == node and "weight_exp" in (graph.nodes[s].metadata or {})]
-
-
-def _spiking_source(graph, syn):
-    src = next(a for a, b in graph.edges if b == syn)
-    return next(a for a, b in graph.edges if b == src) if isinstance(graph.nodes[src], nir.Flatten) else src
-
-
 def floors(chip_path, library) -> dict[str, float]:
-    graph = nir.read(chip_path)
+    net = read_chip_nir(chip_path)
     rate = {"input": RATE, **{n: float(s.float().mean()) for n, s in library.items()}}
     moved = {"input": 0.0}
     out = {}
     for node in library:  # in chain order: a node's sources come first, or are itself
-        md = graph.nodes[node].metadata
-        h = _impulse(int(md["du"]), int(md["dv"]), rate[node])
+        pop = net.population(node)
+        h = _impulse(pop.du, pop.dv, rate[node])
         r = rate[node]
         eps2, inherited, recurrent = 0.0, 0.0, 0.0
-        for syn in _synapses_into(graph, node):
-            smd = graph.nodes[syn].metadata
-            q = 2.0 ** int(smd["weight_exp"]) / VTH_A
-            w = np.asarray(smd["weight_mant"], np.float64) * q
-            src = _spiking_source(graph, syn)
+        for syn in net.inputs_of(node):
+            q = 2.0 ** syn.weight_exp / VTH_A
+            w = syn.weight.astype(np.float64) * q
+            src = syn.source
             fan, r_src = w[0].size, rate[src]
             eps2 += q ** 2 / 12 * fan * (r_src ** 2 * h.sum() ** 2 + r_src * (1 - r_src) * (h ** 2).sum())
             reach = fan * r_src * min(1.0, float(np.sqrt((w ** 2).mean())) / r)
@@ -332,7 +323,7 @@ def run_case(name, bias, tmp_path):
     graph, library, disc, x = CASES[name](bias)
     chip = compiled_file(graph, disc, tmp_path)
     padded, depth = _padded(x, library)
-    ours = _aligned(NetSimulator.from_file(chip).run({"input": padded}), depth)
+    ours = _aligned(ChipSimulator.from_file(chip).run_spikes({"input": padded}), depth)
     return library, ours, chip, padded
 
 
@@ -347,7 +338,7 @@ def test_our_float_discretization_is_the_library_exactly(case, bias):
     # Norse's tau and Sinabs' exponential decay included
     graph, library, disc, x = CASES[case](bias)
     padded, depth = _padded(x, library)
-    ours = _aligned(run_discrete(compile_foreign(graph, disc), {"input": padded}, disc), depth)
+    ours = _aligned(run_discrete(graph, {"input": padded}, disc), depth)
     for node, spikes in library.items():
         assert torch.equal(ours[node], spikes), f"{case}: node {node!r} differs from the library"
 
@@ -367,11 +358,11 @@ def test_the_integers_agree_with_the_library_above_the_8_bit_floor(case, bias, t
 @pytest.mark.parametrize("case, bias", _cases(with_bias_only=True) + [pytest.param(c, False, id=f"{c}-no-bias")
                                                                       for c in sorted(NO_BIAS)])
 def test_lava_runs_the_compiled_file_as_the_simulator_does(case, bias, tmp_path):
-    from deploy.net_lava import run_net_on_lava
+    from deploy.chip_lava import run_spikes_on_lava
 
     library, _, chip, padded = run_case(case, bias, tmp_path)
-    sim = NetSimulator.from_file(chip).run({"input": padded[:, :1]})
-    lava = run_net_on_lava(chip, {"input": padded[:, 0].numpy()})
+    sim = ChipSimulator.from_file(chip).run_spikes({"input": padded[:, :1]})
+    lava = run_spikes_on_lava(chip, {"input": padded[:, 0].numpy()})
     for node in library:
         assert np.array_equal(lava[node], sim[node][:, 0].numpy()), f"{case}: node {node!r}: Lava != simulator"
 
@@ -383,11 +374,11 @@ def test_a_bias_switches_on_at_its_nodes_depth_unless_the_file_asks_otherwise(ca
     for node in library:
         graph.nodes[node].metadata = {"bias_start": 0}
     compiled = compile_foreign(graph, disc)
-    assert all(compiled.nodes[n].metadata["bias_start"] == 0 for n in library)
+    assert all(compiled.population(n).depth == 0 for n in library)
     padded, depth = _padded(x, library)
-    ours = _aligned(run_discrete(compiled, {"input": padded}, disc), depth)
+    ours = _aligned(run_discrete(graph, {"input": padded}, disc), depth)
     assert min(agreement(ours[n], s) for n, s in library.items()) < 0.99
-    assert [compile_foreign(CASES[case](True)[0], disc).nodes[n].metadata["bias_start"] for n in library] == \
+    assert [compile_foreign(CASES[case](True)[0], disc).population(n).depth for n in library] == \
         [depth[n] for n in library]
 
 
@@ -420,7 +411,7 @@ def test_norse_writes_tau_as_its_dt_over_tau_mem_inv_and_is_refused_without_nors
                                                 r"norse_dt"):
         compile_foreign(read_foreign(path), Discretization(dt=NORSE_DT))
     compiled = compile_foreign(read_foreign(path), Discretization(dt=NORSE_DT, norse_dt=NORSE_DT))
-    assert compiled.nodes["1"].metadata["dv"] == round(4096 * NORSE_DT * 100.0)  # dt / 10 ms of 4096
+    assert compiled.population("1").dv == round(4096 * NORSE_DT * 100.0)  # dt / 10 ms of 4096
 
 
 def test_norse_omits_cubalif_w_in_and_norse_dt_refuses_a_file_that_has_one():
@@ -447,7 +438,7 @@ def test_sinabs_decays_exponentially_which_forward_euler_does_not_reproduce():
     assert disc.decay == "exp"
     euler = Discretization(dt=SINABS_DT)
     padded, depth = _padded(x, library)
-    ours = _aligned(run_discrete(compile_foreign(graph, euler), {"input": padded}, euler), depth)
+    ours = _aligned(run_discrete(graph, {"input": padded}, euler), depth)
     assert min(agreement(ours[n], s) for n, s in library.items()) < 0.99  # exact with decay="exp" (above)
 
 
@@ -457,7 +448,8 @@ def test_sinabs_leaves_a_conv_input_shape_none_which_the_compiled_file_fills(tmp
     with pytest.raises((TypeError, ValueError)):  # h5py: "One of data, shape or dtype must be specified"
         nir.write(str(tmp_path / "sinabs.nir"), graph)
     write_foreign(str(tmp_path / "chip.nir"), graph, disc)
-    assert nir.read(str(tmp_path / "chip.nir")).nodes["0"].input_shape.tolist() == [8, 8]
+    (conv,) = [n for n in nir.read(str(tmp_path / "chip.nir")).nodes.values() if isinstance(n, nir.Conv2d)]
+    assert conv.input_shape.tolist() == [8, 8]
 
 
 def test_snntorch_writes_v_reset_0_for_every_reset_mechanism():
@@ -477,7 +469,7 @@ def test_snntorch_writes_v_reset_0_for_every_reset_mechanism():
     library = _run_by_step(subtract, x, {"1": subtract[1]}, lambda out: out, lambda m, xt: m(xt))
     disc = Discretization(dt=SNNTORCH_DT)
     padded, depth = _padded(x, library)
-    ours = _aligned(run_discrete(compile_foreign(graphs["subtract"], disc), {"input": padded}, disc), depth)
+    ours = _aligned(run_discrete(graphs["subtract"], {"input": padded}, disc), depth)
     assert agreement(ours["1"], library["1"]) < 0.95
 
 
@@ -489,7 +481,7 @@ def test_cli_import_nir_reads_a_norse_file_with_norse_dt(tmp_path, capsys):
     assert main(["import-nir", path, "--out", out, "--dt", str(NORSE_DT)]) == 2
     assert "read such a file with norse_dt" in capsys.readouterr().err
     assert main(["import-nir", path, "--out", out, "--dt", str(NORSE_DT), "--norse-dt", str(NORSE_DT)]) == 0
-    assert NetSimulator.from_file(out).run({"input": _input(12)[:5].long()})["1"].shape == (5, BATCH, 16)
+    assert ChipSimulator.from_file(out).run_spikes({"input": _input(12)[:5].long()})["1"].shape == (5, BATCH, 16)
 
 
 def test_snntorch_synaptic_writes_v_reset_0_and_only_its_undelayed_zero_reset_is_nirs():
@@ -512,7 +504,7 @@ def test_snntorch_synaptic_writes_v_reset_0_and_only_its_undelayed_zero_reset_is
         layers = net(mechanism, delay)
         library = _run_by_step(layers, x, {"1": layers[1]}, lambda out: out, lambda m, xt: m(xt))
         padded, depth = _padded(x, library)
-        ours = _aligned(run_discrete(compile_foreign(graph, disc), {"input": padded}, disc), depth)
+        ours = _aligned(run_discrete(graph, {"input": padded}, disc), depth)
         agree[mechanism, delay] = agreement(ours["1"], library["1"])
     assert agree["zero", False] == 1.0
     assert agree["zero", True] < 0.95 and agree["subtract", False] < 0.95

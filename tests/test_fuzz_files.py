@@ -1,6 +1,6 @@
 """Fuzzing the readers of untrusted files: `sddpm import-nir`'s (`read_foreign` + `compile_foreign`, for
 NIR files from other tools) and the simulator's (`ChipSimulator.from_file` for chip networks,
-`NetSimulator.from_file` for compiled foreign graphs).
+the same reader for imported foreign graphs).
 
 Valid small files are corrupted at random under a fixed seed: truncation, byte flips, deleted datasets,
 groups and attributes, wrong shapes, NaN/inf, unknown node types, dangling edges and extra edges that
@@ -30,7 +30,6 @@ from export.nir_foreign_read import read_foreign
 from nir_helpers import conv_flatten_graph, feed_forward_graph, recurrent_graph
 from simulators.errors import SimulatorError
 from simulators.network import ChipSimulator
-from simulators.nir_net import NetSimulator
 
 SEED = 18
 NIR_CASES = 240  # 80 per source graph
@@ -98,13 +97,9 @@ def _with_default(graph: nir.NIRGraph, node_name: str, field: str) -> nir.NIRGra
     return nir.NIRGraph(nodes={**graph.nodes, node_name: type(node)(**fields)}, edges=graph.edges)
 
 
-def _compiled_canon(graph: nir.NIRGraph):
-    nodes = {}
-    for name, node in graph.nodes.items():
-        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
-                  if f.name not in ("input_type", "output_type", "metadata")}
-        nodes[name] = (type(node).__name__, _canon(fields), _canon(dict(node.metadata or {})))
-    return nodes, sorted(graph.edges), _canon(dict(graph.metadata))
+def _compiled_canon(net: ChipNetwork):
+    """An imported graph's chip network as plain values."""
+    return _canon(net)
 
 
 def _values(path: str) -> dict | None:
@@ -260,9 +255,9 @@ def _read_chip(path: str):
 
 
 def _read_net(path: str):
-    """A compiled foreign graph as the simulator reads it."""
-    sim = NetSimulator.from_file(path)
-    return (sim.inputs, sim.neurons, sim.synapses, sim.outputs)
+    """An imported graph's chip file as the simulator reads it."""
+    sim = ChipSimulator.from_file(path)
+    return (sim.inputs, sim.populations, sim.synapses, sim.outputs)
 
 
 def _write_net(path: str) -> None:
@@ -270,7 +265,7 @@ def _write_net(path: str) -> None:
 
 
 @pytest.mark.parametrize("write, read", [(lambda path: write_chip_nir(path, _small_chip()), _read_chip),
-                                         (_write_net, _read_net)], ids=["sddpm-chip-nir", "sddpm-net-nir"])
+                                         (_write_net, _read_net)], ids=["compiled", "imported"])
 def test_corrupted_chip_files_are_refused_or_read_unchanged(tmp_path, write, read):
     rng = np.random.default_rng(SEED)
     source = str(tmp_path / "chip.nir")

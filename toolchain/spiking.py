@@ -1,0 +1,125 @@
+"""The application layer of a chip network with spike inputs (an imported NIR graph): its inputs, and every
+command's work on it (`sddpm run`, `verify --nir`, `deploy --nir`, `energy --nir`, `report --nir`).
+
+A diffusion network has the SDDPM application layer instead (`toolchain.pipeline`); both run the one chip
+network of `export.chip` on the same back ends.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.chip import ChipNetwork
+from toolchain.errors import UsageError
+
+# Without --input a network gets seeded random spikes: each input neuron fires with this probability per step.
+DEFAULT_RATE = 0.3
+DEFAULT_STEPS = 32
+BACKENDS = ("sim", "lava")
+
+
+def spike_inputs(net: ChipNetwork, path: str | None = None, steps: int = DEFAULT_STEPS, rate: float = DEFAULT_RATE,
+                 seed: int = 0, batch: int = 1) -> dict[str, torch.Tensor]:
+    """0/1 int64 spikes [T, B, *shape] per spike input: from an .npz of arrays named as the inputs ([T, *shape] or
+    [T, B, *shape]), or seeded random ones."""
+    if not net.inputs:
+        raise UsageError("this network takes no spike input: it is a diffusion network (use --checkpoint)")
+    if path is None:
+        gen = torch.Generator().manual_seed(seed)
+        return {i.name: (torch.rand(steps, batch, *i.shape, generator=gen) < rate).long() for i in net.inputs}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable .npz of spike arrays ({err})") from None
+    out = {}
+    for i in net.inputs:
+        if i.name not in arrays:
+            raise UsageError(f"{path}: no array named {i.name!r} (the network's spike inputs: "
+                             f"{[j.name for j in net.inputs]}; the file holds {sorted(arrays)})")
+        x = arrays[i.name]
+        x = x[:, None] if x.ndim == len(i.shape) + 1 else x
+        if x.ndim != len(i.shape) + 2 or tuple(x.shape[2:]) != i.shape or not np.isin(x, (0, 1)).all():
+            raise UsageError(f"{path}: {i.name!r} must be 0/1 spikes [T, {', '.join(map(str, i.shape))}] or [T, B, ...], "
+                             f"is {x.dtype} {list(x.shape)}")
+        out[i.name] = torch.from_numpy(x.astype(np.int64))
+    if len({tuple(x.shape[:2]) for x in out.values()}) != 1:
+        raise UsageError(f"{path}: every input needs the same T and B")
+    return out
+
+
+def run_network(net: ChipNetwork, path: str, inputs: dict[str, torch.Tensor], backend: str = "sim",
+                run_cfg=None) -> dict[str, torch.Tensor]:
+    """Every population's spikes, bool [T, B, *shape], on the simulator (from the file) or on Lava (one sample at
+    a time)."""
+    if backend == "sim":
+        from simulators.network import ChipSimulator
+
+        return ChipSimulator.from_file(path).run_spikes(inputs)
+    from deploy.chip_lava import run_spikes_on_lava
+
+    batch = next(iter(inputs.values())).shape[1]
+    runs = [run_spikes_on_lava(net, {n: x[:, b].numpy() for n, x in inputs.items()}, run_cfg) for b in range(batch)]
+    return {name: torch.stack([torch.from_numpy(r[name]) for r in runs], dim=1) for name in runs[0]}
+
+
+def first_mismatch(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor], order: list[str]) -> dict | None:
+    """The first (population, step, index) where two runs' spikes differ, populations in network order."""
+    for name in order:
+        a, b = expected[name].bool(), actual[name].bool()
+        if a.shape != b.shape:
+            return {"population": name, "step": -1, "index": [], "expected": list(a.shape), "actual": list(b.shape)}
+        diff = torch.nonzero(a != b)
+        if len(diff):
+            step, *index = (int(v) for v in diff[0])
+            return {"population": name, "step": step, "index": index, "expected": int(a[tuple(diff[0])]),
+                    "actual": int(b[tuple(diff[0])])}
+    return None
+
+
+def compare(net: ChipNetwork, expected: dict, actual: dict, what: tuple[str, str]) -> dict:
+    mismatch = first_mismatch(expected, actual, [p.name for p in net.populations])
+    spikes = {name: int(s.sum()) for name, s in actual.items()}
+    return {"compared": f"{what[0]} vs {what[1]}", "identical": mismatch is None, "first_mismatch": mismatch,
+            "spikes": spikes}
+
+
+def synapse_sops(syn, spikes: torch.Tensor) -> int:
+    """Synaptic operations of one synapse over a run: every source spike times the targets it reaches (its
+    fan-out), counted exactly as the sum of a convolution of the spikes with all-one weights of the synapse's
+    geometry (stride, padding, dilation, groups and up-sampling included), or spikes x outputs for a dense one."""
+    x = spikes.flatten(0, 1).double()
+    if syn.dense:
+        return int(x.sum()) * int(syn.weight.shape[0])
+    if syn.upsample != 1:
+        x = x.repeat_interleave(syn.upsample, dim=-2).repeat_interleave(syn.upsample, dim=-1)
+    ones = torch.ones(syn.weight.shape, dtype=torch.float64)
+    return int(F.conv2d(x, ones, stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                        groups=syn.groups).sum())
+
+
+def network_energy(net: ChipNetwork, inputs: dict[str, torch.Tensor], spikes: dict[str, torch.Tensor]) -> dict:
+    """Per population and in total, per sample: spikes, SOPs of its outgoing synapses and neuron updates (every
+    neuron every step: Lava updates each compartment every step)."""
+    steps, batch = next(iter(inputs.values())).shape[:2]
+    trains = {**{n: x.bool() for n, x in inputs.items()}, **spikes}
+    rows = {}
+    for name in [*inputs, *(p.name for p in net.populations)]:
+        sops = sum(synapse_sops(s, trains[name]) for s in net.synapses if s.source == name)
+        neurons = int(np.prod(net.source_shape(name)))
+        rows[name] = {"spikes": int(trains[name].sum()) / batch, "sops": sops / batch,
+                      "rate": float(trains[name].float().mean()), "neuron_updates": 0 if name in inputs
+                      else neurons * steps}
+    return {"steps": steps, "samples": batch, "per_node": rows,
+            "total": {k: sum(r[k] for r in rows.values()) for k in ("spikes", "sops", "neuron_updates")}}
+
+
+def format_energy_table(report: dict) -> str:
+    lines = [f"per sample over {report['steps']} steps ({report['samples']} samples):",
+             f"{'node':<24} {'spikes':>10} {'rate':>7} {'SOPs':>12} {'updates':>10}"]
+    for name, r in report["per_node"].items():
+        lines.append(f"{name:<24} {r['spikes']:>10.1f} {r['rate']:>7.3f} {r['sops']:>12.1f} {r['neuron_updates']:>10}")
+    t = report["total"]
+    lines.append(f"{'total':<24} {t['spikes']:>10.1f} {'':>7} {t['sops']:>12.1f} {t['neuron_updates']:>10}")
+    return "\n".join(lines)
