@@ -8,6 +8,7 @@ chip path takes one step; the libraries run every layer within the step), counte
 the library spike for spike; the simulator and Lava agree
 exactly (one sample on Lava: each run costs seconds).
 """
+import json
 import warnings
 
 import nir
@@ -508,3 +509,52 @@ def test_snntorch_synaptic_writes_v_reset_0_and_only_its_undelayed_zero_reset_is
         agree[mechanism, delay] = agreement(ours["1"], library["1"])
     assert agree["zero", False] == 1.0
     assert agree["zero", True] < 0.95 and agree["subtract", False] < 0.95
+
+
+@pytest.mark.lava
+def test_a_snntorch_conv_graph_goes_through_every_command_on_one_file(tmp_path, capsys):
+    # Conv2d -> Leaky -> Flatten -> Linear -> Leaky as snnTorch's export_to_nir writes it: import-nir writes the
+    # file `sddpm compile` writes, and verify, deploy, energy and run take it as they take a compiled SDDPM
+    from export.nir_chip import FORMAT
+    from toolchain.cli import main
+
+    graph, _, _, x = snntorch_conv(True)
+    source, chip = str(tmp_path / "snntorch.nir"), str(tmp_path / "chip.nir")
+    nir.write(source, graph)
+    assert main(["import-nir", source, "--out", chip]) == 0
+    capsys.readouterr()
+    assert nir.read(chip).metadata["format"] == FORMAT
+    np.savez(tmp_path / "input.npz", input=x[:12, :2].numpy().astype(np.int8))  # [T, B, 2, 8, 8]
+    given = ["--input", str(tmp_path / "input.npz")]
+
+    def command(*argv) -> dict:
+        code = main([*argv, "--json"])
+        report = json.loads(capsys.readouterr().out)
+        return {"exit": code, **report}
+
+    verified = command("verify", "--nir", chip, *given)
+    assert verified["exit"] == 0 and verified["identical"] and verified["first_mismatch"] is None
+    assert verified["steps"] == 12 and verified["samples"] == 2 and sum(verified["spikes"].values()) > 0
+    deployed = command("deploy", "--nir", chip, "--input-steps", "10")  # seeded random input, one sample
+    assert deployed["exit"] == 0 and deployed["identical"] and deployed["compared"] == "simulator vs lava"
+    energy = command("energy", "--nir", chip, *given)
+    assert energy["total"]["sops"] > 0 and set(energy["per_node"]) == {"input", "1", "4"}
+    # the input's SOPs: every input spike reaches 4 channels x the 3 x 3 taps inside the 8 x 8 image (padding 1)
+    assert energy["per_node"]["input"]["sops"] == pytest.approx(
+        float((x[:12, :2].double() * _conv_fanout()).sum()) / 2)
+    outputs = {}
+    for backend in ("sim", "lava"):
+        out = str(tmp_path / f"{backend}.npz")
+        ran = command("run", chip, "--backend", backend, "--out", out, "--input-steps", "10")
+        assert ran["exit"] == 0 and set(ran["spikes"]) == {"1", "4"}
+        with np.load(out) as f:
+            outputs[backend] = {k: f[k] for k in f.files}
+    assert all(np.array_equal(outputs["sim"][k], outputs["lava"][k]) for k in outputs["sim"])
+
+
+def _conv_fanout() -> torch.Tensor:
+    """Targets of one input spike of a 3 x 3 conv with padding 1 into 4 channels of 8 x 8, per input position:
+    4 x (taps that land inside): 4 x 9 inside, 4 x 6 on an edge, 4 x 4 in a corner."""
+    inside = torch.full((8,), 3.0)
+    inside[0] = inside[-1] = 2.0
+    return 4 * inside[:, None] * inside[None, :]

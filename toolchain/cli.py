@@ -1,5 +1,5 @@
 """The `sddpm` command: train, sample, fid, eval-eps, quality, release, compile, verify, export, import-nir, deploy,
-energy, report, demo. Each command parses, calls `toolchain.pipeline`, and prints (`toolchain.report`)."""
+energy, report, run, demo. Each command parses, calls `toolchain.pipeline`, and prints (`toolchain.report`)."""
 from __future__ import annotations
 
 import json
@@ -134,6 +134,108 @@ def cmd_quality(args) -> int:
     return 0
 
 
+def _imported(path: str | None):
+    """The chip network of `path` when it takes spike inputs (`sddpm import-nir`), else None (no file, or a
+    diffusion network, which runs with its checkpoint)."""
+    if not path:
+        return None
+    from export.nir_chip import read_chip_nir
+
+    net = read_chip_nir(path)
+    return None if net.is_diffusion else net
+
+
+def _inputs_of(args, net, batch: int = 1):
+    from toolchain.spiking import spike_inputs
+
+    return spike_inputs(net, args.input, args.input_steps, seed=args.input_seed, batch=batch)
+
+
+def _print_check(args, report: dict) -> int:
+    if args.json:
+        print(json.dumps(report))
+    else:
+        where = report["first_mismatch"]
+        print(f"{report['compared']} on {report['nir_file']}: {report['steps']} steps x {report['samples']} samples, "
+              f"{sum(report['spikes'].values())} spikes: " +
+              ("identical" if where is None else f"DIFFER first at population {where['population']}, step "
+                                                 f"{where['step']}, index {tuple(where['index'])}: "
+                                                 f"{where['expected']} vs {where['actual']}"))
+    return 0 if report["identical"] else 1
+
+
+def check_imported(args, net, path: str, backend: str, batch: int = 1) -> int:
+    """`verify --nir` (reference vs simulator) or `deploy --nir` (Lava vs simulator) of an imported network."""
+    from export.reference import run_reference_spikes
+    from toolchain.spiking import compare, run_network
+
+    inputs = _inputs_of(args, net, batch)
+    simulated = run_network(net, path, inputs, "sim")
+    if backend == "reference":
+        report = compare(net, run_reference_spikes(net, inputs), simulated, ("reference", "simulator"))
+    else:
+        from deploy.chip_lava import run_config
+
+        report = compare(net, simulated, run_network(net, path, inputs, "lava", run_config(args.run_config)),
+                         ("simulator", "lava"))
+    steps, samples = next(iter(inputs.values())).shape[:2]
+    return _print_check(args, {**report, "nir_file": path, "steps": int(steps), "samples": int(samples),
+                               "input": args.input or f"random, rate 0.3, seed {args.input_seed}"})
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from export.nir_chip import read_chip_nir
+    from fileio import atomic_write
+
+    net = read_chip_nir(args.file)
+    if net.is_diffusion:
+        arrays = _run_diffusion(args, net)
+    else:
+        from toolchain.spiking import run_network
+
+        inputs = _inputs_of(args, net, args.batch_size)
+        run_cfg = None
+        if args.backend == "lava":
+            from deploy.chip_lava import run_config
+
+            run_cfg = run_config("sim")
+        spikes = run_network(net, args.file, inputs, args.backend, run_cfg)
+        arrays = {name: s.numpy() for name, s in spikes.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with atomic_write(args.out) as f:
+        np.savez_compressed(f, **arrays)
+    counts = {name: int(a.sum()) for name, a in arrays.items() if a.dtype == bool}
+    if args.json:
+        print(json.dumps({"file": args.file, "backend": args.backend, "out": args.out, "spikes": counts}))
+    else:
+        print("\n".join(f"{name:<32} {n:>10} spikes" for name, n in counts.items()) + f"\noutputs -> {args.out}")
+    return 0
+
+
+def _run_diffusion(args, net) -> dict:
+    """One denoising step of seeded noise at the last diffusion step: eps, readout currents and spikes."""
+    import torch
+
+    from simulators.network import ChipSimulator
+
+    cfg = net.model_config
+    x = torch.randn(args.batch_size, cfg["img_ch"], cfg["img_size"], cfg["img_size"],
+                    generator=torch.Generator().manual_seed(args.input_seed))
+    t = torch.full((args.batch_size,), net.diffusion_steps - 1)
+    if args.backend == "sim":
+        run = ChipSimulator.from_file(args.file).run(x, t, "delayed")
+        runs = [run]
+    else:
+        from deploy.chip_lava import run_config, run_denoising_step
+
+        runs = [run_denoising_step(net, x[i:i + 1], int(t[i]), run_config("sim")) for i in range(args.batch_size)]
+    spikes = {name: torch.cat([r.spikes[name].bool() for r in runs], dim=1).numpy() for name in runs[0].spikes}
+    return {"eps": torch.cat([r.eps for r in runs]).numpy(), "readout": torch.cat([r.readout for r in runs], 1).numpy(),
+            **spikes}
+
+
 def cmd_deploy(args) -> int:
     from deploy.chip_lava import run_config
     from export.nir_chip import read_chip_nir
@@ -141,6 +243,9 @@ def cmd_deploy(args) -> int:
     from simulators.network import ChipSimulator
     from toolchain.verify import steps_on_lava
 
+    imported = _imported(args.nir)
+    if imported is not None:
+        return check_imported(args, imported, args.nir, "lava")
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
     if not args.nir:
@@ -201,6 +306,9 @@ def cmd_verify(args) -> int:
     from simulators.network import ChipSimulator
     from toolchain.verify import format_ladder, run_ladder
 
+    imported = _imported(args.nir)
+    if imported is not None:
+        return check_imported(args, imported, args.nir, "reference", args.batch_size)
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
     net = compiled_file_of(loaded, args.nir, args.threshold_factor) if args.nir else \
@@ -231,6 +339,14 @@ def compiled_file_of(loaded, path: str, threshold_factor: float):
     return net
 
 
+def energy_of_imported(args, net, path: str) -> dict:
+    from toolchain.spiking import network_energy, run_network
+
+    inputs = _inputs_of(args, net, args.batch_size)
+    report = network_energy(net, inputs, run_network(net, path, inputs, "sim"))
+    return {**report, "nir_file": path, "input": args.input or f"random, rate 0.3, seed {args.input_seed}"}
+
+
 def cmd_energy(args) -> None:
     import dataclasses
 
@@ -238,6 +354,15 @@ def cmd_energy(args) -> None:
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
 
+    imported = _imported(args.nir)
+    if imported is not None:
+        from toolchain.spiking import format_energy_table
+
+        report = energy_of_imported(args, imported, args.nir)
+        print(json.dumps(report) if args.json else format_energy_table(report))
+        return
+    if args.nir:
+        raise UsageError(f"{args.nir} is a diffusion network: `sddpm energy` compiles and counts --checkpoint")
     loaded = load_model(args.checkpoint)
     cfg = loaded.model_config
     net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
@@ -257,6 +382,12 @@ def cmd_report(args) -> int:
     from sddpm.checkpoint import load_model
     from toolchain.verify import format_ladder
 
+    imported = _imported(args.nir)
+    if imported is not None:
+        return report_imported(args, imported)
+    if args.nir:
+        raise UsageError(f"{args.nir} is a diffusion network: `sddpm report` compiles and reports --checkpoint")
+
     loaded = load_model(args.checkpoint)
     chip_path = os.path.join(args.out, "network.nir")
     net = compile_chip(loaded, chip_path, args.threshold_factor, calibration_of(args))
@@ -265,6 +396,30 @@ def cmd_report(args) -> int:
                                               title=f"SDDPM on Loihi 2: {os.path.basename(args.checkpoint)}")
     print(format_ladder(ladder) + "\n\n" + format_energy(summary) + f"\n\nreport -> {path}")
     return 0 if ladder.identical else 1
+
+
+def report_imported(args, net) -> int:
+    """`sddpm report --nir` of an imported network: OUT/report.md and OUT/report.json."""
+    from export.reference import run_reference_spikes
+    from fileio import atomic_write
+    from toolchain.report import format_imported
+    from toolchain.spiking import compare, format_energy_table, network_energy, run_network
+
+    inputs = _inputs_of(args, net, args.batch_size)
+    simulated = run_network(net, args.nir, inputs, "sim")
+    check = compare(net, run_reference_spikes(net, inputs), simulated, ("reference", "simulator"))
+    energy = network_energy(net, inputs, simulated)
+    os.makedirs(args.out, exist_ok=True)
+    text = (f"# {os.path.basename(args.nir)} on Loihi 2 integers\n\nImported by `sddpm import-nir` "
+            f"({json.dumps(net.source.get('discretization', {}))}).\n\n```\n{format_imported(net)}\n```\n\n"
+            f"Reference vs simulator: {'identical' if check['identical'] else check['first_mismatch']}\n\n"
+            f"```\n{format_energy_table(energy)}\n```\n")
+    with atomic_write(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(text)
+    with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump({"nir_file": args.nir, "check": check, "energy": energy}, f, indent=1)
+    print(text + f"\nreport -> {os.path.join(args.out, 'report.md')}")
+    return 0 if check["identical"] else 1
 
 
 def cmd_export(args) -> int:
@@ -342,7 +497,8 @@ def cmd_release(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
-            "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy, "report": cmd_report,
+            "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy,
+            "report": cmd_report, "run": cmd_run,
             "quality": cmd_quality, "demo": cmd_demo, "eval-eps": cmd_eval_eps}
 
 

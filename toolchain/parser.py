@@ -131,6 +131,24 @@ def _add_chain_args(p: argparse.ArgumentParser, steps: int, what: str, batch_siz
     p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _add_spike_input_args(p: argparse.ArgumentParser) -> None:
+    """The spike inputs of an imported network (a chip file whose inputs are spikes, from `sddpm import-nir`)."""
+    g = p.add_argument_group("networks with spike inputs (from `sddpm import-nir`)")
+    g.add_argument("--input", help="an .npz with one 0/1 array per spike input, named as the input, [T, *shape] or "
+                                   "[T, B, *shape] (default: seeded random spikes, each input neuron firing with "
+                                   "probability 0.3 per step)")
+    g.add_argument("--input-steps", type=_positive_int, default=32,
+                   help="steps of the random input without --input (default: %(default)s)")
+    g.add_argument("--input-seed", type=int, default=0, help="seed of the random input (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand. Long on purpose: one declaration per subcommand, in the order
     `sddpm --help` lists them, reads better than the same split over a dozen functions."""
@@ -271,12 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     _add_threshold_factor(p, "threshold factor of both networks")
     _add_device(p)
-    p.add_argument("--nir", help="a chip NIR file compiled before from --checkpoint (`sddpm compile`) to verify "
-                                 "instead of compiling again; its model configuration and threshold factor must "
-                                 "match")
+    p.add_argument("--nir", help="a chip NIR file compiled before to verify instead of compiling again: from "
+                                 "--checkpoint (`sddpm compile`; its model configuration and threshold factor must "
+                                 "match), or from `sddpm import-nir` (then the integer reference and the simulator "
+                                 "run its spike input: identical spikes or the first (population, step, index) "
+                                 "that differs)")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where the exported file is written")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
+    _add_spike_input_args(p)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or NIR and check the file against its source",
                        description="Write a checkpoint to an interchange format, atomically, then run the file on "
@@ -313,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(population, SNN step, index) that differs. Exit status 1 if not identical.")
     p.add_argument("--backend", choices=("lava",), default="lava", help="where to run (default: %(default)s)")
     _add_checkpoint(p)
-    p.add_argument("--nir", help="an existing chip NIR file to deploy (default: compile --checkpoint)")
+    p.add_argument("--nir", help="an existing chip NIR file to deploy (default: compile --checkpoint); one from "
+                                 "`sddpm import-nir` runs its spike input on Lava against the simulator")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where a compiled network is written")
     _add_chain_args(p, steps=1, what="run", batch_size=None)
     _add_threshold_factor(p, "threshold factor when compiling")
@@ -326,15 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "image with the float model's chain from the same noise")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
+    _add_spike_input_args(p)
 
     p = sub.add_parser("import-nir", help="compile a NIR graph from another tool (snnTorch, Norse, Sinabs, ...) to "
                                           "Loihi 2 integers for the simulator and Lava",
                        description="Read a NIR graph of Affine/Linear/Conv2d synapses (optionally after a Flatten) "
                                    "into IF/LIF/CubaLIF nodes, discretize it by forward Euler with --dt (IF adds R*I "
                                    "per step; the current before the voltage, as Lava does), quantize it to Lava's "
-                                   "integer LIF (8-bit weight mantissas, thresholds of 1024 a-units) and write the "
-                                   "same graph with the integers in its node metadata (format sddpm-net-nir). Nodes "
-                                   "that do not map are named in the error.")
+                                   "integer LIF (8-bit weight mantissas, thresholds of 1024 a-units) and write its "
+                                   "chip network, the file `sddpm compile` writes (format sddpm-chip-nir), which "
+                                   "`sddpm run`, `verify --nir`, `deploy --nir`, `energy --nir` and `report --nir` "
+                                   "take. Nodes that do not map are named in the error.")
     p.add_argument("graph", help="NIR file to compile")
     p.add_argument("--out", required=True, help="compiled NIR file to write")
     p.add_argument("--dt", type=float, default=1e-4,
@@ -363,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chain_args(p, steps=10, what="count", batch_size=4)
     _add_threshold_factor(p, "threshold factor of the chip network")
     p.add_argument("--chip-out", default="out/chip/network.nir", help="where the chip network file is written")
+    p.add_argument("--nir", help="count a chip file compiled before instead of --checkpoint: one from `sddpm "
+                                 "import-nir` is counted on its spike input (spikes, SOPs and neuron updates per "
+                                 "population)")
+    _add_spike_input_args(p)
     g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
     g.add_argument("--loihi-sop-pj", type=float, default=LOIHI_DAVIES_2018.sop_pj,
                    help="energy per synaptic operation, pJ (default: %(default)s)")
@@ -382,9 +410,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/report.json. Exit status 1 if the simulator and the reference differ.")
     _add_checkpoint(p)
     p.add_argument("--out", default="out/report", help="report folder (default: %(default)s)")
+    p.add_argument("--nir", help="report on a chip file from `sddpm import-nir` instead of --checkpoint: its "
+                                 "populations and synapses, reference vs simulator on its spike input, and its "
+                                 "counts")
     _add_chain_args(p, steps=4, what="verify and count", batch_size=2)
     _add_threshold_factor(p, "threshold factor of the chip network")
     _add_calibration_args(p)
+    _add_spike_input_args(p)
+
+    p = sub.add_parser("run", help="run any compiled chip network on the simulator or Lava and write its outputs",
+                       description="Run a chip file (from `sddpm compile` or `sddpm import-nir`) on the bit-accurate "
+                                   "simulator or on Lava and write OUT.npz. A network with spike inputs runs --input "
+                                   "(or seeded random spikes) and writes every population's spikes [T, B, *shape] "
+                                   "under its name; a diffusion network runs one denoising step of seeded noise at "
+                                   "the last diffusion step and writes eps, the readout's currents and the spikes.")
+    p.add_argument("file", help="chip NIR file")
+    p.add_argument("--backend", choices=("sim", "lava"), default="sim",
+                   help="sim: the bit-accurate simulator; lava: Lava's CPU fixed-point models, one sample at a time "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="out/run/outputs.npz", help="outputs file (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="samples of the random input, or images of noise (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (spike counts per population)")
+    _add_spike_input_args(p)
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
