@@ -190,6 +190,19 @@ def test_eight_snn_steps_train_with_either_neuron(neuron):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_neuron_configuration_is_checked_and_tau_matters_to_lif_only():
+    from sddpm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs kind 'snn'"):
+        ModelConfig(kind="ann", neuron="lif")
+    with pytest.raises(ConfigError, match="tau must be a finite number > 1"):
+        ModelConfig(neuron="lif", tau=0.5)
+    # an IF model never reads tau; a LIF model of another tau, or an IF one, is another network
+    assert ModelConfig(tau=3.0).same_network(ModelConfig())
+    assert not ModelConfig(neuron="lif", tau=3.0).same_network(ModelConfig(neuron="lif"))
+    assert not ModelConfig(neuron="lif").same_network(ModelConfig())
+
+
 def test_forward_leaves_no_state_behind():
     torch.manual_seed(0)
     model = SpikingUNet(TINY).eval()
