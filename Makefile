@@ -87,6 +87,8 @@ TRAIN_fashion-sddpm := --dataset fashion-mnist --steps 13000
 TRAIN_fashion-ann := --dataset fashion-mnist --kind ann --steps 13000
 TRAIN_mnist-sddpm-t4-step2000 := --dataset mnist --steps 2000
 TRAIN_mnist-sddpm-t8-step2000 := --dataset mnist --snn-steps 8 --steps 2000
+# The leaky neuron (LIF, tau 2) on the step-13,000 recipe of the IF model above (issue 31).
+TRAIN_mnist-sddpm-lif := --dataset mnist --neuron lif --steps 13000
 # The yardstick: diffusers' UNet2DModel at the twin's size, trained as the twin is (needs diffusers).
 TRAIN_mnist-diffusers := --dataset mnist --kind diffusers --steps 13000
 TRAIN_fashion-diffusers := --dataset fashion-mnist --kind diffusers --steps 13000

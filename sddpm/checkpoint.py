@@ -5,6 +5,8 @@ Our format is a dict saved by `torch.save`:
      "train_config": {...} | None, "step": int, "model": state_dict, "ema": state_dict | None, ...}
 Version 2 added `model_config.group_norm`; a version-1 file is read with the grouping it was trained
 with ("gcd32"), never with today's default, since both give the same tensor shapes.
+`model_config.neuron` and `tau` came later without a new version: the default ("if") is what every file
+written before them was trained with, so such a file loads as IF.
 
 Official SDDPM checkpoints load too: `main_SDDPM.py` saves `{"net_model", "optim", "step", "x_T"}`
 (its EMA copy is defined but never updated or saved), so `net_model` is the weights; a file that also

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +16,12 @@ MODEL_KINDS = ("snn", "ann", "diffusers")
 # format version 1 used; at ch 16 that is one channel per group (instance norm), which removes every
 # image's per-channel mean, so the twin could not predict the mean of the noise (see `sddpm eval-eps`).
 GroupNormRule = Literal["ddpm", "gcd32"]
+# The spiking U-Net's neuron. if: integrate-and-fire, SDDPM's (SpikingJelly IFNode); lif: leaky
+# integrate-and-fire (SpikingJelly LIFNode, decay_input=True) with membrane time constant `tau` SNN steps.
+# Both: threshold 1.0, hard reset to 0, ATan surrogate (sddpm/neuron.py).
+NeuronKind = Literal["if", "lif"]
+NEURON_KINDS = ("if", "lif")
+LIF_TAU = 2.0  # SpikingJelly LIFNode's default membrane time constant, in SNN steps
 VarType = Literal["fixedlarge", "fixedsmall"]
 
 
@@ -39,6 +46,8 @@ class ModelConfig:
 
     `diffusion_steps` sizes the sinusoidal time-embedding table (the official `T`);
     `snn_steps` is the number of SNN time steps (the official `timestep`).
+    `neuron` and `tau` choose the spiking U-Net's neuron (see NeuronKind); tau is read by LIF only. A
+    checkpoint written before they existed holds neither and is read as IF, which it was.
     """
 
     kind: ModelKind = "snn"
@@ -51,6 +60,8 @@ class ModelConfig:
     diffusion_steps: int = 1000
     dropout: float = 0.1  # official SDDPM passes it but never applies it; the ANN twin uses it
     group_norm: GroupNormRule = "ddpm"  # the ANN twin's GroupNorm grouping; the SDDPM has no GroupNorm
+    neuron: NeuronKind = "if"
+    tau: float = LIF_TAU
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -61,6 +72,14 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.group_norm not in ("ddpm", "gcd32"):
             raise ConfigError(f"ModelConfig.group_norm must be 'ddpm' or 'gcd32', got {self.group_norm!r}")
+        if self.neuron not in NEURON_KINDS:
+            raise ConfigError(f"ModelConfig.neuron must be one of {', '.join(NEURON_KINDS)}, got {self.neuron!r}")
+        if self.neuron != "if" and self.kind != "snn":
+            raise ConfigError(f"ModelConfig.neuron {self.neuron!r} needs kind 'snn': the {self.kind} U-Net has no "
+                              f"spiking neurons")
+        # tau > 1 as SpikingJelly's LIFNode asserts: the membrane keeps the fraction 1 - 1/tau in (0, 1).
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 1.0):
+            raise ConfigError(f"ModelConfig.tau must be a finite number > 1 (SNN steps), got {self.tau!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.ch % 2:
@@ -77,11 +96,12 @@ class ModelConfig:
 
     def same_network(self, other: ModelConfig) -> bool:
         """Whether both describe the same computation: the spiking U-Net reads neither dropout nor
-        group_norm, so SDDPM configs that differ only there (an older preset) are the same network."""
+        group_norm, so SDDPM configs that differ only there (an older preset) are the same network; the
+        IF neuron and the ANN twins do not read tau."""
+        unused = {"tau": LIF_TAU} if self.neuron == other.neuron == "if" else {}
         if self.kind == other.kind == "snn":
-            unused = {"dropout": 0.0, "group_norm": "ddpm"}
-            return dataclasses.replace(self, **unused) == dataclasses.replace(other, **unused)
-        return self == other
+            unused.update(dropout=0.0, group_norm="ddpm")
+        return dataclasses.replace(self, **unused) == dataclasses.replace(other, **unused)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -16,7 +16,7 @@ from torch.nn import init
 
 from .config import GroupNormRule, ModelConfig
 from .errors import SddpmError
-from .neuron import IF
+from .neuron import neuron_factory
 
 MEMBRANE_DECAY = 0.8  # output layer: eps = sum_t 0.8^(T-1-t) h[t] (official MembraneOutputLayer)
 
@@ -70,15 +70,18 @@ def _xavier_zero(module: nn.Module) -> None:
 
 
 class SpkResBlock(nn.Module):
-    """IF -> conv3x3 -> BN -> (+ temb) -> IF -> conv3x3 -> BN, plus a real-valued shortcut of the input."""
+    """neuron -> conv3x3 -> BN -> (+ temb) -> neuron -> conv3x3 -> BN, plus a real-valued shortcut of the input.
 
-    def __init__(self, in_ch: int, out_ch: int, tdim: int):
+    `neuron` builds each spiking population (the official IF, or LIF: see sddpm.neuron.neuron_factory).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, tdim: int, neuron: Callable[[], nn.Module]):
         super().__init__()
         self.temb_proj = nn.Sequential(Swish(), nn.Linear(tdim, out_ch))
-        self.neuron1 = IF()
+        self.neuron1 = neuron()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=1, padding=1)
         self.bn1 = nn.BatchNorm2d(out_ch)
-        self.neuron2 = IF()
+        self.neuron2 = neuron()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -93,11 +96,11 @@ class SpkResBlock(nn.Module):
 
 
 class SpkDownSample(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, neuron: Callable[[], nn.Module]):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
         self.bn = nn.BatchNorm2d(ch)
-        self.neuron = IF()
+        self.neuron = neuron()
         _xavier_zero(self)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -105,11 +108,11 @@ class SpkDownSample(nn.Module):
 
 
 class SpkUpSample(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, neuron: Callable[[], nn.Module]):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, stride=1, padding=1)
         self.bn = nn.BatchNorm2d(ch)
-        self.neuron = IF()
+        self.neuron = neuron()
         _xavier_zero(self)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -180,7 +183,10 @@ def unet_levels(cfg: ModelConfig, res_block: Callable[[int, int], nn.Module], do
 
 
 class SpikingUNet(nn.Module):
-    """SDDPM's Spk_UNet: eps = model(x_t, t) with x_t [B, C, H, W] and t [B] integer diffusion steps."""
+    """SDDPM's Spk_UNet: eps = model(x_t, t) with x_t [B, C, H, W] and t [B] integer diffusion steps.
+
+    Its neurons are the official IF ones, or LIF ones where `cfg.neuron` says so (same parameters either way).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -190,12 +196,14 @@ class SpikingUNet(nn.Module):
         self.timestep = cfg.snn_steps
         self.conv = nn.Conv2d(cfg.img_ch, ch, kernel_size=3, stride=1, padding=1)
         self.bn = nn.BatchNorm2d(ch)
-        self.neuron = IF()
+        neuron = neuron_factory(cfg)
+        self.neuron = neuron()
         self.conv_identity = nn.Conv2d(ch, ch, kernel_size=3, stride=1, padding=1)
         self.bn_identity = nn.BatchNorm2d(ch)
 
         self.downblocks, self.middleblocks, self.upblocks, now_ch = unet_levels(
-            cfg, lambda c_in, c_out: SpkResBlock(c_in, c_out, tdim), SpkDownSample, SpkUpSample)
+            cfg, lambda c_in, c_out: SpkResBlock(c_in, c_out, tdim, neuron), lambda c: SpkDownSample(c, neuron),
+            lambda c: SpkUpSample(c, neuron))
 
         self.tail_bn = nn.BatchNorm2d(now_ch)
         self.tail_swish = Swish()

@@ -7,7 +7,10 @@ import torch
 from helpers import TINY
 from sddpm.checkpoint import CheckpointError, infer_model_config, load_model, save_checkpoint
 from sddpm.config import DiffusionConfig, ModelConfig
+from sddpm.neuron import IF, LIF
 from sddpm.unet import SpikingUNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _save(path, model, **extra):
@@ -45,6 +48,30 @@ def test_official_checkpoint_loads_with_its_configuration_read_off_the_shapes(tm
     assert torch.equal(loaded.model.state_dict()["conv.weight"], ema.state_dict()["conv.weight"])
     assert torch.equal(load_model(path, use_ema=False).model.state_dict()["conv.weight"],
                        net.state_dict()["conv.weight"])
+
+
+def test_checkpoints_written_before_the_neuron_was_a_parameter_load_as_if():
+    path = os.path.join(ROOT, "checkpoints", "mnist-sddpm-t4-step2000.pt")
+    assert not {"neuron", "tau"} & set(torch.load(path, weights_only=True)["model_config"])
+    loaded = load_model(path)
+    assert loaded.model_config.neuron == "if"
+    neurons = [m for m in loaded.model.modules() if isinstance(m, (IF, LIF))]
+    assert neurons and all(type(m) is IF for m in neurons)
+
+
+def test_lif_checkpoint_round_trip_keeps_the_neuron_and_its_output(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY.to_dict(), "neuron": "lif", "tau": 3.0})
+    model = SpikingUNet(cfg).eval()
+    path = str(tmp_path / "lif.pt")
+    _save(path, model)
+    assert torch.load(path, weights_only=True)["model_config"]["neuron"] == "lif"
+    loaded = load_model(path)
+    assert loaded.model_config == cfg
+    assert all(m.tau == 3.0 for m in loaded.model.modules() if isinstance(m, LIF))
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([5, 900])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t), model(x, t))
 
 
 def test_truncated_file_is_named_corrupt(tmp_path):
@@ -90,6 +117,8 @@ def test_loading_never_executes_code_from_the_file(tmp_path, monkeypatch):
     (lambda d: d.pop("model"), "lacks the field 'model'"),
     (lambda d: d.update(format="other"), "not an SDDPM checkpoint"),
     (lambda d: d["model_config"].update(ch=-1), "invalid configuration"),
+    (lambda d: d["model_config"].update(neuron="izhikevich"), "neuron must be one of if, lif"),
+    (lambda d: d["model_config"].update(neuron="lif", tau=1.0), "tau must be a finite number > 1"),
 ])
 def test_bad_metadata_is_named(tmp_path, mutate, message):
     path = str(tmp_path / "m.pt")

@@ -15,7 +15,8 @@ from sddpm.unet import SpikingUNet
 
 @pytest.mark.parametrize("command, words", [
     ([], ["train", "sample", "fid", "quality", "demo", "torchrun"]),
-    (["train"], ["resumes", "--snn-steps", "--ema-decay", "--warmup"]),
+    (["train"], ["resumes", "--snn-steps", "--ema-decay", "--warmup", "--neuron", "integrate-and-fire",
+                 "leaky integrate-and-fire", "--tau"]),
     (["sample"], ["grid.png", "--threshold-factor", "--sampler", "--eta"]),
     (["fid"], ["Inception", "--ref-count", "--real-baseline", "--save"]),
     (["quality"], ["resumes", "--markdown", "--update-readme", "fashion-*"]),
@@ -50,6 +51,8 @@ def test_sample_writes_a_grid_and_arrays(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "RUN", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "RUN", "--dataset", "digits", "--tau", "3"], "--tau is the LIF time constant"),
+    (["train", "RUN", "--dataset", "digits", "--kind", "ann", "--neuron", "lif"], "needs kind 'snn'"),
     (["sample", "--checkpoint", "missing.pt"], "checkpoint not found"),
     (["sample", "--checkpoint", "CKPT", "--threshold-factor", "-1"], "threshold factor"),
 ])

@@ -19,7 +19,7 @@ from export.quantize import Calibration, calibrate, quantize, quantize_weight
 from export.reference import run_reference
 from helpers import TINY, assert_close
 from sddpm.neuron import IF
-from sddpm.unet import ANNUNet, SpkResBlock
+from sddpm.unet import ANNUNet, SpikingUNet, SpkResBlock
 from tolerances import FLOAT64_REWRITE_ATOL
 
 
@@ -88,6 +88,13 @@ def test_an_unknown_layer_is_refused_by_name(swap, named):
     model = firing_tiny_model()
     swap(model)
     with pytest.raises(UnsupportedModelError, match=re.escape(named)):
+        extract_graph(model)
+
+
+def test_a_lif_model_is_refused_naming_its_neurons():
+    # The chip network has IF populations only: a LIF model must not compile as if it had no leak.
+    model = SpikingUNet(dataclasses.replace(TINY, neuron="lif"))
+    with pytest.raises(UnsupportedModelError, match=re.escape("downblocks.0.neuron1 (LIF)")):
         extract_graph(model)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from helpers import TINY, assert_close
 from sddpm.config import PRESETS, ModelConfig
-from sddpm.neuron import IF, if_multistep, if_step, set_threshold_factor
+from sddpm.neuron import IF, LIF, if_multistep, if_step, lif_multistep, lif_step, set_threshold_factor
 from sddpm.unet import ANNUNet, InputError, SpikingUNet, build_model, count_parameters
 from tolerances import FORWARD_ATOL, GRAD_ATOL, GRAD_RTOL
 
@@ -95,6 +95,114 @@ def test_unet_with_spikingjelly_neurons_gives_the_same_output():
         assert_close(ours(x, t), expected, atol=FORWARD_ATOL, what="eps")
 
 
+def test_lif_neuron_spike_train_derived_by_hand():
+    # tau 2, threshold 1, v starts at 0, hard reset to 0; h = v + (x - v) / 2:
+    # column 0, x = 0.8 always: h = 0.4, 0.6, 0.7, 0.75 -> never spikes (v tends to x < 1; IF spikes at t1);
+    # column 1, x = 2, 0, 0, 2: h = 1.0 -> spike (h = 1 exactly spikes, as IF), v = 0; h = 0; h = 0; h = 1.0 -> spike;
+    # column 2, x = 1.5 always: h = 0.75; 0.75 + 0.375 = 1.125 -> spike, v = 0; 0.75; 1.125 -> spike.
+    x = torch.tensor([[0.8, 2.0, 1.5], [0.8, 0.0, 1.5], [0.8, 0.0, 1.5], [0.8, 2.0, 1.5]])
+    assert lif_multistep(x).tolist() == [[0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 1, 1]]
+    # one step by hand, tau 4: h = 0.5 + (1.3 - 0.5) / 4 = 0.7, no spike, so v = h; then x = 3.1:
+    # h = 0.7 + 2.4 / 4 = 1.3 -> spike and v = 0
+    s, v = lif_step(torch.tensor(1.3), torch.tensor(0.5), tau=4.0)
+    assert s.item() == 0 and v.item() == pytest.approx(0.7)
+    s, v = lif_step(torch.tensor(3.1), v, tau=4.0)
+    assert s.item() == 1 and v.item() == 0
+
+
+@pytest.mark.parametrize("steps, tau, threshold", [(4, 2.0, 1.0), (8, 2.0, 0.997), (4, 3.0, 1.0)])
+def test_lif_equals_the_single_step_reference_and_spikingjelly_lifnode(steps, tau, threshold):
+    from spikingjelly.activation_based import neuron, surrogate
+
+    torch.manual_seed(0)
+    x = (torch.randn(steps, 3, 64) * 1.5 + 1.0).requires_grad_()
+    upstream = torch.randn(steps, 3, 64)
+
+    def grad_of(fn):
+        x.grad = None
+        s = fn(x)
+        (s * upstream).sum().backward()
+        return s.detach(), x.grad.clone()
+
+    def reference(x_seq):
+        v, out = torch.zeros_like(x_seq[0]), []
+        for t in range(x_seq.shape[0]):
+            s, v = lif_step(x_seq[t], v, tau, threshold)
+            out.append(s)
+        return torch.stack(out)
+
+    # SpikingJelly's defaults but the surrogate (ours is its ATan): decay_input=True, v_reset 0 (hard reset),
+    # detach_reset False. Its training mode loops single steps under autograd.
+    sj = neuron.LIFNode(tau=tau, v_threshold=threshold, surrogate_function=surrogate.ATan(), step_mode="m")
+    s_ours, g_ours = grad_of(lambda x_seq: lif_multistep(x_seq, tau, threshold))
+    assert 0 < s_ours.mean() < 1
+    for name, fn in [("lif_step loop", reference), ("SpikingJelly LIFNode", sj)]:
+        s_ref, g_ref = grad_of(fn)
+        assert torch.equal(s_ours, s_ref), name
+        assert_close(g_ours, g_ref, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=f"LIF gradient vs {name}")
+    # without autograd the forward-only path gives the same spikes, as does SpikingJelly's eval (jit) path
+    with torch.no_grad():
+        assert torch.equal(lif_multistep(x, tau, threshold), s_ours)
+        sj.reset()
+        assert torch.equal(sj.eval()(x), s_ours)
+
+
+def test_lif_model_has_the_official_keys_and_the_lif_neuron_everywhere():
+    with open(GOLDEN) as f:
+        official = json.load(f)["keys"]["mnist-small"]
+    model = SpikingUNet(ModelConfig(**{**PRESETS["mnist-small"].to_dict(), "neuron": "lif", "tau": 3.0}))
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == official
+    neurons = [m for m in model.modules() if isinstance(m, (IF, LIF))]
+    # head, 11 res blocks (3 down, 2 middle, 6 up) x 2, 2 down- and 2 up-samplings
+    assert len(neurons) == 1 + 11 * 2 + 2 + 2
+    assert all(isinstance(m, LIF) and not isinstance(m, IF) and m.tau == 3.0 for m in neurons)
+    assert not list(neurons[0].parameters()) and not list(neurons[0].buffers())
+
+
+def test_unet_with_spikingjelly_lif_neurons_gives_the_same_output():
+    from spikingjelly.activation_based import functional, neuron, surrogate
+
+    torch.manual_seed(0)
+    ours = SpikingUNet(ModelConfig(**{**TINY.to_dict(), "neuron": "lif"})).eval()
+    theirs = SpikingUNet(TINY).eval()
+    theirs.load_state_dict(ours.state_dict())
+    for parent in theirs.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, IF):
+                setattr(parent, name, neuron.LIFNode(surrogate_function=surrogate.ATan(), step_mode="m"))
+    x, t = torch.randn(3, 1, 32, 32), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        expected = theirs(x, t)
+        functional.reset_net(theirs)
+        assert_close(ours(x, t), expected, atol=FORWARD_ATOL, what="eps")
+        # and the leak matters: the IF model of the same weights gives another eps
+        assert not torch.allclose(theirs(x, t), SpikingUNet(TINY).eval()(x, t))
+
+
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_eight_snn_steps_train_with_either_neuron(neuron):
+    torch.manual_seed(0)
+    model = SpikingUNet(ModelConfig(**{**TINY.to_dict(), "snn_steps": 8, "neuron": neuron}))
+    eps = model(torch.randn(2, 1, 32, 32), torch.tensor([3, 700]))
+    eps.square().mean().backward()
+    assert eps.shape == (2, 1, 32, 32) and torch.isfinite(eps).all()
+    grad = model.downblocks[0].conv1.weight.grad
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_neuron_configuration_is_checked_and_tau_matters_to_lif_only():
+    from sddpm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs kind 'snn'"):
+        ModelConfig(kind="ann", neuron="lif")
+    with pytest.raises(ConfigError, match="tau must be a finite number > 1"):
+        ModelConfig(neuron="lif", tau=0.5)
+    # an IF model never reads tau; a LIF model of another tau, or an IF one, is another network
+    assert ModelConfig(tau=3.0).same_network(ModelConfig())
+    assert not ModelConfig(neuron="lif", tau=3.0).same_network(ModelConfig(neuron="lif"))
+    assert not ModelConfig(neuron="lif").same_network(ModelConfig())
+
+
 def test_forward_leaves_no_state_behind():
     torch.manual_seed(0)
     model = SpikingUNet(TINY).eval()
@@ -106,12 +214,23 @@ def test_forward_leaves_no_state_behind():
         assert torch.equal(model(x, t), first)
 
 
-def test_threshold_factor_reaches_every_neuron_of_the_unet():
-    model = SpikingUNet(TINY)
+@pytest.mark.parametrize("neuron, cls", [("if", IF), ("lif", LIF)])
+def test_threshold_factor_reaches_every_neuron_of_the_unet(neuron, cls):
+    model = SpikingUNet(ModelConfig(**{**TINY.to_dict(), "neuron": neuron}))
     set_threshold_factor(model, 0.997)
-    thresholds = [m.threshold for m in model.modules() if isinstance(m, IF)]
+    thresholds = [m.threshold for m in model.modules() if isinstance(m, cls)]
     assert len(thresholds) == 1 + 8 * 2 + 1 + 1  # head, 8 res blocks (2 down, 2 middle, 4 up) x 2, down, up
     assert all(v == pytest.approx(0.997) for v in thresholds)
+
+
+def test_threshold_factor_changes_lif_firing():
+    # tau 2: a constant input of 1.997 gives h = 0.9985 at t0: below threshold 1.0, above 0.997
+    layer = LIF()
+    x = torch.full((1, 1), 1.997)
+    assert layer(x).item() == 0.0
+    set_threshold_factor(layer, 0.997)
+    assert layer.threshold == pytest.approx(0.997)
+    assert layer(x).item() == 1.0
 
 
 def test_ann_twin_shapes_and_parameters():

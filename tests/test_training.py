@@ -63,6 +63,29 @@ def test_training_writes_checkpoint_log_and_a_moving_ema(tmp_path):
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_lif_training_writes_a_lif_checkpoint(tmp_path):
+    from sddpm.config import ModelConfig
+    from sddpm.neuron import LIF
+
+    cfg = ModelConfig(**{**TINY.to_dict(), "neuron": "lif"})
+    path = train(str(tmp_path), cfg, TINY_TRAIN, progress=False)
+    assert read_checkpoint(path)["model_config"] == cfg.to_dict()
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in open(tmp_path / "loss.jsonl"))
+    loaded = load_model(path)
+    assert loaded.model_config.neuron == "lif" and any(isinstance(m, LIF) for m in loaded.model.modules())
+
+
+def test_parsed_train_options_choose_the_neuron():
+    from toolchain.parser import build_parser, model_config_of
+
+    def config(*options):
+        return model_config_of(build_parser().parse_args(["train", "RUN", *TINY_ARGS, *options]))
+
+    assert (config().neuron, config().tau) == ("if", 2.0)
+    assert (config("--neuron", "lif").neuron, config("--neuron", "lif").tau) == ("lif", 2.0)
+    assert config("--neuron", "lif", "--tau", "4").tau == 4.0
+
+
 def _train_cmd(run_dir, steps):
     return [sys.executable, "-m", "toolchain", "train", str(run_dir), *TINY_ARGS, "--steps", str(steps),
             "--ckpt-every", "1"]

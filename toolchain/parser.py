@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from sddpm.config import MODEL_KINDS, PRESETS, TrainConfig
+from sddpm.config import LIF_TAU, MODEL_KINDS, NEURON_KINDS, PRESETS, ConfigError, TrainConfig
 from toolchain.paths import SHIPPED_CHECKPOINT
 
 EXPORT_FORMATS = ("nir", "nir-float", "onnx")  # `sddpm export --format`, see toolchain.pipeline.EXPORTERS
@@ -21,9 +21,13 @@ def model_config_of(args):
     preset = args.preset or ("mnist" if channels == 1 else "celeba" if size == 64 else "cifar10")
     values = PRESETS[preset].to_dict()
     values.update(img_ch=channels, img_size=size)
-    for name in ("kind", "ch", "ch_mult", "num_res_blocks", "snn_steps"):
+    for name in ("kind", "ch", "ch_mult", "num_res_blocks", "snn_steps", "neuron", "tau"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.tau is not None and values["neuron"] != "lif":
+        # an IF model would store the tau it never reads, and the user would believe it leaks
+        raise ConfigError(f"--tau is the LIF time constant: give --neuron lif with it (the neuron is "
+                          f"{values['neuron']!r})")
     return ModelConfig.from_dict(values)
 
 
@@ -179,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ch-mult", type=_ints, help="channel multipliers per level, e.g. 1,2,2,4")
     p.add_argument("--num-res-blocks", type=int, help="residual blocks per level")
     p.add_argument("--snn-steps", type=int, help="SNN time steps T (paper: 4 or 8)")
+    p.add_argument("--neuron", choices=NEURON_KINDS,
+                   help="the spiking neuron of the snn kind. if: integrate-and-fire, SDDPM's (SpikingJelly IFNode): "
+                        "v = v + x, no leak. lif: leaky integrate-and-fire (SpikingJelly LIFNode, decay_input=True): "
+                        "v = v + (x - v) / tau, so v keeps 1 - 1/tau of itself each SNN step and takes x / tau. "
+                        "Both spike when v >= 1.0, reset v to 0 and train through the ATan surrogate gradient; "
+                        "neither has parameters, so the state_dict keys are the same (default: if)")
+    p.add_argument("--tau", type=float,
+                   help=f"LIF membrane time constant in SNN steps, > 1 (default: {LIF_TAU}, SpikingJelly's)")
     t = TrainConfig()
     p.add_argument("--train-steps", "--steps", dest="steps", type=int, default=t.total_steps,
                    help="total optimizer steps (default: %(default)s)")
