@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sddpm.neuron import IF
+from sddpm.neuron import IF, LIF
 from sddpm.unet import (MEMBRANE_DECAY, MembraneOutputLayer, SpikingUNet, SpkDownSample, SpkResBlock, SpkUpSample,
                         Swish)
 
@@ -37,7 +37,7 @@ class UnsupportedModelError(ExportError, ValueError):
 
 
 # Leaf modules the compiler knows how to map; anything else in the model is named in an error.
-SUPPORTED_LEAVES = (nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.Linear, nn.Embedding, nn.Identity, IF, Swish,
+SUPPORTED_LEAVES = (nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.Linear, nn.Embedding, nn.Identity, IF, LIF, Swish,
                     MembraneOutputLayer)
 SUPPORTED_BLOCKS = (SpkResBlock, SpkDownSample, SpkUpSample)
 
@@ -138,14 +138,23 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias.detach().double() - bn.running_mean.double() * scale
 
 
+def scaled(expr: Expr, factor: float) -> Expr:
+    """factor times an expression: every term's weights, the bias and the time-embedding bias."""
+    return Expr(expr.shape, tuple(replace(t, weight=t.weight * factor) for t in expr.terms), expr.bias * factor,
+                None if expr.temb is None else expr.temb * factor)
+
+
 @dataclass(frozen=True)
 class FloatPopulation:
-    """An IF population and the float expression of its input current."""
+    """A population and the float expression of its input current. An IF keeps its voltage (keep 1); a LIF
+    (SpikingJelly's LIFNode with decay_input: h = v + (x - v) / tau) keeps 1 - 1/tau of it, and its current
+    expression already carries the input's 1/tau, so that both are h = keep * v + current."""
     name: str
     shape: tuple[int, int, int]
     threshold: float
     current: Expr
     host_input: bool = False  # the first population: its current comes from the host's first conv
+    keep: float = 1.0  # the share of v a step keeps: 1 for IF, 1 - 1/tau for LIF
 
 
 @dataclass(frozen=True)
@@ -180,9 +189,13 @@ class _Walker:
         with torch.no_grad():  # in the model's own dtype, as its forward computes it
             self.temb = model.time_embedding(torch.arange(model.cfg.diffusion_steps))  # [diffusion_steps, tdim]
 
-    def population(self, neuron: IF, current: Expr, host_input: bool = False) -> str:
+    def population(self, neuron: IF | LIF, current: Expr, host_input: bool = False) -> str:
         name = self.names[neuron]
-        self.populations.append(FloatPopulation(name, current.shape, float(neuron.threshold), current, host_input))
+        keep = 1.0
+        if isinstance(neuron, LIF):
+            keep, current = 1.0 - 1.0 / neuron.tau, scaled(current, 1.0 / neuron.tau)
+        self.populations.append(FloatPopulation(name, current.shape, float(neuron.threshold), current, host_input,
+                                                keep))
         return name
 
     def from_spikes(self, source: str, shape, conv: nn.Conv2d, bn: nn.BatchNorm2d, upsample: int = 1) -> Expr:
@@ -207,6 +220,8 @@ class _Walker:
     def walk(self) -> FloatGraph:
         m, cfg = self.model, self.model.cfg
         head_w, head_b = fold_bn(m.conv, m.bn)
+        if isinstance(m.neuron, LIF):  # the host's current into the first population carries its 1/tau too
+            head_w, head_b = head_w / m.neuron.tau, head_b / m.neuron.tau
         first = (cfg.ch, cfg.img_size, cfg.img_size)
         s0 = self.population(m.neuron, Expr(first), host_input=True)
         h = self.from_spikes(s0, first, m.conv_identity, m.bn_identity)
@@ -290,7 +305,7 @@ def simulate_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor, observe)
         now: dict[str, torch.Tensor] = {}
         for pop in graph.populations:
             current = head if pop.host_input else evaluate_expr(pop.current, now, t)
-            h = v[pop.name] + current
+            h = v[pop.name] * pop.keep + current if pop.keep != 1.0 else v[pop.name] + current
             s = (h >= pop.threshold).double()
             v[pop.name] = h * (1 - s)
             now[pop.name] = s

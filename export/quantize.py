@@ -24,8 +24,8 @@ import torch
 
 from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, READOUT, V_PER_A, WEIGHT_MANT_MAX, ChipHost,
-                   ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, READOUT, V_PER_A, WEIGHT_MANT_MAX,
+                   ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 from .errors import ExportInputError
 from .graph import Expr, FloatGraph, simulate_float
 
@@ -81,6 +81,14 @@ def _quantize_bias(bias_v: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(np.rint(bias_v / 2 ** exp), -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int16), exp
 
 
+def leak_dv(keep: float) -> int:
+    """Lava's dv for a voltage that keeps `keep` of itself per step: v * (4096 - dv) >> 12 (toward zero), so
+    dv = round(4096 (1 - keep)). Exact for tau a power of two (tau 2: dv 2048); otherwise the leak moves by at
+    most 1/8192 per step, and the truncation of each product by less than one v-unit (1/64 of an a-unit):
+    both are in the eps error the ladder measures, as the weights' rounding is."""
+    return round(DECAY_UNITY * (1.0 - keep))
+
+
 def quantize_weight(weight: torch.Tensor, scale: float) -> tuple[np.ndarray, int]:
     """Float weights -> (int8 mantissas, exponent): integer weight = mant << exp ~ weight / scale."""
     w = weight.double().numpy() / scale
@@ -100,7 +108,8 @@ def quantize(graph: FloatGraph, calib: Calibration, model_config: dict, threshol
         bias_mant, bias_exp = _quantize_bias((bias * (V_PER_A / scale)).numpy())  # in v-units
         depth[p.name] = 1 + max((depth[t.source] for t in p.current.terms), default=-1)
         vth = math.ceil(p.threshold * threshold_factor / scale) - 1
-        pops.append(ChipPopulation(p.name, p.shape, scale, vth, bias_mant, bias_exp, depth[p.name], p.host_input))
+        pops.append(ChipPopulation(p.name, p.shape, scale, vth, bias_mant, bias_exp, depth[p.name], p.host_input,
+                                   dv=leak_dv(p.keep)))
         synapses += _synapses(p.current, p.name, scale, depth)
     r = graph.readout
     readout_scale = HEADROOM * max(calib.peak_readout, 1e-12) / CURRENT_LIMIT

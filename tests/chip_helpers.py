@@ -2,6 +2,8 @@
 chip-simulator tests share them."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -19,11 +21,12 @@ from sddpm.unet import SpikingUNet
 CONV_GAIN = 3.0
 
 
-def firing_tiny_model(seed: int = 0) -> SpikingUNet:
+def firing_tiny_model(seed: int = 0, neuron: str = "if") -> SpikingUNet:
     """TINY (identity and 1x1 shortcuts, one down- and one up-sampling) with random BN statistics and
-    affine parameters, so that folding BN changes every weight and bias, and a tail that is not ~0."""
+    affine parameters, so that folding BN changes every weight and bias, and a tail that is not ~0; with
+    `neuron` "lif", LIF neurons of tau 2."""
     torch.manual_seed(seed)
-    model = SpikingUNet(TINY)
+    model = SpikingUNet(dataclasses.replace(TINY, neuron=neuron))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -34,7 +37,8 @@ def firing_tiny_model(seed: int = 0) -> SpikingUNet:
                 m.weight.copy_(0.5 + torch.rand(c, generator=gen))
                 m.bias.copy_(0.3 * torch.randn(c, generator=gen))
             elif isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
-                m.weight.mul_(CONV_GAIN)
+                # a LIF takes x / tau: tau times the gain gives it the IF's drive
+                m.weight.mul_(CONV_GAIN * (model.cfg.tau if neuron == "lif" else 1.0))
         # The official init scales the tail conv by 1e-5: eps would be ~0 and compare trivially.
         nn.init.normal_(model.tail_conv.weight, std=0.1, generator=gen)
     return model.eval()
@@ -46,11 +50,11 @@ def digits_batches(batches: int = 1, batch_size: int = 4, seed: int = 0) -> list
                                seed)
 
 
-def compiled_tiny(directory) -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
+def compiled_tiny(directory, neuron: str = "if") -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
     """The firing TINY model compiled on one batch of noisy digits and written to DIRECTORY/network.nir;
     returns (network, its file, a second batch (x_t, t) of 3 images with a different t each)."""
     batches = digits_batches(batches=2, batch_size=3)
-    net = compile_model(firing_tiny_model(), batches[:1])
+    net = compile_model(firing_tiny_model(neuron=neuron), batches[:1])
     path = str(directory / "network.nir")
     write_chip_nir(path, net)
     return net, path, batches[1]

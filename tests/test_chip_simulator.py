@@ -220,6 +220,17 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(chip, tm
     assert open(target, "rb").read() == before
 
 
+def test_a_lif_network_runs_identically_on_the_reference_and_both_simulator_modes(tmp_path):
+    net, path, (x, t) = compiled_tiny(tmp_path, neuron="lif")
+    assert {p.dv for p in net.populations} == {2048}
+    ref = run_reference(net, x, t)
+    for name, s in ref.spikes.items():
+        assert 0.01 < float(s.float().mean()) < 0.8, f"{name} fires at {float(s.float().mean()):.3f}: vacuous test"
+    sim = ChipSimulator.from_file(path)
+    for mode in ("zero_delay", "delayed"):
+        assert compare_runs(ref, sim.run(x, t, mode), t=int(t[0])) is None, mode
+
+
 def test_reference_and_both_simulator_modes_agree_bit_for_bit(chip):
     net, path, (x, t) = chip
     sim = ChipSimulator.from_file(path)

@@ -18,7 +18,7 @@ from export.host import ChipOverflowWarning, HostStages
 from export.quantize import Calibration, calibrate, quantize, quantize_weight
 from export.reference import run_reference
 from helpers import TINY, assert_close
-from sddpm.neuron import IF
+from sddpm.neuron import SPIKING_NEURONS
 from sddpm.unet import ANNUNet, SpikingUNet, SpkResBlock
 from tolerances import FLOAT64_REWRITE_ATOL
 
@@ -31,10 +31,10 @@ def compiled():
 
 
 def _if_outputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """eps and the spike train of every IF module, captured by forward hooks in call order."""
+    """eps and the spike train of every neuron module (IF or LIF), captured by forward hooks in call order."""
     spikes, hooks = {}, []
     for name, m in model.named_modules():
-        if isinstance(m, IF):
+        if isinstance(m, SPIKING_NEURONS):
             hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: spikes.__setitem__(name, out)))
     try:
         with torch.no_grad():
@@ -45,8 +45,11 @@ def _if_outputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[tor
     return eps, spikes
 
 
-def test_float_graph_reproduces_the_model_spike_for_spike():
-    model = firing_tiny_model().double()
+@pytest.mark.parametrize("neuron", ["if", "lif"])
+def test_float_graph_reproduces_the_model_spike_for_spike(neuron):
+    # a LIF's leak is the population's keep = 1 - 1/tau and its 1/tau on the input is folded into the current
+    # expression (head conv included): h = keep v + current is SpikingJelly's v + (x - v) / tau, rounded apart
+    model = firing_tiny_model(neuron=neuron).double()
     graph = extract_graph(model)
     # Every kind of analog path is rewritten: identity and 1x1 shortcuts, stride-2 and up-sampling convs.
     assert {type(b.shortcut) for b in model.modules() if isinstance(b, SpkResBlock)} == {nn.Identity, nn.Conv2d}
@@ -91,11 +94,13 @@ def test_an_unknown_layer_is_refused_by_name(swap, named):
         extract_graph(model)
 
 
-def test_a_lif_model_is_refused_naming_its_neurons():
-    # The chip network has IF populations only: a LIF model must not compile as if it had no leak.
-    model = SpikingUNet(dataclasses.replace(TINY, neuron="lif"))
-    with pytest.raises(UnsupportedModelError, match=re.escape("downblocks.0.neuron1 (LIF)")):
-        extract_graph(model)
+def test_a_lif_model_compiles_its_leak_onto_lavas_dv():
+    # tau 2 keeps half of v per step: dv = 4096 / 2 = 2048 exactly (v * 2048 >> 12, toward zero); no current
+    # memory (du = 4095) as for IF. The threshold factor moves thresholds only, as for IF.
+    model = firing_tiny_model(neuron="lif")
+    net = compile_model(model, digits_batches())
+    assert {(p.du, p.dv) for p in net.populations} == {(4095, 2048)}
+    assert all(0 < p.vth for p in net.populations)
 
 
 def test_the_ann_twin_is_refused():

@@ -29,8 +29,15 @@ def chip(tmp_path_factory):
     return compiled_tiny(tmp_path_factory.mktemp("deploy"))
 
 
-def test_one_denoising_step_on_lava_is_identical_to_the_simulator(chip):
-    net, path, (x, t) = chip
+@pytest.fixture(scope="module")
+def lif_chip(tmp_path_factory):
+    return compiled_tiny(tmp_path_factory.mktemp("deploy-lif"), neuron="lif")
+
+
+@pytest.mark.parametrize("network", ["chip", "lif_chip"])
+def test_one_denoising_step_on_lava_is_identical_to_the_simulator(network, request):
+    # IF and LIF (dv = 2048: Lava's own leak) populations alike
+    net, path, (x, t) = request.getfixturevalue(network)
     run = run_denoising_step(net, x[:1], int(t[0]))
     sim = ChipSimulator.from_file(path).run(x[:1], t[:1], "delayed")
     for name, s in sim.spikes.items():
