@@ -4,7 +4,9 @@ Every node is a NIR primitive, so `nir.read` loads the file and its type checks 
 
 - `input`: `Input` (img_ch, H, W), the noisy image x_t; `head`: `Conv2d`, the host's first conv (BN folded),
   into the first population.
-- one `IF` per population, named as the population: r = 1, v_threshold = the threshold, v_reset = 0.
+- one `IF` per population, named as the population: r = 1, v_threshold = the threshold, v_reset = 0; or,
+  for a LIF population (it keeps 1 - 1/tau of v per step), a `LIF` with that tau (in SNN steps), r = tau
+  (its terms already carry the input's 1/tau: v = v - v / tau + r I / tau = (1 - 1/tau) v + I), v_leak = 0.
   Metadata `bias_table` [rows, C]: the constant input current per channel, one row, or one row per
   diffusion step (NIR has no time-dependent bias).
 - one `Conv2d` per term (`syn000`, ... over all populations in order, then the readout), zero bias. Its
@@ -47,12 +49,14 @@ from .nir_chip import metadata_value, wire_synapse
 FORMAT = "sddpm-float-nir"
 VERSION = 1
 INPUT, HEAD, READOUT, OUTPUT = "input", "head", "readout", "output"
-DISCRETIZATION = ("forward Euler with dt = one SNN step: v[t] = v[t-1] + r I[t] with r = 1; spike iff "
+DISCRETIZATION = ("forward Euler with dt = one SNN step: v[t] = v[t-1] + r I[t] with r = 1 (IF), or "
+                  "v[t] = v[t-1] + (r I[t] - v[t-1]) / tau with r = tau (LIF); spike iff "
                   "v[t] >= v_threshold (H(0) = 1), then v = v_reset = 0; x_t and every bias_table row are "
                   "constant over the snn_steps steps; no synaptic delay: a population reads the spikes of the "
                   "same step, populations updated in `order`")
 SYNAPSE = re.compile(r"syn(\d+)")
-NODE_TYPES = (nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Scale)
+NEURONS = (nir.IF, nir.LIF)
+NODE_TYPES = (nir.Input, nir.Output, nir.Conv2d, nir.Scale) + NEURONS
 # The graph read back from its file against the graph written, both run in float64: the file rounds weights
 # and biases to float32 (relative 2^-24 = 6e-8); measured 2.5e-7 on eps of order 7, with a wide margin.
 FILE_ROUND_TRIP_ATOL = 1e-5
@@ -66,9 +70,13 @@ def _f32(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float32)
 
 
-def _if_node(pop: FloatPopulation) -> nir.IF:
-    return nir.IF(r=np.ones(pop.shape), v_threshold=np.full(pop.shape, pop.threshold), v_reset=np.zeros(pop.shape),
+def _if_node(pop: FloatPopulation) -> nir.IF | nir.LIF:
+    common = dict(v_threshold=np.full(pop.shape, pop.threshold), v_reset=np.zeros(pop.shape),
                   metadata={"bias_table": _f32(pop.current.bias_table())})
+    if pop.keep == 1.0:
+        return nir.IF(r=np.ones(pop.shape), **common)
+    tau = 1.0 / (1.0 - pop.keep)
+    return nir.LIF(tau=np.full(pop.shape, tau), r=np.full(pop.shape, tau), v_leak=np.zeros(pop.shape), **common)
 
 
 def _conv_node(term: Term, target: str, source_shape, target_shape) -> nir.Conv2d:
@@ -210,8 +218,8 @@ def nir_to_float_graph(g: nir.NIRGraph) -> FloatGraph:
         _require(isinstance(g.nodes.get(link["from"]), nir.Output) and isinstance(g.nodes.get(link["to"]), nir.Input),
                  f"link {link['from']!r} -> {link['to']!r}: no Output port {link['from']!r} or no Input port "
                  f"{link['to']!r} in the graph")
-    ifs = {name for name, node in g.nodes.items() if isinstance(node, nir.IF)}
-    _require(sorted(order) == sorted(ifs), f"metadata order {order} does not list the IF nodes {sorted(ifs)}")
+    ifs = {name for name, node in g.nodes.items() if isinstance(node, NEURONS)}
+    _require(sorted(order) == sorted(ifs), f"metadata order {order} does not list the neuron nodes {sorted(ifs)}")
     shapes = {name: tuple(int(v) for v in g.nodes[name].v_threshold.shape) for name in order}
     readout = _require_type(g, READOUT, nir.Scale)
     readout_shape = tuple(int(v) for v in readout.scale.shape)
@@ -235,10 +243,18 @@ def nir_to_float_graph(g: nir.NIRGraph) -> FloatGraph:
         # One SNN step updates the populations in order, each reading spikes of the same step (run_float).
         late = [t.source for t in terms.get(name, []) if t.source not in {p.name for p in pops}]
         _require(not late, f"{where} reads {sorted(set(late))}, which metadata order updates after it")
-        _require(np.all(node.r == 1) and np.all(node.v_reset == 0) and np.ptp(node.v_threshold) == 0,
-                 f"{where}: the float graph runs IF neurons with r = 1, v_reset = 0 and one threshold")
+        keep = 1.0
+        if isinstance(node, nir.LIF):
+            tau = float(np.asarray(node.tau).flat[0])
+            _require(np.ptp(node.tau) == 0 and tau > 1 and np.all(node.r == tau) and np.all(node.v_leak == 0),
+                     f"{where}: the float graph runs LIF neurons with one tau > 1, r = tau and v_leak = 0")
+            keep = 1.0 - 1.0 / tau
+        else:
+            _require(np.all(node.r == 1), f"{where}: the float graph runs IF neurons with r = 1")
+        _require(np.all(node.v_reset == 0) and np.ptp(node.v_threshold) == 0,
+                 f"{where}: the float graph's neurons have v_reset = 0 and one threshold")
         expr = _expr(shapes[name], terms.get(name, []), node, where, steps)
-        pops.append(FloatPopulation(name, shapes[name], float(node.v_threshold.flat[0]), expr, name in fed))
+        pops.append(FloatPopulation(name, shapes[name], float(node.v_threshold.flat[0]), expr, name in fed, keep))
     _require(np.all(readout.scale == 1), f"node {READOUT!r}: scale must be ones")
     decay = float(_field(host, "membrane_decay", "graph metadata host"))
     tail = {k: _tensor(v) for k, v in host.items() if k != "membrane_decay"}

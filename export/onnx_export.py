@@ -27,7 +27,7 @@ from torch import nn
 
 from fileio import atomic_path
 from sddpm.config import ConfigError, ModelConfig
-from sddpm.neuron import IF, if_step
+from sddpm.neuron import LIF, SPIKING_NEURONS, if_step, lif_step
 from sddpm.unet import ANNUNet, SpikingUNet, check_inputs
 
 from .errors import ExportError
@@ -57,18 +57,21 @@ class OnnxExportError(ExportError, ValueError):
 
 
 class _UnrolledIF(nn.Module):
-    """`IF` as T calls of the reference `if_step`, which the tracer records op by op.
+    """`IF` (or `LIF`, given its tau) as T calls of the reference `if_step` (`lif_step`), which the tracer
+    records op by op.
 
-    `IF` runs `_if_scan`, whose `out=` writes the tracer does not record (the graph would miss the
-    spikes). Both compute h = v + x, s = (h >= threshold), v = h (1 - s) in the same float32 order,
-    so they give the same spikes bit for bit. With `membranes` set to a list, each step appends
-    (population, step, h - threshold) to it: the spike is where that is >= 0.
+    `IF` and `LIF` run `_if_scan` / `_lif_scan`, whose `out=` writes the tracer does not record (the graph
+    would miss the spikes). Each computes its h (IF: v + x; LIF: v + (x - v) / tau), s = (h >= threshold),
+    v = h (1 - s) in the same float32 order as its step function, so they give the same spikes bit for bit.
+    With `membranes` set to a list, each step appends (population, step, h - threshold) to it: the spike is
+    where that is >= 0.
     """
 
-    def __init__(self, name: str, threshold: float):
+    def __init__(self, name: str, threshold: float, tau: float | None = None):
         super().__init__()
         self.name = name
         self.threshold = threshold
+        self.tau = tau
         self.membranes: list | None = None
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -76,8 +79,9 @@ class _UnrolledIF(nn.Module):
         spikes = []
         for step, x in enumerate(x_seq.unbind(0)):
             if self.membranes is not None:
-                self.membranes.append((self.name, step, v + x - self.threshold))
-            s, v = if_step(x, v, self.threshold)
+                h = v + x if self.tau is None else v + (x - v) / self.tau
+                self.membranes.append((self.name, step, h - self.threshold))
+            s, v = if_step(x, v, self.threshold) if self.tau is None else lif_step(x, v, self.tau, self.threshold)
             spikes.append(s)
         return torch.stack(spikes)
 
@@ -89,13 +93,14 @@ def _export_copy(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, IF):
-                setattr(parent, name, _UnrolledIF(f"{parent_name}.{name}".lstrip("."), child.threshold))
+            if isinstance(child, SPIKING_NEURONS):
+                setattr(parent, name, _UnrolledIF(f"{parent_name}.{name}".lstrip("."), child.threshold,
+                                                  child.tau if isinstance(child, LIF) else None))
     return model
 
 
 def _if_thresholds(model: nn.Module) -> list[float]:
-    return sorted({m.threshold for m in model.modules() if isinstance(m, IF)})
+    return sorted({m.threshold for m in model.modules() if isinstance(m, SPIKING_NEURONS)})
 
 
 def _describe(proto: onnx.ModelProto, model: nn.Module) -> None:

@@ -16,10 +16,10 @@ from export.nir_float import (FILE_ROUND_TRIP_ATOL, NirFileError, float_graph_to
                               write_float_nir)
 from helpers import assert_close
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> tuple[torch.nn.Module, FloatGraph, str]:
-    """(float64 firing TINY model, its float graph, the graph's NIR file)."""
-    model = firing_tiny_model().double()
+@pytest.fixture(scope="module", params=["if", "lif"])
+def written(tmp_path_factory, request) -> tuple[torch.nn.Module, FloatGraph, str]:
+    """(float64 firing TINY model, its float graph, the graph's NIR file), with IF and with LIF neurons."""
+    model = firing_tiny_model(neuron=request.param).double()
     graph = extract_graph(model)
     path = str(tmp_path_factory.mktemp("nir") / "float.nir")
     write_float_nir(path, graph)
@@ -32,7 +32,8 @@ def _flat(graph: FloatGraph) -> dict[str, object]:
     out: dict[str, object] = {"steps": (graph.snn_steps, graph.diffusion_steps), "head_weight": host.head_weight,
                               "head_bias": host.head_bias, "membrane_decay": host.membrane_decay,
                               **{f"tail.{k}": v for k, v in host.tail.items()},
-                              "populations": [(p.name, p.shape, p.threshold, p.host_input) for p in graph.populations]}
+                              "populations": [(p.name, p.shape, p.threshold, p.host_input, p.keep)
+                                              for p in graph.populations]}
     for name, expr in [(p.name, p.current) for p in graph.populations] + [("readout", graph.readout)]:
         out[f"{name}.shape"], out[f"{name}.bias_table"] = expr.shape, expr.bias_table()
         for i, t in enumerate(expr.terms):
@@ -71,7 +72,8 @@ def test_the_file_runs_like_the_model(written):
 def test_the_file_is_plain_nir_with_consistent_links(written):
     _, graph, path = written
     g = nir.read(path)  # type_check=True: every edge joins equal shapes, ports included
-    assert {type(n) for n in g.nodes.values()} == {nir.Input, nir.Output, nir.IF, nir.Conv2d, nir.Scale}
+    neuron = nir.IF if all(p.keep == 1.0 for p in graph.populations) else nir.LIF
+    assert {type(n) for n in g.nodes.values()} == {nir.Input, nir.Output, neuron, nir.Conv2d, nir.Scale}
     assert g.metadata["format"] == "sddpm-float-nir" and "v[t] >= v_threshold" in g.metadata["discretization"]
     # One Conv2d per term plus the head.
     assert sum(isinstance(n, nir.Conv2d) for n in g.nodes.values()) == 1 + sum(
@@ -110,8 +112,8 @@ def _set(g: nir.NIRGraph, **metadata) -> nir.NIRGraph:
     return g
 
 
-def _add_lif(g: nir.NIRGraph) -> nir.NIRGraph:
-    g.nodes["lif"] = nir.LIF(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2))
+def _add_li(g: nir.NIRGraph) -> nir.NIRGraph:
+    g.nodes["li"] = nir.LI(tau=np.ones(2), r=np.ones(2), v_leak=np.zeros(2))
     return g
 
 
@@ -128,7 +130,7 @@ def _drop_bias_table(g: nir.NIRGraph) -> nir.NIRGraph:
 @pytest.mark.parametrize("corrupt, message", [
     (_another_tool, r"not an sddpm float NIR file: graph metadata format is None.*another tool"),
     (lambda g: _set(g, version=2), r"unsupported sddpm-float-nir version 2"),
-    (_add_lif, r"node 'lif' has type LIF, which an sddpm float NIR file does not use"),
+    (_add_li, r"node 'li' has type LI, which an sddpm float NIR file does not use"),
     # syn000 reads neuron (8, 32, 32): a 16x16 input does not chain
     (_narrow_syn000, r"node 'syn000': Conv2d \[8, 16, 16\] -> \[8, 16, 16\] does not chain neuron \(8, 32, 32\)"),
     (lambda g: _set(g, links=json.dumps([{"from": "nowhere.to_up2", "to": "nowhere.up2", "op": "nearest_upsample",

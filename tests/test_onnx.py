@@ -66,6 +66,14 @@ def test_tiny_snn_matches_pytorch_spike_for_spike(snn, snn_file, batch):
         assert float(snn(x, t).abs().max()) > 1  # eps is far from 0, so the tolerance is not met trivially
 
 
+def test_a_lif_model_matches_pytorch_spike_for_spike(batch, tmp_path):
+    # LIF unrolled as `lif_step` (h = v + (x - v) / tau), traced op by op like IF
+    model, path = firing_tiny_model(neuron="lif"), str(tmp_path / "lif.onnx")
+    export_onnx(model, path)
+    report = compare_onnx(model, path, *batch)
+    assert report.flips == () and report.ok and report.spikes_compared == 278_528
+
+
 def test_the_export_copy_computes_the_model_bit_for_bit_and_leaves_it_alone(snn, batch, tmp_path):
     from export.onnx_export import _export_copy
 
