@@ -21,12 +21,12 @@ from sddpm.unet import SpikingUNet
 CONV_GAIN = 3.0
 
 
-def firing_tiny_model(seed: int = 0, neuron: str = "if") -> SpikingUNet:
+def firing_tiny_model(seed: int = 0, neuron: str = "if", snn_steps: int | None = None) -> SpikingUNet:
     """TINY (identity and 1x1 shortcuts, one down- and one up-sampling) with random BN statistics and
     affine parameters, so that folding BN changes every weight and bias, and a tail that is not ~0; with
-    `neuron` "lif", LIF neurons of tau 2."""
+    `neuron` "lif", LIF neurons of tau 2; `snn_steps` another T."""
     torch.manual_seed(seed)
-    model = SpikingUNet(dataclasses.replace(TINY, neuron=neuron))
+    model = SpikingUNet(dataclasses.replace(TINY, neuron=neuron, snn_steps=snn_steps or TINY.snn_steps))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -50,11 +50,12 @@ def digits_batches(batches: int = 1, batch_size: int = 4, seed: int = 0) -> list
                                seed)
 
 
-def compiled_tiny(directory, neuron: str = "if") -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
+def compiled_tiny(directory, neuron: str = "if",
+                  snn_steps: int | None = None) -> tuple[ChipNetwork, str, tuple[torch.Tensor, torch.Tensor]]:
     """The firing TINY model compiled on one batch of noisy digits and written to DIRECTORY/network.nir;
     returns (network, its file, a second batch (x_t, t) of 3 images with a different t each)."""
     batches = digits_batches(batches=2, batch_size=3)
-    net = compile_model(firing_tiny_model(neuron=neuron), batches[:1])
+    net = compile_model(firing_tiny_model(neuron=neuron, snn_steps=snn_steps), batches[:1])
     path = str(directory / "network.nir")
     write_chip_nir(path, net)
     return net, path, batches[1]

@@ -220,9 +220,12 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(chip, tm
     assert open(target, "rb").read() == before
 
 
-def test_a_lif_network_runs_identically_on_the_reference_and_both_simulator_modes(tmp_path):
-    net, path, (x, t) = compiled_tiny(tmp_path, neuron="lif")
-    assert {p.dv for p in net.populations} == {2048}
+@pytest.mark.parametrize("neuron, snn_steps", [("lif", None), ("if", 8), ("lif", 8)])
+def test_lif_and_t8_networks_run_identically_on_the_reference_and_both_simulator_modes(tmp_path, neuron, snn_steps):
+    # LIF populations (dv 2048 for tau 2) and the paper's T = 8
+    net, path, (x, t) = compiled_tiny(tmp_path, neuron=neuron, snn_steps=snn_steps)
+    assert {p.dv for p in net.populations} == ({2048} if neuron == "lif" else {0})
+    assert net.snn_steps == (snn_steps or 2)
     ref = run_reference(net, x, t)
     for name, s in ref.spikes.items():
         assert 0.01 < float(s.float().mean()) < 0.8, f"{name} fires at {float(s.float().mean()):.3f}: vacuous test"
