@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from export.chip import READOUT, ChipNetwork
 from export.reference import run_reference
 from records import ChipRun
-from sddpm.neuron import IF
+from sddpm.neuron import SPIKING_NEURONS
 from sddpm.samplers import ddim_sample, ddim_step, ddim_timesteps
 from sddpm.schedule import NoiseSchedule
 from simulators.network import ChipSimulator
@@ -130,10 +130,10 @@ def psnr_db(expected: torch.Tensor, actual: torch.Tensor) -> float:
 
 @torch.no_grad()
 def float_spikes(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """eps and the spikes [T, B, C, H, W] of every IF population of the float model."""
+    """eps and the spikes [T, B, C, H, W] of every population (IF or LIF module) of the float model."""
     spikes, hooks = {}, []
     for name, module in model.named_modules():
-        if isinstance(module, IF):
+        if isinstance(module, SPIKING_NEURONS):
             hooks.append(module.register_forward_hook(lambda m, i, o, name=name: spikes.__setitem__(name, o > 0)))
     try:
         eps = model(x, t)
