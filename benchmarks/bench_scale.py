@@ -5,6 +5,8 @@ Run on demand, never as a test:
     .venv/bin/python benchmarks/bench_scale.py --ch 16,32            # mnist layout at ch 16 and 32
     .venv/bin/python benchmarks/bench_scale.py --ch 64,128 --cifar10 --timeout-min 15
     .venv/bin/python benchmarks/bench_scale.py --ch 128 --stages compile,verify-zero --repeat 3  # the targets
+    git archive main | tar -x -C /tmp/before    # the code before a change, then both, run by run:
+    .venv/bin/python benchmarks/bench_scale.py --ch 128 --stages compile --repeat 3 --baseline /tmp/before
 
 Models: the `mnist` preset's layout (1x32x32 images, ch_mult 1,2,2,2, 2 res blocks, T 4) at each --ch, and
 with --cifar10 the `cifar10` preset (ch 128, ch_mult 1,2,2,4). Weights are random (seeded PyTorch init, BN
@@ -17,6 +19,8 @@ Every stage is a fresh subprocess, so its peak RSS (`os.wait4`'s ru_maxrss) is i
 --timeout-min is killed and recorded as not finished. The `sddpm` commands compile the checkpoint themselves
 (verify, energy, report and `export --format nir` each include a compile), as a user running them would:
   compile            sddpm compile (default calibration: 4 batches of 16)
+  compile (baseline) with --baseline DIR: the same command on the code in DIR, each run right after one of
+                     ours, so that both see the same load from other work on the machine
   verify delayed     sddpm verify --steps 1 --batch-size 1 --sim-mode delayed
   verify zero        sddpm verify --steps 1 --batch-size 1 --sim-mode zero_delay
   energy             sddpm energy --steps 1 --batch-size 1
@@ -98,10 +102,11 @@ def write_cifar10_standin(folder: str, images: int = 256) -> str:
     return root
 
 
-def run_stage(argv: list[str], timeout_s: float, log: str) -> StageResult:
-    """Run argv in its own process group; wall time, its own peak RSS, and its last output line."""
-    # PYTHONPATH: the repository's packages as they are in the work tree, whatever the venv's install lists
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+def run_stage(argv: list[str], timeout_s: float, log: str, code: str = ROOT) -> StageResult:
+    """Run argv in its own process group on the packages in `code`; wall time, its own peak RSS, and its last
+    output line."""
+    # PYTHONPATH: the repository's packages as they are in `code`, whatever the venv's install lists
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": code}
     begin = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
@@ -302,6 +307,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each subprocess stage; the cell gives their median (default: %(default)s)")
     parser.add_argument("--timeout-min", type=float, default=15.0, help="per stage (default: %(default)s)")
+    parser.add_argument("--baseline", help="a checkout of the code before a change: the compile stage also runs "
+                        "on it, alternating run by run with ours (its row: compile (baseline))")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "scale"), help="checkpoints, files and logs")
     parser.add_argument("--inner", choices=("step-b1", "step-b8", "sim-memory", "resources"), help=argparse.SUPPRESS)
     parser.add_argument("--inner-args", nargs=2, help=argparse.SUPPRESS)
@@ -324,6 +331,8 @@ def main() -> None:
     header = f"| stage | {' | '.join(m.name for m in models)} |"
     rows: dict[str, list[str]] = {"parameters": [], "NIR file": []}
     rows.update({s: [] for s in stages})
+    if args.baseline and "compile" in stages:
+        rows["compile (baseline)"] = []
     for model in models:
         folder = os.path.join(args.out, model.name.replace(" ", "-"))
         os.makedirs(folder, exist_ok=True)
@@ -332,12 +341,21 @@ def main() -> None:
             ["--dataset", "cifar10", "--data-root", write_cifar10_standin(folder)]
         rows["parameters"].append(f"{params / 1e6:.1f} M")
         for stage in stages:
-            runs = [run_stage(stage_argv(stage, ckpt, folder, calib), args.timeout_min * 60,
-                              os.path.join(folder, f"{stage}.log")) for _ in range(args.repeat)]
-            details = sorted({r.detail for r in runs if r.detail})
-            cell = repeated(runs) + (f": {' / '.join(details)}" if details else "")
-            rows[stage].append(cell)
-            print(f"{model.name} {stage}: {cell}", file=sys.stderr, flush=True)
+            runs, before = [], []
+            for _ in range(args.repeat):
+                runs.append(run_stage(stage_argv(stage, ckpt, folder, calib), args.timeout_min * 60,
+                                      os.path.join(folder, f"{stage}.log")))
+                if stage == "compile" and args.baseline:  # the baseline writes its own file, beside ours
+                    argv = stage_argv(stage, ckpt, folder, calib)
+                    argv[argv.index("--out") + 1] = os.path.join(folder, "baseline.nir")
+                    before.append(run_stage(argv, args.timeout_min * 60, os.path.join(folder, "baseline.log"),
+                                            os.path.abspath(args.baseline)))
+            for name, done in ((stage, runs), ("compile (baseline)", before)):
+                if done:
+                    details = sorted({r.detail for r in done if r.detail})
+                    cell = repeated(done) + (f": {' / '.join(details)}" if details else "")
+                    rows[name].append(cell)
+                    print(f"{model.name} {name}: {cell}", file=sys.stderr, flush=True)
         chip = os.path.join(folder, "network.nir")
         rows["NIR file"].append(f"{os.path.getsize(chip) / 1e6:.0f} MB" if os.path.exists(chip) else "none")
     print(header)

@@ -1,4 +1,4 @@
-"""Calibrate the float chip graph on real data and quantize it into a `ChipNetwork`.
+"""Quantize the float chip graph into a `ChipNetwork`, with scales from a calibration (`export.calibration`).
 
 Scale of a population (float current per a-unit). It is the smallest scale that satisfies all of
   - threshold resolution: at most NOMINAL_THRESHOLD / THRESHOLD_UNITS, so the integer threshold is
@@ -17,7 +17,7 @@ voltages is "v > ceil(theta / scale) - 1", i.e. vth = ceil(theta / scale) - 1.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,8 +26,7 @@ from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
 from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, READOUT, V_PER_A, WEIGHT_MANT_MAX,
                    ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
-from .errors import ExportInputError
-from .graph import Expr, FloatGraph, simulate_float
+from .graph import Expr, FloatGraph
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
 HEADROOM = 2.0  # calibration sees a sample of the inputs: leave a factor 2 of range unused
@@ -35,35 +34,17 @@ HEADROOM = 2.0  # calibration sees a sample of the inputs: leave a factor 2 of r
 
 @dataclass(frozen=True)
 class Calibration:
-    """Largest magnitudes seen per population over the calibration data (float units)."""
+    """Largest magnitudes seen per population over the calibration data (float units); made by
+    `export.calibration.calibrate`."""
     peak_current: dict[str, float]
     peak_membrane: dict[str, float]
     peak_readout: float
     samples: int
     diffusion_steps: tuple[int, ...]
-
-
-@torch.no_grad()
-def calibrate(graph: FloatGraph, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Calibration:
-    """Run the float graph on batches of (x_t, t) and record the ranges of every population."""
-    if not batches:
-        raise ExportInputError("calibration needs at least one batch of (x_t, t)")
-    current = {p.name: 0.0 for p in graph.populations}
-    membrane = dict(current)
-    readout, samples, steps = 0.0, 0, set()
-
-    # Running maxima, so only one SNN step of states is alive at a time (a max is exact in any order,
-    # so the result equals the maxima of a full recorded run).
-    def keep_peaks(name, _step, cur, h, _s):
-        current[name] = max(current[name], float(cur.abs().max()))
-        membrane[name] = max(membrane[name], float(h.abs().max()))
-
-    for x, t in batches:
-        for h_readout in simulate_float(graph, x, t, keep_peaks):
-            readout = max(readout, float(h_readout.abs().max()))
-        samples += x.shape[0]
-        steps.update(int(v) for v in t)
-    return Calibration(current, membrane, readout, samples, tuple(sorted(steps)))
+    # Where each population's current or membrane peaked: population -> index into peak_inputs, the distinct
+    # inputs (x_t [1, C, H, W], t [1]) of those peaks (`export.compiler.check_overflow` runs them).
+    peak_at: dict[str, int] = field(default_factory=dict)
+    peak_inputs: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 def _population_scale(peak: float, max_bias: float) -> float:

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from chip_helpers import digits_batches, firing_tiny_model
-from export.compiler import compile_model
+from export.compiler import CHECKED_MARGIN, calibration_batches, check_overflow, compile_model
 from export.errors import ExportInputError
 from export.graph import Expr, FloatGraph, FloatPopulation, Term, UnsupportedModelError, extract_graph, run_float
 from export.host import ChipOverflowWarning, HostStages
-from export.quantize import Calibration, calibrate, quantize, quantize_weight
+from export.calibration import calibrate
+from export.quantize import Calibration, quantize, quantize_weight
 from export.reference import run_reference
 from helpers import TINY, assert_close
 from sddpm.neuron import SPIKING_NEURONS
@@ -68,17 +69,24 @@ def test_float_graph_reproduces_the_model_spike_for_spike(neuron):
     assert_close(run.eps, eps, atol=FLOAT64_REWRITE_ATOL, what="eps of the float chip graph vs the model")
 
 
-def test_streaming_calibration_keeps_the_peaks_of_a_fully_recorded_run():
-    # calibrate keeps running maxima instead of every state: a max is exact in any order, so its peaks
-    # must equal the maxima of run_float's recorded currents, membranes and readout over all batches.
-    graph = extract_graph(firing_tiny_model().double())
-    batches = [(x.double(), t) for x, t in digits_batches()[:2]]
-    runs = [run_float(graph, x, t) for x, t in batches]
-    calib = calibrate(graph, batches)
+def test_float32_calibration_of_the_model_keeps_the_float64_graphs_peaks():
+    # calibrate runs the model in float32 with hooks, keeping running maxima: its peaks must be those of the
+    # float64 chip graph's recorded currents, membranes and readout over all batches, to float32 rounding.
+    model = firing_tiny_model()
+    graph = extract_graph(copy.deepcopy(model).double())
+    batches = digits_batches(batches=2)
+    runs = [run_float(graph, x.double(), t) for x, t in batches]
+    calib = calibrate(model, batches)
     for p in graph.populations:
-        assert calib.peak_current[p.name] == max(float(r.currents[p.name].abs().max()) for r in runs), p.name
-        assert calib.peak_membrane[p.name] == max(float(r.membranes[p.name].abs().max()) for r in runs), p.name
-    assert calib.peak_readout == max(float(r.readout.abs().max()) for r in runs)
+        for got, states in ((calib.peak_current, "currents"), (calib.peak_membrane, "membranes")):
+            want = max(float(getattr(r, states)[p.name].abs().max()) for r in runs)
+            assert got[p.name] == pytest.approx(want, rel=1e-5), (p.name, states)
+        # the input it names as the population's peak holds it
+        x, t = calib.peak_inputs[calib.peak_at[p.name]]
+        one = run_float(graph, x.double(), t)
+        peak = max(float(one.currents[p.name].abs().max()), float(one.membranes[p.name].abs().max()))
+        assert peak == pytest.approx(max(calib.peak_current[p.name], calib.peak_membrane[p.name]), rel=1e-5)
+    assert calib.peak_readout == pytest.approx(max(float(r.readout.abs().max()) for r in runs), rel=1e-5)
     assert calib.samples == sum(len(x) for x, _ in batches)
 
 
@@ -223,6 +231,44 @@ def test_input_outside_the_calibrated_range_warns_naming_the_population(compiled
         assert re.match(r"population (\S+):", m).group(1) in names, m
 
 
+def _scaled_peaks(calib: Calibration, factor: float) -> Calibration:
+    return dataclasses.replace(calib, peak_current={k: v * factor for k, v in calib.peak_current.items()},
+                               peak_membrane={k: v * factor for k, v in calib.peak_membrane.items()})
+
+
+def test_overflow_is_checked_at_the_peak_inputs_of_the_populations_near_their_range(monkeypatch):
+    model, batches = firing_tiny_model(), digits_batches(batches=2)
+    graph = extract_graph(copy.deepcopy(model).double())
+    calib = calibrate(model, batches)
+    cfg = model.cfg.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChipOverflowWarning)
+        check_overflow(quantize(graph, calib, cfg), calib)  # calibrated: silent at its own peaks
+
+    # Peak inputs far outside what the scales were chosen for: the check runs them, and passes on the integer
+    # network's overflow warnings, naming the populations.
+    net = quantize(graph, calib, cfg)
+    wild = dataclasses.replace(calib, peak_inputs=tuple((40 * x, t) for x, t in calib.peak_inputs))
+    with pytest.warns(ChipOverflowWarning) as caught:
+        check_overflow(net, wild)
+    named = {re.match(r"population (\S+):", str(w.message)).group(1) for w in caught}
+    assert named and named <= {p.name for p in net.populations}
+
+    # Which inputs run: the peak inputs of the populations whose peak lies within CHECKED_MARGIN of the range.
+    ran = []
+    monkeypatch.setattr("export.compiler.run_reference", lambda net, x, t: ran.append(len(x)))
+    from export.chip import CURRENT_LIMIT
+    for factor in (1 / 8, 1.0, 100.0):
+        scaled = _scaled_peaks(calib, factor)
+        net = quantize(graph, scaled, cfg)
+        near = {scaled.peak_at[p.name] for p in net.populations
+                if max(scaled.peak_current[p.name], scaled.peak_membrane[p.name]) / p.scale > CURRENT_LIMIT / CHECKED_MARGIN}
+        ran.clear()
+        check_overflow(net, scaled)
+        assert ran == ([len(near)] if near else []), factor
+    assert len(set(calib.peak_at.values())) > 1  # several inputs: the test would be vacuous with one
+
+
 def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exact():
     from types import SimpleNamespace
 
@@ -243,3 +289,26 @@ def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exac
     # ... and refused from 2^31 on, where float64's error bound no longer stays below 1/2 (2^30 + 2^30 = 2^31)
     with pytest.raises(ExportInputError, match=r"sum \|W\| = 2147483648 >= 2\^31"):
         _conv_dtype(np.array([2 ** 30, -2 ** 30]).reshape(1, 2, 1, 1), torch.device("cuda"))
+
+
+def test_the_shipped_model_compiled_with_its_chains_does_not_overflow_on_a_sampling_chain():
+    # The shipped model's deterministic DDIM chains drift to |x_t| ~ 50 (noisy training images: ~4.5). Compiled
+    # on noisy images alone its host-driven population saturated v there (make demo's warning); calibrated also
+    # on the chains of export.calibration (other seed, 10 steps) the chain `sddpm verify` checks runs clean.
+    from sddpm.checkpoint import load_model
+    from sddpm.data import load_images
+    from sddpm.schedule import NoiseSchedule
+    from toolchain.paths import SHIPPED_CHECKPOINT
+    from toolchain.verify import chain_states
+
+    loaded = load_model(SHIPPED_CHECKPOINT)
+    schedule = NoiseSchedule.linear(loaded.diffusion_config)
+    images = load_images("mnist", "train")[:64]
+    net = compile_model(loaded.model, calibration_batches(images, schedule, 1, 8), schedule=schedule)
+    x_T = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    states = chain_states(loaded.model.eval(), schedule, x_T, 100, 3)  # sddpm verify's chain, t = 999, 494, 0
+    assert float(states[-1][0].abs().max()) > 20  # the drift this is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChipOverflowWarning)
+        for x, t in states:
+            run_reference(net, x, t)

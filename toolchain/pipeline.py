@@ -35,9 +35,9 @@ def compile_chip(loaded, path: str, threshold_factor: float, calibration: Calibr
     from sddpm.schedule import NoiseSchedule
 
     images = load_images(calibration.dataset_of(loaded), "train", calibration.data_root)
-    batches = calibration_batches(images, NoiseSchedule.linear(loaded.diffusion_config), calibration.batches,
-                                  calibration.batch_size)
-    net = compile_model(loaded.model, batches, threshold_factor)
+    schedule = NoiseSchedule.linear(loaded.diffusion_config)
+    batches = calibration_batches(images, schedule, calibration.batches, calibration.batch_size)
+    net = compile_model(loaded.model, batches, threshold_factor, schedule)  # the schedule: for the host's chains
     write_chip_nir(path, net)
     return net
 
