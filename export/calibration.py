@@ -14,12 +14,13 @@ made calibration most of a paper-sized compile. Why float32 is safe here:
   - what guards the range is the overflow check after quantization (`export.compiler`), not the last bit
     of a peak.
 
-The host-driven population (the first, fed by the host's conv of x_t) is also calibrated on x_t along short
-seeded DDIM chains of the float model (`chain_batches`): noisy training images are not what sampling gives
-it. Deterministic DDIM chains of a model that predicts eps imperfectly drift far outside the data range
-(|x_t| 50-120 for the shipped model, against about 4.5 for any noisy training image), and a constant negative
-current accumulates over the T SNN steps until v saturates. Those x_t are what `sddpm verify` and the
-samplers feed the chip, so the scale must hold them.
+A LIF population's current is the model's neuron input over tau (`export.graph` folds the 1/tau into the
+current) and its membrane is the LIF's own (`_lif_scan`).
+
+The host-driven population (the first, fed by the host's conv of x_t) meets x_t far outside the training data
+on sampling chains that drift (|x_t| 50-120 on the shipped model's deterministic DDIM chains, against about
+4.5 for noisy training images); its scale stays the one the training data set, and the host saturates its
+current at a level that changes no spike (`export.chip.host_saturation`).
 """
 from __future__ import annotations
 
@@ -28,61 +29,35 @@ import copy
 import torch
 from torch import nn
 
-from sddpm.neuron import IF, _if_scan, set_threshold_factor
-from sddpm.samplers import ddim_step, ddim_timesteps
-from sddpm.schedule import NoiseSchedule
+from sddpm.neuron import LIF, SPIKING_NEURONS, _if_scan, _lif_scan, set_threshold_factor
 
 from .errors import ExportInputError
 from .quantize import Calibration
 
-# The chains the host-driven population is calibrated on: a few images, a few DDIM steps (eta 0, no
-# clipping: the chain `sddpm verify` checks, and the one that drifts farthest; DDPM with clipped x0 stays in
-# the data range). Short chains drift as far as long ones (the shipped model: 10 steps reach |x_t| 65-91,
-# 100 steps 51-61), so a few model calls cover the drift. Seed 1, not the ladder's 0, so a verification
-# does not check the chip on the very states it was calibrated on.
-CHAIN_IMAGES = 2
-CHAIN_STEPS = 10
-CHAIN_SEED = 1
-
-
 @torch.no_grad()
-def chain_batches(model: nn.Module, schedule: NoiseSchedule, images: int = CHAIN_IMAGES, steps: int = CHAIN_STEPS,
-                  seed: int = CHAIN_SEED) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(x_t, t) at every step of `images` deterministic float DDIM chains of `steps` steps from seeded noise
-    (`sddpm.samplers.ddim_sample`'s steps at eta 0, through its `ddim_step`)."""
-    cfg = model.cfg
-    x = torch.randn(images, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(seed))
-    seq, ab = ddim_timesteps(schedule.steps, steps), schedule.alphas_bar
-    out = []
-    for i in range(len(seq) - 1, -1, -1):
-        t = torch.full((images,), seq[i], dtype=torch.long)
-        out.append((x, t))
-        if i > 0:  # the last state's prediction would make the image, which no population sees
-            x = ddim_step(x, model(x, t), float(ab[seq[i]]), float(ab[seq[i - 1]]))
-    return out
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
-              schedule: NoiseSchedule | None = None) -> Calibration:
-    """The ranges of every population over `batches` of (x_t, t), at the trained thresholds (factor 1); with
-    a `schedule`, the host-driven population's also over the x_t of `chain_batches` on it."""
+def calibrate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Calibration:
+    """The ranges of every population over `batches` of (x_t, t), at the trained thresholds (factor 1)."""
     if not batches:
         raise ExportInputError("calibration needs at least one batch of (x_t, t)")
     model = copy.deepcopy(model).eval().float()
     set_threshold_factor(model, 1.0)  # scales come from the trained dynamics; the factor moves only vth
-    names = {m: name for name, m in model.named_modules() if isinstance(m, IF)}
+    names = {m: name for name, m in model.named_modules() if isinstance(m, SPIKING_NEURONS)}
     peak = {name: 0.0 for name in names.values()}  # max(|current|, |membrane|), what the scale must hold
     current, membrane = dict(peak), dict(peak)
     where: dict[str, tuple[int, int]] = {}  # population -> (batch, image) of its peak
     readout = [0.0]
     now = [0]  # the batch being run
 
-    def keep(name: str, x_seq: torch.Tensor, threshold: float) -> None:
-        """Running maxima of the input current x_seq [T, B, ...] and of the membrane before the reset, as the
-        neuron computes it; only one module's states are alive at a time (a max is exact in any order)."""
+    def keep(name: str, neuron: nn.Module, x_seq: torch.Tensor) -> None:
+        """Running maxima of the population's input current [T, B, ...] (a LIF's x / tau) and of the membrane
+        before the reset, as the neuron computes it; only one module's states are alive at a time (a max is
+        exact in any order)."""
         h_seq = torch.empty_like(x_seq)
-        _if_scan(x_seq, threshold, h_seq)
+        if isinstance(neuron, LIF):
+            _lif_scan(x_seq, neuron.tau, neuron.threshold, h_seq)
+            x_seq = x_seq / neuron.tau
+        else:
+            _if_scan(x_seq, neuron.threshold, h_seq)
         per_image = torch.maximum(x_seq.abs().amax((0, 2, 3, 4)), h_seq.abs().amax((0, 2, 3, 4)))  # [B]
         current[name] = max(current[name], float(x_seq.abs().max()))
         membrane[name] = max(membrane[name], float(h_seq.abs().max()))
@@ -93,7 +68,7 @@ def calibrate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     def keep_readout(_module, inputs):  # the tail's BN reads the last expression: the chip's readout
         readout[0] = max(readout[0], float(inputs[0].abs().max()))
 
-    hooks = [m.register_forward_hook(lambda m, inputs, _s: keep(names[m], inputs[0], m.threshold)) for m in names]
+    hooks = [m.register_forward_hook(lambda m, inputs, _s: keep(names[m], m, inputs[0])) for m in names]
     hooks.append(model.tail_bn.register_forward_pre_hook(keep_readout))
     samples, steps = 0, set()
     try:
@@ -105,14 +80,6 @@ def calibrate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
         for h in hooks:
             h.remove()
     inputs = list(batches)
-    if schedule is not None:
-        # The host-driven population's current is the head conv + BN of x_t, the same at every SNN step: its
-        # peaks on the chains need only that, not a pass of the whole network.
-        for x, t in chain_batches(model, schedule):
-            now[0] = len(inputs)
-            inputs.append((x, t))
-            c = model.bn(model.conv(x))
-            keep(names[model.neuron], c.expand(model.timestep, *c.shape), model.neuron.threshold)
     distinct = sorted(set(where.values()))
     peak_inputs = tuple((inputs[b][0][i:i + 1], inputs[b][1][i:i + 1]) for b, i in distinct)
     peak_at = {name: distinct.index(at) for name, at in where.items()}

@@ -36,7 +36,7 @@ Timing. Every synapse delays by `delay` >= 1 steps (one per Lava synapse process
 are delay lines on the chip). A population at depth d receives its inputs at steps [d, d + T), with
 its bias on only there; the first population (depth 0) receives the host's current directly at
 a_in, with no synapse: round half to even of the float32 conv of x_t over its scale, saturated to
-+-HOST_INPUT_MAX. Zero-delay semantics (all populations see SNN step t together) give the same
++-host_input_max (`host_saturation`). Zero-delay semantics (all populations see SNN step t together) give the same
 spikes, shifted by the depth.
 
 File. A NIR graph with the integers in node metadata (`export.nir_chip`): self-contained, so the
@@ -70,9 +70,23 @@ BIAS_EXP_MAX = 7  # bias exponent, 3 bits (Lava: "precision 3")
 VTH_BITS = 17  # threshold mantissa (Lava: "precision 17")
 VTH_MAX = 2 ** VTH_BITS - 1
 CURRENT_LIMIT = STATE_MAX >> ACT_SHIFT  # |a| below 2^17 a-units keeps a << 6 inside u's 24 bits
-# The host saturates the current it injects into the first population to +-(2^17 - 1): an image outside
-# the calibrated range (a diverging sampling chain) then clips instead of wrapping u.
+# The most the host may inject into the first population, +-(2^17 - 1) a-units: u cannot wrap below it.
 HOST_INPUT_MAX = CURRENT_LIMIT - 1
+
+
+def host_saturation(vth: int, max_bias_v: int, snn_steps: int) -> int | None:
+    """The host's saturation of the first population's current, in a-units, that no input can make overflow and
+    that changes no spike; None where no such level exists.
+
+    The host's current c is the same at every one of the T steps of a window (x_t is repeated). Saturated at L
+    with 64 L > 64 vth + |bias| and 64 L >= |bias|: a current c >= L still fires at every step (v = 64 L + bias
+    > vth << 6 at once, then the reset), and c <= -L still never fires (v only falls), for IF and LIF alike,
+    so the spikes are those of the unsaturated current. And with T (64 L + |bias|) <= 2^23 - 1 the voltage
+    cannot saturate in T steps (it leaks toward 0 for LIF), nor u wrap. Diverging sampling chains (|x_t| far
+    beyond the training data) met the unsaturated host current with v saturating; this level makes them exact
+    without coarsening the population's scale for them."""
+    level = min(HOST_INPUT_MAX, (STATE_MAX - 1 - snn_steps * max_bias_v) // (V_PER_A * snn_steps))
+    return level if V_PER_A * level > V_PER_A * vth + max_bias_v else None
 
 
 class ChipFormatError(ExportError, ValueError):
@@ -168,6 +182,7 @@ class ChipNetwork:
     diffusion_steps: int = 1
     host: ChipHost | None = None
     threshold_factor: float = 1.0
+    host_input_max: int = HOST_INPUT_MAX  # the host's saturation of its current, a-units (`host_saturation`)
     source: dict = field(default_factory=dict)  # how an imported graph was discretized (its front end's record)
 
     @property
@@ -237,6 +252,8 @@ def _population_rules(pop: ChipPopulation, net: ChipNetwork) -> list[str]:
         out.append(f"timing: depth {pop.depth} < 0")
     if pop.host_input and not net.is_diffusion:
         out.append("host-input: a host current needs the host stages of a diffusion network")
+    if pop.host_input and not 0 < net.host_input_max <= HOST_INPUT_MAX:
+        out.append(f"host-input: saturation {net.host_input_max} outside [1, {HOST_INPUT_MAX}] a-units")
     return out
 
 

@@ -45,15 +45,14 @@ def calibration_batches(images_u8: torch.Tensor, schedule: NoiseSchedule, batche
 
 @torch.no_grad()
 def compile_model(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                  threshold_factor: float = 1.0, schedule: NoiseSchedule | None = None) -> ChipNetwork:
-    """Fold BN, compose the analog paths, calibrate on `batches` at the trained thresholds (and the host-driven
-    population also on sampling chains of `schedule`, see `export.calibration`), quantize with every threshold
-    times `threshold_factor`. Warns, naming the population, if the integer network overflows a 24-bit state
+                  threshold_factor: float = 1.0) -> ChipNetwork:
+    """Fold BN, compose the analog paths, calibrate on `batches` at the trained thresholds, quantize with every
+    threshold times `threshold_factor`. Warns, naming the population, if the integer network overflows a 24-bit state
     at the calibration inputs where a population near its range peaked (`check_overflow`)."""
     exact = copy.deepcopy(model).eval().double()
     set_threshold_factor(exact, 1.0)  # the graph's thresholds are the trained ones; the factor moves only vth
     graph = extract_graph(exact)  # first: it refuses a model it cannot map, naming the layers
-    calib = calibrate(model, batches, schedule)
+    calib = calibrate(model, batches)
     net = quantize(graph, calib, model.cfg.to_dict(), threshold_factor)
     check_overflow(net, calib)
     return net

@@ -57,15 +57,17 @@ def host_stages(net: ChipNetwork) -> HostStages:
 
 def host_input_current(net: ChipNetwork, x: torch.Tensor) -> torch.Tensor:
     """The first population's input in a-units: round half to even of conv(x_t) / scale in float32,
-    saturated to +-HOST_INPUT_MAX (with a warning when that clips)."""
+    saturated to +-net.host_input_max. That saturation changes no spike where the compiler could choose it so
+    (`export.chip.host_saturation`); at the hardware's limit HOST_INPUT_MAX it may, and warns when it clips."""
     current = head_current(host_stages(net), x)  # float32: the chip network's host weights are float32
     a = torch.round(current / np.float32(net.populations[0].scale))
-    clipped = int((a.abs() > HOST_INPUT_MAX).sum())
-    if clipped:
+    limit = net.host_input_max
+    clipped = int((a.abs() > limit).sum())
+    if clipped and limit == HOST_INPUT_MAX:
         warnings.warn(f"population {net.populations[0].name}: the host saturated {clipped} input currents at "
                       f"+-{HOST_INPUT_MAX} a-units (x_t outside the calibrated range)", ChipOverflowWarning,
                       stacklevel=3)
-    return a.clamp(-HOST_INPUT_MAX, HOST_INPUT_MAX).long()
+    return a.clamp(-limit, limit).long()
 
 
 def readout_to_eps(net: ChipNetwork, a_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -170,7 +170,7 @@ def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
                 **{k: v.astype(np.float32) for k, v in net.host.tail.items()}}
         if r.temb is not None:
             host["readout_temb"] = r.temb.astype(np.float32)
-        metadata.update(host_input_max=HOST_INPUT_MAX, host=host)
+        metadata.update(host_input_max=net.host_input_max, host=host)
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
@@ -333,6 +333,7 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
     tail = {k: np.asarray(v, np.float32) for k, v in host.items()
             if k not in ("head_weight", "head_bias", "readout_bias", "readout_temb", "membrane_decay")}
     net = ChipNetwork(tuple(pops), tuple(syns), readout=readout,
+                      host_input_max=int(metadata_value(meta, "host_input_max", "graph")),
                       host=ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
                                     tail, float(host["membrane_decay"])), **common)
     check_ranges(net)

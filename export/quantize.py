@@ -24,8 +24,9 @@ import torch
 
 from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, READOUT, V_PER_A, WEIGHT_MANT_MAX,
-                   ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, HOST_INPUT_MAX, READOUT, V_PER_A,
+                   WEIGHT_MANT_MAX, ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges,
+                   host_saturation)
 from .graph import Expr, FloatGraph
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
@@ -101,7 +102,12 @@ def quantize(graph: FloatGraph, calib: Calibration, model_config: dict, threshol
     host = graph.host
     chip_host = ChipHost(host.head_weight.float().numpy(), host.head_bias.float().numpy(),
                          {k: v.float().numpy() for k, v in host.tail.items()}, host.membrane_decay)
+    first = next(p for p in pops if p.host_input)
+    max_bias = int(np.abs(first.bias_mant.astype(np.int64) << first.bias_exp).max(initial=0))
+    # the hardware's limit where no spike-exact saturation exists (then the host warns when it clips)
+    saturation = host_saturation(first.vth, max_bias, graph.snn_steps) or HOST_INPUT_MAX
     net = ChipNetwork(tuple(pops), tuple(synapses), snn_steps=graph.snn_steps, readout=readout,
+                      host_input_max=saturation,
                       model_config=model_config, diffusion_steps=graph.diffusion_steps, host=chip_host,
                       threshold_factor=float(threshold_factor))
     check_ranges(net)

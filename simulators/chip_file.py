@@ -272,7 +272,8 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     return ChipFile(tuple(pops), tuple(syns), readout_info, host,
                     meta={"model_config": json.loads(field("graph", meta, "model_config")),
                           "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                          "host_input_max": int(field("graph", meta, "host_input_max"))}, **common)
+                          "host_input_max": _int_field("graph", meta, "host_input_max", 1, SPIKE_LIMIT - 1)},
+                    **common)
 
 
 def _check_header(meta: dict, unsealed: str | None) -> int:

@@ -12,12 +12,14 @@ from torch import nn
 
 from chip_helpers import digits_batches, firing_tiny_model
 from export.compiler import CHECKED_MARGIN, calibration_batches, check_overflow, compile_model
+from export.chip import HOST_INPUT_MAX, host_saturation
 from export.errors import ExportInputError
 from export.graph import Expr, FloatGraph, FloatPopulation, Term, UnsupportedModelError, extract_graph, run_float
 from export.host import ChipOverflowWarning, HostStages
 from export.calibration import calibrate
 from export.quantize import Calibration, quantize, quantize_weight
 from export.reference import run_reference
+from toolchain.verify import compare_runs
 from helpers import TINY, assert_close
 from sddpm.neuron import SPIKING_NEURONS
 from sddpm.unet import ANNUNet, SpikingUNet, SpkResBlock
@@ -216,19 +218,25 @@ def test_integer_threshold_derived_by_hand(peak, factor, scale, vth):
     assert (pop.scale, pop.vth) == (scale, vth)
 
 
-def test_input_outside_the_calibrated_range_warns_naming_the_population(compiled):
+def test_the_host_saturates_far_out_of_range_inputs_without_overflow_or_a_changed_spike(compiled):
     _, batches, net = compiled
     x, t = batches[0]
+    assert net.host_input_max < HOST_INPUT_MAX  # export.chip.host_saturation's level
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChipOverflowWarning)
         run_reference(net, x, t)  # the calibration data itself stays inside the 24-bit states
+        saturated = run_reference(net, 1000 * x, t)  # a chain that diverged: clipped, nothing overflows
+    # at the hardware's limit the same input overflows the first population's v, and warns naming it ...
+    at_limit = dataclasses.replace(net, host_input_max=HOST_INPUT_MAX)
     with pytest.warns(ChipOverflowWarning) as caught:
-        run_reference(net, 1000 * x, t)
+        unsaturated = run_reference(at_limit, 1000 * x, t)
     messages = [str(w.message) for w in caught]
     assert any(m.startswith("population neuron: the host saturated") for m in messages), messages
     names = {p.name for p in net.populations}
     for m in messages:
         assert re.match(r"population (\S+):", m).group(1) in names, m
+    # ... with the same spikes: a constant current beyond the level fires at every step or at none either way
+    assert compare_runs(unsaturated, saturated, t=int(t[0])) is None
 
 
 def _scaled_peaks(calib: Calibration, factor: float) -> Calibration:
@@ -245,9 +253,10 @@ def test_overflow_is_checked_at_the_peak_inputs_of_the_populations_near_their_ra
         warnings.simplefilter("error", ChipOverflowWarning)
         check_overflow(quantize(graph, calib, cfg), calib)  # calibrated: silent at its own peaks
 
-    # Peak inputs far outside what the scales were chosen for: the check runs them, and passes on the integer
-    # network's overflow warnings, naming the populations.
-    net = quantize(graph, calib, cfg)
+    # Peak inputs far outside what the scales were chosen for, the host's current saturated only at the
+    # hardware's limit: the check runs them, and passes on the integer network's overflow warnings, naming the
+    # populations.
+    net = dataclasses.replace(quantize(graph, calib, cfg), host_input_max=HOST_INPUT_MAX)
     wild = dataclasses.replace(calib, peak_inputs=tuple((40 * x, t) for x, t in calib.peak_inputs))
     with pytest.warns(ChipOverflowWarning) as caught:
         check_overflow(net, wild)
@@ -291,10 +300,11 @@ def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exac
         _conv_dtype(np.array([2 ** 30, -2 ** 30]).reshape(1, 2, 1, 1), torch.device("cuda"))
 
 
-def test_the_shipped_model_compiled_with_its_chains_does_not_overflow_on_a_sampling_chain():
-    # The shipped model's deterministic DDIM chains drift to |x_t| ~ 50 (noisy training images: ~4.5). Compiled
-    # on noisy images alone its host-driven population saturated v there (make demo's warning); calibrated also
-    # on the chains of export.calibration (other seed, 10 steps) the chain `sddpm verify` checks runs clean.
+def test_the_shipped_model_does_not_overflow_on_a_sampling_chain_that_drifts():
+    # The shipped model's deterministic DDIM chains drift to |x_t| ~ 50 (noisy training images: ~4.5). With the
+    # host's current saturated at the hardware's limit its host-driven population saturated v there (make
+    # demo's warning); saturated at export.chip.host_saturation's level the chain `sddpm verify` checks runs
+    # clean, with the scale the training images set.
     from sddpm.checkpoint import load_model
     from sddpm.data import load_images
     from sddpm.schedule import NoiseSchedule
@@ -304,7 +314,9 @@ def test_the_shipped_model_compiled_with_its_chains_does_not_overflow_on_a_sampl
     loaded = load_model(SHIPPED_CHECKPOINT)
     schedule = NoiseSchedule.linear(loaded.diffusion_config)
     images = load_images("mnist", "train")[:64]
-    net = compile_model(loaded.model, calibration_batches(images, schedule, 1, 8), schedule=schedule)
+    net = compile_model(loaded.model, calibration_batches(images, schedule, 1, 8))
+    # the scale the training images set (calibrated on the chains too, its threshold had fallen to 222)
+    assert net.host_input_max < HOST_INPUT_MAX and net.populations[0].vth > 2000
     x_T = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     states = chain_states(loaded.model.eval(), schedule, x_T, 100, 3)  # sddpm verify's chain, t = 999, 494, 0
     assert float(states[-1][0].abs().max()) > 20  # the drift this is about
@@ -312,3 +324,18 @@ def test_the_shipped_model_compiled_with_its_chains_does_not_overflow_on_a_sampl
         warnings.simplefilter("error", ChipOverflowWarning)
         for x, t in states:
             run_reference(net, x, t)
+
+
+@pytest.mark.parametrize("vth, bias, steps, level", [
+    # T = 4, no bias: 4 steps of 64 L must stay within 2^23 - 1: L = (2^23 - 1) // 256 = 32767
+    (4095, 0, 4, 32767),
+    # a bias of 1000 v-units: (2^23 - 1 - 4000) // 256 = 8384607 // 256 = 32752; 64 L > 64 * 4095 + 1000
+    (4095, 1000, 4, 32752),
+    # T = 8: (2^23 - 1) // 512 = 16383
+    (4095, 0, 8, 16383),
+    # a threshold the level cannot clear: a current of 16383 a-units would not fire at once, an unsaturated
+    # larger one would, so no level is spike-exact
+    (20000, 0, 8, None),
+])
+def test_host_saturation_derived_by_hand(vth, bias, steps, level):
+    assert host_saturation(vth, bias, steps) == level

@@ -37,7 +37,7 @@ def compile_chip(loaded, path: str, threshold_factor: float, calibration: Calibr
     images = load_images(calibration.dataset_of(loaded), "train", calibration.data_root)
     schedule = NoiseSchedule.linear(loaded.diffusion_config)
     batches = calibration_batches(images, schedule, calibration.batches, calibration.batch_size)
-    net = compile_model(loaded.model, batches, threshold_factor, schedule)  # the schedule: for the host's chains
+    net = compile_model(loaded.model, batches, threshold_factor)
     write_chip_nir(path, net)
     return net
 
