@@ -181,7 +181,10 @@ def _int_field(node_name: str, metadata: dict, key: str, low: int, high: int | N
 
 
 def _positive(node_name: str, metadata: dict, key: str) -> float:
-    value = float(field(node_name, metadata, key))
+    raw = field(node_name, metadata, key)
+    if np.ndim(raw) != 0:
+        raise ChipFileError(f"node {node_name!r}: {key} must be one number, is an array of shape {np.shape(raw)}")
+    value = float(raw)
     if not (np.isfinite(value) and value > 0):
         raise ChipFileError(f"node {node_name!r}: {key} = {value} must be finite and > 0")
     return value

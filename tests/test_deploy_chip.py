@@ -86,7 +86,7 @@ def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeyp
     syn = net.synapses[0]
     too_wide = dataclasses.replace(net, synapses=(dataclasses.replace(syn, weight=syn.weight.astype(np.int16) * 0 + 200),
                                                   *net.synapses[1:]))
-    with pytest.raises(ChipFormatError, match=f"synapse {syn.source} -> {syn.target}: weight mantissa outside"):
+    with pytest.raises(ChipFormatError, match=f"synapse {syn.source} -> {syn.target}: weight-range: weight mantissa outside"):
         run_denoising_step(too_wide, x[:1], int(t[0]))
     with pytest.raises(DeployError, match=r"one image at a time: x must be \[1, C, H, W\], got \[3, "):
         run_denoising_step(net, x, int(t[0]))
