@@ -272,3 +272,19 @@ def test_the_imported_threshold_fits_lavas_threshold_range():
     from export.nir_foreign import VTH_A
 
     assert VTH_A <= VTH_MAX
+
+
+def test_a_file_of_the_retired_import_format_is_refused_with_the_way_to_recompile(tmp_path):
+    from export.nir_chip import ChipNirError, read_chip_nir, seal
+    from simulators.chip_file import ChipFileError
+
+    graph = _lif_graph()
+    path = str(tmp_path / "old.nir")
+    nir.write(path, nir.NIRGraph(nodes=graph.nodes, edges=graph.edges,
+                                 metadata={"format": "sddpm-net-nir", "version": 2}))
+    seal(path)
+    with pytest.raises(ChipNirError, match=r"sddpm-net-nir .* retired; compile the source NIR graph again with "
+                                           r"`sddpm import-nir`"):
+        read_chip_nir(path)
+    with pytest.raises(ChipFileError, match=r"retired; compile the source NIR graph again with `sddpm import-nir`"):
+        ChipSimulator.from_file(path)
