@@ -511,6 +511,12 @@ def test_snntorch_synaptic_writes_v_reset_0_and_only_its_undelayed_zero_reset_is
     assert agree["zero", True] < 0.95 and agree["subtract", False] < 0.95
 
 
+# The close rung on 12 steps of 2 samples of the snnTorch conv network: measured 0.986 and 1.000 per layer; the
+# floor lies below the lowest agreement of this network in the table above (0.881), not derived: 8-bit weights
+# flip the odd spike.
+CLI_AGREEMENT_MIN = 0.85
+
+
 @pytest.mark.lava
 def test_a_snntorch_conv_graph_goes_through_every_command_on_one_file(tmp_path, capsys):
     # Conv2d -> Leaky -> Flatten -> Linear -> Leaky as snnTorch's export_to_nir writes it: import-nir writes the
@@ -535,6 +541,9 @@ def test_a_snntorch_conv_graph_goes_through_every_command_on_one_file(tmp_path, 
     verified = command("verify", "--nir", chip, *given)
     assert verified["exit"] == 0 and verified["identical"] and verified["first_mismatch"] is None
     assert verified["steps"] == 12 and verified["samples"] == 2 and sum(verified["spikes"].values()) > 0
+    # the close rung: the source graph's float discretization against the integers, per population
+    closeness = command("verify", "--nir", chip, *given, "--source", source)["float_spike_agreement"]
+    assert set(closeness) == {"1", "4"} and min(closeness.values()) > CLI_AGREEMENT_MIN, closeness
     deployed = command("deploy", "--nir", chip, "--input-steps", "10")  # seeded random input, one sample
     assert deployed["exit"] == 0 and deployed["identical"] and deployed["compared"] == "simulator vs lava"
     energy = command("energy", "--nir", chip, *given)

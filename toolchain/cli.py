@@ -155,6 +155,8 @@ def _print_check(args, report: dict) -> int:
     if args.json:
         print(json.dumps(report))
     else:
+        for name, value in report.get("float_spike_agreement", {}).items():
+            print(f"float discretization vs integers, {name}: spike agreement {value:.3f}")
         where = report["first_mismatch"]
         print(f"{report['compared']} on {report['nir_file']}: {report['steps']} steps x {report['samples']} samples, "
               f"{sum(report['spikes'].values())} spikes: " +
@@ -173,6 +175,10 @@ def check_imported(args, net, path: str, backend: str, batch: int = 1) -> int:
     simulated = run_network(net, path, inputs, "sim")
     if backend == "reference":
         report = compare(net, run_reference_spikes(net, inputs), simulated, ("reference", "simulator"))
+        if args.source:
+            from toolchain.spiking import float_agreement
+
+            report["float_spike_agreement"] = float_agreement(net, args.source, inputs, simulated)
     else:
         from deploy.chip_lava import run_config
 

@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
     _add_spike_input_args(p)
+    p.add_argument("--source", help="with --nir of an imported graph: the NIR file it was imported from; adds the "
+                                    "ladder's close rung, the spike agreement per population of the source graph's "
+                                    "float discretization (the one `sddpm import-nir` recorded) with the simulator")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or NIR and check the file against its source",
                        description="Write a checkpoint to an interchange format, atomically, then run the file on "

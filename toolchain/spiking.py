@@ -123,3 +123,26 @@ def format_energy_table(report: dict) -> str:
     t = report["total"]
     lines.append(f"{'total':<24} {t['spikes']:>10.1f} {'':>7} {t['sops']:>12.1f} {t['neuron_updates']:>10}")
     return "\n".join(lines)
+
+
+def float_agreement(net: ChipNetwork, source_path: str, inputs: dict[str, torch.Tensor],
+                    spikes: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The close rung of an imported graph's ladder: per population, the spike agreement 2|A and B| / (|A| + |B|)
+    (1 where neither fires) of the source graph's float discretization, as `sddpm import-nir` recorded it,
+    with the integer network's spikes. Both run on the same timing (one step per synapse), so step t is step t."""
+    from export.nir_foreign import Discretization, run_discrete
+    from export.nir_foreign_read import read_foreign
+
+    disc = net.source.get("discretization")
+    if disc is None:
+        raise UsageError("the network records no discretization: --source needs a file of `sddpm import-nir`")
+    floats = run_discrete(read_foreign(source_path), inputs, Discretization(**disc))
+    missing = sorted(set(spikes) - set(floats))
+    if missing:
+        raise UsageError(f"{source_path} has no neuron nodes {missing}: not the graph this network was imported from")
+    out = {}
+    for name, s in spikes.items():
+        a, b = s.bool(), floats[name].bool()
+        both, total = int((a & b).sum()), int(a.sum()) + int(b.sum())
+        out[name] = 1.0 if total == 0 else 2 * both / total
+    return out
