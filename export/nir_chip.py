@@ -213,6 +213,33 @@ def seal_problem(path: str) -> str | None:
     return None
 
 
+NIR_NODE_TYPES = {name for name, value in vars(nir).items()
+                  if isinstance(value, type) and issubclass(value, nir.NIRNode) and value is not nir.NIRNode}
+
+
+def unknown_node_types(path: str) -> list[str]:
+    """Every node of a NIR file whose type NIR does not know, as "node 'NAME': type 'KIND'": nir.read refuses
+    such a file with an empty AssertionError, which names neither."""
+    found = []
+
+    def visit(prefix: str, nodes) -> None:
+        for name, node in nodes.items():
+            kind = node.get("type") if isinstance(node, h5py.Group) else None
+            kind = kind[()] if isinstance(kind, h5py.Dataset) else None
+            kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else kind
+            if kind == "NIRGraph" and isinstance(node.get("nodes"), h5py.Group):
+                visit(f"{prefix}{name}.", node["nodes"])
+            elif kind not in NIR_NODE_TYPES:
+                found.append(f"node {prefix + name!r}: type {kind!r} is not a NIR node type")
+    try:
+        with h5py.File(path, "r") as h5:
+            if isinstance(h5.get("node/nodes"), h5py.Group):
+                visit("", h5["node/nodes"])
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError):  # not even HDF5: nir.read's error says so
+        return []
+    return found
+
+
 def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:
     """nir.read of a file this project wrote in format `fmt`: a damaged file, or one whose digest fails, is
     `error` naming the file (another tool's file is returned, for the format check to name)."""
@@ -220,6 +247,9 @@ def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:
         problem = seal_problem(path)
         graph = nir.read(path)
     except NIR_READ_ERRORS as err:
+        unknown = unknown_node_types(path)
+        if unknown:
+            raise error(f"{path}: " + "; ".join(unknown)) from None
         raise error(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     meta = graph.metadata or {}
     kind = meta.get("format")

@@ -229,8 +229,10 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
     raise_problems(problems)
     if degenerate:
         dt = _working_dt(graph, disc)
+        ifs = sorted(name for name, node in graph.nodes.items() if isinstance(node, nir.IF))
         hint = f"dt = {dt:g} s works" if dt is not None else \
-            f"no dt from {min(DT_CANDIDATES):g} to {max(DT_CANDIDATES):g} s works (IF nodes do not depend on dt)"
+            f"no dt from {min(DT_CANDIDATES):g} to {max(DT_CANDIDATES):g} s works" + \
+            (f"; IF nodes ({', '.join(ifs)}) do not depend on dt" if ifs else "")
         text = f"at dt = {disc.dt:g} s: " + "; ".join(degenerate) + f" ({hint})"
         if not allow_degenerate:
             raise ForeignGraphError(text + "; --allow-degenerate compiles it anyway")

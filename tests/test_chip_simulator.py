@@ -117,6 +117,13 @@ def _another_tools_graph(path):
     nir.write(path, graph)
 
 
+def _type_nir_does_not_know(path):
+    with h5py.File(path, "r+") as h5:  # nir.read meets it with an empty AssertionError
+        del h5["node/nodes/neuron/type"]
+        h5["node/nodes/neuron"].create_dataset("type", data=b"Foo")
+    seal(path)
+
+
 def _unknown_node(path):
     # a node type no chip network holds
     graph = nir.read(path)
@@ -145,6 +152,7 @@ def _leak_not_in_the_integers(path):
     pytest.param(_edit("node/metadata/version", lambda old: 3), r"sddpm-chip-nir version 3 is not supported",
                  id="version"),
     pytest.param(_unknown_node, r"node 'stray': NIR type Threshold has no place in a chip network", id="node-type"),
+    pytest.param(_type_nir_does_not_know, r"node 'neuron': type 'Foo' is not a NIR node type", id="not-nir"),
     pytest.param(_leak_not_in_the_integers, r"population 'neuron': du = 4095, dv = 0 is a NIR IF, the node is a LIF",
                  id="neuron-type"),
     # a scale is stored uncompressed, without a checksum of its own: the digest finds the change

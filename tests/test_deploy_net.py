@@ -292,7 +292,7 @@ def _file_unknown_type(path):
 @pytest.mark.parametrize("damage, message", [
     (_file_unsealed, r"the file carries no digest"),
     (lambda path: open(path, "r+b").truncate(1000), r"not a readable NIR file \(OSError"),
-    (_file_unknown_type, r"not a readable NIR file \(AssertionError"),
+    (_file_unknown_type, r"node 'lif1': type 'Foo' is not a NIR node type"),
 ], ids=["no-digest", "truncated", "unknown-type"])
 def test_a_damaged_file_is_refused_naming_it_before_lava_starts(damage, message, tmp_path, monkeypatch):
     from deploy import chip_lava

@@ -207,8 +207,20 @@ def test_a_node_that_can_never_spike_is_an_error():
     graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Linear(np.full((1, 2), 1e-3)),
                                    nir.IF(r=np.ones(1), v_threshold=np.full(1, 1e4), v_reset=np.zeros(1)),
                                    nir.Output(np.array([1])))
-    with pytest.raises(ForeignGraphError, match=r"node 'if': can never spike .* \(no dt from 1e-06 to 1 s works"):
+    with pytest.raises(ForeignGraphError, match=r"node 'if': can never spike .* \(no dt from 1e-06 to 1 s works; IF "
+                                                r"nodes \(if\) do not depend on dt\)"):
         compile_foreign(graph)
+
+
+def test_a_refusal_says_nothing_of_if_nodes_where_the_graph_has_none():
+    # LIF, threshold 1e4 (1024 a-units), r = 1: a weight of 1e-3 is 1e-3 x dt/tau x 1024 / 1e4 <= 1e-4 a-units at
+    # every dt up to tau (larger ones overshoot forward Euler): it rounds to 0 and the neuron can never spike
+    graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 1e-3), np.zeros(1)),
+                                   nir.LIF(tau=np.full(1, 2e-3), r=np.ones(1), v_leak=np.zeros(1),
+                                           v_threshold=np.full(1, 1e4)), nir.Output(np.array([1])))
+    with pytest.raises(ForeignGraphError, match=r"no dt from 1e-06 to 1 s works\)") as caught:
+        compile_foreign(graph)
+    assert "IF nodes" not in str(caught.value)
 
 
 def _written(tmp_path, edit) -> str:
