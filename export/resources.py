@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 
 from .chip import READOUT, WEIGHT_BITS, ChipNetwork
 from .energy import fanout_map
+from .errors import ExportInputError
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,33 @@ LOIHI2 = Loihi2Limits()  # tests/test_resources.py checks that SOURCES cites eve
 
 @dataclass(frozen=True)
 class Incoming:
-    """One synapse into a population, as its geometry: weights [C_out, C_in, k, k] read a source of in_hw."""
-    weight_shape: tuple[int, int, int, int]
+    """One synapse into a population, as its geometry: conv weights [C_out, C_in / groups, k, k] read a source of
+    in_hw, or (dense) weights [N_out, N_in] read N_in neurons."""
+    weight_shape: tuple[int, ...]
     in_hw: tuple[int, int]
     stride: int
     padding: int
     upsample: int
+    dense: bool = False
+    dilation: int = 1
+    groups: int = 1
+
+
+def conv_connections(syn: Incoming) -> int:
+    """The (source neuron, target neuron) pairs a conv without up-sampling connects: every output's taps that
+    land inside the source, times the input channels of its group, counted as the sum of a convolution of ones
+    (grouped and dilated convs alike). `fanout_map` counts the same for ungrouped, undilated convs (tested), and
+    also where nearest up-sampling makes several taps one pair."""
+    import torch
+    import torch.nn.functional as F
+
+    if syn.upsample != 1:
+        raise ExportInputError("conv_connections counts convs without up-sampling (fanout_map counts those)")
+    c_in_group = syn.weight_shape[1]
+    ones = torch.ones(1, c_in_group * syn.groups, *syn.in_hw, dtype=torch.float64)
+    out = F.conv2d(ones, torch.ones(syn.weight_shape, dtype=torch.float64), stride=syn.stride, padding=syn.padding,
+                   dilation=syn.dilation, groups=syn.groups)
+    return int(out.sum())
 
 
 @dataclass(frozen=True)
@@ -83,9 +105,16 @@ class PopulationResources:
 def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> PopulationResources:
     shared = dense = axons = 0
     for syn in incoming:
-        c_in = syn.weight_shape[1]
         shared += math.prod(syn.weight_shape)
-        dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample).sum())
+        if syn.dense:  # every weight its own synapse, every source neuron an axon
+            dense += math.prod(syn.weight_shape)
+            axons += syn.weight_shape[1]
+            continue
+        c_in = syn.weight_shape[1] * syn.groups
+        if syn.groups == 1 and syn.dilation == 1:
+            dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample).sum())
+        else:
+            dense += conv_connections(syn)
         axons += c_in * syn.in_hw[0] * syn.in_hw[1]
     return PopulationResources(name, neurons, shared, dense, axons)
 
@@ -130,11 +159,11 @@ class ResourceEstimate:
 
 
 def estimate(net: ChipNetwork, limits: Loihi2Limits = LOIHI2) -> ResourceEstimate:
-    """Resources of every population of `net` and of its readout, in dependency order."""
-    shapes = {p.name: p.shape for p in net.populations}
-    targets = [(p.name, p.shape) for p in net.populations] + [(READOUT, net.readout.shape)]
+    """Resources of every population of `net` (and of its readout, where it has one), in network order."""
+    targets = [(p.name, p.shape) for p in net.populations] + \
+        ([(READOUT, net.readout.shape)] if net.readout is not None else [])
     pops = tuple(population_resources(
         name, math.prod(shape),
-        [Incoming(tuple(s.weight.shape), shapes[s.source][1:], s.stride, s.padding, s.upsample)
-         for s in net.inputs_of(name)]) for name, shape in targets)
+        [Incoming(tuple(s.weight.shape), tuple(net.source_shape(s.source)[1:]), s.stride, s.padding, s.upsample,
+                  s.dense, s.dilation, s.groups) for s in net.inputs_of(name)]) for name, shape in targets)
     return ResourceEstimate(pops, limits)

@@ -551,6 +551,10 @@ def test_a_snntorch_conv_graph_goes_through_every_command_on_one_file(tmp_path, 
     # the input's SOPs: every input spike reaches 4 channels x the 3 x 3 taps inside the 8 x 8 image (padding 1)
     assert energy["per_node"]["input"]["sops"] == pytest.approx(
         float((x[:12, :2].double() * _conv_fanout()).sum()) / 2)
+    assert main(["report", "--nir", chip, *given, "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["check"]["identical"] and report["resources"]["neurons"] == 4 * 8 * 8 + 5
     outputs = {}
     for backend in ("sim", "lava"):
         out = str(tmp_path / f"{backend}.npz")

@@ -29,6 +29,38 @@ def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, 
     assert many.input_axons == 2 * 2 * incoming.in_hw[0] * incoming.in_hw[1]
 
 
+@pytest.mark.parametrize("incoming", [Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1),
+                                      Incoming((3, 2, 3, 3), (5, 7), 2, 1, 1), Incoming((2, 3, 1, 1), (4, 4), 1, 0, 1)])
+def test_the_general_conv_count_is_the_receptive_field_count(incoming):
+    from export.resources import conv_connections
+
+    assert conv_connections(incoming) == population_resources("p", 1, [incoming]).synapses_dense
+
+
+def test_grouped_dilated_and_dense_synapses_counted_by_hand():
+    from export.resources import conv_connections
+
+    # groups 2, 4 -> 4 channels, 3x3 with dilation 2 and padding 2 on 4x4: per axis the taps at -2, 0, +2 of
+    # output o land inside for 2 positions (0: {0, 2}; 1: {1, 3}; 2: {0, 2}; 3: {1, 3}), so each of the 4 x 16
+    # outputs reads 2 x 2 = 4 positions of the 2 input channels of its group: 4 x 16 x 4 x 2 pairs
+    grouped = Incoming((4, 2, 3, 3), (4, 4), 1, 2, 1, dilation=2, groups=2)
+    assert conv_connections(grouped) == 4 * 16 * 4 * 2
+    pop = population_resources("p", 64, [grouped])
+    assert pop.synapses_dense == 4 * 16 * 4 * 2 and pop.input_axons == 4 * 16
+    # a dense synapse: every weight a synapse, shared or not, every source neuron an axon
+    dense = population_resources("q", 6, [Incoming((6, 16), (1, 1), 1, 0, 1, dense=True)])
+    assert (dense.synapses_shared, dense.synapses_dense, dense.input_axons) == (96, 96, 16)
+
+
+def test_an_imported_network_is_estimated_without_a_readout():
+    from export.nir_foreign import compile_foreign
+    from nir_helpers import feed_forward_graph
+
+    est = estimate(compile_foreign(feed_forward_graph()))  # Input(12) -> LIF(16) -> CubaLIF(6)
+    assert [p.name for p in est.populations] == ["lif1", "cuba"]
+    assert est.neurons == 22 and est.synapses(shared=False) == 12 * 16 + 16 * 6
+
+
 def test_cores_and_chips_take_the_binding_limit():
     # 100 synapses per core (100 bytes at 8 bits), 10 neurons per core, 4 cores and 1,000 synapses per chip
     limits = Loihi2Limits(cores_per_chip=4, neurons_per_core=10, synapses_per_chip=1000,
