@@ -47,6 +47,20 @@ def test_compile_writes_the_network_and_prints_its_populations(checkpoint, tmp_p
     assert text.rstrip().endswith(f"chip network -> {out}")
 
 
+def test_run_of_a_diffusion_network_writes_one_denoising_step_of_noise(checkpoint, tmp_path, capsys):
+    import numpy as np
+
+    chip, out = str(tmp_path / "net.nir"), str(tmp_path / "outputs.npz")
+    assert main(["compile", "--checkpoint", checkpoint, "--out", chip, *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["run", chip, "--out", out, "--batch-size", "2", "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["spikes"]
+    sim = ChipSimulator.from_file(chip)
+    assert set(counts) == {p.name for p in sim.populations} and sum(counts.values()) > 0
+    with np.load(out) as f:
+        assert f["eps"].shape == (2, 1, 32, 32) and f["readout"].shape[:2] == (sim.snn_steps, 2)
+
+
 def test_export_nir_writes_a_nir_graph_and_checks_it_on_the_simulator(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "net.nir")
     assert main(["export", "--format", "nir", "--checkpoint", checkpoint, "--out", out, "--check-images", "3",
