@@ -418,7 +418,7 @@ def _unknown_type(path):
     pytest.param(_unsealed, r"the file carries no digest", id="no-digest"),
     pytest.param(_edit(f"{NODES}/neuron/metadata/scale", lambda old: old * 1.01, reseal=False),
                  r"the file's contents differ from the digest", id="digest"),
-    pytest.param(_unknown_type, r"not a readable NIR file \(AssertionError", id="unknown-type"),
+    pytest.param(_unknown_type, r"node 'syn0000': type 'Foo' is not a NIR node type", id="unknown-type"),
     pytest.param(_truncate, r"not a readable NIR file \(OSError", id="truncated"),
 ])
 def test_exports_reader_checks_the_digest_and_names_the_file(chip, tmp_path, damage, message):
