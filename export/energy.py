@@ -114,28 +114,30 @@ def snn_time_embedding_macs(cfg: ModelConfig) -> int:
 
 # -- synaptic operations -------------------------------------------------------------------------------------
 
-def reach(size_in: int, kernel: int, stride: int, padding: int, upsample: int) -> np.ndarray:
+def reach(size_in: int, kernel: int, stride: int, padding: int, upsample: int, dilation: int = 1) -> np.ndarray:
     """int64 [size_in]: along one axis, how many distinct output positions each input position reaches through
-    nearest up-sampling by `upsample`, then a conv (kernel, stride, padding)."""
+    nearest up-sampling by `upsample`, then a conv (kernel, stride, padding, dilation)."""
     size_up = size_in * upsample
-    size_out = (size_up + 2 * padding - kernel) // stride + 1
+    size_out = (size_up + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     reached = np.zeros((size_in, size_out), dtype=bool)
     for out in range(size_out):
         for tap in range(kernel):
-            row = out * stride - padding + tap  # the up-sampled input row that this tap of output `out` reads
+            row = out * stride - padding + tap * dilation  # the up-sampled input row this tap of `out` reads
             if 0 <= row < size_up:
                 reached[row // upsample, out] = True
     return reached.sum(1).astype(np.int64)
 
 
 def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride: int, padding: int,
-               upsample: int) -> torch.Tensor:
+               upsample: int, dilation: int = 1, groups: int = 1) -> torch.Tensor:
     """int64 [H_in, W_in]: the fan-out of a spike at each input position through a synapse of weight shape
-    [C_out, C_in, kH, kW] - the number of (output channel, output position) pairs it reaches.
+    [C_out, C_in / groups, kH, kW] - the number of (output channel, output position) pairs it reaches; an input
+    channel reaches the C_out / groups output channels of its group.
 
     Structural: zero-valued weights count, as a Conv process reads every kernel entry. The kernel is a full
     box and up-sampling and stride act per axis, so the reach factorizes into rows x columns, and it is the
-    same for every input channel: fan-out(y, x) = C_out x reach_rows(y) x reach_cols(x). Without up-sampling
+    same for every input channel: fan-out(y, x) = C_out / groups x reach_rows(y) x reach_cols(x). Without
+    up-sampling
     each output position reads an input position through one tap at most, so the fan-out is the kernel clipped
     at the borders (and thinned by the stride): summed over spikes it equals the conv of the spike map with an
     all-ones kernel, summed (`tests/test_energy.py` checks both). With up-sampling, the u x u copies of a spike
@@ -144,19 +146,19 @@ def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride: in
     CPU graph computes the same currents as a Conv of the up-sampled spikes (deploy/chip_lava.py).
     """
     c_out, _, k_h, k_w = weight_shape
-    rows = reach(in_hw[0], k_h, stride, padding, upsample)
-    cols = reach(in_hw[1], k_w, stride, padding, upsample)
-    return torch.from_numpy(c_out * np.outer(rows, cols))
+    rows = reach(in_hw[0], k_h, stride, padding, upsample, dilation)
+    cols = reach(in_hw[1], k_w, stride, padding, upsample, dilation)
+    return torch.from_numpy(c_out // groups * np.outer(rows, cols))
 
 
 def synapse_sops(spikes: torch.Tensor, weight_shape: tuple[int, ...], stride: int, padding: int,
-                 upsample: int) -> torch.Tensor:
+                 upsample: int, dilation: int = 1, groups: int = 1) -> torch.Tensor:
     """int64 [T, B]: SOPs of one synapse at every SNN step for every image, given its source's 0/1 spikes
     [T, B, C_in, H, W]: the sum over spikes of their fan-out (`fanout_map`)."""
-    if spikes.dim() != 5 or spikes.shape[2] != weight_shape[1]:
-        raise ExportInputError(f"spikes must be [T, B, {weight_shape[1]}, H, W] for weights {tuple(weight_shape)}, "
-                         f"got {list(spikes.shape)}")
-    fanout = fanout_map(tuple(weight_shape), tuple(spikes.shape[-2:]), stride, padding, upsample)
+    if spikes.dim() != 5 or spikes.shape[2] != weight_shape[1] * groups:
+        raise ExportInputError(f"spikes must be [T, B, {weight_shape[1] * groups}, H, W] for weights "
+                               f"{tuple(weight_shape)} in {groups} groups, got {list(spikes.shape)}")
+    fanout = fanout_map(tuple(weight_shape), tuple(spikes.shape[-2:]), stride, padding, upsample, dilation, groups)
     per_position = spikes.sum(2, dtype=torch.int64)  # spikes over the input channels: [T, B, H, W]
     return (per_position * fanout).sum((-2, -1))
 

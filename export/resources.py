@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 
 from .chip import READOUT, WEIGHT_BITS, ChipNetwork
 from .energy import fanout_map
-from .errors import ExportInputError
 
 
 @dataclass(frozen=True)
@@ -69,23 +68,6 @@ class Incoming:
     groups: int = 1
 
 
-def conv_connections(syn: Incoming) -> int:
-    """The (source neuron, target neuron) pairs a conv without up-sampling connects: every output's taps that
-    land inside the source, times the input channels of its group, counted as the sum of a convolution of ones
-    (grouped and dilated convs alike). `fanout_map` counts the same for ungrouped, undilated convs (tested), and
-    also where nearest up-sampling makes several taps one pair."""
-    import torch
-    import torch.nn.functional as F
-
-    if syn.upsample != 1:
-        raise ExportInputError("conv_connections counts convs without up-sampling (fanout_map counts those)")
-    c_in_group = syn.weight_shape[1]
-    ones = torch.ones(1, c_in_group * syn.groups, *syn.in_hw, dtype=torch.float64)
-    out = F.conv2d(ones, torch.ones(syn.weight_shape, dtype=torch.float64), stride=syn.stride, padding=syn.padding,
-                   dilation=syn.dilation, groups=syn.groups)
-    return int(out.sum())
-
-
 @dataclass(frozen=True)
 class PopulationResources:
     name: str
@@ -111,10 +93,8 @@ def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> P
             axons += syn.weight_shape[1]
             continue
         c_in = syn.weight_shape[1] * syn.groups
-        if syn.groups == 1 and syn.dilation == 1:
-            dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample).sum())
-        else:
-            dense += conv_connections(syn)
+        dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample,
+                                       syn.dilation, syn.groups).sum())
         axons += c_in * syn.in_hw[0] * syn.in_hw[1]
     return PopulationResources(name, neurons, shared, dense, axons)
 

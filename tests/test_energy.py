@@ -154,6 +154,21 @@ def test_sops_equal_a_brute_force_count_of_every_spike(kernel, stride, padding, 
             assert int(sops[step, image]) == int(ones.sum())
 
 
+@pytest.mark.parametrize("shape, size, stride, padding, dilation, groups", [
+    ((4, 3, 3, 3), (6, 5), 1, 2, 2, 1), ((6, 2, 3, 2), (7, 6), 2, 1, 1, 2), ((6, 1, 3, 3), (8, 7), 1, 2, 2, 3),
+])
+def test_dilated_and_grouped_sops_are_the_summed_conv_with_an_all_ones_kernel(shape, size, stride, padding, dilation,
+                                                                            groups):
+    # without up-sampling every (spike, output) pair is one tap: the conv of the spikes with all-one weights of
+    # the synapse's geometry, summed, counts them (for dilated and grouped convs too)
+    spikes = (torch.rand(2, 2, shape[1] * groups, *size, generator=torch.Generator().manual_seed(3)) < 0.3).float()
+    sops = synapse_sops(spikes, shape, stride, padding, 1, dilation, groups)
+    for step, image in itertools.product(range(2), range(2)):
+        ones = F.conv2d(spikes[step, image:image + 1], torch.ones(shape), stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
+        assert int(sops[step, image]) == int(ones.sum())
+
+
 def test_the_fanout_map_is_the_kernel_clipped_at_the_borders():
     assert fanout_map((1, 1, 3, 3), (3, 3), 1, 1, 1).tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
 

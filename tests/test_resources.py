@@ -29,22 +29,31 @@ def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, 
     assert many.input_axons == 2 * 2 * incoming.in_hw[0] * incoming.in_hw[1]
 
 
-@pytest.mark.parametrize("incoming", [Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1),
-                                      Incoming((3, 2, 3, 3), (5, 7), 2, 1, 1), Incoming((2, 3, 1, 1), (4, 4), 1, 0, 1)])
-def test_the_general_conv_count_is_the_receptive_field_count(incoming):
-    from export.resources import conv_connections
+def _ones_conv_pairs(syn: Incoming) -> int:
+    """The (source neuron, target neuron) pairs of a conv without up-sampling, counted independently: the sum of a
+    convolution of an all-one source with all-one weights of the synapse's geometry (each output counts the taps
+    that land inside the source, times the input channels of its group)."""
+    import torch
+    import torch.nn.functional as F
 
-    assert conv_connections(incoming) == population_resources("p", 1, [incoming]).synapses_dense
+    ones = torch.ones(1, syn.weight_shape[1] * syn.groups, *syn.in_hw, dtype=torch.float64)
+    return int(F.conv2d(ones, torch.ones(syn.weight_shape, dtype=torch.float64), stride=syn.stride,
+                        padding=syn.padding, dilation=syn.dilation, groups=syn.groups).sum())
+
+
+@pytest.mark.parametrize("incoming", [Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1),
+                                      Incoming((3, 2, 3, 3), (5, 7), 2, 1, 1), Incoming((2, 3, 1, 1), (4, 4), 1, 0, 1),
+                                      Incoming((4, 2, 3, 3), (5, 6), 1, 2, 1, dilation=2, groups=2),
+                                      Incoming((6, 1, 3, 2), (7, 5), 2, 1, 1, dilation=2, groups=3)])
+def test_the_conv_count_is_the_receptive_field_count(incoming):
+    assert _ones_conv_pairs(incoming) == population_resources("p", 1, [incoming]).synapses_dense
 
 
 def test_grouped_dilated_and_dense_synapses_counted_by_hand():
-    from export.resources import conv_connections
-
     # groups 2, 4 -> 4 channels, 3x3 with dilation 2 and padding 2 on 4x4: per axis the taps at -2, 0, +2 of
     # output o land inside for 2 positions (0: {0, 2}; 1: {1, 3}; 2: {0, 2}; 3: {1, 3}), so each of the 4 x 16
     # outputs reads 2 x 2 = 4 positions of the 2 input channels of its group: 4 x 16 x 4 x 2 pairs
     grouped = Incoming((4, 2, 3, 3), (4, 4), 1, 2, 1, dilation=2, groups=2)
-    assert conv_connections(grouped) == 4 * 16 * 4 * 2
     pop = population_resources("p", 64, [grouped])
     assert pop.synapses_dense == 4 * 16 * 4 * 2 and pop.input_axons == 4 * 16
     # a dense synapse: every weight a synapse, shared or not, every source neuron an axon

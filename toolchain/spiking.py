@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from export.chip import ChipNetwork
+from export.energy import synapse_sops
 from toolchain.errors import UsageError
+from toolchain.verify import first_difference
 
 # Without --input a network gets seeded random spikes: each input neuron fires with this probability per step.
 DEFAULT_RATE = 0.3
 DEFAULT_STEPS = 32
-BACKENDS = ("sim", "lava")
 
 
 def spike_inputs(net: ChipNetwork, path: str | None = None, steps: int = DEFAULT_STEPS, rate: float = DEFAULT_RATE,
@@ -70,11 +70,11 @@ def first_mismatch(expected: dict[str, torch.Tensor], actual: dict[str, torch.Te
         a, b = expected[name].bool(), actual[name].bool()
         if a.shape != b.shape:
             return {"population": name, "step": -1, "index": [], "expected": list(a.shape), "actual": list(b.shape)}
-        diff = torch.nonzero(a != b)
-        if len(diff):
-            step, *index = (int(v) for v in diff[0])
-            return {"population": name, "step": step, "index": index, "expected": int(a[tuple(diff[0])]),
-                    "actual": int(b[tuple(diff[0])])}
+        hit = first_difference(a, b)
+        if hit is not None:
+            step, index = hit
+            return {"population": name, "step": step, "index": list(index), "expected": int(a[(step, *index)]),
+                    "actual": int(b[(step, *index)])}
     return None
 
 
@@ -85,18 +85,13 @@ def compare(net: ChipNetwork, expected: dict, actual: dict, what: tuple[str, str
             "spikes": spikes}
 
 
-def synapse_sops(syn, spikes: torch.Tensor) -> int:
-    """Synaptic operations of one synapse over a run: every source spike times the targets it reaches (its
-    fan-out), counted exactly as the sum of a convolution of the spikes with all-one weights of the synapse's
-    geometry (stride, padding, dilation, groups and up-sampling included), or spikes x outputs for a dense one."""
-    x = spikes.flatten(0, 1).double()
+def outgoing_sops(syn, spikes: torch.Tensor) -> int:
+    """Synaptic operations of one synapse over a run of 0/1 spikes [T, B, *source shape]: every source spike
+    times the targets it reaches (`export.energy.synapse_sops` for a conv, the outputs for a dense synapse)."""
     if syn.dense:
-        return int(x.sum()) * int(syn.weight.shape[0])
-    if syn.upsample != 1:
-        x = x.repeat_interleave(syn.upsample, dim=-2).repeat_interleave(syn.upsample, dim=-1)
-    ones = torch.ones(syn.weight.shape, dtype=torch.float64)
-    return int(F.conv2d(x, ones, stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
-                        groups=syn.groups).sum())
+        return int(spikes.sum()) * int(syn.weight.shape[0])
+    return int(synapse_sops(spikes, tuple(syn.weight.shape), syn.stride, syn.padding, syn.upsample, syn.dilation,
+                            syn.groups).sum())
 
 
 def network_energy(net: ChipNetwork, inputs: dict[str, torch.Tensor], spikes: dict[str, torch.Tensor]) -> dict:
@@ -106,7 +101,7 @@ def network_energy(net: ChipNetwork, inputs: dict[str, torch.Tensor], spikes: di
     trains = {**{n: x.bool() for n, x in inputs.items()}, **spikes}
     rows = {}
     for name in [*inputs, *(p.name for p in net.populations)]:
-        sops = sum(synapse_sops(s, trains[name]) for s in net.synapses if s.source == name)
+        sops = sum(outgoing_sops(s, trains[name]) for s in net.synapses if s.source == name)
         neurons = int(np.prod(net.source_shape(name)))
         rows[name] = {"spikes": int(trains[name].sum()) / batch, "sops": sops / batch,
                       "rate": float(trains[name].float().mean()), "neuron_updates": 0 if name in inputs
