@@ -46,30 +46,35 @@ def test_threshold_factor_changes_firing():
         set_threshold_factor(layer, float("nan"))
 
 
+def _spikes_and_grad(fn, x: torch.Tensor, upstream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn's spikes of x and the gradient of (spikes * upstream).sum() with respect to x."""
+    x.grad = None
+    s = fn(x)
+    (s * upstream).sum().backward()
+    return s.detach(), x.grad.clone()
+
+
+def _step_loop(step):
+    """The spike train [T, ...] of a single-step neuron function step(x_t, v) -> (s, v) run over x_seq from 0."""
+    def run(x_seq: torch.Tensor) -> torch.Tensor:
+        v, out = torch.zeros_like(x_seq[0]), []
+        for t in range(x_seq.shape[0]):
+            s, v = step(x_seq[t], v)
+            out.append(s)
+        return torch.stack(out)
+    return run
+
+
 def test_fused_multistep_equals_the_single_step_reference_and_spikingjelly():
     from spikingjelly.activation_based import neuron, surrogate
 
     torch.manual_seed(0)
     x = (torch.randn(4, 3, 64) + 0.4).requires_grad_()
     upstream = torch.randn(4, 3, 64)
-
-    def grad_of(fn):
-        x.grad = None
-        s = fn(x)
-        (s * upstream).sum().backward()
-        return s.detach(), x.grad.clone()
-
-    def reference(x_seq):
-        v, out = torch.zeros_like(x_seq[0]), []
-        for t in range(x_seq.shape[0]):
-            s, v = if_step(x_seq[t], v)
-            out.append(s)
-        return torch.stack(out)
-
     sj = neuron.IFNode(surrogate_function=surrogate.ATan(), step_mode="m")
-    s_ours, g_ours = grad_of(if_multistep)
-    for name, fn in [("if_step loop", reference), ("SpikingJelly IFNode", sj)]:
-        s_ref, g_ref = grad_of(fn)
+    s_ours, g_ours = _spikes_and_grad(if_multistep, x, upstream)
+    for name, fn in [("if_step loop", _step_loop(if_step)), ("SpikingJelly IFNode", sj)]:
+        s_ref, g_ref = _spikes_and_grad(fn, x, upstream)
         assert torch.equal(s_ours, s_ref), name
         assert_close(g_ours, g_ref, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=f"IF gradient vs {name}")
     # without autograd the forward-only path gives the same spikes
@@ -121,27 +126,14 @@ def test_lif_equals_the_single_step_reference_and_spikingjelly_lifnode(steps, ta
     torch.manual_seed(0)
     x = (torch.randn(steps, 3, 64) * 1.5 + 1.0).requires_grad_()
     upstream = torch.randn(steps, 3, 64)
-
-    def grad_of(fn):
-        x.grad = None
-        s = fn(x)
-        (s * upstream).sum().backward()
-        return s.detach(), x.grad.clone()
-
-    def reference(x_seq):
-        v, out = torch.zeros_like(x_seq[0]), []
-        for t in range(x_seq.shape[0]):
-            s, v = lif_step(x_seq[t], v, tau, threshold)
-            out.append(s)
-        return torch.stack(out)
-
     # SpikingJelly's defaults but the surrogate (ours is its ATan): decay_input=True, v_reset 0 (hard reset),
     # detach_reset False. Its training mode loops single steps under autograd.
     sj = neuron.LIFNode(tau=tau, v_threshold=threshold, surrogate_function=surrogate.ATan(), step_mode="m")
-    s_ours, g_ours = grad_of(lambda x_seq: lif_multistep(x_seq, tau, threshold))
+    s_ours, g_ours = _spikes_and_grad(lambda x_seq: lif_multistep(x_seq, tau, threshold), x, upstream)
     assert 0 < s_ours.mean() < 1
+    reference = _step_loop(lambda x_t, v: lif_step(x_t, v, tau, threshold))
     for name, fn in [("lif_step loop", reference), ("SpikingJelly LIFNode", sj)]:
-        s_ref, g_ref = grad_of(fn)
+        s_ref, g_ref = _spikes_and_grad(fn, x, upstream)
         assert torch.equal(s_ours, s_ref), name
         assert_close(g_ours, g_ref, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=f"LIF gradient vs {name}")
     # without autograd the forward-only path gives the same spikes, as does SpikingJelly's eval (jit) path
