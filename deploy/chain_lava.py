@@ -29,7 +29,7 @@ from export.chip import READOUT, ChipNetwork, check_ranges
 from export.host import host_input_current
 from records import ChipRun
 
-from deploy.chip_lava import lava_run, run_config, to_lava, wire_synapses
+from deploy.chip_lava import lava_bias, lava_run, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError
 from deploy.layout import lava_shape
 from deploy.processes import (CHANNEL_SLOTS, HostBiasLIF, HostFeed, WindowSink, abort_graph, check_memory,
@@ -59,7 +59,7 @@ class ChainGraph:
             if self.timed else None
         self.lif, self.sinks = {}, {}
         for p in net.populations:
-            bias = to_lava(np.broadcast_to(p.bias_mant[0].astype(np.int32)[:, None, None], p.shape))
+            bias = lava_bias(p)
             # reset when time_step % P == (depth + 1) % P: chip step `depth` of every period (Lava counts from 1)
             lif = dict(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias,
                        bias_exp=p.bias_exp, reset_interval=self.period, reset_offset=p.depth + 1)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from lava.magma.core.process.ports.ports import OutPort
 
-from export.chip import READOUT, ChipNetwork, ChipSynapse, check_ranges
+from export.chip import READOUT, ChipNetwork, ChipPopulation, ChipSynapse, check_ranges
 from export.host import host_input_current, readout_to_eps
 from records import ChipRun
 
@@ -64,6 +64,23 @@ def run_config(kind: str = "sim"):
 def to_lava(a: np.ndarray) -> np.ndarray:
     """(C, H, W) -> Lava's (W, H, C)."""
     return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def lava_bias(pop: ChipPopulation, row: int = 0) -> np.ndarray:
+    """A population's bias mantissas of one row, per channel, over every neuron in Lava's layout (NIR's axes
+    reversed), int32."""
+    per_channel = pop.bias_mant[row].astype(np.int32).reshape(-1, *[1] * (len(pop.shape) - 1))
+    return np.ascontiguousarray(np.broadcast_to(per_channel, pop.shape).T)
+
+
+def chip_network(net_or_path: ChipNetwork | str | os.PathLike) -> ChipNetwork:
+    """The network, its design rules checked, or the network of a chip file (read and checked)."""
+    if isinstance(net_or_path, ChipNetwork):
+        check_ranges(net_or_path)
+        return net_or_path
+    from export.nir_chip import read_chip_nir
+
+    return read_chip_nir(os.fspath(net_or_path))
 
 
 def wire_synapses(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) -> list:
@@ -141,8 +158,7 @@ class ChipGraph:
         self.steps = net.steps_per_denoising_step
         self.lif, self.sinks, self.processes = {}, {}, []
         for p in net.populations:
-            row = p.bias_mant[t if p.bias_mant.shape[0] > 1 else 0].astype(np.int32)
-            bias = to_lava(np.broadcast_to(row[:, None, None], p.shape))
+            bias = lava_bias(p, t if p.bias_mant.shape[0] > 1 else 0)
             # Lava counts steps from 1 and resets when time_step % interval == offset: once, at chip step depth
             lif = LIFReset(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias,
                            bias_exp=p.bias_exp, reset_interval=self.steps + 1, reset_offset=p.depth + 1)
@@ -247,11 +263,7 @@ def run_spikes_on_lava(net: ChipNetwork | str | os.PathLike, inputs: dict[str, n
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIF
 
-    if not isinstance(net, ChipNetwork):
-        from export.nir_chip import read_chip_nir
-
-        net = read_chip_nir(os.fspath(net))
-    check_ranges(net)
+    net = chip_network(net)
     if net.is_diffusion or net.snn_steps is not None:
         raise LavaGraphError("a diffusion or windowed network runs one denoising step at a time (run_denoising_step)")
     steps = check_spike_inputs(net, inputs)
@@ -259,10 +271,8 @@ def run_spikes_on_lava(net: ChipNetwork | str | os.PathLike, inputs: dict[str, n
         ports = {name: RingBuffer(data=spikes_to_lava(x)).s_out for name, x in inputs.items()}
         lifs, sinks, processes = {}, {}, []
         for p in net.populations:
-            per_channel = p.bias_mant[0].astype(np.int32).reshape(-1, *[1] * (len(p.shape) - 1))
-            bias = np.ascontiguousarray(np.broadcast_to(per_channel, p.shape).T)  # Lava's axes: NIR's reversed
-            params = dict(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=bias, bias_exp=p.bias_exp,
-                          name=p.name)
+            params = dict(shape=lava_shape(p.shape), du=p.du, dv=p.dv, vth=p.vth, bias_mant=lava_bias(p),
+                          bias_exp=p.bias_exp, name=p.name)
             late = p.depth > 0 and p.bias_mant.any()
             lifs[p.name] = WindowBiasLIF(bias_start=p.depth, **params) if late else LIF(**params)
             sinks[p.name] = FileSink(lava_shape(p.shape), steps, os.path.join(sink_dir, f"{len(sinks):04d}.npy"))

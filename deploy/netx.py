@@ -41,11 +41,10 @@ from lava.magma.core.run_configs import RunConfig
 from lava.proc.io.source import RingBuffer
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
-from deploy.chip_lava import spikes_from_lava, spikes_to_lava
+from deploy.chip_lava import chip_network, spikes_from_lava, spikes_to_lava
 from deploy.errors import DeployError, DeployInputError
 from deploy.processes import FileSink, run_to_end
-from export.chip import BIAS_MANT_MAX, ChipNetwork, ChipPopulation, ChipSynapse, check_ranges
-from export.nir_chip import read_chip_nir
+from export.chip import BIAS_MANT_MAX, ChipNetwork, ChipPopulation, ChipSynapse
 
 NETX_STEP_OFFSET = 0  # netx output step t = our Lava graph's (and the simulator's) step t, see the docstring
 NETX_BIAS_EXP = 6  # netx's bias_exp for every CUBA neuron (hdf5.py, get_neuron_params)
@@ -60,13 +59,6 @@ class UnsupportedGraphError(DeployError, ValueError):
 
 def _name(syn: ChipSynapse) -> str:
     return f"{syn.source} -> {syn.target}"
-
-
-def _network(net_or_path: ChipNetwork | str | os.PathLike) -> ChipNetwork:
-    if isinstance(net_or_path, ChipNetwork):
-        check_ranges(net_or_path)
-        return net_or_path
-    return read_chip_nir(os.fspath(net_or_path))
 
 
 def netx_dense_weights(weight: np.ndarray) -> tuple[np.ndarray, int]:
@@ -173,7 +165,7 @@ def _write_dense(layer: h5py.Group, syn: ChipSynapse, pop: ChipPopulation) -> No
 def write_netx(net_or_path: ChipNetwork | str | os.PathLike, path: str | os.PathLike) -> None:
     """Write a chain network (or its chip file) as netx HDF5; refuses (by node name) what netx cannot run
     exactly."""
-    net = _network(net_or_path)
+    net = chip_network(net_or_path)
     synapses = chain(net)
     input_shape = net.inputs[0].shape
     with h5py.File(path, "w") as f:

@@ -1,10 +1,10 @@
 """Calibration: the largest current and membrane of every population over the data the chip will meet.
 
-It runs the trained SpikingUNet itself in float32, with forward hooks on its IF modules, not the float64 chip
+It runs the trained SpikingUNet itself in float32, with forward hooks on its neuron modules, not the float64 chip
 graph (`export.graph.simulate_float`): the graph composes the residual stream's synapses (2.4x the model's
 multiply-accumulates) and float64 convolutions are several times slower than float32 ones on a CPU, which
 made calibration most of a paper-sized compile. Why float32 is safe here:
-  - the population of an IF module is named after it (`export.graph`), and its input current and membrane
+  - the population of a neuron module is named after it (`export.graph`), and its input current and membrane
     are the graph's (the float64 graph reproduces the model spike for spike, tests/test_compiler.py);
   - float32 moves a peak by a relative ~1e-6, or by one synaptic weight where a membrane within rounding of
     the threshold flips a spike; a scale is 2x the peak over the range (quantize.HEADROOM), so either moves
@@ -79,8 +79,7 @@ def calibrate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     finally:
         for h in hooks:
             h.remove()
-    inputs = list(batches)
     distinct = sorted(set(where.values()))
-    peak_inputs = tuple((inputs[b][0][i:i + 1], inputs[b][1][i:i + 1]) for b, i in distinct)
+    peak_inputs = tuple((batches[b][0][i:i + 1], batches[b][1][i:i + 1]) for b, i in distinct)
     peak_at = {name: distinct.index(at) for name, at in where.items()}
     return Calibration(current, membrane, readout[0], samples, tuple(sorted(steps)), peak_at, peak_inputs)

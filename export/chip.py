@@ -12,10 +12,10 @@ the analyses (energy, resources, placement). The network is:
 - inputs: spike sources (`ChipInput`), or the host's current into the `host_input` population;
 - outputs: spikes of named populations, or the `readout`, a non-spiking sum of synapses whose current the host
   reads.
-- `window`: where the network is a feed-forward pipeline (SDDPM), each population's bias is on only inside
-  [depth, depth + window); otherwise (`window` None) from `depth` on.
-- application metadata (`ChipApp`: SDDPM's head conv, tail, time-embedding tables, model config) rides along
-  and is read only by the application layer.
+- `snn_steps`, the window T: where the network is a feed-forward pipeline (SDDPM), each population's bias is on
+  only inside [depth, depth + T); otherwise (None) from `depth` on.
+- the application layer (SDDPM's model config, diffusion steps, threshold factor, host stages `ChipHost` with
+  the head conv, tail and time-embedding tables) rides along and is read only by the application code.
 
 Units. A population's input arrives at Lava's `a_in` in integer "a-units"; one a-unit stands for
 `scale` units of the float current. The IF neuron is Lava's fixed-point LIF with du = 4095, dv = 0:
@@ -36,8 +36,8 @@ Timing. Every synapse delays by `delay` >= 1 steps (one per Lava synapse process
 are delay lines on the chip). A population at depth d receives its inputs at steps [d, d + T), with
 its bias on only there; the first population (depth 0) receives the host's current directly at
 a_in, with no synapse: round half to even of the float32 conv of x_t over its scale, saturated to
-+-host_input_max (`host_saturation`). Zero-delay semantics (all populations see SNN step t together) give the same
-spikes, shifted by the depth.
++-host_input_max (`host_saturation`). Zero-delay semantics (all populations see SNN step t together) give
+the same spikes, shifted by the depth.
 
 File. A NIR graph with the integers in node metadata (`export.nir_chip`): self-contained, so the
 simulator and the Lava backend need nothing else.
@@ -87,6 +87,14 @@ def host_saturation(vth: int, max_bias_v: int, snn_steps: int) -> int | None:
     without coarsening the population's scale for them."""
     level = min(HOST_INPUT_MAX, (STATE_MAX - 1 - snn_steps * max_bias_v) // (V_PER_A * snn_steps))
     return level if V_PER_A * level > V_PER_A * vth + max_bias_v else None
+
+
+def leak_dv(keep: float) -> int:
+    """Lava's dv for a voltage that keeps `keep` of itself per step: v * (4096 - dv) >> 12 (toward zero), so
+    dv = round(4096 (1 - keep)). Exact for tau a power of two (tau 2: dv 2048); otherwise the leak moves by at
+    most 1/8192 per step, and the truncation of each product by less than one v-unit (1/64 of an a-unit):
+    both are in the float-vs-integer rung of the verification ladder, as the weights' rounding is."""
+    return round(DECAY_UNITY * (1.0 - keep))
 
 
 class ChipFormatError(ExportError, ValueError):

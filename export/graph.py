@@ -305,7 +305,7 @@ def simulate_float(graph: FloatGraph, x: torch.Tensor, t: torch.Tensor, observe)
         now: dict[str, torch.Tensor] = {}
         for pop in graph.populations:
             current = head if pop.host_input else evaluate_expr(pop.current, now, t)
-            h = v[pop.name] * pop.keep + current if pop.keep != 1.0 else v[pop.name] + current
+            h = v[pop.name] * pop.keep + current  # keep 1 (IF): v * 1.0 is v exactly
             s = (h >= pop.threshold).double()
             v[pop.name] = h * (1 - s)
             now[pop.name] = s

@@ -32,8 +32,9 @@ network), the neuron's integer constants, the partition (what runs where), `orde
 `outputs`, `source` (how an imported graph was discretized), and for a diffusion network its application
 layer: the model config, diffusion steps, threshold factor, the host's saturation and `host`, the host
 stages (head conv, readout bias and time embedding, tail) as float32 arrays. The file alone runs the network.
-Version 1 files (IF conv networks of `sddpm compile`) read as they are. The root's HDF5 attribute `sddpm_sha256` is a digest
-of all of it, so a reader can tell a damaged or edited file from one this writer wrote.
+Version 1 files (IF conv networks of `sddpm compile`) read as they are. The root's HDF5 attribute
+`sddpm_sha256` is a digest of all of it, so a reader can tell a damaged or edited file from one this writer
+wrote.
 """
 from __future__ import annotations
 
@@ -47,8 +48,10 @@ import numpy as np
 from fileio import NIR_READ_ERRORS, atomic_path
 
 from .errors import ExportError
+from .nir_foreign_check import ForeignGraphError
+from .nir_foreign_read import structural_problems
 
-from .chip import (ACT_SHIFT, DECAY_UNITY, HOST_INPUT_MAX, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT,
+from .chip import (ACT_SHIFT, DECAY_UNITY, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT,
                    ChipHost, ChipInput, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
 FORMAT = "sddpm-chip-nir"
@@ -213,33 +216,6 @@ def seal_problem(path: str) -> str | None:
     return None
 
 
-NIR_NODE_TYPES = {name for name, value in vars(nir).items()
-                  if isinstance(value, type) and issubclass(value, nir.NIRNode) and value is not nir.NIRNode}
-
-
-def unknown_node_types(path: str) -> list[str]:
-    """Every node of a NIR file whose type NIR does not know, as "node 'NAME': type 'KIND'": nir.read refuses
-    such a file with an empty AssertionError, which names neither."""
-    found = []
-
-    def visit(prefix: str, nodes) -> None:
-        for name, node in nodes.items():
-            kind = node.get("type") if isinstance(node, h5py.Group) else None
-            kind = kind[()] if isinstance(kind, h5py.Dataset) else None
-            kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else kind
-            if kind == "NIRGraph" and isinstance(node.get("nodes"), h5py.Group):
-                visit(f"{prefix}{name}.", node["nodes"])
-            elif kind not in NIR_NODE_TYPES:
-                found.append(f"node {prefix + name!r}: type {kind!r} is not a NIR node type")
-    try:
-        with h5py.File(path, "r") as h5:
-            if isinstance(h5.get("node/nodes"), h5py.Group):
-                visit("", h5["node/nodes"])
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError):  # not even HDF5: nir.read's error says so
-        return []
-    return found
-
-
 def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:
     """nir.read of a file this project wrote in format `fmt`: a damaged file, or one whose digest fails, is
     `error` naming the file (another tool's file is returned, for the format check to name)."""
@@ -247,9 +223,13 @@ def read_sealed(path: str, fmt: str, error: type[Exception]) -> nir.NIRGraph:
         problem = seal_problem(path)
         graph = nir.read(path)
     except NIR_READ_ERRORS as err:
-        unknown = unknown_node_types(path)
-        if unknown:
-            raise error(f"{path}: " + "; ".join(unknown)) from None
+        # nir.read's own errors name no node (an unknown type is a bare AssertionError): the scan of the file does
+        try:
+            problems = structural_problems(path)
+        except ForeignGraphError:  # not even a NIR graph in HDF5: nir.read's error says what it is
+            problems = []
+        if problems:
+            raise error(f"{path}: " + "; ".join(problems)) from None
         raise error(f"{path}: not a readable NIR file ({type(err).__name__}: {err})") from None
     meta = graph.metadata or {}
     kind = meta.get("format")
@@ -349,10 +329,15 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
                   threshold_factor=float(metadata_value(meta, "threshold_factor", "graph")),
                   snn_steps=int(metadata_value(meta, "snn_steps", "graph")) if "snn_steps" in meta else None,
                   source=json.loads(metadata_value(meta, "source", "graph")) if version > 1 else {})
-    if "host" not in meta:
-        net = ChipNetwork(tuple(pops), tuple(syns), **common)
-        check_ranges(net)
-        return net
+    if "host" in meta:
+        common.update(_application(meta, nodes))
+    net = ChipNetwork(tuple(pops), tuple(syns), **common)
+    check_ranges(net)
+    return net
+
+
+def _application(meta: dict, nodes: dict) -> dict:
+    """A diffusion network's application layer: the readout, the host stages and the host's saturation."""
     host = metadata_value(meta, "host", "graph")
     scale = np.asarray(nodes["readout"].scale)
     temb = host.get("readout_temb")
@@ -362,12 +347,9 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
                           int(metadata_value(nodes["readout"].metadata, "depth", "readout")))
     tail = {k: np.asarray(v, np.float32) for k, v in host.items()
             if k not in ("head_weight", "head_bias", "readout_bias", "readout_temb", "membrane_decay")}
-    net = ChipNetwork(tuple(pops), tuple(syns), readout=readout,
-                      host_input_max=int(metadata_value(meta, "host_input_max", "graph")),
-                      host=ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
-                                    tail, float(host["membrane_decay"])), **common)
-    check_ranges(net)
-    return net
+    return dict(readout=readout, host_input_max=int(metadata_value(meta, "host_input_max", "graph")),
+                host=ChipHost(np.asarray(host["head_weight"], np.float32), np.asarray(host["head_bias"], np.float32),
+                              tail, float(host["membrane_decay"])))
 
 
 def read_chip_nir(path: str) -> ChipNetwork:

@@ -60,10 +60,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, V_PER_A, WEIGHT_MANT_MAX, ChipInput, ChipNetwork,
-                   ChipPopulation, ChipSynapse, check_ranges)
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PER_A, WEIGHT_MANT_MAX, ChipInput,
+                   ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, leak_dv)
 from .nir_chip import write_chip_nir
-from .nir_foreign_check import (DECAY_UNITY, DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A,
+from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A,
                                 CheckedGraph, DegenerateGraphWarning, Discretization, ForeignGraphError, NeuronMap,
                                 check_graph, raise_problems, synapse_bias, synapse_weight)
 
@@ -81,7 +81,7 @@ def _mant_exp(values: np.ndarray, mant_max: int) -> tuple[np.ndarray, int]:
 def _decays(m: NeuronMap) -> tuple[int, int]:
     """Lava's du and dv (12-bit decays: Lava multiplies u by 4096 - (du + 1) and v by 4096 - dv)."""
     du = NO_CURRENT_MEMORY if m.current_keep == 0 else round(DECAY_UNITY * (1 - m.current_keep)) - 1
-    return du, round(DECAY_UNITY * (1 - m.voltage_keep))
+    return du, leak_dv(m.voltage_keep)
 
 
 def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str], list[str]]:

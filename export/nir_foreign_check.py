@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import nir
 import numpy as np
 
+from .chip import IF_DU
 from .errors import ExportError
 
-DECAY_UNITY = 4096  # Lava's decays are 12-bit fractions
-NO_CURRENT_MEMORY = 4095  # du: u = a_in << 6 every step
+NO_CURRENT_MEMORY = IF_DU  # du: u = a_in << 6 every step, as for IF
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)
 # The dts tried when one leaves the graph degenerate: 1-2-5 steps from 1 us to 1 s.
 DT_CANDIDATES = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2, 5) if m * 10.0 ** e <= 1)

@@ -85,9 +85,9 @@ def _scan_node(name: str, node, problems: list[str]) -> None:
         problems.append(f"node {name!r} ({kind}): unknown field {field!r}")
 
 
-def read_foreign(path: str) -> nir.NIRGraph:
-    """A NIR file read with every structural problem listed by node (a missing or unknown type, a missing
-    field, an edge to no node) before `nir.read`, whose own errors do not say where."""
+def structural_problems(path: str) -> list[str]:
+    """Every structural problem of a NIR file, by node: a missing or unknown type, a missing or unknown field,
+    an edge to no node ([] for none). A file that is no HDF5 file or no NIR graph is a ForeignGraphError."""
     problems = []
     try:
         with h5py.File(path, "r") as f:
@@ -101,6 +101,13 @@ def read_foreign(path: str) -> nir.NIRGraph:
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:  # h5py's on a damaged file
         raise ForeignGraphError(f"{path}: not a readable HDF5 file ({type(err).__name__}: {err})") from None
+    return problems
+
+
+def read_foreign(path: str) -> nir.NIRGraph:
+    """A NIR file read with every structural problem listed by node (`structural_problems`) before `nir.read`,
+    whose own errors do not say where."""
+    problems = structural_problems(path)
     if problems:
         raise_problems([f"{path}: {problems[0]}"] + problems[1:])
     try:

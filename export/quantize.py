@@ -24,9 +24,9 @@ import torch
 
 from sddpm.neuron import THRESHOLD as NOMINAL_THRESHOLD
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, HOST_INPUT_MAX, READOUT, V_PER_A,
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, HOST_INPUT_MAX, READOUT, V_PER_A,
                    WEIGHT_MANT_MAX, ChipHost, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges,
-                   host_saturation)
+                   host_saturation, leak_dv)
 from .graph import Expr, FloatGraph
 
 THRESHOLD_UNITS = 2 ** 12  # a-units per nominal threshold at the finest scale
@@ -61,14 +61,6 @@ def _quantize_bias(bias_v: np.ndarray) -> tuple[np.ndarray, int]:
     while peak / 2 ** exp > BIAS_MANT_MAX + 0.5 and exp < BIAS_EXP_MAX:
         exp += 1
     return np.clip(np.rint(bias_v / 2 ** exp), -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int16), exp
-
-
-def leak_dv(keep: float) -> int:
-    """Lava's dv for a voltage that keeps `keep` of itself per step: v * (4096 - dv) >> 12 (toward zero), so
-    dv = round(4096 (1 - keep)). Exact for tau a power of two (tau 2: dv 2048); otherwise the leak moves by at
-    most 1/8192 per step, and the truncation of each product by less than one v-unit (1/64 of an a-unit):
-    both are in the eps error the ladder measures, as the weights' rounding is."""
-    return round(DECAY_UNITY * (1.0 - keep))
 
 
 def quantize_weight(weight: torch.Tensor, scale: float) -> tuple[np.ndarray, int]:

@@ -30,7 +30,7 @@ GPU_ROUNDED_INTEGERS = 2 ** 31  # a float64 GPU convolution below it rounds back
 
 
 def _conv_dtype(weight: np.ndarray, device: torch.device) -> torch.dtype:
-    """float32 when no partial sum of the convolution can leave the integers float32 holds exactly.
+    """float32 when no partial sum of the convolution (or dense map) can leave the integers float32 holds exactly.
 
     The inputs are 0/1 spikes (nearest up-sampling copies them), so every partial sum of output channel c,
     in whatever order the convolution adds its taps, lies within +-sum|W[c]|: if the largest such sum is at
@@ -68,10 +68,16 @@ def _synaptic_sum(net: ChipNetwork, target: str, shape, spikes: dict[str, torch.
 
 
 def _apply(syn: ChipSynapse, spikes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """One synapse's integer output for 0/1 spikes [B, *source shape], weights from `_conv_weights`: a conv (any
+    stride, padding, dilation, groups; nearest up-sampling first) or a dense map (of the flattened source)."""
+    if syn.dense:
+        x = spikes.flatten(1) if syn.flatten else spikes
+        return (x.to(weight.dtype) @ weight.T).round().long()
     x = spikes.to(weight.dtype)
     if syn.upsample != 1:
         x = F.interpolate(x, scale_factor=syn.upsample, mode="nearest")
-    return F.conv2d(x, weight, stride=syn.stride, padding=syn.padding).round().long()
+    return F.conv2d(x, weight, stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
+                    groups=syn.groups).round().long()
 
 
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
@@ -101,19 +107,6 @@ def _warn_overflow(overflow: dict[str, int]) -> None:
                       ChipOverflowWarning, stacklevel=3)
 
 
-def _current(syn: ChipSynapse, spikes: torch.Tensor) -> torch.Tensor:
-    """One synapse's integer output for 0/1 spikes [B, *source shape] (general: dense, grouped, dilated)."""
-    weight = torch.from_numpy(syn.integer_weight())
-    if syn.dense:
-        x = spikes.flatten(1) if syn.flatten else spikes
-        return x.to(torch.int64) @ weight.T
-    x = spikes.to(torch.float64)  # exact: integer sums below 2^53 (check_ranges bounds one spike by 2^17)
-    if syn.upsample != 1:
-        x = F.interpolate(x, scale_factor=syn.upsample, mode="nearest")
-    return F.conv2d(x, weight.to(torch.float64), stride=syn.stride, padding=syn.padding, dilation=syn.dilation,
-                    groups=syn.groups).round().long()
-
-
 @torch.no_grad()
 def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Run a network with spike inputs (an imported graph) on the contract's timing: a synapse of delay d delivers
@@ -130,19 +123,21 @@ def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> d
     history = {name: [] for name in [*names, *(p.name for p in net.populations)]}
     u = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64) for p in net.populations}
     v = {p.name: torch.zeros(batch, *p.shape, dtype=torch.int64) for p in net.populations}
+    weights = _conv_weights(net, torch.device("cpu"))
+    into = {p.name: net.inputs_of(p.name) for p in net.populations}
+    bias = {p.name: torch.from_numpy(p.bias_mant[0].astype(np.int64) << p.bias_exp).view(
+        1, p.shape[0], *[1] * (len(p.shape) - 1)) for p in net.populations}  # one row: no bias schedule
     overflow: dict[str, int] = {}
     for tau in range(steps):
         now = {}
         for p in net.populations:
             a = torch.zeros(batch, *p.shape, dtype=torch.int64)
-            for syn in net.inputs_of(p.name):
+            for syn in into[p.name]:
                 if tau - syn.delay >= 0:
-                    out = _current(syn, history[syn.source][tau - syn.delay])
+                    out = _apply(syn, history[syn.source][tau - syn.delay], weights[id(syn)])
                     a[:, syn.out_offset:syn.out_offset + out.shape[1]] += out
             on = p.depth <= tau and (net.snn_steps is None or tau < p.depth + net.snn_steps)
-            bias = torch.from_numpy(p.bias_mant[0].astype(np.int64) << p.bias_exp) * on
-            bias = bias.view(1, p.shape[0], *[1] * (len(p.shape) - 1))
-            u[p.name], v[p.name], s, n = neuron_step(p, u[p.name], v[p.name], a, bias)
+            u[p.name], v[p.name], s, n = neuron_step(p, u[p.name], v[p.name], a, bias[p.name] * on)
             now[p.name] = s
             if n:
                 overflow[p.name] = overflow.get(p.name, 0) + n

@@ -285,9 +285,7 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
         if problems:
             raise ChipFileError((f"{len(problems)} problems: " if len(problems) > 1 else "") + "; ".join(problems))
         return ChipFile(tuple(pops), tuple(syns), None, None,
-                        meta={"model_config": json.loads(field("graph", meta, "model_config")),
-                              "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                              "source": json.loads(field("graph", meta, "source"))}, **common)
+                        meta={**_file_meta(meta), "source": json.loads(field("graph", meta, "source"))}, **common)
     host_meta = field("graph", meta, "host")
     problems += _host_problems(host_meta)
     if problems:
@@ -298,10 +296,14 @@ def _from_graph(graph: nir.NIRGraph, unsealed: str | None) -> ChipFile:
     readout_info = _readout(readout, host_meta)
     _check_host(host, readout_info, pops[0].shape[0], diffusion_steps)
     return ChipFile(tuple(pops), tuple(syns), readout_info, host,
-                    meta={"model_config": json.loads(field("graph", meta, "model_config")),
-                          "threshold_factor": _positive("graph", meta, "threshold_factor"),
-                          "host_input_max": _int_field("graph", meta, "host_input_max", 1, SPIKE_LIMIT - 1)},
-                    **common)
+                    meta={**_file_meta(meta), "host_input_max": _int_field("graph", meta, "host_input_max", 1,
+                                                                          SPIKE_LIMIT - 1)}, **common)
+
+
+def _file_meta(meta: dict) -> dict:
+    """What every chip file's graph metadata says of the network as a whole."""
+    return {"model_config": json.loads(field("graph", meta, "model_config")),
+            "threshold_factor": _positive("graph", meta, "threshold_factor")}
 
 
 def _check_header(meta: dict, unsealed: str | None) -> int:

@@ -57,6 +57,13 @@ ARITHMETICS = ("int8", "float32", "int64")
 ACCUMULATOR = {"int8": torch.int32, "float32": torch.float32, "int64": torch.int64}
 
 
+def upsampled(spikes: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest up-sampling of [..., H, W] spikes (what deploy's SpikeUpsample sends to the Conv)."""
+    if factor == 1:
+        return spikes
+    return spikes.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
 @dataclass(frozen=True)
 class SynapseGroup:
     """Synapses into one target with one geometry and one weight exponent, computed as a single conv over
@@ -86,8 +93,7 @@ class SynapseGroup:
         """
         first = self.synapses[0]
         s = spikes[0] if len(spikes) == 1 else torch.cat(spikes, dim=-3)
-        if first.upsample != 1:  # Lava's Conv reads the up-sampled spikes
-            s = s.repeat_interleave(first.upsample, dim=-2).repeat_interleave(first.upsample, dim=-1)
+        s = upsampled(s, first.upsample)  # Lava's Conv reads the up-sampled spikes
         if arithmetic == "int8":
             out = conv_int8(s.to(torch.int8).permute(0, 2, 3, 1), self.columns, kernel=tuple(self.weight.shape[2:]),
                             stride=first.stride, padding=first.padding)
@@ -108,13 +114,6 @@ def group_synapses(synapses: list[Synapse]) -> list[SynapseGroup]:
         key = (syn.stride, syn.padding, syn.upsample, syn.out_offset, syn.weight_exp, tuple(syn.weight.shape[::2]))
         groups.setdefault(key, []).append(syn)
     return [SynapseGroup.of(members) for members in list(groups.values()) + alone]
-
-
-def upsampled(spikes: torch.Tensor, factor: int) -> torch.Tensor:
-    """Nearest up-sampling of [..., H, W] spikes (what deploy's SpikeUpsample sends to the Conv)."""
-    if factor == 1:
-        return spikes
-    return spikes.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
 def synapse_current(syn: Synapse, spikes: torch.Tensor) -> torch.Tensor:
@@ -294,20 +293,23 @@ class ChipSimulator:
                                           f"got {list(x.shape)}")
         history = {name: [] for name in [*self.inputs, *self._shape]}  # spikes of every step so far, int64 0/1
         state = {p.name: self._rest(p, batch) for p in self.populations}
+        into = {p.name: [s for s in self.synapses if s.target == p.name] for p in self.populations}
+        bias = {p.name: self._bias(p, torch.zeros(batch, dtype=torch.long)).view(batch, p.shape[0],
+                                                                                 *[1] * (len(p.shape) - 1))
+                for p in self.populations}  # one row: a network with spike inputs has no bias schedule
         for tau in range(steps):
             now = {}
             for p in self.populations:
                 a = torch.zeros(batch, *p.shape, dtype=torch.int64, device=self.device)
-                for syn in self.synapses:
+                for syn in into[p.name]:
                     k = tau - syn.delay
-                    if syn.target != p.name or k < 0 or not history[syn.source][k].any():
+                    if k < 0 or not history[syn.source][k].any():
                         continue
                     a[:, syn.out_offset:syn.out_offset + syn.weight.shape[0]] += synapse_current(
                         syn, history[syn.source][k])
                 on = p.depth <= tau and (self.snn_steps is None or tau < p.depth + self.snn_steps)
-                bias = self._bias(p, torch.zeros(batch, dtype=torch.long)).view(batch, p.shape[0],
-                                                                                *[1] * (len(p.shape) - 1))
-                state[p.name], s = self._step(p, state[p.name], a, bias if on else torch.zeros_like(bias))
+                b = bias[p.name]
+                state[p.name], s = self._step(p, state[p.name], a, b if on else torch.zeros_like(b))
                 now[p.name] = s.to(torch.int64)
             for name in self.inputs:
                 history[name].append((inputs[name][tau] != 0).to(torch.int64).to(self.device))

@@ -283,7 +283,7 @@ def test_the_reference_convolves_in_float32_only_where_every_partial_sum_is_exac
 
     from export.reference import _apply, _conv_dtype
 
-    syn = SimpleNamespace(upsample=1, stride=1, padding=0)
+    syn = SimpleNamespace(dense=False, upsample=1, stride=1, padding=0, dilation=1, groups=1)
     ones = torch.ones(1, 2, 1, 1, dtype=torch.bool)
     # 1x1 kernels over 2 channels of spikes that are all 1: the output is w0 + w1. 2^23 + 2^23 = 2^24 is the
     # largest sum float32 holds exactly; one more needs float64 (float32 would round 2^24 + 1 to 2^24).

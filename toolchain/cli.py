@@ -134,21 +134,30 @@ def cmd_quality(args) -> int:
     return 0
 
 
-def _imported(path: str | None):
-    """The chip network of `path` when it takes spike inputs (`sddpm import-nir`), else None (no file, or a
-    diffusion network, which runs with its checkpoint)."""
+def _chip_file(path: str | None):
+    """The chip network of `path`, read once (None without a file): one with spike inputs (`sddpm import-nir`)
+    runs on its own, a diffusion network with its checkpoint."""
     if not path:
         return None
     from export.nir_chip import read_chip_nir
 
-    net = read_chip_nir(path)
-    return None if net.is_diffusion else net
+    return read_chip_nir(path)
+
+
+def _imported(net) -> bool:
+    return net is not None and not net.is_diffusion
 
 
 def _inputs_of(args, net, batch: int = 1):
     from toolchain.spiking import spike_inputs
 
     return spike_inputs(net, args.input, args.input_steps, seed=args.input_seed, batch=batch)
+
+
+def _input_label(args) -> str:
+    from toolchain.spiking import DEFAULT_RATE
+
+    return args.input or f"random, rate {DEFAULT_RATE}, seed {args.input_seed}"
 
 
 def _print_check(args, report: dict) -> int:
@@ -186,7 +195,7 @@ def check_imported(args, net, path: str, backend: str, batch: int = 1) -> int:
                          ("simulator", "lava"))
     steps, samples = next(iter(inputs.values())).shape[:2]
     return _print_check(args, {**report, "nir_file": path, "steps": int(steps), "samples": int(samples),
-                               "input": args.input or f"random, rate 0.3, seed {args.input_seed}"})
+                               "input": _input_label(args)})
 
 
 def cmd_run(args) -> int:
@@ -231,8 +240,7 @@ def _run_diffusion(args, net) -> dict:
                     generator=torch.Generator().manual_seed(args.input_seed))
     t = torch.full((args.batch_size,), net.diffusion_steps - 1)
     if args.backend == "sim":
-        run = ChipSimulator.from_file(args.file).run(x, t, "delayed")
-        runs = [run]
+        runs = [ChipSimulator.from_file(args.file).run(x, t, "delayed")]
     else:
         from deploy.chip_lava import run_config, run_denoising_step
 
@@ -244,19 +252,18 @@ def _run_diffusion(args, net) -> dict:
 
 def cmd_deploy(args) -> int:
     from deploy.chip_lava import run_config
-    from export.nir_chip import read_chip_nir
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
     from toolchain.verify import steps_on_lava
 
-    imported = _imported(args.nir)
-    if imported is not None:
-        return check_imported(args, imported, args.nir, "lava")
+    net = _chip_file(args.nir)
+    if _imported(net):
+        return check_imported(args, net, args.nir, "lava")
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
-    if not args.nir:
-        compile_chip(loaded, path, args.threshold_factor, calibration_of(args))
-    net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
+    if net is None:
+        net = compile_chip(loaded, path, args.threshold_factor, calibration_of(args))
+    sim = ChipSimulator.from_file(path)
     if args.whole_chain:
         return deploy_whole_chain(args, loaded, net, sim, path)
     _, states = float_chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
@@ -312,12 +319,12 @@ def cmd_verify(args) -> int:
     from simulators.network import ChipSimulator
     from toolchain.verify import format_ladder, run_ladder
 
-    imported = _imported(args.nir)
-    if imported is not None:
-        return check_imported(args, imported, args.nir, "reference", args.batch_size)
+    net = _chip_file(args.nir)
+    if _imported(net):
+        return check_imported(args, net, args.nir, "reference", args.batch_size)
     loaded = load_model(args.checkpoint)
     path = args.nir or args.chip_out
-    net = compiled_file_of(loaded, args.nir, args.threshold_factor) if args.nir else \
+    net = check_compiled_from(net, loaded, path, args.threshold_factor) if net is not None else \
         compile_chip(loaded, path, args.threshold_factor, calibration_of(args))
     sim = ChipSimulator.from_file(path, args.device)
     model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
@@ -330,13 +337,12 @@ def cmd_verify(args) -> int:
     return 0 if report.identical else 1
 
 
-def compiled_file_of(loaded, path: str, threshold_factor: float):
-    """The chip network of a file compiled before, refused unless it was compiled from a model of `loaded`'s
-    configuration at `threshold_factor` (the weights themselves are what the ladder's first rung measures)."""
-    from export.nir_chip import read_chip_nir
+def check_compiled_from(net, loaded, path: str, threshold_factor: float):
+    """The chip network of the file `path` compiled before, refused unless it was compiled from a model of
+    `loaded`'s configuration at `threshold_factor` (the weights themselves are what the ladder's first rung
+    measures)."""
     from sddpm.config import ModelConfig
 
-    net = read_chip_nir(path)
     if ModelConfig.from_dict(net.model_config) != loaded.model_config:
         raise UsageError(f"{path} was compiled from another model configuration than {loaded.path}: "
                          f"{net.model_config} against {loaded.model_config.to_dict()}")
@@ -350,7 +356,7 @@ def energy_of_imported(args, net, path: str) -> dict:
 
     inputs = _inputs_of(args, net, args.batch_size)
     report = network_energy(net, inputs, run_network(net, path, inputs, "sim"))
-    return {**report, "nir_file": path, "input": args.input or f"random, rate 0.3, seed {args.input_seed}"}
+    return {**report, "nir_file": path, "input": _input_label(args)}
 
 
 def cmd_energy(args) -> None:
@@ -360,11 +366,11 @@ def cmd_energy(args) -> None:
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
 
-    imported = _imported(args.nir)
-    if imported is not None:
+    net = _chip_file(args.nir)
+    if _imported(net):
         from toolchain.spiking import format_energy_table
 
-        report = energy_of_imported(args, imported, args.nir)
+        report = energy_of_imported(args, net, args.nir)
         print(json.dumps(report) if args.json else format_energy_table(report))
         return
     if args.nir:
@@ -388,9 +394,9 @@ def cmd_report(args) -> int:
     from sddpm.checkpoint import load_model
     from toolchain.verify import format_ladder
 
-    imported = _imported(args.nir)
-    if imported is not None:
-        return report_imported(args, imported)
+    net = _chip_file(args.nir)
+    if _imported(net):
+        return report_imported(args, net)
     if args.nir:
         raise UsageError(f"{args.nir} is a diffusion network: `sddpm report` compiles and reports --checkpoint")
 
