@@ -58,14 +58,12 @@ from dataclasses import asdict
 import nir
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PER_A, WEIGHT_MANT_MAX, ChipInput,
                    ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, leak_dv)
 from .nir_chip import write_chip_nir
-from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A,
-                                CheckedGraph, DegenerateGraphWarning, Discretization, ForeignGraphError, NeuronMap,
-                                check_graph, raise_problems, synapse_bias, synapse_weight)
+from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A, CheckedGraph, DegenerateGraphWarning,
+                                Discretization, ForeignGraphError, NeuronMap, check_graph, raise_problems)
 
 
 def _mant_exp(values: np.ndarray, mant_max: int) -> tuple[np.ndarray, int]:
@@ -84,74 +82,141 @@ def _decays(m: NeuronMap) -> tuple[int, int]:
     return du, leak_dv(m.voltage_keep)
 
 
-def _quantize(graph: nir.NIRGraph, checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str], list[str]]:
+def _quantize(checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str], list[str]]:
     """The chip populations and synapses, the problems that make them unrepresentable, and what degenerates."""
-    nodes, maps = graph.nodes, checked.maps
+    maps = checked.maps
     problems, degenerate = [], []
     scale = {name: m.threshold / VTH_A for name, m in maps.items()}  # float voltage per a-unit
-    # per output channel: v_leak is uniform, a synapse's bias is per output channel (`_quantize_synapses`)
-    bias_v = {name: np.full(checked.shapes[name][0], m.leak_bias / scale[name] * V_PER_A) for name, m in maps.items()}
-    synapses, weights = _quantize_synapses(nodes, checked, scale, bias_v, problems, degenerate)
-    pops, biases = _quantize_neurons(nodes, checked, scale, bias_v, problems, degenerate)
+    synapses = _quantize_synapses(checked, scale, problems, degenerate)
+    bias_v, always_on = _constant_drive(checked, scale, problems)
+    for syn in always_on:
+        synapses.append(syn)
+    pops = _quantize_neurons(checked, scale, bias_v, problems, degenerate)
+    pops.update(_always_on_populations(checked, always_on))
     if not problems:
-        degenerate += _silent(checked, weights, biases, nodes)
+        degenerate += _silent(pops, synapses, checked)
     return pops, synapses, problems, degenerate
 
 
-def _quantize_synapses(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
-                       degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Each synapse as a chip synapse (one step of delay, as every Lava synapse process), and its integer weights;
-    a synapse's bias is added to its target's `bias_v` (in place); problems and degenerate cases are appended."""
-    wires, maps = checked.wires, checked.maps
-    synapses, weights = [], {}
-    for name, src in sorted(wires.source.items()):  # in name order: a file's node order is HDF5's, not the writer's
-        tgt = wires.target[name]
-        node, m = nodes[name], maps[tgt]
-        w_int = synapse_weight(node) * m.gain / scale[tgt]  # a-units per spike
-        if not np.all(np.isfinite(w_int)):
-            problems.append(f"synapse {name!r}: weights times the gain of {tgt!r} over its threshold overflow "
-                            f"float64")
-            continue
-        mant, exp = _mant_exp(w_int, WEIGHT_MANT_MAX)
-        peak = int(np.abs(mant).max(initial=0)) << exp  # Python ints: a huge exponent must not overflow
-        if peak >= CURRENT_LIMIT:
-            problems.append(f"synapse {name!r}: weights up to {peak} a-units ({peak / VTH_A:.3g} thresholds of "
-                            f"{tgt!r}); one spike must stay below {CURRENT_LIMIT} a-units (a << 6 inside u's 24 bits)")
-            continue
-        if not np.any(mant) and np.any(w_int):
-            degenerate.append(f"synapse {name!r}: all {mant.size} weights round to 0 (the largest is "
-                              f"{np.abs(w_int).max():.3g} of an a-unit, 1/{VTH_A} of {tgt!r}'s threshold)")
-        bias = synapse_bias(node)
-        if bias is not None:
-            bias_v[tgt] = bias_v[tgt] + bias * m.gain / scale[tgt] * V_PER_A
-        geometry = _square_geometry(name, node, problems)
-        if geometry is None:
-            continue
-        weights[name] = mant << exp
-        synapses.append(ChipSynapse(src, tgt, mant.astype(np.int8), exp, upsample=1, out_offset=0, delay=1,
-                                    flatten=wires.flatten[name] and len(checked.shapes[src]) > 1, **geometry))
-    return synapses, weights
+def _weights(name: str, w_int: np.ndarray, target: str, problems: list[str],
+             degenerate: list[str]) -> tuple[np.ndarray, int] | None:
+    """Float weights in a-units per spike as 8-bit mantissas and an exponent, or None with the problem recorded."""
+    if not np.all(np.isfinite(w_int)):
+        problems.append(f"synapse {name!r}: weights times the gain of {target!r} over its threshold overflow float64")
+        return None
+    mant, exp = _mant_exp(w_int, WEIGHT_MANT_MAX)
+    peak = int(np.abs(mant).max(initial=0)) << exp  # Python ints: a huge exponent must not overflow
+    if peak >= CURRENT_LIMIT:
+        problems.append(f"synapse {name!r}: weights up to {peak} a-units ({peak / VTH_A:.3g} thresholds of "
+                        f"{target!r}); one spike must stay below {CURRENT_LIMIT} a-units (a << 6 inside u's 24 bits)")
+        return None
+    if not np.any(mant) and np.any(w_int):
+        degenerate.append(f"synapse {name!r}: all {mant.size} weights round to 0 (the largest is "
+                          f"{np.abs(w_int).max():.3g} of an a-unit, 1/{VTH_A} of {target!r}'s threshold)")
+    return mant, exp
 
 
-def _square_geometry(name: str, node, problems: list[str]) -> dict | None:
-    """A Conv2d's stride, padding and dilation, each one integer (the chip's convolutions are square), and its
-    groups; a dense synapse's trivial ones."""
-    if not isinstance(node, nir.Conv2d):
+def _quantize_synapses(checked: CheckedGraph, scale: dict, problems: list[str],
+                       degenerate: list[str]) -> list[ChipSynapse]:
+    """Each path as a chip synapse of its delay, in name order (a file's node order is HDF5's, not the writer's)."""
+    synapses = []
+    for cp in sorted(checked.paths, key=lambda cp: cp.path.name):
+        p, c = cp.path, cp.composed
+        quantized = _weights(p.name, c.weight * checked.maps[p.target].gain / scale[p.target], p.target, problems,
+                             degenerate)
+        geometry = _square_geometry(p.name, c, problems)
+        if quantized is None or geometry is None:
+            continue
+        mant, exp = quantized
+        synapses.append(ChipSynapse(p.source, p.target, mant.astype(np.int8), exp, upsample=1, out_offset=0,
+                                    delay=cp.delay, flatten=c.flatten, **geometry))
+    return synapses
+
+
+def _square_geometry(name: str, c, problems: list[str]) -> dict | None:
+    """A convolution's stride, padding and dilation, each one integer (the chip's convolutions are square), and
+    its groups; a dense synapse's trivial ones."""
+    if c.dense:
         return {"stride": 1, "padding": 0}
-    pairs = {k: np.broadcast_to(np.asarray(getattr(node, k)), (2,)) for k in ("stride", "padding", "dilation")}
+    pairs = {k: c.geometry[k] for k in ("stride", "padding", "dilation")}
     if any(v[0] != v[1] for v in pairs.values()):
         problems.append(f"synapse {name!r}: stride, padding and dilation must be the same along H and W, are "
-                        f"{ {k: v.tolist() for k, v in pairs.items()} }")
+                        f"{ {k: list(v) for k, v in pairs.items()} }")
         return None
-    return {k: int(v[0]) for k, v in pairs.items()} | {"groups": int(np.asarray(node.groups).ravel()[0])}
+    return {k: int(v[0]) for k, v in pairs.items()} | {"groups": c.geometry["groups"]}
 
 
-def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
-                      degenerate: list[str]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Each neuron node as a chip population (Lava's LIF integers), and its integer bias per channel."""
-    pops, biases = {}, {}
+ALWAYS_ON_SUFFIX = ".bias"  # the population that drives a CubaLIF's constant input
+
+
+def _per_channel(name: str, drive: np.ndarray, problems: list[str]) -> np.ndarray | None:
+    """A constant input per channel (per neuron for a 1-D node), or None where it varies across positions."""
+    rows = drive.reshape(drive.shape[0], -1)
+    if not np.all(rows == rows[:, :1]):
+        problems.append(f"node {name!r}: its constant input (the biases before it) varies across positions "
+                        f"(a padded convolution after the bias?); the chip's bias is one value per channel")
+        return None
+    return rows[:, 0]
+
+
+def _constant_drive(checked: CheckedGraph, scale: dict, problems: list[str]) -> tuple[dict, list[ChipSynapse]]:
+    """Each neuron node's constant drive as Lava's bias (v-units per channel) where it enters v; where it enters
+    a decaying current (CubaLIF), as a synapse from an always-on population (one spike every step), which
+    delivers the same constant into u that the source graph adds to its current."""
+    bias_v, always_on = {}, []
     for name, m in checked.maps.items():
-        node = nodes[name]
+        leak = np.full(checked.shapes[name][0], m.leak_bias / scale[name] * V_PER_A)
+        drive = _per_channel(name, checked.drive[name], problems)
+        if drive is None:
+            continue
+        if m.current_keep == 0 or not np.any(drive):
+            bias_v[name] = leak + drive * m.gain / scale[name] * V_PER_A
+            continue
+        bias_v[name] = leak
+        shape = checked.shapes[name]
+        source = name + ALWAYS_ON_SUFFIX
+        if source in checked.shapes or checked.bias_start[name] < 1:
+            problems.append(f"node {name!r}: its constant input into the current needs an always-on population "
+                            + (f"named {source!r}, a name the graph uses" if source in checked.shapes else
+                               "that starts a step before it (bias_start >= 1)"))
+            continue
+        quantized = _weights(source, drive * m.gain / scale[name], name, problems, [])
+        if quantized is None:
+            continue
+        mant, exp = quantized
+        if len(shape) == 1:  # one input neuron, a weight per target neuron
+            weight, geometry = mant.reshape(-1, 1), {"stride": 1, "padding": 0}
+        else:  # one input neuron per position, a 1 x 1 convolution with a weight per channel
+            weight, geometry = mant.reshape(-1, 1, 1, 1), {"stride": 1, "padding": 0}
+        always_on.append(ChipSynapse(source, name, weight.astype(np.int8), exp, upsample=1, out_offset=0, delay=1,
+                                     **geometry))
+    return bias_v, always_on
+
+
+# The always-on population: IF with the least threshold (1 a-unit, 64 v-units) and a bias just above it, so
+# that v = 65 > 64 every step, then the reset.
+ALWAYS_ON_VTH = 1
+ALWAYS_ON_BIAS = ALWAYS_ON_VTH * V_PER_A + 1
+
+
+def _always_on_populations(checked: CheckedGraph, synapses: list[ChipSynapse]) -> dict[str, ChipPopulation]:
+    pops = {}
+    for syn in synapses:
+        shape = checked.shapes[syn.target]
+        pops[syn.source] = ChipPopulation(syn.source, (1,) if len(shape) == 1 else (1, *shape[1:]), 1.0,
+                                          ALWAYS_ON_VTH, np.full((1, 1), ALWAYS_ON_BIAS, dtype=np.int16), 0,
+                                          checked.bias_start[syn.target] - 1)
+    return pops
+
+
+def _quantize_neurons(checked: CheckedGraph, scale: dict, bias_v: dict, problems: list[str],
+                      degenerate: list[str]) -> dict[str, ChipPopulation]:
+    """Each neuron node as a chip population (Lava's LIF integers)."""
+    pops = {}
+    for name, m in checked.maps.items():
+        if name not in bias_v:
+            continue
+        node = checked.nodes[name]
         if not np.all(np.isfinite(bias_v[name])):
             problems.append(f"node {name!r}: its bias (v_leak and synapse biases over the threshold) overflows")
             continue
@@ -160,10 +225,9 @@ def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, p
             problems.append(f"node {name!r}: bias up to {np.abs(bias_v[name]).max():.4g} v-units needs exponent "
                             f"{b_exp} > {BIAS_EXP_MAX} (a 13-bit mantissa, a 3-bit exponent)")
             continue
-        biases[name] = b_mant << b_exp
         du, dv = _decays(m)
         tau = "tau" if isinstance(node, nir.LIF) else "tau_mem"
-        if m.voltage_keep < 1 and dv == 0:
+        if 0 < m.voltage_keep < 1 and dv == 0:
             degenerate.append(f"node {name!r}: dt/{tau} = {1 - m.voltage_keep:.3g} rounds to dv = 0 of 4096: the "
                               f"leak rounds to none")
         if m.current_keep != 0 and du + 1 == 0:
@@ -171,31 +235,31 @@ def _quantize_neurons(nodes, checked: CheckedGraph, scale: dict, bias_v: dict, p
                               f"0 in 4096): the current's decay rounds to none")
         pops[name] = ChipPopulation(name, checked.shapes[name], scale[name], VTH_A, b_mant[None].astype(np.int16),
                                     b_exp, checked.bias_start[name], du=du, dv=dv)
-    return pops, biases
+    return pops
 
 
-def _silent(checked: CheckedGraph, weights: dict[str, np.ndarray], biases: dict[str, np.ndarray], nodes) -> list[str]:
+def _silent(pops: dict[str, ChipPopulation], synapses: list[ChipSynapse], checked: CheckedGraph) -> list[str]:
     """Neuron nodes that can never spike, whatever the input: their voltage has an upper bound at or below
     the threshold. Every source fires at most once per step, so a neuron's input a (a-units) is at most
     the sum of its positive weights from sources that can fire, A. Lava's u decays by c_u = (4095 - du)/4096
     (rounded toward zero), so u <= 64 A / (1 - c_u), unbounded when c_u = 1 and A > 0; v decays by
     c_v = (4096 - dv)/4096, so v <= (u_max + bias) / (1 - c_v), unbounded when c_v = 1 and u_max + bias > 0.
     A source that can never spike is then dropped and the bound taken again, until nothing changes."""
-    wires = checked.wires
-    can_fire = set(n for n, node in nodes.items() if isinstance(node, nir.Input)) | set(checked.maps)
+    can_fire = set(checked.inputs) | set(pops)
     while True:
         bound = {}
-        for name, m in checked.maps.items():
-            drive = np.zeros(checked.shapes[name])
-            for syn, tgt in wires.target.items():
-                if tgt == name and wires.source.get(syn) in can_fire:
-                    w = np.clip(weights[syn], 0, None).astype(np.float64)
+        for name in checked.maps:
+            pop = pops[name]
+            drive = np.zeros(pop.shape)
+            for syn in synapses:
+                if syn.target == name and syn.source in can_fire:
+                    w = np.clip(syn.integer_weight(), 0, None).astype(np.float64)
                     per_out = w.reshape(w.shape[0], -1).sum(1)  # a conv's bound ignores its padding
                     drive = drive + per_out.reshape((-1,) + (1,) * (drive.ndim - 1))
-            du, dv = _decays(m)
-            keep_u, keep_v = (DECAY_UNITY - 1 - du) / DECAY_UNITY, (DECAY_UNITY - dv) / DECAY_UNITY
+            keep_u, keep_v = (DECAY_UNITY - 1 - pop.du) / DECAY_UNITY, (DECAY_UNITY - pop.dv) / DECAY_UNITY
             u_max = np.where(drive > 0, np.inf, 0.0) if keep_u == 1 else V_PER_A * drive / (1 - keep_u)
-            total = u_max + biases[name].astype(np.float64).reshape((-1,) + (1,) * (drive.ndim - 1))
+            bias = (pop.bias_mant[0].astype(np.float64) * 2.0 ** pop.bias_exp).reshape((-1,) + (1,) * (drive.ndim - 1))
+            total = u_max + bias
             v_max = np.where(total > 0, np.inf, 0.0) if keep_v == 1 else np.maximum(total, 0) / (1 - keep_v)
             bound[name] = float(v_max.max())
         silent = {n for n, v in bound.items() if v <= VTH_A * V_PER_A}
@@ -213,7 +277,7 @@ def _working_dt(graph: nir.NIRGraph, disc: Discretization) -> float | None:
             checked = check_graph(graph, trial)
         except ForeignGraphError:
             continue
-        _, _, problems, degenerate = _quantize(graph, checked)
+        _, _, problems, degenerate = _quantize(checked)
         if not problems and not degenerate:
             return dt
     return None
@@ -225,11 +289,11 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
     all round to 0, a node that can never spike or a leak that rounds to none is an error that suggests
     a dt that works, or with allow_degenerate a DegenerateGraphWarning."""
     checked = check_graph(graph, disc)
-    pops, synapses, problems, degenerate = _quantize(graph, checked)
+    pops, synapses, problems, degenerate = _quantize(checked)
     raise_problems(problems)
     if degenerate:
         dt = _working_dt(graph, disc)
-        ifs = sorted(name for name, node in graph.nodes.items() if isinstance(node, nir.IF))
+        ifs = sorted(name for name, node in checked.nodes.items() if isinstance(node, nir.IF))
         hint = f"dt = {dt:g} s works" if dt is not None else \
             f"no dt from {min(DT_CANDIDATES):g} to {max(DT_CANDIDATES):g} s works" + \
             (f"; IF nodes ({', '.join(ifs)}) do not depend on dt" if ifs else "")
@@ -237,13 +301,12 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
         if not allow_degenerate:
             raise ForeignGraphError(text + "; --allow-degenerate compiles it anyway")
         warnings.warn(text, DegenerateGraphWarning, stacklevel=2)
-    inputs = tuple(ChipInput(name, checked.shapes[name]) for name, node in sorted(graph.nodes.items())
-                   if isinstance(node, nir.Input))
+    inputs = tuple(ChipInput(name, checked.shapes[name]) for name in checked.inputs)
     # populations by the step their input arrives, then by name: dependency order for a feed-forward graph, and
     # the same network whatever order the file lists its nodes in
     order = sorted(pops, key=lambda name: (pops[name].depth, name))
     net = ChipNetwork(tuple(pops[name] for name in order), tuple(synapses), inputs=inputs,
-                      outputs=tuple(sorted(checked.wires.outputs.items())),
+                      outputs=tuple(sorted(checked.outputs.items())),
                       source={"front_end": "sddpm import-nir", "discretization": asdict(disc)})
     check_ranges(net)
     return net
@@ -257,46 +320,39 @@ def write_foreign(path: str, graph: nir.NIRGraph, disc: Discretization = Discret
     return net
 
 
-def _apply_synapse(node, spikes: torch.Tensor, flatten: bool, weight: torch.Tensor) -> torch.Tensor:
-    x = spikes.flatten(1) if flatten else spikes
-    if isinstance(node, nir.Conv2d):
-        return F.conv2d(x, weight, stride=tuple(np.broadcast_to(node.stride, 2)),
-                        padding=tuple(np.broadcast_to(node.padding, 2)),
-                        dilation=tuple(np.broadcast_to(node.dilation, 2)), groups=int(node.groups))
-    return x @ weight.T
+def _linear_part(ops, spikes: torch.Tensor) -> torch.Tensor:
+    """A path's linear nodes applied in order, as the source graph says (not composed), without their biases."""
+    x = spikes
+    for op in ops:
+        x = op.apply(x, with_bias=False)
+    return x
 
 
 @torch.no_grad()
 def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
                  disc: Discretization = Discretization()) -> dict[str, torch.Tensor]:
-    """The discretization in float64 without quantization. inputs: Input name -> 0/1 [T, B, *shape].
-    Returns the spikes [T, B, *shape] of every neuron node."""
+    """The discretization in float64 without quantization, on the chip's timing (each path's delay). inputs:
+    Input name -> 0/1 [T, B, *shape]. Returns the spikes [T, B, *shape] of every neuron node."""
     checked = check_graph(graph, disc)
-    wires, maps, nodes = checked.wires, checked.maps, graph.nodes
+    maps, shapes = checked.maps, checked.shapes
     steps, batch = next(iter(inputs.values())).shape[:2]
-    shape = {n: checked.shapes[n] for n in maps}
-    i = {n: torch.zeros(batch, *shape[n], dtype=torch.float64) for n in maps}
-    v = {n: torch.zeros(batch, *shape[n], dtype=torch.float64) for n in maps}
-    last = {n: torch.zeros(batch, *shape[n], dtype=torch.float64) for n in maps}
-    last.update({n: torch.zeros_like(x[0], dtype=torch.float64) for n, x in inputs.items()})
-    out = {n: [] for n in maps}
+    state = {n: torch.zeros(batch, *shapes[n], dtype=torch.float64) for n in maps}
+    i, v = dict(state), dict(state)
+    history = {n: [] for n in [*maps, *inputs]}
     for step in range(steps):
-        drive = {n: torch.zeros(batch, *shape[n], dtype=torch.float64) for n in maps}
-        for name, src in wires.source.items():
-            node, tgt = nodes[name], wires.target[name]
-            current = _apply_synapse(node, last[src], wires.flatten[name], torch.from_numpy(synapse_weight(node)))
-            bias = synapse_bias(node)
-            if bias is not None and step >= checked.bias_start[tgt]:
-                current = current + torch.from_numpy(bias).view(-1, *([1] * (current.dim() - 2)))
-            drive[tgt] += current.view(batch, *shape[tgt])
-        now = {}
+        drive = {n: torch.zeros(batch, *shapes[n], dtype=torch.float64) for n in maps}
+        for cp in checked.paths:
+            k = step - cp.delay
+            if k >= 0:
+                drive[cp.path.target] += _linear_part(cp.ops, history[cp.path.source][k])
         for n, m in maps.items():
+            if step >= checked.bias_start[n]:
+                drive[n] = drive[n] + torch.from_numpy(checked.drive[n])
             i[n] = m.current_keep * i[n] + m.gain * drive[n]
             v[n] = m.voltage_keep * v[n] + i[n] + (m.leak_bias if step >= checked.bias_start[n] else 0.0)
             s = v[n] > m.threshold
             v[n] = v[n].masked_fill(s, 0.0)
-            now[n] = s.double()
-            out[n].append(s)
-        last.update(now)
-        last.update({n: x[step].double() for n, x in inputs.items()})
-    return {n: torch.stack(s) for n, s in out.items()}
+            history[n].append(s.double())
+        for n, x in inputs.items():
+            history[n].append(x[step].double())
+    return {n: torch.stack(history[n]).bool() for n in maps}

@@ -1,7 +1,8 @@
 """Checks of a NIR graph written by another tool, before it is quantized: every field a node must have,
-finite and positive where the discretization divides by it, shapes that chain, the wiring, and each neuron
-node's bias start. Every check appends to a list of problems, so one error lists them all. The
-discretization these checks serve is described in `export.nir_foreign`.
+finite and positive where the discretization divides by it, shapes that chain, the paths from spike sources
+to neurons (`export.nir_foreign_paths`) with their delays, and each neuron node's depth and bias start. Every
+check appends to a list of problems, so one error lists them all. The discretization these checks serve is
+described in `export.nir_foreign`.
 """
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from dataclasses import dataclass
 
 import nir
 import numpy as np
+import torch
 
 from .chip import IF_DU
 from .errors import ExportError
+from .nir_foreign_paths import (LINEAR, NEURONS, SOURCES, Composed, Op, Path, check_op, compose, flatten_graph,
+                                float_array, one_int, trace_paths, unsupported)
 
 NO_CURRENT_MEMORY = IF_DU  # du: u = a_in << 6 every step, as for IF
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)
 # The dts tried when one leaves the graph degenerate: 1-2-5 steps from 1 us to 1 s.
 DT_CANDIDATES = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2, 5) if m * 10.0 ** e <= 1)
 
-SYNAPSES = (nir.Affine, nir.Linear, nir.Conv2d)
-NEURONS = (nir.IF, nir.LIF, nir.CubaLIF)
 
 
 class ForeignGraphError(ExportError, ValueError):
@@ -52,32 +54,21 @@ def raise_problems(problems: list[str]) -> None:
 # What a neuron node must say, and which of its fields must be positive.
 NEURON_FIELDS = {nir.IF: ("r", "v_threshold", "v_reset"),
                  nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
-                 nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in")}
-POSITIVE_FIELDS = ("tau", "tau_syn", "tau_mem", "v_threshold")
+                 nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
+                 nir.Threshold: ("threshold",)}
+POSITIVE_FIELDS = ("tau", "tau_syn", "tau_mem", "v_threshold", "threshold")
 
 
-def _array(name: str, node, field: str, problems: list[str]) -> np.ndarray | None:
-    """A numeric field as float64, or None with the problem recorded (missing, not numbers, NaN/inf)."""
-    value = getattr(node, field, None)
-    if value is None:  # np.asarray(None, float) would be a NaN, which misnames the fault
-        problems.append(f"node {name!r}: {field} is missing")
-        return None
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        problems.append(f"node {name!r}: {field} is not numeric")
-        return None
-    if not np.all(np.isfinite(array)):
-        problems.append(f"node {name!r}: {field} holds NaN or inf")
-        return None
-    return array
+def threshold_field(node) -> str:
+    return "threshold" if isinstance(node, nir.Threshold) else "v_threshold"
 
 
 def _neuron_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | None:
-    """The node's neurons: the shape of its v_threshold (NIR's convention)."""
-    shape = np.shape(getattr(node, "v_threshold", None))
+    """The node's neurons: the shape of its threshold (NIR's convention)."""
+    field = threshold_field(node)
+    shape = np.shape(getattr(node, field, None))
     if len(shape) == 0 or 0 in shape:
-        problems.append(f"node {name!r}: v_threshold must hold one value per neuron, has shape {shape}")
+        problems.append(f"node {name!r}: {field} must hold one value per neuron, has shape {shape}")
         return None
     return tuple(int(v) for v in shape)
 
@@ -85,9 +76,9 @@ def _neuron_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | Non
 def _neuron_values(name: str, node, problems: list[str]) -> dict[str, float] | None:
     """Every field of the neuron as its one value, or None with each problem recorded."""
     values = {}
-    shape = np.shape(getattr(node, "v_threshold", None))
+    shape = np.shape(getattr(node, threshold_field(node), None))
     for field in NEURON_FIELDS[type(node)]:
-        array = _array(name, node, field, problems)
+        array = float_array(name, node, field, problems)
         if array is None:
             continue
         if array.size == 0 or array.shape not in ((), (1,), shape):
@@ -108,7 +99,7 @@ def _neuron_values(name: str, node, problems: list[str]) -> dict[str, float] | N
 class NeuronMap:
     """One neuron node's discrete dynamics (float) and its gains."""
     current_keep: float  # 1 - dt/tau_syn (0: no current memory)
-    voltage_keep: float  # 1 - dt/tau_mem (1: no leak)
+    voltage_keep: float  # 1 - dt/tau_mem (1: no leak; 0: no voltage memory, a Threshold)
     gain: float  # input weight -> voltage contribution per step
     leak_bias: float  # constant voltage per step from v_leak
     threshold: float
@@ -136,6 +127,8 @@ def neuron_map(name: str, node, disc: Discretization, problems: list[str]) -> Ne
     values = _neuron_values(name, node, problems)
     if values is None:
         return None
+    if isinstance(node, nir.Threshold):  # a spike wherever the input exceeds the threshold: no memory at all
+        return NeuronMap(0.0, 0.0, 1.0, 0.0, values["threshold"])
     if values["v_reset"] != 0.0:
         problems.append(f"node {name!r}: v_reset = {values['v_reset']:g} must be 0 (Lava resets v to 0)")
         return None
@@ -158,85 +151,12 @@ def neuron_map(name: str, node, disc: Discretization, problems: list[str]) -> Ne
     return NeuronMap(1.0 - k_syn, 1.0 - k_mem, current_gain * k_mem * r, k_mem * values["v_leak"], threshold)
 
 
-@dataclass(frozen=True)
-class Wiring:
-    """Each synapse's source (a neuron or Input, through an optional Flatten) and target neuron."""
-    source: dict[str, str]
-    target: dict[str, str]
-    flatten: dict[str, bool]
-    outputs: dict[str, str]  # Output node -> the neuron it reads
-
-
-def wiring(graph: nir.NIRGraph, problems: list[str]) -> Wiring:
-    """The graph's synapses, neurons and outputs; what does not fit is recorded in `problems`."""
-    nodes = graph.nodes
-    for name, node in nodes.items():
-        if not isinstance(node, SYNAPSES + NEURONS + (nir.Input, nir.Output, nir.Flatten)):
-            problems.append(f"node {name!r}: NIR type {type(node).__name__} has no chip mapping here (supported: "
-                            f"Input, Output, Flatten, Affine, Linear, Conv2d, IF, LIF, CubaLIF)")
-    into: dict[str, list[str]] = {}
-    out_of: dict[str, list[str]] = {}
-    for a, b in graph.edges:
-        if a not in nodes or b not in nodes:
-            problems.append(f"edge {a!r} -> {b!r}: no node named {a if a not in nodes else b!r}")
-            continue
-        into.setdefault(b, []).append(a)
-        out_of.setdefault(a, []).append(b)
-    source, target, flatten, outputs = {}, {}, {}, {}
-    for name, node in nodes.items():
-        srcs, dsts = into.get(name, []), out_of.get(name, [])
-        if isinstance(node, SYNAPSES):
-            if len(srcs) != 1:
-                problems.append(f"synapse {name!r}: needs exactly one input, has {srcs}")
-                continue
-            src, flatten[name] = srcs[0], isinstance(nodes[srcs[0]], nir.Flatten)
-            if flatten[name]:
-                _check_flatten(srcs[0], nodes[srcs[0]], problems)
-                src = into.get(src, [None])[0] if len(into.get(src, [])) == 1 else None
-            if not isinstance(nodes.get(src), NEURONS + (nir.Input,)):
-                problems.append(f"synapse {name!r}: reads {srcs[0]!r}; a synapse must read spikes (a neuron or an "
-                                f"Input, optionally through one Flatten with one input)")
-                continue
-            source[name] = src
-            if len(dsts) != 1 or not isinstance(nodes[dsts[0]], NEURONS):
-                problems.append(f"synapse {name!r}: must feed exactly one neuron node, feeds {dsts}")
-        elif isinstance(node, NEURONS):
-            for s in srcs:
-                if not isinstance(nodes[s], SYNAPSES):
-                    problems.append(f"neuron {name!r}: input {s!r} is a {type(nodes[s]).__name__}; neurons take "
-                                    f"synapses")
-                elif len(out_of[s]) == 1:
-                    target[s] = name
-        elif isinstance(node, nir.Output):
-            if len(srcs) != 1 or not isinstance(nodes[srcs[0]], NEURONS):
-                problems.append(f"output {name!r}: must read one spiking neuron node, reads {srcs}")
-            else:
-                outputs[name] = srcs[0]
-        elif isinstance(node, nir.Input) and srcs:
-            problems.append(f"input {name!r}: an Input takes no edges, has {srcs}")
-    return Wiring({k: v for k, v in source.items() if k in target}, target, flatten, outputs)
-
-
-def _one_int(value) -> int | None:
-    """An integer given as a number or a one-element array, else None."""
-    try:
-        array = np.asarray(value)
-        return operator.index(array.reshape(-1)[0].item()) if array.size == 1 and array.dtype.kind in "iu" else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_flatten(name: str, node, problems: list[str]) -> None:
-    """The simulators flatten everything but the batch: NIR's start_dim 0, end_dim -1 (batch excluded)."""
-    start, end = _one_int(node.start_dim), _one_int(node.end_dim)
-    if start != 0 or end != -1:
-        problems.append(f"node {name!r}: Flatten from dim {node.start_dim!r} to {node.end_dim!r}; only the whole "
-                        f"array maps (start_dim 0, end_dim -1)")
-
-
 def _input_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | None:
+    # NIR keys it 'output'; nirtorch 2.6's tracer keys an Input's in memory 'input' (a file read back says 'output')
+    types = getattr(node, "output_type", None) or {}
     try:
-        shape = tuple(operator.index(v) for v in np.asarray(node.output_type["output"]).reshape(-1))
+        value = types["output"] if "output" in types else (*types.values(),)[0] if len(types) == 1 else None
+        shape = tuple(operator.index(v) for v in np.asarray(value).reshape(-1))
     except (TypeError, KeyError, AttributeError):
         shape = ()
     if not shape or min(shape) < 1:
@@ -245,92 +165,114 @@ def _input_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | None
     return shape
 
 
-def _conv_geometry(name: str, node, problems: list[str]) -> dict | None:
-    """stride, padding, dilation as pairs of ints and groups as an int, or None with the problem recorded."""
-    geo = {}
-    for field, low in (("stride", 1), ("padding", 0), ("dilation", 1)):
-        try:
-            pair = tuple(operator.index(v) for v in np.broadcast_to(np.asarray(getattr(node, field)), (2,)))
-        except (TypeError, ValueError):
-            pair = None
-        if pair is None or min(pair) < low:
-            problems.append(f"synapse {name!r}: {field} must be one or two integers >= {low}, is "
-                            f"{getattr(node, field)!r}")
-            return None
-        geo[field] = pair
-    geo["groups"] = _one_int(node.groups) or 0
-    if geo["groups"] < 1:
-        problems.append(f"synapse {name!r}: groups must be one integer >= 1, is {node.groups!r}")
-        return None
-    return geo
-
-
-def _check_synapse(name: str, node, flat: bool, src_shape, tgt_shape, problems: list[str]) -> dict | None:
-    """The weight and bias finite and of shapes that chain source to target; a Conv2d's geometry."""
-    weight = _array(name, node, "weight", problems)
-    bias = _array(name, node, "bias", problems) if isinstance(node, (nir.Affine, nir.Conv2d)) else None
-    if weight is None or src_shape is None or tgt_shape is None:
-        return None
-    n_out = weight.shape[0] if weight.ndim else 0
-    if bias is not None and bias.shape != (n_out,):
-        problems.append(f"synapse {name!r}: bias has shape {bias.shape}, the weight {weight.shape}")
-    if not isinstance(node, nir.Conv2d):
-        n_in = int(np.prod(src_shape)) if flat else (src_shape[0] if len(src_shape) == 1 else None)
-        if weight.ndim != 2 or weight.shape[1] != n_in or (n_out,) != tgt_shape:
-            problems.append(f"synapse {name!r}: weight {weight.shape} does not map {src_shape} spikes"
-                            f"{' (flattened)' if flat else ''} onto the {tgt_shape} neurons it feeds")
-        return {}
-    geo = _conv_geometry(name, node, problems)
-    if geo is None:
-        return None
-    ok = weight.ndim == 4 and len(src_shape) == 3 and not flat and weight.shape[1] * geo["groups"] == src_shape[0] \
-        and n_out % geo["groups"] == 0
-    declared = getattr(node, "input_shape", None)
-    if ok and declared is not None and np.asarray(declared).reshape(-1).tolist() != list(src_shape[1:]):
-        problems.append(f"synapse {name!r}: input_shape {np.asarray(declared).tolist()} is not its source's "
-                        f"{src_shape[1:]}")
-        return None
-    if ok:
-        size = [(src_shape[1 + i] + 2 * geo["padding"][i] - geo["dilation"][i] * (weight.shape[2 + i] - 1) - 1)
-                // geo["stride"][i] + 1 for i in range(2)]
-        ok = (n_out, *size) == tgt_shape
-    if not ok:
-        problems.append(f"synapse {name!r}: a Conv2d of weight {weight.shape} ({geo}) does not map {src_shape} "
-                        f"spikes onto the {tgt_shape} neurons it feeds")
-    return geo
-
-
-def synapse_weight(node) -> np.ndarray:
-    return np.asarray(node.weight, dtype=np.float64)
-
-
-def synapse_bias(node) -> np.ndarray | None:
-    bias = getattr(node, "bias", None)
-    return None if bias is None or not np.any(np.asarray(bias)) else np.asarray(bias, dtype=np.float64)
+@dataclass(frozen=True)
+class CheckedPath:
+    """A path checked: its ops, its composition, and its chip delay (steps from source spike to target)."""
+    path: Path
+    ops: tuple[Op, ...]
+    composed: Composed
+    delay: int
 
 
 @dataclass(frozen=True)
 class CheckedGraph:
-    """A graph whose structure and values passed every check: its wiring, neuron maps, shapes and the step
-    each neuron node's bias switches on."""
-    wires: Wiring
+    """A graph whose structure and values passed every check: its nodes (nested graphs spliced in), paths,
+    neuron maps, shapes, each neuron node's constant drive, depth and bias start, and its outputs."""
+    nodes: dict
+    paths: tuple[CheckedPath, ...]
     maps: dict[str, NeuronMap]
-    shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]]  # every Input and neuron node
+    drive: dict[str, np.ndarray]  # neuron node -> constant input (float, its shape) from the linear nodes' biases
+    depth: dict[str, int]
     bias_start: dict[str, int]
+    outputs: dict[str, str]  # Output node -> the neuron it reads
+    inputs: tuple[str, ...]
 
 
-def _bias_starts(graph: nir.NIRGraph, wires: Wiring, problems: list[str]) -> dict[str, int]:
-    """Each neuron node's bias_start: its metadata's if the file gives one, else its depth, the fewest
-    synapses from an Input; a node no Input reaches has depth 0."""
-    nodes = graph.nodes
-    depth = {name: 0 for name, node in nodes.items() if isinstance(node, nir.Input)}
-    changed = True
-    while changed:  # shortest paths of unit steps: at most one pass per node
+class _Linear:
+    """The linear nodes' ops (each checked once, for the shape its inputs give it) and their output with every
+    source silent, evaluated on demand."""
+
+    def __init__(self, nodes, edges, shapes, dt, problems):
+        self.nodes, self.shapes, self.dt, self.problems = nodes, shapes, dt, problems
+        self.preds: dict[str, list[str]] = {}
+        for a, b in edges:
+            self.preds.setdefault(b, []).append(a)
+        self.ops: dict[str, Op | None] = {}
+        self.zero: dict[str, torch.Tensor] = {}
+
+    def in_shape(self, name: str) -> tuple[int, ...] | None:
+        shapes = set()
+        for pred in self.preds.get(name, []):
+            node = self.nodes[pred]
+            shapes.add(self.shapes.get(pred) if isinstance(node, SOURCES) else
+                       (op.out_shape if (op := self.op(pred)) is not None else None))
+        if None in shapes or len(shapes) != 1:
+            if len(shapes) > 1 and None not in shapes:
+                self.problems.append(f"node {name!r}: its inputs have different shapes {sorted(shapes)}")
+            return None
+        return shapes.pop()
+
+    def op(self, name: str) -> Op | None:
+        if name not in self.ops:
+            self.ops[name] = None  # a cycle of linear nodes (reported by trace_paths) ends here
+            shape = self.in_shape(name)
+            self.ops[name] = None if shape is None else check_op(name, self.nodes[name], shape, self.dt, self.problems)
+        return self.ops[name]
+
+    def silent(self, name: str) -> torch.Tensor:
+        """The node's output [1, *shape] when every source is silent: the biases through what follows them."""
+        if name not in self.zero:
+            op = self.ops[name]
+            x = torch.zeros(1, *op.in_shape, dtype=torch.float64)
+            for pred in self.preds.get(name, []):
+                if isinstance(self.nodes[pred], LINEAR):
+                    x = x + self.silent(pred)
+            self.zero[name] = op.apply(x)
+        return self.zero[name]
+
+
+def _depths(paths: list[Path], inputs: list[str], problems: list[str]) -> tuple[dict[str, int], set[int]]:
+    """Each node's depth, the longest chain of forward paths from a root (a source no forward path reaches):
+    NIR's nodes act within the step, the chip's synapses take a step each, so a node's step t is the chip's
+    t + depth. Back paths (those closing a cycle, found depth-first from the inputs) carry the previous step,
+    as recurrent weights do; returns the depths and the indices of the back paths."""
+    out: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        out.setdefault(p.source, []).append(i)
+    back, state = set(), {}  # state: 1 on the stack, 2 done
+    roots = inputs + sorted({p.source for p in paths} | {p.target for p in paths})
+    for root in roots:
+        if root in state:
+            continue
+        stack = [(root, iter(out.get(root, [])))]
+        state[root] = 1
+        while stack:
+            node, todo = stack[-1]
+            i = next(todo, None)
+            if i is None:
+                state[node] = 2
+                stack.pop()
+                continue
+            target = paths[i].target
+            if state.get(target) == 1:
+                back.add(i)
+            elif target not in state:
+                state[target] = 1
+                stack.append((target, iter(out.get(target, []))))
+    depth = {node: 0 for node in state}
+    for _ in range(len(depth)):  # longest paths in the acyclic rest: at most one pass per node
         changed = False
-        for syn, src in wires.source.items():
-            tgt = wires.target[syn]
-            if src in depth and depth[src] + 1 < depth.get(tgt, math.inf):
-                depth[tgt], changed = depth[src] + 1, True
+        for i, p in enumerate(paths):
+            if i not in back and depth[p.source] + 1 > depth[p.target]:
+                depth[p.target], changed = depth[p.source] + 1, True
+        if not changed:
+            break
+    return depth, back
+
+
+def _bias_starts(nodes, depth: dict[str, int], problems: list[str]) -> dict[str, int]:
+    """Each neuron node's bias_start: its metadata's if the file gives one, else its depth."""
     starts = {}
     for name, node in nodes.items():
         if not isinstance(node, NEURONS):
@@ -338,11 +280,25 @@ def _bias_starts(graph: nir.NIRGraph, wires: Wiring, problems: list[str]) -> dic
         given = (node.metadata or {}).get("bias_start")
         if given is None:
             starts[name] = depth.get(name, 0)
-        elif _one_int(given) is None or _one_int(given) < 0:
+        elif one_int(given) is None or one_int(given) < 0:
             problems.append(f"node {name!r}: metadata bias_start = {given!r} must be one integer >= 0")
         else:
-            starts[name] = _one_int(given)
+            starts[name] = one_int(given)
     return starts
+
+
+def _outputs(nodes, edges, problems: list[str]) -> dict[str, str]:
+    outputs = {}
+    for name, node in nodes.items():
+        if isinstance(node, nir.Output):
+            srcs = [a for a, b in edges if b == name]
+            if len(srcs) != 1 or not isinstance(nodes.get(srcs[0]), NEURONS):
+                problems.append(f"output {name!r}: must read one spiking neuron node, reads {srcs}")
+            else:
+                outputs[name] = srcs[0]
+        elif isinstance(node, nir.Input) and any(b == name for _, b in edges):
+            problems.append(f"input {name!r}: an Input takes no edges")
+    return outputs
 
 
 def check_graph(graph: nir.NIRGraph, disc: Discretization) -> CheckedGraph:
@@ -355,8 +311,12 @@ def check_graph(graph: nir.NIRGraph, disc: Discretization) -> CheckedGraph:
     if disc.norse_dt is not None and not (math.isfinite(disc.norse_dt) and disc.norse_dt > 0):
         problems.append(f"norse_dt = {disc.norse_dt} must be a positive number of seconds")
     raise_problems(problems)
-    wires = wiring(graph, problems)
-    nodes = graph.nodes
+    nodes, edges = flatten_graph(graph, problems)
+    unsupported(nodes, problems)
+    for a, b in edges:
+        if a not in nodes or b not in nodes:
+            problems.append(f"edge {a!r} -> {b!r}: no node named {a if a not in nodes else b!r}")
+    edges = [(a, b) for a, b in edges if a in nodes and b in nodes]
     maps, shapes = {}, {}
     for name, node in nodes.items():
         if isinstance(node, NEURONS):
@@ -366,15 +326,48 @@ def check_graph(graph: nir.NIRGraph, disc: Discretization) -> CheckedGraph:
                 maps[name] = m
         elif isinstance(node, nir.Input):
             shapes[name] = _input_shape(name, node, problems)
-    for name, src in wires.source.items():
-        _check_synapse(name, nodes[name], wires.flatten[name], shapes.get(src), shapes.get(wires.target[name]),
-                       problems)
-        m = maps.get(wires.target[name])
-        if m is not None and m.current_keep != 0 and synapse_bias(nodes[name]) is not None:
-            problems.append(f"synapse {name!r}: a bias into the CubaLIF {wires.target[name]!r} has no Lava "
-                            f"equivalent (it would enter the decaying current)")
     if not any(isinstance(node, NEURONS) for node in nodes.values()):
-        problems.append("the graph has no IF, LIF or CubaLIF node: nothing to compile")
-    bias_start = _bias_starts(graph, wires, problems)
+        problems.append("the graph has no IF, LIF, CubaLIF or Threshold node: nothing to compile")
+    for a, b in edges:
+        if isinstance(nodes[b], NEURONS) and not isinstance(nodes[a], LINEAR):
+            problems.append(f"neuron {b!r}: input {a!r} is a {type(nodes[a]).__name__}; neurons take linear nodes "
+                            f"(Affine, Linear, Conv2d, pooling, Scale, Delay)")
+    paths = trace_paths(nodes, edges, problems)
+    linear = _Linear(nodes, edges, shapes, disc.dt, problems)
+    inputs = sorted(n for n, node in nodes.items() if isinstance(node, nir.Input))
+    depth, back = _depths(paths, inputs, problems)
+    checked = []
+    for i, p in enumerate(paths):
+        ops = [linear.op(name) for name in p.ops]
+        src, tgt = shapes.get(p.source), shapes.get(p.target)
+        if None in ops or src is None or tgt is None:
+            continue
+        out = ops[-1].out_shape if ops else src
+        if out != tgt:
+            problems.append(f"synapse {p.name!r}: gives {out} to the {tgt} neurons of {p.target!r}")
+            continue
+        composed = compose(p, ops, src, disc.dt, problems)
+        if composed is None:
+            continue
+        # the library's step t of the target reads the source's step t - d (d: the path's Delay steps; t - 1 - d
+        # along a back path); on the chip those are steps t + depth(target) and t - d + depth(source)
+        delay = depth[p.target] - depth[p.source] + composed.delay_steps + (i in back)
+        if delay < 1:
+            problems.append(f"synapse {p.name!r}: closes a cycle from {p.source!r} back to {p.target!r}, "
+                            f"{depth[p.source] - depth[p.target]} synapses upstream; the chip would need a delay of "
+                            f"{delay} steps (at least 1)")
+            continue
+        checked.append(CheckedPath(p, tuple(ops), composed, delay))
+    drive = {}
+    for name in maps:
+        if shapes[name] is None:
+            continue
+        total = torch.zeros(1, *shapes[name], dtype=torch.float64)
+        for a, b in edges:
+            if b == name and linear.ops.get(a) is not None and linear.ops[a].out_shape == shapes[name]:
+                total = total + linear.silent(a)
+        drive[name] = total[0].numpy()
+    bias_start = _bias_starts(nodes, depth, problems)
+    outputs = _outputs(nodes, edges, problems)
     raise_problems(problems)
-    return CheckedGraph(wires, maps, shapes, bias_start)
+    return CheckedGraph(nodes, tuple(checked), maps, shapes, drive, depth, bias_start, outputs, tuple(inputs))
