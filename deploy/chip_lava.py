@@ -259,9 +259,11 @@ def run_spikes_on_lava(net: ChipNetwork | str | os.PathLike, inputs: dict[str, n
     """Run a network with spike inputs (an imported NIR graph), or its chip file, on Lava, one sample: inputs
     name -> 0/1 [T, *shape].
     Returns every population's spikes, bool [T, *shape], on the timing of `simulators.network.run_spikes`: an
-    input's spikes of step t reach its targets at t + delay (a RingBuffer sends column t at Lava's step t + 1)."""
+    input's spikes of step t reach its targets at t + delay (a RingBuffer sends column t at Lava's step t + 1); a
+    voltage readout's v after each step instead, int64 [T, *shape], read by Lava's Monitor."""
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIF
+    from lava.proc.monitor.process import Monitor
 
     net = chip_network(net)
     if net.is_diffusion or net.snn_steps is not None:
@@ -278,8 +280,18 @@ def run_spikes_on_lava(net: ChipNetwork | str | os.PathLike, inputs: dict[str, n
             sinks[p.name] = FileSink(lava_shape(p.shape), steps, os.path.join(sink_dir, f"{len(sinks):04d}.npy"))
             lifs[p.name].s_out.connect(sinks[p.name].a_in)
             ports[p.name] = lifs[p.name].s_out
-        processes += [*lifs.values(), *sinks.values()]
+        monitors = {p.name: Monitor() for p in net.populations if p.voltage_out}
+        for name, monitor in monitors.items():
+            monitor.probe(lifs[name].v, steps)
+        processes += [*lifs.values(), *sinks.values(), *monitors.values()]
         processes += wire_synapses(net, ports, {name: lif.a_in for name, lif in lifs.items()})
         check_memory(len(processes) + len(inputs), net.weight_count)
-        run_to_end(processes[0], steps, run_cfg, len(processes) + len(inputs))
-        return {name: spikes_from_lava(read_record(sink)) for name, sink in sinks.items()}
+        voltages = {}
+
+        def read_voltages():
+            for name, monitor in monitors.items():
+                record = monitor.get_data()[lifs[name].name]["v"]  # [T, *Lava shape]
+                voltages[name] = record.transpose(0, *range(record.ndim - 1, 0, -1)).astype(np.int64)
+        run_to_end(processes[0], steps, run_cfg, len(processes) + len(inputs), read_voltages)
+        return {name: voltages[name] if name in voltages else spikes_from_lava(read_record(sink))
+                for name, sink in sinks.items()}

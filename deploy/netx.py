@@ -85,6 +85,8 @@ def _check_dense(syn: ChipSynapse) -> None:
 
 def _netx_bias(pop: ChipPopulation) -> np.ndarray:
     """The per-neuron bias mantissas netx stores, in NIR's layout."""
+    if pop.voltage_out:
+        raise UnsupportedGraphError(f"node {pop.name!r}: a voltage readout; netx's blocks output spikes")
     per_channel = pop.bias_mant[0].astype(np.int64) << pop.bias_exp
     bias = np.broadcast_to(per_channel.reshape(-1, *[1] * (len(pop.shape) - 1)), pop.shape)
     if bias.any() and pop.depth > 0:

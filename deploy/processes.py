@@ -246,9 +246,10 @@ def frozen_heap():
         gc.unfreeze()
 
 
-def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, process_count: int) -> str | None:
-    """Run the graph holding `anchor` for `steps` steps and stop it, also when the run fails; returns the note
-    of `raise_open_file_limit`."""
+def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, process_count: int,
+               before_stop=None) -> str | None:
+    """Run the graph holding `anchor` for `steps` steps and stop it, also when the run fails; `before_stop()` reads
+    what only a running graph gives (a Monitor's data). Returns the note of `raise_open_file_limit`."""
     note = raise_open_file_limit(process_count)
     finished = False
     try:
@@ -256,6 +257,8 @@ def run_to_end(anchor: AbstractProcess, steps: int, run_cfg: RunConfig | None, p
             anchor.run(condition=RunSteps(num_steps=steps), run_cfg=run_cfg or Loihi2SimCfg(select_tag="fixed_pt"),
                        compile_config={"pypy_channel_size": CHANNEL_SLOTS})
         finished = True
+        if before_stop is not None:
+            before_stop()
     finally:
         if finished:
             anchor.stop()

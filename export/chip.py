@@ -6,7 +6,9 @@ the analyses (energy, resources, placement). The network is:
 
 - populations of Lava's fixed-point LIF neuron: shape, decays du and dv (IF: du = 4095, dv = 0), threshold,
   a bias per channel (one row, or one row per diffusion step: a bias schedule), the first chip step its input
-  and bias arrive (`depth`), and optionally the host's current straight into a_in (`host_input`);
+  and bias arrive (`depth`), and optionally the host's current straight into a_in (`host_input`); a
+  `voltage_out` population is a membrane readout (NIR's LI and I): its threshold is the largest, VTH_MAX, which
+  v reaches only saturated, and its voltage, not its spikes, is the output;
 - synapses: dense or conv (stride, padding, dilation, groups; nearest up-sampling of the spikes first), 8-bit
   mantissas and an exponent, a delay >= 1, into a channel slice of the target (`out_offset`); recurrence allowed;
 - inputs: spike sources (`ChipInput`), or the host's current into the `host_input` population;
@@ -113,6 +115,7 @@ class ChipPopulation:
     host_input: bool = False
     du: int = IF_DU
     dv: int = IF_DV
+    voltage_out: bool = False  # a membrane readout: v is the output (threshold VTH_MAX)
 
     def bias_row(self, t: np.ndarray) -> np.ndarray:
         """Row indices into bias_mant for diffusion steps t."""
@@ -258,6 +261,10 @@ def _population_rules(pop: ChipPopulation, net: ChipNetwork) -> list[str]:
         out.append(f"decay-range: du {pop.du} / dv {pop.dv} outside {DU_RANGE} / {DV_RANGE} (12-bit decays)")
     if pop.depth < 0:
         out.append(f"timing: depth {pop.depth} < 0")
+    if pop.voltage_out and pop.vth != VTH_MAX:
+        out.append(f"readout: a voltage readout's threshold must be VTH_MAX = {VTH_MAX}, is {pop.vth}")
+    if pop.voltage_out and any(s.source == pop.name for s in net.synapses):
+        out.append("readout: a voltage readout feeds no synapse (it does not spike)")
     if pop.host_input and not net.is_diffusion:
         out.append("host-input: a host current needs the host stages of a diffusion network")
     if pop.host_input and not 0 < net.host_input_max <= HOST_INPUT_MAX:

@@ -130,7 +130,7 @@ def chip_to_nir(net: ChipNetwork) -> nir.NIRGraph:
         nodes[p.name] = neuron_node(p.shape, p.du, p.dv, p.vth, {
             "du": p.du, "dv": p.dv, "vth": p.vth, "scale": p.scale, "bias_mant": p.bias_mant.astype(np.int16),
             "bias_exp": p.bias_exp, "depth": p.depth, "host_input": int(p.host_input),
-            "v_saturate_bits": STATE_BITS})
+            "v_saturate_bits": STATE_BITS} | ({"voltage_out": 1} if p.voltage_out else {}))
         if p.host_input:
             nodes[INPUT] = nir.Input(np.array(p.shape))
             edges.append((INPUT, p.name))
@@ -297,7 +297,8 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
                                    float(metadata_value(md, "scale", name)), int(metadata_value(md, "vth", name)),
                                    np.asarray(metadata_value(md, "bias_mant", name), np.int16),
                                    int(metadata_value(md, "bias_exp", name)), int(metadata_value(md, "depth", name)),
-                                   bool(metadata_value(md, "host_input", name)), *decays))
+                                   bool(metadata_value(md, "host_input", name)), *decays,
+                                   bool(scalar((md or {}).get("voltage_out", 0)))))
     syns = []
     for name in sorted((n for n, node in nodes.items() if isinstance(node, nir.Conv2d | nir.Affine)),
                        key=lambda n: int(n[3:])):

@@ -59,7 +59,7 @@ import nir
 import numpy as np
 import torch
 
-from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PER_A, WEIGHT_MANT_MAX, ChipInput,
+from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PER_A, VTH_MAX, WEIGHT_MANT_MAX, ChipInput,
                    ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, leak_dv)
 from .nir_chip import write_chip_nir
 from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A, CheckedGraph, DegenerateGraphWarning,
@@ -86,7 +86,8 @@ def _quantize(checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str]
     """The chip populations and synapses, the problems that make them unrepresentable, and what degenerates."""
     maps = checked.maps
     problems, degenerate = [], []
-    scale = {name: m.threshold / VTH_A for name, m in maps.items()}  # float voltage per a-unit
+    scale = {name: m.threshold / VTH_A if math.isfinite(m.threshold) else _readout_scale(checked, name)
+             for name, m in maps.items()}  # float voltage per a-unit
     synapses = _quantize_synapses(checked, scale, problems, degenerate)
     bias_v, always_on = _constant_drive(checked, scale, problems)
     for syn in always_on:
@@ -96,6 +97,28 @@ def _quantize(checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str]
     if not problems:
         degenerate += _silent(pops, synapses, checked)
     return pops, synapses, problems, degenerate
+
+
+# A readout without a leak (I) is scaled so that its largest possible input takes this many steps to reach the top
+# of its range: enough for a classifier's window; beyond it v saturates (on the simulator and on Lava alike).
+READOUT_FULL_DRIVE_STEPS = 1024
+
+
+def _readout_scale(checked: CheckedGraph, name: str) -> float:
+    """A readout's float voltage per a-unit: its largest reachable |v| at VTH_MAX a-units, so that v stays inside
+    24 bits and below the threshold it must never cross. Per step |v| grows by at most the sum of |weights| into a
+    neuron from every source firing (times the gain), plus its constant drive and leak; an LI's v is bounded by
+    that over dt/tau, an I's after READOUT_FULL_DRIVE_STEPS steps."""
+    m = checked.maps[name]
+    per_step = np.zeros(checked.shapes[name][0])
+    for cp in checked.paths:
+        if cp.path.target == name:
+            w = np.abs(cp.composed.weight)  # a row per target neuron (dense) or channel (conv)
+            per_step = per_step + w.reshape(w.shape[0], -1).sum(1)
+    drive = np.abs(checked.drive[name]).reshape(per_step.shape[0], -1).max(1)
+    step = float((m.gain * (per_step + drive)).max()) + abs(m.leak_bias)
+    reach = step / (1 - m.voltage_keep) if m.voltage_keep < 1 else step * READOUT_FULL_DRIVE_STEPS
+    return max(reach, np.finfo(np.float64).tiny) / VTH_MAX
 
 
 def _weights(name: str, w_int: np.ndarray, target: str, problems: list[str],
@@ -226,15 +249,17 @@ def _quantize_neurons(checked: CheckedGraph, scale: dict, bias_v: dict, problems
                             f"{b_exp} > {BIAS_EXP_MAX} (a 13-bit mantissa, a 3-bit exponent)")
             continue
         du, dv = _decays(m)
-        tau = "tau" if isinstance(node, nir.LIF) else "tau_mem"
+        tau = "tau_mem" if isinstance(node, nir.CubaLIF) else "tau"
         if 0 < m.voltage_keep < 1 and dv == 0:
             degenerate.append(f"node {name!r}: dt/{tau} = {1 - m.voltage_keep:.3g} rounds to dv = 0 of 4096: the "
                               f"leak rounds to none")
         if m.current_keep != 0 and du + 1 == 0:
             degenerate.append(f"node {name!r}: dt/tau_syn = {1 - m.current_keep:.3g} rounds to du = -1 (a decay of "
                               f"0 in 4096): the current's decay rounds to none")
-        pops[name] = ChipPopulation(name, checked.shapes[name], scale[name], VTH_A, b_mant[None].astype(np.int16),
-                                    b_exp, checked.bias_start[name], du=du, dv=dv)
+        readout = not math.isfinite(m.threshold)
+        pops[name] = ChipPopulation(name, checked.shapes[name], scale[name], VTH_MAX if readout else VTH_A,
+                                    b_mant[None].astype(np.int16), b_exp, checked.bias_start[name], du=du, dv=dv,
+                                    voltage_out=readout)
     return pops
 
 
@@ -245,11 +270,13 @@ def _silent(pops: dict[str, ChipPopulation], synapses: list[ChipSynapse], checke
     (rounded toward zero), so u <= 64 A / (1 - c_u), unbounded when c_u = 1 and A > 0; v decays by
     c_v = (4096 - dv)/4096, so v <= (u_max + bias) / (1 - c_v), unbounded when c_v = 1 and u_max + bias > 0.
     A source that can never spike is then dropped and the bound taken again, until nothing changes."""
-    can_fire = set(checked.inputs) | set(pops)
+    can_fire = set(checked.inputs) | {name for name, pop in pops.items() if not pop.voltage_out}
     while True:
         bound = {}
         for name in checked.maps:
             pop = pops[name]
+            if pop.voltage_out:
+                continue
             drive = np.zeros(pop.shape)
             for syn in synapses:
                 if syn.target == name and syn.source in can_fire:
@@ -332,7 +359,8 @@ def _linear_part(ops, spikes: torch.Tensor) -> torch.Tensor:
 def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
                  disc: Discretization = Discretization()) -> dict[str, torch.Tensor]:
     """The discretization in float64 without quantization, on the chip's timing (each path's delay). inputs:
-    Input name -> 0/1 [T, B, *shape]. Returns the spikes [T, B, *shape] of every neuron node."""
+    Input name -> 0/1 [T, B, *shape]. Returns the spikes [T, B, *shape] of every neuron node; a readout's (LI, I)
+    voltage after each step instead, float64."""
     checked = check_graph(graph, disc)
     maps, shapes = checked.maps, checked.shapes
     steps, batch = next(iter(inputs.values())).shape[:2]
@@ -352,7 +380,8 @@ def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
             v[n] = m.voltage_keep * v[n] + i[n] + (m.leak_bias if step >= checked.bias_start[n] else 0.0)
             s = v[n] > m.threshold
             v[n] = v[n].masked_fill(s, 0.0)
-            history[n].append(s.double())
+            history[n].append(v[n] if math.isinf(m.threshold) else s.double())
         for n, x in inputs.items():
             history[n].append(x[step].double())
-    return {n: torch.stack(history[n]).bool() for n in maps}
+    return {n: torch.stack(history[n]) if math.isinf(maps[n].threshold) else torch.stack(history[n]).bool()
+            for n in maps}

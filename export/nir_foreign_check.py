@@ -16,8 +16,8 @@ import torch
 
 from .chip import IF_DU
 from .errors import ExportError
-from .nir_foreign_paths import (LINEAR, NEURONS, SOURCES, Composed, Op, Path, check_op, compose, flatten_graph,
-                                float_array, one_int, trace_paths, unsupported)
+from .nir_foreign_paths import (LINEAR, NEURONS, READOUTS, SOURCES, Composed, Op, Path, check_op, compose,
+                                flatten_graph, float_array, one_int, trace_paths, unsupported)
 
 NO_CURRENT_MEMORY = IF_DU  # du: u = a_in << 6 every step, as for IF
 VTH_A = 1 << 10  # the threshold in a-units: headroom of 2^7 thresholds below the 2^17 a-unit limit (tested)
@@ -55,17 +55,18 @@ def raise_problems(problems: list[str]) -> None:
 NEURON_FIELDS = {nir.IF: ("r", "v_threshold", "v_reset"),
                  nir.LIF: ("tau", "r", "v_leak", "v_threshold", "v_reset"),
                  nir.CubaLIF: ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
-                 nir.Threshold: ("threshold",)}
+                 nir.Threshold: ("threshold",), nir.LI: ("tau", "r", "v_leak"), nir.I: ("r",)}
 POSITIVE_FIELDS = ("tau", "tau_syn", "tau_mem", "v_threshold", "threshold")
 
 
-def threshold_field(node) -> str:
-    return "threshold" if isinstance(node, nir.Threshold) else "v_threshold"
+def shape_field(node) -> str:
+    """The field whose shape is the node's (NIR's convention: the threshold; r for a readout)."""
+    return "threshold" if isinstance(node, nir.Threshold) else "r" if isinstance(node, READOUTS) else "v_threshold"
 
 
 def _neuron_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | None:
-    """The node's neurons: the shape of its threshold (NIR's convention)."""
-    field = threshold_field(node)
+    """The node's neurons: the shape of its threshold, or r for a readout."""
+    field = shape_field(node)
     shape = np.shape(getattr(node, field, None))
     if len(shape) == 0 or 0 in shape:
         problems.append(f"node {name!r}: {field} must hold one value per neuron, has shape {shape}")
@@ -76,7 +77,7 @@ def _neuron_shape(name: str, node, problems: list[str]) -> tuple[int, ...] | Non
 def _neuron_values(name: str, node, problems: list[str]) -> dict[str, float] | None:
     """Every field of the neuron as its one value, or None with each problem recorded."""
     values = {}
-    shape = np.shape(getattr(node, threshold_field(node), None))
+    shape = np.shape(getattr(node, shape_field(node), None))
     for field in NEURON_FIELDS[type(node)]:
         array = float_array(name, node, field, problems)
         if array is None:
@@ -102,7 +103,7 @@ class NeuronMap:
     voltage_keep: float  # 1 - dt/tau_mem (1: no leak; 0: no voltage memory, a Threshold)
     gain: float  # input weight -> voltage contribution per step
     leak_bias: float  # constant voltage per step from v_leak
-    threshold: float
+    threshold: float  # inf for a readout (LI, I), which never spikes
 
 
 def _step_fraction(name: str, field: str, tau: float, disc: Discretization, problems: list[str]) -> float | None:
@@ -129,6 +130,11 @@ def neuron_map(name: str, node, disc: Discretization, problems: list[str]) -> Ne
         return None
     if isinstance(node, nir.Threshold):  # a spike wherever the input exceeds the threshold: no memory at all
         return NeuronMap(0.0, 0.0, 1.0, 0.0, values["threshold"])
+    if isinstance(node, nir.I):  # v' = R I, as IF without a threshold
+        return NeuronMap(0.0, 1.0, values["r"], 0.0, math.inf)
+    if isinstance(node, nir.LI):
+        k = _step_fraction(name, "tau", values["tau"], disc, problems)
+        return None if k is None else NeuronMap(0.0, 1.0 - k, k * values["r"], k * values["v_leak"], math.inf)
     if values["v_reset"] != 0.0:
         problems.append(f"node {name!r}: v_reset = {values['v_reset']:g} must be 0 (Lava resets v to 0)")
         return None
@@ -293,7 +299,7 @@ def _outputs(nodes, edges, problems: list[str]) -> dict[str, str]:
         if isinstance(node, nir.Output):
             srcs = [a for a, b in edges if b == name]
             if len(srcs) != 1 or not isinstance(nodes.get(srcs[0]), NEURONS):
-                problems.append(f"output {name!r}: must read one spiking neuron node, reads {srcs}")
+                problems.append(f"output {name!r}: must read one neuron node, reads {srcs}")
             else:
                 outputs[name] = srcs[0]
         elif isinstance(node, nir.Input) and any(b == name for _, b in edges):
@@ -329,6 +335,9 @@ def check_graph(graph: nir.NIRGraph, disc: Discretization) -> CheckedGraph:
     if not any(isinstance(node, NEURONS) for node in nodes.values()):
         problems.append("the graph has no IF, LIF, CubaLIF or Threshold node: nothing to compile")
     for a, b in edges:
+        if isinstance(nodes[a], READOUTS) and not isinstance(nodes[b], nir.Output):
+            problems.append(f"node {a!r}: a membrane readout ({type(nodes[a]).__name__}) feeds only Outputs, not "
+                            f"{b!r}")
         if isinstance(nodes[b], NEURONS) and not isinstance(nodes[a], LINEAR):
             problems.append(f"neuron {b!r}: input {a!r} is a {type(nodes[a]).__name__}; neurons take linear nodes "
                             f"(Affine, Linear, Conv2d, pooling, Scale, Delay)")

@@ -28,10 +28,11 @@ POOLS = (nir.SumPool2d, nir.AvgPool2d)
 WEIGHTED = (nir.Affine, nir.Linear, nir.Conv2d)
 LINEAR = WEIGHTED + POOLS + (nir.Flatten, nir.Scale, nir.Delay)
 SPIKING = (nir.IF, nir.LIF, nir.CubaLIF, nir.Threshold)
-NEURONS = SPIKING  # the nodes a path ends in
+READOUTS = (nir.LI, nir.I)  # membrane readouts: their voltage is an output, they do not spike
+NEURONS = SPIKING + READOUTS  # the nodes a path ends in
 SOURCES = SPIKING + (nir.Input,)
 SUPPORTED = "Input, Output, Affine, Linear, Conv2d, SumPool2d, AvgPool2d, Flatten, Scale, Delay, IF, LIF, " \
-            "CubaLIF, Threshold, NIRGraph"
+            "CubaLIF, Threshold, LI, I, NIRGraph"
 DELAY_TOLERANCE = 1e-6  # a Delay must be a whole number of steps to this fraction of a step
 
 
@@ -115,7 +116,7 @@ def trace_paths(nodes: dict, edges: list[tuple[str, str]], problems: list[str]) 
 
 def unsupported(nodes: dict, problems: list[str]) -> None:
     for name, node in nodes.items():
-        if not isinstance(node, LINEAR + SOURCES + (nir.Output,)):
+        if not isinstance(node, LINEAR + NEURONS + (nir.Input, nir.Output)):
             problems.append(f"node {name!r}: NIR type {type(node).__name__} has no chip mapping here (supported: "
                             f"{SUPPORTED})")
 

@@ -112,7 +112,7 @@ def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> d
     """Run a network with spike inputs (an imported graph) on the contract's timing: a synapse of delay d delivers
     at step tau the spikes its source emitted at tau - d, a population's bias is on from its depth (inside its
     window, where the network has one). inputs: name -> 0/1 [T, B, *shape]. Returns every population's spikes,
-    bool [T, B, *shape]."""
+    bool [T, B, *shape]; a voltage readout's v after each step instead, int64."""
     names = {i.name: i.shape for i in net.inputs}
     if set(inputs) != set(names) or not inputs:
         raise ExportInputError(f"inputs must be given for the spike inputs {sorted(names)}, got {sorted(inputs)}")
@@ -128,6 +128,7 @@ def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> d
     bias = {p.name: torch.from_numpy(p.bias_mant[0].astype(np.int64) << p.bias_exp).view(
         1, p.shape[0], *[1] * (len(p.shape) - 1)) for p in net.populations}  # one row: no bias schedule
     overflow: dict[str, int] = {}
+    voltages = {p.name: [] for p in net.populations if p.voltage_out}
     for tau in range(steps):
         now = {}
         for p in net.populations:
@@ -139,6 +140,8 @@ def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> d
             on = p.depth <= tau and (net.snn_steps is None or tau < p.depth + net.snn_steps)
             u[p.name], v[p.name], s, n = neuron_step(p, u[p.name], v[p.name], a, bias[p.name] * on)
             now[p.name] = s
+            if p.voltage_out:
+                voltages[p.name].append(v[p.name])
             if n:
                 overflow[p.name] = overflow.get(p.name, 0) + n
         for name in names:
@@ -146,7 +149,7 @@ def run_reference_spikes(net: ChipNetwork, inputs: dict[str, torch.Tensor]) -> d
         for name, s in now.items():
             history[name].append(s)
     _warn_overflow(overflow)
-    return {p.name: torch.stack(history[p.name]) for p in net.populations}
+    return {p.name: torch.stack(voltages[p.name] if p.voltage_out else history[p.name]) for p in net.populations}
 
 
 @torch.no_grad()

@@ -71,6 +71,7 @@ class Population:
     host_input: bool
     du: int = IF_DU
     dv: int = IF_DV
+    voltage_out: bool = False  # a membrane readout: its v is the output
 
     @property
     def is_if(self) -> bool:
@@ -425,9 +426,12 @@ def _population(name, nodes, diffusion_steps: int, version: int) -> Population:
     du, dv = (IF_DU, IF_DV) if version == 1 else (_int_field(name, md, "du", *DU_RANGE),
                                                   _int_field(name, md, "dv", *DV_RANGE))
     _neuron_parameters(name, node, du, dv, vth)
+    voltage_out = _int_field(name, md, "voltage_out", 0, 1) if "voltage_out" in md else 0
+    if voltage_out and vth != VTH_MAX:
+        raise ChipFileError(f"population {name!r}: a voltage readout's vth must be {VTH_MAX}, is {vth}")
     return Population(name, shape, _positive(name, md, "scale"), vth, _bias_mant(name, md, shape[0], diffusion_steps),
                       _int_field(name, md, "bias_exp", 0, BIAS_EXP_MAX), _int_field(name, md, "depth", 0),
-                      bool(field(name, md, "host_input")), du, dv)
+                      bool(field(name, md, "host_input")), du, dv, bool(voltage_out))
 
 
 def _synapse(name, node, srcs, dsts, links, sources, nodes, shapes) -> Synapse:

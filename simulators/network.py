@@ -281,7 +281,8 @@ class ChipSimulator:
     @torch.no_grad()
     def run_spikes(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run a network with spike inputs on Lava's timing. inputs: name -> 0/1 [T, B, *shape], one per spike
-        input. Returns every population's spikes, bool [T, B, *shape], all T steps."""
+        input. Returns every population's spikes, bool [T, B, *shape], all T steps; a voltage readout's voltage
+        instead, int64 v-units [T, B, *shape] (after each step)."""
         if set(inputs) != set(self.inputs):
             raise SimulatorInputError(f"inputs must be given for {sorted(self.inputs)}, got {sorted(inputs)}")
         if not inputs:
@@ -292,6 +293,7 @@ class ChipSimulator:
                 raise SimulatorInputError(f"input {name!r}: expected [T={steps}, B={batch}, {self.inputs[name]}], "
                                           f"got {list(x.shape)}")
         history = {name: [] for name in [*self.inputs, *self._shape]}  # spikes of every step so far, int64 0/1
+        voltages = {p.name: [] for p in self.populations if p.voltage_out}
         state = {p.name: self._rest(p, batch) for p in self.populations}
         into = {p.name: [s for s in self.synapses if s.target == p.name] for p in self.populations}
         bias = {p.name: self._bias(p, torch.zeros(batch, dtype=torch.long)).view(batch, p.shape[0],
@@ -311,11 +313,14 @@ class ChipSimulator:
                 b = bias[p.name]
                 state[p.name], s = self._step(p, state[p.name], a, b if on else torch.zeros_like(b))
                 now[p.name] = s.to(torch.int64)
+                if p.voltage_out:
+                    voltages[p.name].append((state[p.name] if p.is_if else state[p.name][1]).to(torch.int64))
             for name in self.inputs:
                 history[name].append((inputs[name][tau] != 0).to(torch.int64).to(self.device))
             for name, s in now.items():
                 history[name].append(s)
-        return {p.name: torch.stack(history[p.name]).bool() for p in self.populations}
+        return {p.name: torch.stack(voltages[p.name]) if p.voltage_out else torch.stack(history[p.name]).bool()
+                for p in self.populations}
 
     def _zero_delay(self, a_host, t):
         """Population by population, all T steps at once: in a feed-forward network the inputs of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.chip import ChipNetwork
+from export.chip import V_PER_A, ChipNetwork
 from export.energy import synapse_sops
 from toolchain.errors import UsageError
 from toolchain.verify import first_difference
@@ -51,8 +51,8 @@ def spike_inputs(net: ChipNetwork, path: str | None = None, steps: int = DEFAULT
 
 def run_network(net: ChipNetwork, path: str, inputs: dict[str, torch.Tensor], backend: str = "sim",
                 run_cfg=None) -> dict[str, torch.Tensor]:
-    """Every population's spikes, bool [T, B, *shape], on the simulator (from the file) or on Lava (one sample at
-    a time)."""
+    """Every population's spikes, bool [T, B, *shape] (a voltage readout's v, int64), on the simulator (from the
+    file) or on Lava (one sample at a time)."""
     if backend == "sim":
         from simulators.network import ChipSimulator
 
@@ -65,9 +65,10 @@ def run_network(net: ChipNetwork, path: str, inputs: dict[str, torch.Tensor], ba
 
 
 def first_mismatch(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor], order: list[str]) -> dict | None:
-    """The first (population, step, index) where two runs' spikes differ, populations in network order."""
+    """The first (population, step, index) where two runs' spikes (or readout voltages) differ, populations in
+    network order."""
     for name in order:
-        a, b = expected[name].bool(), actual[name].bool()
+        a, b = expected[name], actual[name]
         if a.shape != b.shape:
             return {"population": name, "step": -1, "index": [], "expected": list(a.shape), "actual": list(b.shape)}
         hit = first_difference(a, b)
@@ -80,9 +81,9 @@ def first_mismatch(expected: dict[str, torch.Tensor], actual: dict[str, torch.Te
 
 def compare(net: ChipNetwork, expected: dict, actual: dict, what: tuple[str, str]) -> dict:
     mismatch = first_mismatch(expected, actual, [p.name for p in net.populations])
-    spikes = {name: int(s.sum()) for name, s in actual.items()}
+    spikes = {p.name: int(actual[p.name].sum()) for p in net.populations if not p.voltage_out}
     return {"compared": f"{what[0]} vs {what[1]}", "identical": mismatch is None, "first_mismatch": mismatch,
-            "spikes": spikes}
+            "spikes": spikes, "readouts": [p.name for p in net.populations if p.voltage_out]}
 
 
 def outgoing_sops(syn, spikes: torch.Tensor) -> int:
@@ -99,6 +100,9 @@ def network_energy(net: ChipNetwork, inputs: dict[str, torch.Tensor], spikes: di
     neuron every step: Lava updates each compartment every step)."""
     steps, batch = next(iter(inputs.values())).shape[:2]
     trains = {**{n: x.bool() for n, x in inputs.items()}, **spikes}
+    for p in net.populations:
+        if p.voltage_out:  # a membrane readout: no spikes
+            trains[p.name] = torch.zeros(spikes[p.name].shape, dtype=torch.bool)
     rows = {}
     for name in [*inputs, *(p.name for p in net.populations)]:
         sops = sum(outgoing_sops(s, trains[name]) for s in net.synapses if s.source == name)
@@ -124,19 +128,25 @@ def float_agreement(net: ChipNetwork, source_path: str, inputs: dict[str, torch.
                     spikes: dict[str, torch.Tensor]) -> dict[str, float]:
     """The close rung of an imported graph's ladder: per population, the spike agreement 2|A and B| / (|A| + |B|)
     (1 where neither fires) of the source graph's float discretization, as `sddpm import-nir` recorded it,
-    with the integer network's spikes. Both run on the same timing (one step per synapse), so step t is step t."""
-    from export.nir_foreign import Discretization, run_discrete
+    with the integer network's spikes; for a voltage readout 1 - |V_int - V_float| / |V_float| (L2 over the run). Both run on the same timing (one step per synapse), so step t is step t."""
+    from export.nir_foreign import ALWAYS_ON_SUFFIX, Discretization, run_discrete
     from export.nir_foreign_read import read_foreign
 
     disc = net.source.get("discretization")
     if disc is None:
         raise UsageError("the network records no discretization: --source needs a file of `sddpm import-nir`")
     floats = run_discrete(read_foreign(source_path), inputs, Discretization(**disc))
-    missing = sorted(set(spikes) - set(floats))
+    # an always-on population is the compiler's, no node of the source (a CubaLIF's constant input)
+    missing = sorted(name for name in set(spikes) - set(floats) if not name.endswith(ALWAYS_ON_SUFFIX))
     if missing:
         raise UsageError(f"{source_path} has no neuron nodes {missing}: not the graph this network was imported from")
     out = {}
-    for name, s in spikes.items():
+    for pop in (p for p in net.populations if p.name in floats):
+        name, s = pop.name, spikes[pop.name]
+        if pop.voltage_out:  # a readout: 1 - the relative L2 distance of the voltages, the float's scale
+            ours = s.double() * pop.scale / V_PER_A
+            out[name] = 1.0 - float((ours - floats[name]).norm() / floats[name].norm().clamp_min(1e-300))
+            continue
         a, b = s.bool(), floats[name].bool()
         both, total = int((a & b).sum()), int(a.sum()) + int(b.sum())
         out[name] = 1.0 if total == 0 else 2 * both / total
