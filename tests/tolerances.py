@@ -21,3 +21,7 @@ DIFFUSERS_SCHEDULE_ATOL = 1e-5
 # Inception pool3 features (values up to ~6) recomputed on another thread count or CPU: float32 convolutions
 # summed in another order, measured 4e-6 apart here; brightening the images by 4 of 255 moves them by 0.15.
 INCEPTION_FEATURE_ATOL = 1e-3
+# A library's float32 membrane readout (NIR's LI, Norse's LIBoxCell or Sinabs' ExpLeak) against our float64
+# discretization of its file: float32 rounding of sums over tens of weights, ~3e-7 on voltages up to ~3, measured.
+LIBRARY_READOUT_RTOL = 1e-5
+LIBRARY_READOUT_ATOL = 1e-5
