@@ -146,7 +146,7 @@ def float_array(name: str, node, field: str, problems: list[str]) -> np.ndarray 
         problems.append(f"node {name!r}: {field} is missing")
         return None
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.array(value, dtype=np.float64)  # a copy: torch.from_numpy needs it writable
     except (TypeError, ValueError):
         problems.append(f"node {name!r}: {field} is not numeric")
         return None
