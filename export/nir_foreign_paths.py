@@ -116,7 +116,9 @@ def trace_paths(nodes: dict, edges: list[tuple[str, str]], problems: list[str]) 
 
 def unsupported(nodes: dict, problems: list[str]) -> None:
     for name, node in nodes.items():
-        if not isinstance(node, LINEAR + NEURONS + (nir.Input, nir.Output)):
+        if node is None:
+            problems.append(f"node {name!r}: is None (the tool that wrote the graph mapped nothing to it)")
+        elif not isinstance(node, LINEAR + NEURONS + (nir.Input, nir.Output)):
             problems.append(f"node {name!r}: NIR type {type(node).__name__} has no chip mapping here (supported: "
                             f"{SUPPORTED})")
 
