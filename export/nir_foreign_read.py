@@ -49,6 +49,9 @@ def _scan_graph(prefix: str, group: h5py.Group, problems: list[str]) -> None:
     if not isinstance(edges, h5py.Dataset):
         problems.append(f"graph {prefix or '/node'!r}: has no 'edges' dataset")
         return
+    if edges.size is not None and edges.size > MAX_DATASET_VALUES:
+        problems.append(f"graph {prefix or '/node'!r}: edges claim {edges.size} values: a damaged file?")
+        return
     array = np.asarray(edges[()], dtype=object)
     if array.size and (array.ndim != 2 or array.shape[1] != 2):
         problems.append(f"graph {prefix or '/node'!r}: edges have shape {array.shape}, not (E, 2)")
@@ -60,10 +63,25 @@ def _scan_graph(prefix: str, group: h5py.Group, problems: list[str]) -> None:
                 problems.append(f"edge {a!r} -> {b!r}: no node named {end!r}")
 
 
+# The most values one dataset may claim: 2^27 (a 1 GiB float64 weight matrix, 11,585 x 11,585), far above any
+# network we compile; a damaged header can claim billions, which h5py would try to allocate when nir.read reads it.
+MAX_DATASET_VALUES = 1 << 27
+
+
+def _oversized(name: str, group: h5py.Group, problems: list[str]) -> None:
+    for key, item in group.items():
+        if isinstance(item, h5py.Dataset) and item.size is not None and item.size > MAX_DATASET_VALUES:
+            problems.append(f"node {name!r}: dataset {key!r} claims {item.size} values (shape {item.shape}), more "
+                            f"than {MAX_DATASET_VALUES}: a damaged file?")
+        elif isinstance(item, h5py.Group) and key == "metadata":
+            _oversized(name, item, problems)
+
+
 def _scan_node(name: str, node, problems: list[str]) -> None:
     if not isinstance(node, h5py.Group):
         problems.append(f"node {name!r}: not an HDF5 group")
         return
+    _oversized(name, node, problems)
     kind = _text(node["type"][()]) if isinstance(node.get("type"), h5py.Dataset) else None
     if kind is None:
         problems.append(f"node {name!r}: has no 'type' string")
