@@ -2,19 +2,27 @@
 
 NIR leaves time to the backend. This is our documented discretization, step by step (one chip step = dt):
 
-- `Affine`/`Linear`/`Conv2d`, optionally after a `Flatten`, are synapses; every synapse delivers at step
-  t + 1 the spikes its source emitted at step t (Lava's one step per synapse process). An `Input` emits
-  the given spike train (0/1 per step).
+- Nested `NIRGraph` nodes are spliced in (`export.nir_foreign_paths`). Every route from a spike source (an
+  `Input`, which emits the given 0/1 trains, or a spiking neuron node) through linear nodes (`Affine`,
+  `Linear`, `Conv2d`, `SumPool2d`, `AvgPool2d`, `Flatten`, `Scale`, `Delay`) to a neuron node is one
+  synapse: its linear map composed into one convolution or one dense matrix, its `Delay` nodes k whole steps.
+  Several edges into a node sum (NIR's meaning); the linear nodes' biases, through what follows them, are
+  the node's constant input.
+- The libraries run every layer within the step; the chip's synapses take a step each. A node sits `depth`
+  synapses deep (the longest chain from an Input), its step t is our step t + depth, and a synapse delays by
+  depth(target) - depth(source) + k (+ 1 where it closes a cycle: a recurrent weight reads the previous step),
+  so every route into a node delivers the same library step.
 - `IF` (v' = R I): v += R I every step. IF has no time constant, so dt does not enter (as in Sinabs and
   the NIR paper's Lava converter).
 - `LIF` (tau v' = v_leak - v + R I), forward Euler: v = (1 - dt/tau) v + dt/tau (v_leak + R I).
 - `CubaLIF`: I = (1 - dt/tau_syn) I + dt/tau_syn w_in S, then v = (1 - dt/tau_mem) v + dt/tau_mem
   (v_leak + R I) with the *updated* I (Lava's order: the current first, the voltage from the new current).
+- `Threshold`: a spike wherever the input exceeds the threshold, no memory (v = the input).
 - A neuron spikes when v > v_threshold and resets to v_reset, which must be 0 (Lava resets to 0).
-- Constant drive (an Affine/Conv2d bias, v_leak) switches on at the node's `bias_start`: by default its
-  depth, the fewest synapses from an Input, which is the step its first spikes arrive (a source library
-  runs every layer at once, so its step 0 is our step `depth` there). A neuron node's metadata
-  `bias_start` (an integer) in the source file sets it instead (0: from the first step).
+- `LI` (as LIF) and `I` (as IF) never spike: membrane readouts, whose v after each step is the output.
+- Constant drive (biases, v_leak) switches on at the node's `bias_start`: by default its depth, the step
+  the library's step 0 reaches it. A neuron node's metadata `bias_start` (an integer) in the source file sets
+  it instead (0: from the first step).
 
 What the libraries' files mean, and the options that read them as written (`Discretization`):
 - Norse's `to_nir(dt=d)` writes tau = d / tau_mem_inv (seconds times d) and no CubaLIF w_in, while its
@@ -26,13 +34,16 @@ What the libraries' files mean, and the options that read them as written (`Disc
 - snnTorch writes v_reset = 0 whatever its reset_mechanism, and the file cannot tell: it is read as NIR
   says (reset to 0), which is snnTorch's "zero" reset of Leaky (and of RLeaky with reset_delay=False).
 
-Lava's LIF runs this with du = round(4096 dt/tau_syn) - 1 (4095, no current memory, for IF and LIF),
-dv = round(4096 dt/tau_mem) (0 for IF); the gains dt/tau_syn w_in and dt/tau_mem R fold into the
-weights, v_leak dt/tau_mem and an Affine bias into Lava's bias. One integer a-unit stands for
-`scale` = v_threshold / VTH_A of the float voltage, so the threshold is VTH_A a-units; weights become
-8-bit mantissas with an exponent per synapse, biases 13-bit mantissas with an exponent. Lava's LIF
-takes scalar parameters, so every neuron of a node must share them; what does not map is refused by
-node name (`ForeignGraphError`).
+Lava's LIF runs this with du = round(4096 dt/tau_syn) - 1 (4095, no current memory, for IF, LIF and
+Threshold), dv = round(4096 dt/tau_mem) (0 for IF, 4096 for Threshold); the gains dt/tau_syn w_in and
+dt/tau_mem R fold into the weights, v_leak dt/tau_mem and a constant input into Lava's bias (into v). Into
+a CubaLIF the constant enters the decaying current, which Lava's bias cannot: an always-on population
+(`<node>.bias`, one spike every step from the step before the node's bias start) delivers it through a
+synapse whose weights are the constant. One integer a-unit stands for `scale` = v_threshold / VTH_A of the
+float voltage, so the threshold is VTH_A a-units; a readout's scale keeps its largest reachable |v| at
+VTH_MAX, its threshold (`_readout_scale`). Weights become 8-bit mantissas with an exponent per synapse,
+biases 13-bit mantissas with an exponent. Lava's LIF takes scalar parameters, so every neuron of a node must
+share them; what does not map is refused by node name (`ForeignGraphError`).
 
 Checks. `read_foreign` (`export/nir_foreign_read.py`) names every node of a file with no or an unknown type, a missing or unknown field,
 and every edge to no node; `check_graph` (`export/nir_foreign_check.py`) then every field that is missing, not numeric, NaN/inf, not
@@ -43,9 +54,9 @@ error suggesting a dt that works, or a `DegenerateGraphWarning` with `allow_dege
 lists every problem found, not only the first.
 
 The output is a chip network (`export.chip`), the same intermediate representation `sddpm compile` writes,
-in the same file format: every neuron node a population (its bias per channel, on from its bias_start), every
-synapse a chip synapse of one step's delay, every Input a spike input and every Output a spike output; the
-discretization is recorded in the network's `source`. `run_discrete` runs the same
+in the same file format: every neuron node a population (its bias per channel, on from its bias_start; a
+readout `voltage_out`), every route a chip synapse of its delay, every Input a spike input and every Output an
+output; the discretization is recorded in the network's `source`. `run_discrete` runs the same
 discretization in float64, without quantization: the yardstick for the integers.
 """
 from __future__ import annotations
