@@ -332,7 +332,10 @@ def compile_foreign(graph: nir.NIRGraph, disc: Discretization = Discretization()
     if degenerate:
         dt = _working_dt(graph, disc)
         ifs = sorted(name for name, node in checked.nodes.items() if isinstance(node, nir.IF))
-        hint = f"dt = {dt:g} s works" if dt is not None else \
+        reading = "" if disc.norse_dt is None else \
+            f", tau read as Norse >= 1.1 writes it (over norse_dt = {disc.norse_dt:g}); a file of an earlier Norse " \
+            f"(tau = 1 / tau_mem_inv) is read without norse_dt"
+        hint = f"dt = {dt:g} s works{reading}" if dt is not None else \
             f"no dt from {min(DT_CANDIDATES):g} to {max(DT_CANDIDATES):g} s works" + \
             (f"; IF nodes ({', '.join(ifs)}) do not depend on dt" if ifs else "")
         text = f"at dt = {disc.dt:g} s: " + "; ".join(degenerate) + f" ({hint})"

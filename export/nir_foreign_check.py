@@ -116,7 +116,8 @@ def _step_fraction(name: str, field: str, tau: float, disc: Discretization, prob
     k = disc.dt / tau
     if k > 1:
         norse = "" if disc.norse_dt is not None else \
-            " (Norse's to_nir writes tau = its dt / tau_mem_inv: read such a file with norse_dt)"
+            " (Norse >= 1.1's to_nir writes tau = its dt / tau_mem_inv: read such a file with norse_dt; earlier " \
+            "Norse wrote tau = 1 / tau_mem_inv in seconds, which this dt bound reads as written)"
         problems.append(f"node {name!r}: dt/{field} = {k:g} must be <= 1 (forward Euler overshoots); use a dt "
                         f"<= {tau:g} s{norse}")
         return None

@@ -849,6 +849,18 @@ def test_norse_writes_tau_as_its_dt_over_tau_mem_inv_and_is_refused_without_nors
     assert compiled.population("1").dv == round(4096 * NORSE_DT * 100.0)  # dt / 10 ms of 4096
 
 
+def test_a_hint_for_a_norse_file_says_which_norse_convention_its_dt_assumes(tmp_path):
+    # the file does not say which Norse wrote it: the hint names the reading each suggestion assumes
+    path, _ = _norse_lif_box_file(tmp_path)
+    with pytest.raises(ForeignGraphError, match=r"earlier Norse wrote tau = 1 / tau_mem_inv in seconds"):
+        compile_foreign(read_foreign(path), Discretization(dt=NORSE_DT))
+    # at dt = 1 us a 10 ms leak (4096 x 1e-4 = 0.4) rounds to dv = 0
+    with pytest.raises(ForeignGraphError, match=r"s works, tau read as Norse >= 1.1 writes it \(over norse_dt = "
+                                                r"0.001\); a file of an earlier Norse \(tau = 1 / tau_mem_inv\) is "
+                                                r"read without norse_dt"):
+        compile_foreign(read_foreign(path), Discretization(dt=1e-6, norse_dt=NORSE_DT))
+
+
 def test_norse_omits_cubalif_w_in_and_norse_dt_refuses_a_file_that_has_one():
     graph, _, disc, _ = norse_lif(False)
     assert np.all(graph.nodes["1"].w_in == 1.0)  # NIR's default: Norse writes none

@@ -386,8 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="euler: v keeps 1 - dt/tau per step (NIR read by forward Euler, the default); exp: it keeps "
                         "exp(-dt/tau) and the input gains 1 - exp(-dt/tau), as Sinabs runs (its tau in steps: --dt 1)")
     p.add_argument("--norse-dt", type=float, default=None,
-                   help="the file is Norse's to_nir(dt=NORSE_DT), which writes tau = NORSE_DT / tau_mem_inv and no "
-                        "CubaLIF w_in: read tau / NORSE_DT as the time constant and the current gain as 1")
+                   help="the file is Norse >= 1.1's to_nir(dt=NORSE_DT), which writes tau = NORSE_DT / tau_mem_inv "
+                        "and no CubaLIF w_in: read tau / NORSE_DT as the time constant and the current gain as 1. "
+                        "Earlier Norse wrote tau = 1 / tau_mem_inv (seconds): read such a file without it, with the "
+                        "--dt its cells ran at (a file does not say which Norse wrote it)")
 
     p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
                                       "chip network; energy per step and per image against the ANN twin",
