@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from lava.magma.core.process.ports.ports import OutPort
 
-from export.chip import READOUT, ChipNetwork, ChipPopulation, ChipSynapse, check_ranges
+from export.chip import READOUT, ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, pair
 from export.host import host_input_current, readout_to_eps
 from records import ChipRun
 
@@ -137,8 +137,9 @@ def _conv(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> O
     weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = syn.integer_weight()
     if np.abs(weight).max() >= 2 ** 31:
         raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: weights beyond Lava's int32")
-    conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape, padding=syn.padding, stride=syn.stride,
-                dilation=syn.dilation, groups=syn.groups)
+    # Lava's axes are (W, H, C): its stride, padding and dilation are (x, y), our (H, W) reversed
+    conv = Conv(weight=lava_conv_weight(weight), input_shape=source.shape, padding=pair(syn.padding)[::-1],
+                stride=pair(syn.stride)[::-1], dilation=pair(syn.dilation)[::-1], groups=syn.groups)
     source.connect(conv.s_in)
     processes.append(conv)
     if conv.a_out.shape != lava_shape(target_shape):

@@ -44,7 +44,7 @@ from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_w
 from deploy.chip_lava import chip_network, spikes_from_lava, spikes_to_lava
 from deploy.errors import DeployError, DeployInputError
 from deploy.processes import FileSink, run_to_end
-from export.chip import BIAS_MANT_MAX, ChipNetwork, ChipPopulation, ChipSynapse
+from export.chip import BIAS_MANT_MAX, ChipNetwork, ChipPopulation, ChipSynapse, pair
 
 NETX_STEP_OFFSET = 0  # netx output step t = our Lava graph's (and the simulator's) step t, see the docstring
 NETX_BIAS_EXP = 6  # netx's bias_exp for every CUBA neuron (hdf5.py, get_neuron_params)
@@ -150,7 +150,7 @@ def _write_conv(layer: h5py.Group, syn: ChipSynapse, pop: ChipPopulation) -> Non
     layer.create_dataset("outChannels", data=syn.weight.shape[0])
     layer.create_dataset("kernelSize", data=np.array(syn.weight.shape[2:]))
     for key, value in (("stride", syn.stride), ("padding", syn.padding), ("dilation", syn.dilation)):
-        layer.create_dataset(key, data=np.array((value, value)))  # (H, W): netx reverses them to Lava's (X, Y)
+        layer.create_dataset(key, data=np.array(pair(value)))  # (H, W): netx reverses them to Lava's (X, Y)
     layer.create_dataset("groups", data=syn.groups)
     layer.create_dataset("weight", data=syn.integer_weight().astype(np.float32))
 

@@ -126,6 +126,17 @@ class ChipPopulation:
         return (self.du, self.dv) == (IF_DU, IF_DV)
 
 
+def pair(value) -> tuple[int, int]:
+    """A stride, padding or dilation as (H, W): one int means the same along both."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def one_or_pair(values) -> int | tuple[int, int]:
+    """(H, W) as one int where both agree (every SDDPM synapse), else the pair."""
+    h, w = (int(v) for v in np.broadcast_to(np.asarray(values), (2,)))
+    return h if h == w else (h, w)
+
+
 @dataclass(frozen=True)
 class ChipSynapse:
     source: str  # a population or a spike input
@@ -133,12 +144,12 @@ class ChipSynapse:
     weight: np.ndarray  # int8 mantissas: conv [C_out_slice, C_in / groups, k, k] (PyTorch cross-correlation
     #                     layout) or dense [N_out, N_in]
     weight_exp: int
-    stride: int
-    padding: int
+    stride: int | tuple[int, int]  # one int, or (H, W) where they differ (`pair`)
+    padding: int | tuple[int, int]
     upsample: int  # nearest up-sampling of the spikes before the conv (1: none)
     out_offset: int  # first target channel
     delay: int
-    dilation: int = 1
+    dilation: int | tuple[int, int] = 1
     groups: int = 1
     flatten: bool = False  # a dense synapse reading a multi-dimensional source in C order
 
@@ -237,10 +248,9 @@ class ChipNetwork:
 
 def conv_output_shape(syn: ChipSynapse, source_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The (C_out, H, W) a conv synapse gives over a (C, H, W) source (before its channel offset)."""
-    _, h, w = source_shape
-    k_h, k_w = syn.weight.shape[2:]
-    size = [(n * syn.upsample + 2 * syn.padding - syn.dilation * (k - 1) - 1) // syn.stride + 1
-            for n, k in ((h, k_h), (w, k_w))]
+    stride, padding, dilation = pair(syn.stride), pair(syn.padding), pair(syn.dilation)
+    size = [(n * syn.upsample + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1
+            for i, (n, k) in enumerate(zip(source_shape[1:], syn.weight.shape[2:]))]
     return (syn.weight.shape[0], *size)
 
 
@@ -296,7 +306,7 @@ def _synapse_rules(syn: ChipSynapse, net: ChipNetwork, shapes: dict) -> list[str
             out.append(f"chaining: dense weight {syn.weight.shape} does not map {src}"
                        f"{' (flattened)' if syn.flatten else ''} onto {tgt}")
         return out
-    if min(syn.stride, syn.dilation, syn.groups, syn.upsample) < 1 or syn.padding < 0:
+    if min(*pair(syn.stride), *pair(syn.dilation), syn.groups, syn.upsample) < 1 or min(pair(syn.padding)) < 0:
         return out + ["conv-geometry: stride, dilation, groups and upsample must be >= 1, padding >= 0"]
     if len(src) != 3 or syn.weight.shape[1] * syn.groups != src[0] or syn.flatten or \
             syn.out_offset + syn.weight.shape[0] > tgt[0] or conv_output_shape(syn, src)[1:] != tuple(tgt[1:]):

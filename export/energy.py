@@ -33,7 +33,7 @@ from torch import nn
 from sddpm.config import ModelConfig
 from sddpm.unet import ANNUNet, SpikingUNet
 
-from .chip import ChipNetwork
+from .chip import ChipNetwork, pair
 from .errors import ExportInputError
 
 
@@ -128,11 +128,11 @@ def reach(size_in: int, kernel: int, stride: int, padding: int, upsample: int, d
     return reached.sum(1).astype(np.int64)
 
 
-def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride: int, padding: int,
-               upsample: int, dilation: int = 1, groups: int = 1) -> torch.Tensor:
+def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride, padding, upsample: int,
+               dilation=1, groups: int = 1) -> torch.Tensor:
     """int64 [H_in, W_in]: the fan-out of a spike at each input position through a synapse of weight shape
     [C_out, C_in / groups, kH, kW] - the number of (output channel, output position) pairs it reaches; an input
-    channel reaches the C_out / groups output channels of its group.
+    channel reaches the C_out / groups output channels of its group. stride, padding, dilation: int or (H, W).
 
     Structural: zero-valued weights count, as a Conv process reads every kernel entry. The kernel is a full
     box and up-sampling and stride act per axis, so the reach factorizes into rows x columns, and it is the
@@ -146,13 +146,14 @@ def fanout_map(weight_shape: tuple[int, ...], in_hw: tuple[int, int], stride: in
     CPU graph computes the same currents as a Conv of the up-sampled spikes (deploy/chip_lava.py).
     """
     c_out, _, k_h, k_w = weight_shape
-    rows = reach(in_hw[0], k_h, stride, padding, upsample, dilation)
-    cols = reach(in_hw[1], k_w, stride, padding, upsample, dilation)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    rows = reach(in_hw[0], k_h, stride[0], padding[0], upsample, dilation[0])
+    cols = reach(in_hw[1], k_w, stride[1], padding[1], upsample, dilation[1])
     return torch.from_numpy(c_out // groups * np.outer(rows, cols))
 
 
-def synapse_sops(spikes: torch.Tensor, weight_shape: tuple[int, ...], stride: int, padding: int,
-                 upsample: int, dilation: int = 1, groups: int = 1) -> torch.Tensor:
+def synapse_sops(spikes: torch.Tensor, weight_shape: tuple[int, ...], stride, padding, upsample: int, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
     """int64 [T, B]: SOPs of one synapse at every SNN step for every image, given its source's 0/1 spikes
     [T, B, C_in, H, W]: the sum over spikes of their fan-out (`fanout_map`)."""
     if spikes.dim() != 5 or spikes.shape[2] != weight_shape[1] * groups:

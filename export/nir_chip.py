@@ -51,7 +51,7 @@ from .errors import ExportError
 from .nir_foreign_check import ForeignGraphError
 from .nir_foreign_read import structural_problems
 
-from .chip import (ACT_SHIFT, DECAY_UNITY, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT,
+from .chip import (ACT_SHIFT, DECAY_UNITY, IF_DU, IF_DV, READOUT, STATE_BITS, V_PER_A, VTH_SHIFT, one_or_pair,
                    ChipHost, ChipInput, ChipNetwork, ChipPopulation, ChipReadout, ChipSynapse, check_ranges)
 
 FORMAT = "sddpm-chip-nir"
@@ -317,9 +317,8 @@ def nir_to_chip(graph: nir.NIRGraph) -> ChipNetwork:
         if isinstance(node, nir.Affine):
             syns.append(ChipSynapse(stride=1, padding=0, flatten=flatten, **common))
         else:
-            syns.append(ChipSynapse(stride=int(np.asarray(node.stride).flat[0]),
-                                    padding=int(np.asarray(node.padding).flat[0]),
-                                    dilation=int(np.asarray(node.dilation).flat[0]), groups=int(node.groups), **common))
+            syns.append(ChipSynapse(stride=one_or_pair(node.stride), padding=one_or_pair(node.padding),
+                                    dilation=one_or_pair(node.dilation), groups=int(node.groups), **common))
     spike_inputs = json.loads(metadata_value(meta, "spike_inputs", "graph")) if version > 1 else []
     inputs = tuple(ChipInput(n, tuple(int(v) for v in np.asarray(nodes[n].output_type["output"]).ravel()))
                    for n in spike_inputs)

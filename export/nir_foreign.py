@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PER_A, VTH_MAX, WEIGHT_MANT_MAX, ChipInput,
-                   ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, leak_dv)
+                   ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, leak_dv, one_or_pair)
 from .nir_chip import write_chip_nir
 from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A, CheckedGraph, DegenerateGraphWarning,
                                 Discretization, ForeignGraphError, NeuronMap, check_graph, raise_problems)
@@ -158,26 +158,20 @@ def _quantize_synapses(checked: CheckedGraph, scale: dict, problems: list[str],
         p, c = cp.path, cp.composed
         quantized = _weights(p.name, c.weight * checked.maps[p.target].gain / scale[p.target], p.target, problems,
                              degenerate)
-        geometry = _square_geometry(p.name, c, problems)
-        if quantized is None or geometry is None:
+        if quantized is None:
             continue
         mant, exp = quantized
         synapses.append(ChipSynapse(p.source, p.target, mant.astype(np.int8), exp, upsample=1, out_offset=0,
-                                    delay=cp.delay, flatten=c.flatten, **geometry))
+                                    delay=cp.delay, flatten=c.flatten, **_geometry(c)))
     return synapses
 
 
-def _square_geometry(name: str, c, problems: list[str]) -> dict | None:
-    """A convolution's stride, padding and dilation, each one integer (the chip's convolutions are square), and
-    its groups; a dense synapse's trivial ones."""
+def _geometry(c) -> dict:
+    """A convolution's stride, padding and dilation (one int where H and W agree) and groups; a dense synapse's
+    trivial ones."""
     if c.dense:
         return {"stride": 1, "padding": 0}
-    pairs = {k: c.geometry[k] for k in ("stride", "padding", "dilation")}
-    if any(v[0] != v[1] for v in pairs.values()):
-        problems.append(f"synapse {name!r}: stride, padding and dilation must be the same along H and W, are "
-                        f"{ {k: list(v) for k, v in pairs.items()} }")
-        return None
-    return {k: int(v[0]) for k, v in pairs.items()} | {"groups": c.geometry["groups"]}
+    return {k: one_or_pair(c.geometry[k]) for k in ("stride", "padding", "dilation")} | {"groups": c.geometry["groups"]}
 
 
 ALWAYS_ON_SUFFIX = ".bias"  # the population that drives a CubaLIF's constant input

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from dataclasses import dataclass
 
 import h5py
@@ -83,13 +84,13 @@ class Synapse:
     source: str
     target: str
     weight: torch.Tensor  # int64 mantissa << weight_exp: conv [C_out, C_in / groups, k, k] or dense [N_out, N_in]
-    stride: int
-    padding: int
+    stride: int | tuple[int, int]  # (H, W) where they differ
+    padding: int | tuple[int, int]
     upsample: int
     out_offset: int
     delay: int
     weight_exp: int  # weight >> weight_exp is the 8-bit mantissa (|m| <= WEIGHT_MANT_MAX)
-    dilation: int = 1
+    dilation: int | tuple[int, int] = 1
     groups: int = 1
     flatten: bool = False  # a dense synapse reading its source flattened in C order
 
@@ -194,6 +195,18 @@ def field(node_name: str, metadata: dict | None, key: str, hint: str = ""):
     if not metadata or key not in metadata:
         raise ChipFileError(f"node {node_name!r}: metadata lacks {key!r}{hint}")
     return scalar(metadata[key])
+
+
+def _one_or_pair(name: str, node, key: str) -> int | tuple[int, int]:
+    """A conv's stride, padding or dilation: one int where H and W agree, else (H, W); integers >= 0 only."""
+    try:
+        values = np.broadcast_to(np.asarray(getattr(node, key)), (2,))
+        h, w = (operator.index(v.item()) for v in values)
+    except (TypeError, ValueError):
+        raise ChipFileError(f"synapse {name!r}: {key} must be one or two integers") from None
+    if min(h, w) < 0:
+        raise ChipFileError(f"synapse {name!r}: {key} ({h}, {w}) < 0")
+    return h if h == w else (h, w)
 
 
 def _int_field(node_name: str, metadata: dict, key: str, low: int, high: int | None = None) -> int:
@@ -475,12 +488,10 @@ def _synapse(name, node, srcs, dsts, links, sources, nodes, shapes) -> Synapse:
             raise ChipFileError(f"synapse {name!r}: weight {weight.shape} does not read {src} spikes"
                                 f"{' flattened' if flatten else ''}")
     else:
-        stride, padding, dilation = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.stride, node.padding,
-                                                                                     node.dilation))
+        stride, padding, dilation = (_one_or_pair(name, node, k) for k in ("stride", "padding", "dilation"))
         groups = int(np.asarray(node.groups).ravel()[0])
-        if stride[0] != stride[1] or padding[0] != padding[1] or dilation[0] != dilation[1] or groups < 1:
-            raise ChipFileError(f"synapse {name!r}: only square stride, padding and dilation map to the chip")
-        stride, padding, dilation = int(stride[0]), int(padding[0]), int(dilation[0])
+        if groups < 1:
+            raise ChipFileError(f"synapse {name!r}: groups {groups} < 1")
         if len(src) != 3 or weight.shape[1] * groups != src[0]:
             raise ChipFileError(f"synapse {name!r}: weight {weight.shape} (groups {groups}) does not read {src}")
     exp, offset, channels = (_int_field(name, md, k, 0) for k in ("weight_exp", "out_offset", "channels"))
