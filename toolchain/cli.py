@@ -222,10 +222,14 @@ def cmd_run(args) -> int:
     with atomic_write(args.out) as f:
         np.savez_compressed(f, **arrays)
     counts = {name: int(a.sum()) for name, a in arrays.items() if a.dtype == bool}
+    readouts = [name for name, a in arrays.items() if a.dtype != bool]  # membrane readouts: v per step, v-units
     if args.json:
-        print(json.dumps({"file": args.file, "backend": args.backend, "out": args.out, "spikes": counts}))
+        print(json.dumps({"file": args.file, "backend": args.backend, "out": args.out, "spikes": counts,
+                          "readouts": readouts}))
     else:
-        print("\n".join(f"{name:<32} {n:>10} spikes" for name, n in counts.items()) + f"\noutputs -> {args.out}")
+        print("\n".join([f"{name:<32} {n:>10} spikes" for name, n in counts.items()] +
+                        [f"{name:<32} voltage readout (v-units per step)" for name in readouts])
+              + f"\noutputs -> {args.out}")
     return 0
 
 

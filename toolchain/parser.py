@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a chip file (from `sddpm compile` or `sddpm import-nir`) on the bit-accurate "
                                    "simulator or on Lava and write OUT.npz. A network with spike inputs runs --input "
                                    "(or seeded random spikes) and writes every population's spikes [T, B, *shape] "
-                                   "under its name; a diffusion network runs one denoising step of seeded noise at "
+                                   "under its name (a membrane readout's voltage per step instead, int64 v-units: "
+                                   "its float value is v times the population's scale / 64); a diffusion network runs one denoising step of seeded noise at "
                                    "the last diffusion step and writes eps, the readout's currents and the spikes.")
     p.add_argument("file", help="chip NIR file")
     p.add_argument("--backend", choices=("sim", "lava"), default="sim",
@@ -448,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/run/outputs.npz", help="outputs file (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=1,
                    help="samples of the random input, or images of noise (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (spike counts per population)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (spike counts per population, the names of the readouts)")
     _add_spike_input_args(p)
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
