@@ -202,7 +202,7 @@ def check_op(name: str, node, shape: tuple[int, ...], dt: float, problems: list[
         if scale is None:
             return None
         try:
-            full = np.ascontiguousarray(np.broadcast_to(scale, shape))
+            full = np.array(np.broadcast_to(scale, shape))  # writable: torch.from_numpy reads it
         except ValueError:
             problems.append(f"node {name!r}: scale of shape {scale.shape} does not fit its input {shape}")
             return None
