@@ -1,5 +1,6 @@
 """A greedy placement of a chip network's populations onto Loihi 2 cores and chips, and the spikes that cross
-chip boundaries in one denoising step.
+chip boundaries per unit of work (a denoising step of one image for SDDPM, one sample's run for a network with
+spike inputs).
 
 Placement: populations in dependency order (the order `export.resources.estimate` lists them, the readout last)
 take the cores that estimate gives them, one after another; a chip is full when its cores or its synapse budget
@@ -11,7 +12,7 @@ Crossing spikes: a spike of a source neuron is sent once to every chip, other th
 a target population of that source (one message per destination chip, the chip's router fanning it out to its
 cores). Neurons are assumed spread evenly over their population's cores and every source neuron is assumed to
 reach every chip of its target: for a convolution, whose neurons reach only nearby positions, this is an upper
-bound. The host's input current into the first population is host I/O, not counted here.
+bound. The host's input current into the first population, and spike inputs, are host I/O, not counted here.
 """
 from __future__ import annotations
 
@@ -81,14 +82,16 @@ def place(est: ResourceEstimate, shared: bool = True) -> Placement:
 
 
 def crossing_spikes(net: ChipNetwork, placement: Placement, spikes: dict[str, float]) -> dict[str, float]:
-    """population -> spike messages per denoising step that leave its chips, from `spikes` (population ->
-    spikes per denoising step of one image). A spike reaching several targets on one chip is one message."""
+    """population -> spike messages per unit of work that leave its chips, from `spikes` (population -> spikes per
+    unit). A spike reaching several targets on one chip is one message; a spike input is host I/O."""
     targets: dict[str, set[int]] = {}
     for syn in net.synapses:
         targets.setdefault(syn.source, set()).update(placement.chips_of(syn.target))
     out = {}
     for name, chips in targets.items():
         source = placement.chips_of(name)
+        if not source:  # a spike input: on the host
+            continue
         total = sum(source.values())
         # chip c holds cores / total of the source's neurons; their spikes go to every target chip but c
         out[name] = spikes[name] * sum(cores / total * len(chips - {c}) for c, cores in source.items())

@@ -1001,6 +1001,8 @@ def test_a_snntorch_conv_graph_goes_through_every_command_on_one_file(tmp_path, 
     capsys.readouterr()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["check"]["identical"] and report["resources"]["neurons"] == 4 * 8 * 8 + 5
+    # 261 neurons fit one chip: nothing crosses, and the spike input is host I/O
+    assert report["placement"]["dense"]["chips"] == 1 and report["placement"]["dense"]["crossing_spikes_per_step"] == 0
     outputs = {}
     for backend in ("sim", "lava"):
         out = str(tmp_path / f"{backend}.npz")

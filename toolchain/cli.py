@@ -416,6 +416,7 @@ def cmd_report(args) -> int:
 
 def report_imported(args, net) -> int:
     """`sddpm report --nir` of an imported network: OUT/report.md and OUT/report.json."""
+    from export.placement import placement_summary
     from export.reference import run_reference_spikes
     from export.resources import estimate
     from fileio import atomic_write
@@ -427,18 +428,21 @@ def report_imported(args, net) -> int:
     check = compare(net, run_reference_spikes(net, inputs), simulated, ("reference", "simulator"))
     energy = network_energy(net, inputs, simulated)
     resources = estimate(net)
+    placement = placement_summary(net, resources, {name: row["spikes"] for name, row in energy["per_node"].items()})
     os.makedirs(args.out, exist_ok=True)
     text = (f"# {os.path.basename(args.nir)} on Loihi 2 integers\n\nImported by `sddpm import-nir` "
             f"({json.dumps(net.source.get('discretization', {}))}).\n\n```\n{format_imported(net)}\n```\n\n"
             f"Reference vs simulator: {'identical' if check['identical'] else check['first_mismatch']}\n\n"
             f"```\n{format_energy_table(energy)}\n```\n\nLoihi 2 resources (estimate): {resources.neurons} neurons, "
             f"{resources.synapses(shared=False)} synapses, {resources.cores(shared=False)} cores, "
-            f"{resources.chips(shared=False)} chip(s)\n")
+            f"{resources.chips(shared=False)} chip(s); placed greedily (`export/placement.py`) on "
+            f"{placement['dense']['chips']} chip(s) ({placement['dense']['system']}), "
+            f"{placement['dense']['crossing_spikes_per_step']:.1f} spike messages per sample crossing chips\n")
     with atomic_write(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with atomic_write(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({"nir_file": args.nir, "check": check, "energy": energy, "resources": resources.to_json()}, f,
-                  indent=1)
+        json.dump({"nir_file": args.nir, "check": check, "energy": energy, "resources": resources.to_json(),
+                   "placement": placement}, f, indent=1)
     print(text + f"\nreport -> {os.path.join(args.out, 'report.md')}")
     return 0 if check["identical"] else 1
 

@@ -294,6 +294,8 @@ def format_onnx_comparison(report, t) -> str:
 
 def neuron_kind(pop) -> str:
     """The NIR neuron type a population's decays make (export.nir_chip writes it so)."""
+    if pop.voltage_out:
+        return "readout"
     return "IF" if pop.is_if else "LIF" if pop.du == 4095 else "CubaLIF"
 
 
