@@ -54,7 +54,6 @@ def test_sample_writes_a_grid_and_arrays(tmp_path, tiny_checkpoint):
     (["train", "RUN", "--dataset", "digits", "--tau", "3"], "--tau is the LIF time constant"),
     (["train", "RUN", "--dataset", "digits", "--kind", "ann", "--neuron", "lif"], "needs kind 'snn'"),
     (["sample", "--checkpoint", "missing.pt"], "checkpoint not found"),
-    (["sample", "--checkpoint", "CKPT", "--threshold-factor", "-1"], "threshold factor"),
 ])
 def test_errors_exit_2_with_the_problem_named(tmp_path, capsys, tiny_checkpoint, argv, message):
     argv = [str(tmp_path / "run") if a == "RUN" else tiny_checkpoint if a == "CKPT" else a for a in argv]

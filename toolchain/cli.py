@@ -55,6 +55,33 @@ def cmd_sample(args) -> None:
               f"{os.path.join(args.out, 'samples.npz')}")
 
 
+def _load_images(path: str):
+    """The uint8 [N, C, H, W] array 'images' of an .npz (as `sddpm sample` writes it), or a UsageError that says
+    what the file is instead."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UsageError(f"{path}: not a readable .npz of images ({type(err).__name__}: {err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"{path}: a single .npy array; give an .npz with an 'images' array (`sddpm sample` "
+                         f"writes one)")
+    with data as f:
+        if "images" not in f:
+            raise UsageError(f"{path} has no 'images' array (keys: {list(f.keys())})")
+        try:
+            images = f["images"]
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise UsageError(f"{path}: its 'images' array cannot be read ({err})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3) or not len(images):
+        raise UsageError(f"{path}: 'images' must be uint8 [N >= 1, 1 or 3, H, W], is {images.dtype} "
+                         f"{list(images.shape)}")
+    return images
+
+
 def cmd_fid(args) -> None:
     import numpy as np
     import torch
@@ -63,10 +90,7 @@ def cmd_fid(args) -> None:
     from sddpm.images import failed_images
 
     if args.images:
-        with np.load(args.images) as f:
-            if "images" not in f:
-                raise UsageError(f"{args.images} has no 'images' array (keys: {list(f.keys())})")
-            images = torch.from_numpy(f["images"])
+        images = torch.from_numpy(_load_images(args.images))
         is_main = True
     else:
         images, info = _sample(args, args.num_images)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from sddpm.config import LIF_TAU, MODEL_KINDS, NEURON_KINDS, PRESETS, ConfigError, TrainConfig
@@ -44,6 +45,41 @@ def calibration_of(args):
     return Calibration(args.dataset, args.data_root, args.calibration_batches, args.calibration_batch_size)
 
 
+class Bounded:
+    """An argparse type: an int or a finite float inside a declared range (`low`, `high`; open ends say so), or an
+    error that names the range. The option test (tests/test_cli_options.py) tries every option of every command
+    against its range."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.__name__ = kind.__name__  # argparse names the type in its messages
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.high is None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+        inside = math.isfinite(value) and (self.low is None or value > self.low or (value == self.low and
+                                                                                      not self.low_open))
+        inside = inside and (self.high is None or value < self.high or (value == self.high and not self.high_open))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}")
+        return value
+
+
+_positive_int = Bounded(int, 1)
+_count = Bounded(int, 0)  # seeds, periods where 0 means never, resamplings
+_positive = Bounded(float, 0, low_open=True)
+_non_negative = Bounded(float, 0)
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -56,7 +92,7 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_threshold_factor(p, what: str) -> None:
-    p.add_argument("--threshold-factor", type=float, default=1.0, help=what + " (default: %(default)s)")
+    p.add_argument("--threshold-factor", type=_positive, default=1.0, help=what + " (default: %(default)s)")
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -67,9 +103,10 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                         "official-ddim: exactly the official SDDPM diffusion.py (DDPM with x0 clipped at every "
                         "step; DDIM with x0 clipped at every step beside the network's eps, on steps 999, 899, ..., "
                         "returning the x reached at t = 0) (default: %(default)s)")
-    g.add_argument("--sampler-steps", "--steps", dest="steps", type=int, default=100,
+    g.add_argument("--sampler-steps", "--steps", dest="steps", type=_positive_int, default=100,
                    help="DDIM steps (ddim, official-ddim; default: %(default)s)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta; 1.0 adds DDPM-like noise (default: 0)")
+    g.add_argument("--eta", type=Bounded(float, 0, 1), default=0.0,
+                   help="DDIM eta in [0, 1]; 1.0 adds DDPM-like noise (default: 0)")
     g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
                    help="DDPM posterior variance (default: %(default)s, as SDDPM)")
     g.add_argument("--clip-x0", action="store_true",
@@ -78,8 +115,8 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                         "without it only the final images are clipped")
     _add_threshold_factor(g, "threshold-guided strategy: multiply every IF threshold by this factor, e.g. 0.997 "
                              "(1.0: the trained thresholds)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per sampling batch (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="batch b starts from the noise of seed + b")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="images per sampling batch (default: %(default)s)")
+    g.add_argument("--seed", type=_count, default=0, help="batch b starts from the noise of seed + b")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
 
 
@@ -118,28 +155,23 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration (compiling to the chip)")
     g.add_argument("--dataset", help="calibration images (default: the checkpoint's training dataset)")
     g.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
-    g.add_argument("--calibration-batches", type=int, default=CALIBRATION_BATCHES,
+    g.add_argument("--calibration-batches", type=_positive_int, default=CALIBRATION_BATCHES,
                    help="batches of noisy training images (default: %(default)s)")
-    g.add_argument("--calibration-batch-size", type=int, default=CALIBRATION_BATCH_SIZE,
+    g.add_argument("--calibration-batch-size", type=_positive_int, default=CALIBRATION_BATCH_SIZE,
                    help="images per calibration batch, t spread over all diffusion steps (default: %(default)s)")
 
 
 def _add_chain_args(p: argparse.ArgumentParser, steps: int, what: str, batch_size: int | None) -> None:
     """The float DDIM chain from seeded noise whose denoising steps a command takes (batch_size None: one
     image, for backends without a batch dimension)."""
-    p.add_argument("--check-steps", "--steps", dest="steps", type=int, default=steps,
+    p.add_argument("--check-steps", "--steps", dest="steps", type=_positive_int, default=steps,
                    help=f"denoising steps of the chain to {what} (default: %(default)s)")
-    p.add_argument("--ddim-steps", type=int, default=100, help="length of the DDIM chain (default: %(default)s)")
+    p.add_argument("--ddim-steps", type=_positive_int, default=100, help="length of the DDIM chain (default: %(default)s)")
     if batch_size is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size, help="images in the chain (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the chain")
+        p.add_argument("--batch-size", type=_positive_int, default=batch_size, help="images in the chain (default: %(default)s)")
+    p.add_argument("--seed", type=_count, default=0, help="noise seed of the chain")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def _add_spike_input_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +182,7 @@ def _add_spike_input_args(p: argparse.ArgumentParser) -> None:
                                    "probability 0.3 per step)")
     g.add_argument("--input-steps", type=_positive_int, default=32,
                    help="steps of the random input without --input (default: %(default)s)")
-    g.add_argument("--input-seed", type=int, default=0, help="seed of the random input (default: %(default)s)")
+    g.add_argument("--input-seed", type=_count, default=0, help="seed of the random input (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,38 +211,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=MODEL_KINDS,
                    help="snn: SDDPM spiking U-Net; ann: its DDPM twin (our U-Net with Swish and GroupNorm); "
                         "diffusers: diffusers' UNet2DModel at the twin's size, the yardstick (needs diffusers)")
-    p.add_argument("--ch", type=int, help="base channels")
+    p.add_argument("--ch", type=_positive_int, help="base channels")
     p.add_argument("--ch-mult", type=_ints, help="channel multipliers per level, e.g. 1,2,2,4")
-    p.add_argument("--num-res-blocks", type=int, help="residual blocks per level")
-    p.add_argument("--snn-steps", type=int, help="SNN time steps T (paper: 4 or 8)")
+    p.add_argument("--num-res-blocks", type=_positive_int, help="residual blocks per level")
+    p.add_argument("--snn-steps", type=_positive_int, help="SNN time steps T (paper: 4 or 8)")
     p.add_argument("--neuron", choices=NEURON_KINDS,
                    help="the spiking neuron of the snn kind. if: integrate-and-fire, SDDPM's (SpikingJelly IFNode): "
                         "v = v + x, no leak. lif: leaky integrate-and-fire (SpikingJelly LIFNode, decay_input=True): "
                         "v = v + (x - v) / tau, so v keeps 1 - 1/tau of itself each SNN step and takes x / tau. "
                         "Both spike when v >= 1.0, reset v to 0 and train through the ATan surrogate gradient; "
                         "neither has parameters, so the state_dict keys are the same (default: if)")
-    p.add_argument("--tau", type=float,
+    p.add_argument("--tau", type=Bounded(float, 1, low_open=True),
                    help=f"LIF membrane time constant in SNN steps, > 1 (default: {LIF_TAU}, SpikingJelly's)")
     t = TrainConfig()
-    p.add_argument("--train-steps", "--steps", dest="steps", type=int, default=t.total_steps,
+    p.add_argument("--train-steps", "--steps", dest="steps", type=_positive_int, default=t.total_steps,
                    help="total optimizer steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help="global batch (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=t.warmup, help="linear warm-up steps (default: %(default)s)")
-    p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="gradient norm clip (default: %(default)s)")
-    p.add_argument("--ema-decay", type=float, default=t.ema_decay, help="EMA decay (default: %(default)s)")
-    p.add_argument("--ckpt-every", type=int, default=t.ckpt_every, help="checkpoint period (default: %(default)s)")
-    p.add_argument("--sample-every", type=int, default=t.sample_every,
+    p.add_argument("--batch-size", type=_positive_int, default=t.batch_size, help="global batch (default: %(default)s)")
+    p.add_argument("--lr", type=_positive, default=t.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--warmup", type=_count, default=t.warmup, help="linear warm-up steps (default: %(default)s)")
+    p.add_argument("--grad-clip", type=_positive, default=t.grad_clip, help="gradient norm clip (default: %(default)s)")
+    p.add_argument("--ema-decay", type=Bounded(float, 0, 1, high_open=True), default=t.ema_decay, help="EMA decay (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=_positive_int, default=t.ckpt_every, help="checkpoint period (default: %(default)s)")
+    p.add_argument("--sample-every", type=_count, default=t.sample_every,
                    help="sample-grid period, 0 to disable (default: %(default)s)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips (CIFAR-10, CelebA)")
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--seed", type=_count, default=t.seed)
 
     p = sub.add_parser("sample", help="generate images: a PNG grid and an .npz of uint8 arrays",
                        description="Sample from a checkpoint (ours or an official SDDPM one) and write "
                                    "OUT/grid.png and OUT/samples.npz (key 'images', uint8 [N, C, H, W]).")
     _add_checkpoint(p)
     p.add_argument("--out", default="out/samples", help="output folder (default: %(default)s)")
-    p.add_argument("--num-images", type=int, default=64, help="number of images (default: %(default)s)")
+    p.add_argument("--num-images", type=_positive_int, default=64, help="number of images (default: %(default)s)")
     _add_sampler_args(p)
     _add_backend_args(p)
 
@@ -223,12 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="sample --num-images images from this checkpoint first")
     p.add_argument("--dataset", default="mnist", help="reference dataset (default: %(default)s)")
     p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
-    p.add_argument("--num-images", type=int, default=1000, help="images to sample with --checkpoint (default: %(default)s)")
-    p.add_argument("--ref-count", type=int, default=10000,
+    p.add_argument("--num-images", type=_positive_int, default=1000, help="images to sample with --checkpoint (default: %(default)s)")
+    p.add_argument("--ref-count", type=_positive_int, default=10000,
                    help="training images in the reference statistics (default: %(default)s)")
     p.add_argument("--real-baseline", action="store_true",
                    help="also report FID of as many real test images as samples (the small-count bias)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="ROUNDS",
+    p.add_argument("--bootstrap", type=_count, default=0, metavar="ROUNDS",
                    help="also report the FID's spread over this many resamplings of the images (standard "
                         "deviation and 2.5 / 97.5 percentiles; 200 is plenty; default: none)")
     p.add_argument("--cache-dir", default="cache/fid", help="reference statistics cache (default: %(default)s)")
@@ -245,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p)
     p.add_argument("--dataset", help="test images (default: the checkpoint's training dataset)")
     p.add_argument("--data-root", help="folder of cifar10 pickle batches or celeba images")
-    p.add_argument("--count", type=int, default=256, help="test images (default: %(default)s)")
+    p.add_argument("--count", type=_positive_int, default=256, help="test images (default: %(default)s)")
     p.add_argument("--t", type=_ints, default=None, help="diffusion steps (default: 0,50,100,250,500,750,999)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    p.add_argument("--seed", type=_count, default=0, help="noise seed (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -334,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
     _add_threshold_factor(p, "nir: threshold factor of the chip network")
     p.add_argument("--json", action="store_true", help="print the file's facts and its check as one JSON object")
-    p.add_argument("--check-images", type=int, default=16,
+    p.add_argument("--check-images", type=_positive_int, default=16,
                    help="noisy training images to check the file on, t spread over all diffusion steps "
                         "(default: %(default)s)")
     _add_calibration_args(p)
@@ -376,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "take. Nodes that do not map are named in the error.")
     p.add_argument("graph", help="NIR file to compile")
     p.add_argument("--out", required=True, help="compiled NIR file to write")
-    p.add_argument("--dt", type=float, default=1e-4,
+    p.add_argument("--dt", type=_positive, default=1e-4,
                    help="seconds per step for tau of LIF/CubaLIF (default: %(default)s, the snnTorch/NIR-paper "
                         "convention)")
     p.add_argument("--allow-degenerate", action="store_true",
@@ -385,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay", choices=("euler", "exp"), default="euler",
                    help="euler: v keeps 1 - dt/tau per step (NIR read by forward Euler, the default); exp: it keeps "
                         "exp(-dt/tau) and the input gains 1 - exp(-dt/tau), as Sinabs runs (its tau in steps: --dt 1)")
-    p.add_argument("--norse-dt", type=float, default=None,
+    p.add_argument("--norse-dt", type=_positive, default=None,
                    help="the file is Norse >= 1.1's to_nir(dt=NORSE_DT), which writes tau = NORSE_DT / tau_mem_inv "
                         "and no CubaLIF w_in: read tau / NORSE_DT as the time constant and the current gain as 1. "
                         "Earlier Norse wrote tau = 1 / tau_mem_inv (seconds): read such a file without it, with the "
@@ -409,11 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "population)")
     _add_spike_input_args(p)
     g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
-    g.add_argument("--loihi-sop-pj", type=float, default=LOIHI_DAVIES_2018.sop_pj,
+    g.add_argument("--loihi-sop-pj", type=_non_negative, default=LOIHI_DAVIES_2018.sop_pj,
                    help="energy per synaptic operation, pJ (default: %(default)s)")
-    g.add_argument("--loihi-update-pj", type=float, default=LOIHI_DAVIES_2018.update_pj,
+    g.add_argument("--loihi-update-pj", type=_non_negative, default=LOIHI_DAVIES_2018.update_pj,
                    help="energy per neuron update inside its window, pJ (default: %(default)s)")
-    g.add_argument("--loihi-idle-update-pj", type=float, default=LOIHI_DAVIES_2018.idle_update_pj,
+    g.add_argument("--loihi-idle-update-pj", type=_non_negative, default=LOIHI_DAVIES_2018.idle_update_pj,
                    help="energy per idle neuron update, pJ (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
@@ -464,6 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checks both files against PyTorch; and runs one denoising step on Lava from the "
                                    "NIR file, compared spike for spike with the simulator.")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--num-images", type=int, default=16, help="images in the grid (default: %(default)s)")
+    p.add_argument("--num-images", type=_positive_int, default=16, help="images in the grid (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object of every result instead of the text")
     return parser

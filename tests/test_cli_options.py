@@ -1,0 +1,73 @@
+"""Every numeric option of every `sddpm` command declares its range (`toolchain.parser.Bounded`), and a value
+outside it, not a number, NaN or infinite, is one error line and exit status 2 before anything runs; files of
+the wrong kind given to the commands that read them are one line and exit status 2 too."""
+import argparse
+
+import pytest
+
+from toolchain.cli import main
+from toolchain.parser import Bounded, build_parser
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _numeric_options():
+    for command, parser in _subparsers().items():
+        positionals = ["x" for a in parser._actions if not a.option_strings and a.nargs is None]
+        for action in parser._actions:
+            if action.option_strings and action.type in (int, float) or isinstance(action.type, Bounded):
+                yield command, positionals, action
+
+
+def _bad_values(kind: Bounded) -> list[str]:
+    """Just outside each end of the range, and what is no number of the kind at all."""
+    step = 1 if kind.kind is int else 0.5
+    out = ["nan", "inf", "-inf", "abc"] + (["1.5"] if kind.kind is int else [])
+    if kind.low is not None:
+        out.append(repr(kind.low if kind.low_open else kind.low - step))
+    if kind.high is not None:
+        out.append(repr(kind.high if kind.high_open else kind.high + step))
+    return out
+
+
+def test_every_numeric_option_declares_its_range():
+    bare = [f"{c} {a.option_strings[0]}" for c, _, a in _numeric_options() if not isinstance(a.type, Bounded)]
+    assert not bare, f"numeric options without a range: {bare}"
+
+
+CASES = [pytest.param(c, pos, a.option_strings[0], v, id=f"{c} {a.option_strings[0]} {v}")
+         for c, pos, a in _numeric_options() if isinstance(a.type, Bounded) for v in _bad_values(a.type)]
+
+
+@pytest.mark.parametrize("command, positionals, option, value", CASES)
+def test_a_value_outside_an_options_range_is_one_error_line(command, positionals, option, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([command, *positionals, f"{option}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and err[-1].startswith(f"sddpm {command}: error: argument {option}")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_the_ranges_admit_their_defaults_and_closed_ends():
+    for command, _, action in _numeric_options():
+        kind, name = action.type, f"{command} {action.option_strings[0]}"
+        if action.default is not None:
+            assert kind(str(action.default)) == action.default, name
+        for end, is_open in ((kind.low, kind.low_open), (kind.high, kind.high_open)):
+            if end is not None and not is_open:
+                assert kind(str(kind.kind(end))) == end, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fid", "--images", "/etc/passwd"], "not a readable .npz of images"),
+    (["run", "/etc/passwd"], "/etc/passwd"),
+    (["verify", "--nir", "/etc/passwd"], "/etc/passwd"),
+    (["import-nir", "/etc/passwd", "--out", "/tmp/never.nir"], "/etc/passwd"),
+], ids=["fid", "run", "verify", "import-nir"])
+def test_a_file_of_the_wrong_kind_is_one_error_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sddpm {argv[0]}: error: ") and message in err[0], err
