@@ -71,3 +71,26 @@ def test_a_file_of_the_wrong_kind_is_one_error_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"sddpm {argv[0]}: error: ") and message in err[0], err
+
+
+def test_under_torchrun_only_rank_0_prints(tmp_path, capsys, monkeypatch):
+    # torchrun sets RANK for every process: one JSON object on stdout, from rank 0, whatever the command
+    import json
+
+    import nir
+    import numpy as np
+
+    from export.nir_foreign import write_foreign
+
+    chip = str(tmp_path / "chip.nir")
+    write_foreign(chip, nir.NIRGraph.from_list(
+        nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
+        nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)), nir.Output(np.array([1]))))
+    argv = ["run", chip, "--out", str(tmp_path / "out.npz"), "--json"]
+    for rank, printed in (("1", ""), ("0", "spikes")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert (printed in out) if printed else out == ""
+        if printed:
+            assert json.loads(out)["spikes"]

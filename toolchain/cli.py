@@ -2,6 +2,7 @@
 energy, report, run, demo. Each command parses, calls `toolchain.pipeline`, and prints (`toolchain.report`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -561,9 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     from toolchain.errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
+    # under torchrun every rank runs the command; only rank 0 speaks on stdout (one JSON object, one table)
+    quiet = int(os.environ.get("RANK", "0")) != 0
     try:
-        with warnings.catch_warnings():  # restores the process's warning display on the way out
-            warnings.showwarning = _one_line_warning
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, \
+                contextlib.redirect_stdout(devnull if quiet else sys.stdout):
+            warnings.showwarning = _one_line_warning  # the catch restores the process's display on the way out
             return COMMANDS[args.command](args) or 0
     except USER_ERRORS as e:
         if args.debug:
