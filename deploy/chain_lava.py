@@ -27,7 +27,7 @@ import torch
 
 from export.chip import READOUT, ChipNetwork, check_ranges
 from export.host import host_input_current
-from records import ChipRun
+from chiprun import ChipRun
 
 from deploy.chip_lava import lava_bias, lava_run, run_config, to_lava, wire_synapses
 from deploy.errors import DeployInputError

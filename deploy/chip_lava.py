@@ -34,7 +34,7 @@ from lava.magma.core.process.ports.ports import OutPort
 
 from export.chip import READOUT, ChipNetwork, ChipPopulation, ChipSynapse, check_ranges, pair
 from export.host import host_input_current, readout_to_eps
-from records import ChipRun
+from chiprun import ChipRun
 
 from deploy.errors import DeployError, DeployInputError
 from deploy.layout import lava_conv_weight, lava_shape

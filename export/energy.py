@@ -227,7 +227,7 @@ def host_macs(net: ChipNetwork) -> dict[str, int]:
 
 def count_forward(net: ChipNetwork, spike_trains: dict[str, torch.Tensor]) -> ForwardCounts:
     """Counts of one forward pass from its spike trains (population -> 0/1 [T, B, C, H, W], the `spikes` of
-    any backend's `records.ChipRun`; the timing mode does not matter, the trains are aligned on SNN steps)."""
+    any backend's `chiprun.ChipRun`; the timing mode does not matter, the trains are aligned on SNN steps)."""
     synapses = tuple(SynapseCount(s.source, s.target, synapse_sops(spike_trains[s.source], s.weight.shape,
                                                                    s.stride, s.padding, s.upsample))
                      for s in net.synapses)

@@ -45,7 +45,7 @@ import h5py
 import nir
 import numpy as np
 
-from fileio import NIR_READ_ERRORS, atomic_path
+from durableio import NIR_READ_ERRORS, atomic_path
 
 from .errors import ExportError
 from .nir_foreign_check import ForeignGraphError

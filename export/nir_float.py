@@ -39,7 +39,7 @@ import nir
 import numpy as np
 import torch
 
-from fileio import atomic_path
+from durableio import atomic_path
 
 from .errors import ExportError
 from .graph import Expr, FloatGraph, FloatPopulation, Term

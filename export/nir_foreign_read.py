@@ -9,7 +9,7 @@ import h5py
 import nir
 import numpy as np
 
-from fileio import NIR_READ_ERRORS
+from durableio import NIR_READ_ERRORS
 
 from .nir_foreign_check import ForeignGraphError, raise_problems
 

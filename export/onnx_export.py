@@ -25,7 +25,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
-from fileio import atomic_path
+from durableio import atomic_path
 from sddpm.config import ConfigError, ModelConfig
 from sddpm.neuron import LIF, SPIKING_NEURONS, if_step, lif_step
 from sddpm.unet import ANNUNet, SpikingUNet, check_inputs

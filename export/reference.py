@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from records import ChipRun
+from chiprun import ChipRun
 
 from .chip import (ACT_SHIFT, DECAY_UNITY, READOUT, STATE_MAX, VTH_SHIFT, ChipNetwork, ChipPopulation,
                    ChipSynapse)

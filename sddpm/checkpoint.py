@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import SddpmError
-from fileio import atomic_write
+from durableio import atomic_write
 from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .unet import build_model
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .data import dataset_shape, load_images
 from .errors import SddpmError
-from fileio import atomic_write
+from durableio import atomic_write
 
 
 class FidError(SddpmError, ValueError):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from fileio import atomic_write
+from durableio import atomic_write
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:

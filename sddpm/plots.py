@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from fileio import atomic_write
+from durableio import atomic_write
 
 
 def pyplot():

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint, upgrade_model_config
-from fileio import atomic_write
+from durableio import atomic_write
 from .config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from .batches import ImageBatches
 from .data import dataset_shape, load_images

@@ -26,7 +26,7 @@ import nir
 import numpy as np
 import torch
 
-from fileio import NIR_READ_ERRORS
+from durableio import NIR_READ_ERRORS
 
 from .errors import SimulatorError
 from .fixed_point import ACT_SHIFT, DECAY_UNITY, IF_DU, IF_DV, STATE_MAX, VTH_SHIFT

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from records import ChipRun
+from chiprun import ChipRun
 
 from .chip_file import READOUT, ChipFileError, Population, Synapse, read_chip_file
 from .errors import SimulatorError, SimulatorInputError

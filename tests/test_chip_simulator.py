@@ -18,7 +18,7 @@ from chip_helpers import compiled_tiny
 from export.chip import READOUT
 from export.nir_chip import seal, write_chip_nir
 from export.reference import run_reference
-from records import ChipRun
+from chiprun import ChipRun
 from simulators.chip_file import ChipFileError
 from simulators.fixed_point import int8_matmul_is_exact
 from simulators.network import ARITHMETICS, ChipSimulator
@@ -328,10 +328,10 @@ def test_compare_runs_checks_populations_in_dependency_order_then_the_readout():
     assert compare_runs(ref, floats, t=7) is None
 
 
-# package -> project packages it must not import: records <- sddpm <- export <- {simulators, deploy} <- toolchain
+# package -> project packages it must not import: chiprun, durableio <- sddpm <- export <- {simulators, deploy} <- toolchain
 FORBIDDEN_IMPORTS = {
-    "records": {"fileio", "sddpm", "export", "simulators", "deploy", "toolchain"},  # a data shape every backend returns
-    "fileio": {"records", "sddpm", "export", "simulators", "deploy", "toolchain"},  # atomic writes, stdlib only
+    "chiprun": {"durableio", "sddpm", "export", "simulators", "deploy", "toolchain"},  # a data shape every backend returns
+    "durableio": {"chiprun", "sddpm", "export", "simulators", "deploy", "toolchain"},  # atomic writes, stdlib only
     "sddpm": {"export", "simulators", "deploy", "toolchain"},
     "export": {"simulators", "deploy", "toolchain"},
     "simulators": {"sddpm", "export", "deploy", "toolchain"},  # an independent oracle shares no code

@@ -43,7 +43,7 @@ def _sample(args, count: int):
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from fileio import atomic_write
+    from durableio import atomic_write
     from sddpm.images import save_grid
 
     started = time.time()
@@ -108,7 +108,7 @@ def cmd_fid(args) -> None:
                                                       ref_count=args.ref_count, root=args.data_root)
     if is_main:
         if args.save:
-            from fileio import atomic_write
+            from durableio import atomic_write
 
             with atomic_write(args.save, "w") as f:
                 json.dump(result, f, indent=1)
@@ -227,7 +227,7 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from export.nir_chip import read_chip_nir
-    from fileio import atomic_write
+    from durableio import atomic_write
 
     net = read_chip_nir(args.file)
     if net.is_diffusion:
@@ -444,7 +444,7 @@ def report_imported(args, net) -> int:
     from export.placement import placement_summary
     from export.reference import run_reference_spikes
     from export.resources import estimate
-    from fileio import atomic_write
+    from durableio import atomic_write
     from toolchain.report import format_imported
     from toolchain.spiking import compare, format_energy_table, network_energy, run_network
 

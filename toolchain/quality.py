@@ -205,7 +205,7 @@ def run_rows(rows: list[Row], out: str, results: str, grid_dir: str, run) -> lis
     import numpy as np
     import torch
 
-    from fileio import atomic_path
+    from durableio import atomic_path
     from sddpm.images import save_grid
 
     failed = []

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from export.resources import SOURCES, ResourceEstimate
-from fileio import atomic_write
+from durableio import atomic_write
 from sddpm.plots import pyplot, save_figure
 
 from .verify import LadderReport

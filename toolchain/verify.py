@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from export.chip import READOUT, ChipNetwork
 from export.reference import run_reference
-from records import ChipRun
+from chiprun import ChipRun
 from sddpm.neuron import SPIKING_NEURONS
 from sddpm.samplers import ddim_sample, ddim_step, ddim_timesteps
 from sddpm.schedule import NoiseSchedule

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from deploy.chip_lava import run_config
 from export.nir_chip import read_chip_nir
 from sddpm.checkpoint import load_model
-from fileio import atomic_write
+from durableio import atomic_write
 from sddpm.generate import model_denoiser
 from sddpm.images import save_grid
 from sddpm.schedule import NoiseSchedule
