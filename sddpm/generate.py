@@ -68,7 +68,7 @@ def model_denoiser(model: nn.Module, threshold_factor: float = 1.0) -> nn.Module
 
 
 @torch.no_grad()
-def generate(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], image_shape: tuple[int, int, int],
+def generate_images(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], image_shape: tuple[int, int, int],
              diffusion_cfg: DiffusionConfig, count: int, sampler: SamplerConfig, batch_size: int = 64, seed: int = 0,
              progress: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
     """`count` images as uint8 [count, C, H, W] from eps = denoiser(x_t, t) (a model from `model_denoiser`,

@@ -493,7 +493,7 @@ DEMO_CHECK_IMAGES = 8
 def cmd_demo(args) -> int:
     from deploy.chip_lava import run_config
     from sddpm.checkpoint import load_model
-    from sddpm.generate import SamplerConfig, generate, model_denoiser
+    from sddpm.generate import SamplerConfig, generate_images, model_denoiser
     from sddpm.images import save_grid
     from simulators.network import ChipSimulator
     from toolchain.verify import format_ladder, steps_on_lava
@@ -507,7 +507,7 @@ def cmd_demo(args) -> int:
     model = model_denoiser(loaded.model)
     # DDPM with x0 clipped (Ho et al.'s clip_denoised): the small model's deterministic DDIM chains drift off the
     # data range late, where ancestral sampling with clipped x0 predictions gives clean digits (README, FID table)
-    images = generate(model, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, args.num_images,
+    images = generate_images(model, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, args.num_images,
                       SamplerConfig(sampler="ddpm", clip_x0=True))
     grid = save_grid(images, os.path.join(args.out, "grid.png"))
     say(f"sampled {args.num_images} images (DDPM, 1000 steps, x0 clipped) in {time.time() - started:.1f} s -> {grid}")

@@ -63,14 +63,14 @@ def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, ba
     """`count` images of the loaded model with `sampler` (a `SamplerConfig`) on `backend` (float: PyTorch;
     sim, lava: the model compiled to out_dir/network.nir and run there, the simulator's chip part on
     `sim_device`), and the distributed run's info."""
-    from sddpm.generate import generate, model_denoiser
+    from sddpm.generate import generate_images, model_denoiser
     from sddpm.training import init_distributed
 
     info = init_distributed()
     cfg = loaded.model_config
 
     def run(denoiser, device):
-        return generate(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
+        return generate_images(denoiser, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, count,
                         sampler, batch_size=batch_size, seed=seed, progress=info.is_main, device=device), info
 
     if backend in ("sim", "lava"):
