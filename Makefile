@@ -50,7 +50,7 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt
 	@$(VPY) tools/patch_lava.py
 	@touch $@
 
-# Fashion-MNIST comes from Debian (research/datasets.md); checked on every `make venv`.
+# Fashion-MNIST comes from Debian (docs/sources.md section 4.2); checked on every `make venv`.
 $(FASHION_MNIST):
 	@if [ "$$(id -u)" = 0 ]; then \
 	  echo "installing Debian package dataset-fashion-mnist -> $@"; \

@@ -28,7 +28,7 @@ Method:
   work done). torch runs with `--threads` intra-op threads (default 1, so that a busy 2-core machine
   gives stable numbers; `--threads 2` to use both cores of an idle one).
 - The reference times of the official Spk_UNet (torch 2.13, 2 threads, SpikingJelly 0.0.0.0.14) are
-  the ones in DESIGN.md, "Performance facts".
+  the ones in docs/architecture.md section 4.1.
 
 Configurations: the presets of `sddpm.config.PRESETS` (`cifar10`: ch 128, ch_mult (1,2,2,4), 3 channels;
 `mnist`: the paper's 1-channel 32x32 run, ch 128, ch_mult (1,2,2,2); `mnist-small`: the shipped demo
@@ -66,7 +66,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "mnist-ch32": dataclasses.replace(PRESETS["mnist"], ch=32),
     "mnist-ch64": dataclasses.replace(PRESETS["mnist"], ch=64),
 }
-# DESIGN.md, "Performance facts": one training step of the official Spk_UNet, batch 8.
+# docs/architecture.md section 4.1: one training step of the official Spk_UNet, batch 8.
 OFFICIAL_TRAIN_STEP_S = {"mnist-ch32": 1.11, "mnist-ch64": 3.66}
 TARGET_RATIO = 1.3  # ours vs SpikingJelly neurons on forward + backward
 # glibc malloc: serve tensors up to 32 MiB from the heap and never give it back to the OS, so a step
@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if configs:
         out += throughput_table(configs, args) + [
-            "", "Official Spk_UNet: one training step as measured in DESIGN.md (torch 2.13, 2 threads, idle "
-            "machine), not run here.", ""]
+            "", "Official Spk_UNet: one training step as measured in docs/architecture.md section 4.1 (torch 2.13, "
+            "2 threads, idle machine), not run here.", ""]
     if compare:
         lines, ratios = compare_table(compare, args)
         verdicts = ", ".join(f"{c} {r:.2f}x ({'met' if r >= TARGET_RATIO else 'NOT met'})" for c, r in ratios.items())

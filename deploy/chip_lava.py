@@ -1,6 +1,6 @@
 """A compiled SDDPM chip network (its NIR file) as a Lava process graph, one denoising step per run.
 
-Mapping (research/lava.md for every fixed-point rule quoted here):
+Mapping (docs/lava-fixed-point.md for every fixed-point rule quoted here):
 
 - Population -> `LIFReset` (du = 4095, dv = 0: integrate-and-fire) of shape (W, H, C), Lava's conv layout,
   with the bias row of this denoising step. The chip contract switches a bias on only inside the
@@ -108,8 +108,9 @@ def wire_synapses(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) 
     return processes
 
 
-# Lava's Dense keeps only even mixed-sign weights (lava.md 2.1): it gets doubled mantissas and one less in the
-# exponent. Its floor shift then acts on sums of even numbers, so the result is mant << exp exactly, exp = 0 too.
+# Lava's Dense keeps only even mixed-sign weights (docs/lava-fixed-point.md section 3.1): it gets doubled
+# mantissas and one less in the exponent. Its floor shift then acts on sums of even numbers, so the result is
+# mant << exp exactly, exp = 0 too.
 DENSE_WEIGHT_FACTOR = 2
 DENSE_EXP_OFFSET = -1
 

@@ -1,5 +1,6 @@
-"""NIR / PyTorch layouts to Lava's (research/lava.md section 3): Lava's conv populations are (X, Y, C) =
-(W, H, C) where NIR's are (C, H, W), i.e. every axis reversed, and Lava's Conv is a true convolution."""
+"""NIR / PyTorch layouts to Lava's (docs/lava-fixed-point.md section 4.1): Lava's conv populations are
+(X, Y, C) = (W, H, C) where NIR's are (C, H, W), i.e. every axis reversed, and Lava's Conv is a true
+convolution."""
 import numpy as np
 
 

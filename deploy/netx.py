@@ -1,6 +1,6 @@
 """lava-dl netx for chain networks: a chip network (`export.chip`) that is a straight chain
 (spike input -> synapse -> population -> ... -> population) written as lava-dl's netx HDF5
-(../shared/research/lava.md section 6) with the same integers, and run through `netx.hdf5.Network`.
+(docs/lava-fixed-point.md section 6) with the same integers, and run through `netx.hdf5.Network`.
 
 Layout written: /layer/0 an `input` layer with the NIR input shape only (no neuron: netx would not wire
 its input port to one), then per synapse an optional `flatten` layer and a `dense` or `conv` layer with

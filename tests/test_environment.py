@@ -1,5 +1,5 @@
 """The pinned environment works: lava-dl's netx imports, Lava's fixed-point CPU simulator runs and
-matches the fixed-point equations (../shared/research/lava.md, section 0), torch/torchvision run.
+matches the fixed-point equations (docs/lava-fixed-point.md sections 2.3 and 3), torch/torchvision run.
 
 These guard `make venv` (requirements/*.txt and tools/patch_lava.py) and stay fast (seconds).
 """
@@ -36,7 +36,7 @@ def test_lava_imports_after_multiprocessing_context_is_in_use():
 #
 # Graph: RingBuffer source (2 binary inputs) -> Dense(W) -> LIF(3) -> RingBuffer sink, 5 steps.
 # LIF: du = 4095, dv = 0, vth = 10, bias_mant = [0, 0, 5], bias_exp = 6.
-# Fixed-point LIF per step (lava.md section 0):
+# Fixed-point LIF per step (docs/lava-fixed-point.md section 2.3):
 #   u = rz(u * (4096 - (du + 1)), 12) + (a << 6)  = 0 + 64 a          (du = 4095: no current memory)
 #   v = rz(v * (4096 - dv), 12) + u + bias        = v + 64 a + bias   (dv = 0: integrate-and-fire)
 #   bias = bias_mant << bias_exp = [0, 0, 320];   spike iff v > vth << 6 = 640 (strict); then v = 0.

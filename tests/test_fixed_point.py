@@ -1,5 +1,5 @@
 """simulators/fixed_point.py against hand-derived values of Lava's fixed-point rules
-(../shared/research/lava.md sections 0-3). No Lava here: tests/test_fixed_point_lava.py compares with Lava itself.
+(docs/lava-fixed-point.md sections 2-4). No Lava here: tests/test_fixed_point_lava.py compares with Lava itself.
 """
 import pytest
 import torch
@@ -162,7 +162,7 @@ def test_conv_accepts_leading_batch_dims():
 
 
 def test_dense_weights():
-    # Mixed, 8 bits: clip [-256, 255], k = 8 - 8 + 1 = 1: floor to even (lava.md 2.1).
+    # Mixed, 8 bits: clip [-256, 255], k = 8 - 8 + 1 = 1: floor to even (docs/lava-fixed-point.md section 3.1).
     assert dense_weights(ints(3, -3, 255, -256, 254, 1)).tolist() == [2, -4, 254, -256, 254, 0]
     # Mixed, 6 bits: clip -> [-3, 9, 255, -256], k = 3: floor to multiples of 8.
     assert dense_weights(ints(-3, 9, 300, -300), 6).tolist() == [-8, 8, 248, -256]

@@ -3,7 +3,7 @@ PyLifModelBitAcc, PyDenseModelBitAcc and PyConvModelFixed, on seeded random inte
 
 One Lava run per model: a single RingBuffer source fans out to every case (a Lava run only builds the
 processes connected to the one it is called on), and each case ends in its own RingBuffer sink, read once
-with `.data.get()` (Var reads go element by element, lava.md section 8).
+with `.data.get()` (Var reads go element by element, docs/lava-fixed-point.md section 7.2).
 """
 import numpy as np
 import pytest
@@ -139,7 +139,8 @@ def test_conv_matches_lava():
     source = Source(data=s_lava)
     sinks = []
     for w, (_, _, kw) in zip(weights, cases):
-        # PyTorch cross-correlates with W[o, i, h, w]; Lava truly convolves with W[o, x, y, i] (lava.md 3).
+        # PyTorch cross-correlates with W[o, i, h, w]; Lava truly convolves with W[o, x, y, i]
+        # (docs/lava-fixed-point.md section 4.4).
         w_lava = w.numpy().transpose(0, 3, 2, 1)[:, ::-1, ::-1, :].copy()
         lava_kw = {k: v[::-1] if isinstance(v, tuple) else v for k, v in kw.items()}  # (H, W) -> (X, Y)
         conv = Conv(weight=w_lava, input_shape=(width, height, c_in), **lava_kw)

@@ -14,7 +14,7 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "official_spk_unet_ke
 
 
 def test_cifar10_configuration_has_the_official_parameter_count():
-    # SDM Tab. 1 prints 63.61 "M" = 66,696,413 / 1024^2 (research/paper.md, section 1).
+    # SDM Tab. 1 prints 63.61 "M" = 66,696,413 / 1024^2 (docs/sources.md section 1.2).
     assert count_parameters(build_model(PRESETS["cifar10"])) == 66_696_413
 
 

@@ -13,7 +13,8 @@ SAMPLER_ATOL = 1e-4
 # into 3x3 ones, i.e. summed in another order; ~1e-15 relative on eps of order 10, with a wide margin.
 FLOAT64_REWRITE_ATOL = 1e-10
 # onnxruntime against PyTorch, float32, where every spike agrees: the same maths, the convolutions summed in
-# another order; ~1e-6 on eps of order 1-10 (DESIGN.md's first rung of the verification ladder).
+# another order; ~1e-6 on eps of order 1-10 (the first rung of the verification ladder, docs/architecture.md
+# section 2).
 ONNX_ATOL = 1e-4
 # diffusers' DDPMScheduler keeps alphas_cumprod in float32: near t = 0, sqrt(1 - abar) (~0.015 at t = 1) loses
 # 6e-8 / 2.2e-4 ~ 3e-4 of its value to cancellation, a few 1e-6 on noise of order 1.

@@ -11,7 +11,7 @@ the last one and declares Python < 3.11):
    default_factory``. The Lava compiler imports this module, so no Lava network can run. The
    defaults become ``field(default_factory=ByteEncoder)`` (a fresh ``ByteEncoder`` per instance,
    which is what the code meant) and ``field`` is imported from ``dataclasses``.
-   See ../shared/research/lava.md, sections 7.5 and 9.
+   See docs/lava-fixed-point.md, sections 8.2 and 9.
 
 2. ``lava/magma/runtime/message_infrastructure/multiprocessing.py`` (import-order bug, any Python).
    At import it calls ``multiprocessing.set_start_method('fork')`` without ``force``, which raises
