@@ -28,11 +28,11 @@ help:
 
 venv: $(STAMP) $(FASHION_MNIST)
 
-# The pinned requirement files are the source of truth (pyproject.toml declares no dependencies).
+# The pinned requirement files are the tested set inside the ranges pyproject.toml declares (tests/test_packaging.py).
 # lava-nc/lava-dl declare Python < 3.11: requirements/nodeps.txt goes in with --no-deps
-# --ignore-requires-python, then tools/patch_lava.py fixes lava-nc's one Python 3.11 bug. The test-only
+# --ignore-requires-python, then deploy/lava_install.py fixes lava-nc's one Python 3.11 bug. The test-only
 # libraries of requirements/interop.txt (snnTorch, Norse, Sinabs) go in with --no-deps.
-$(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt pyproject.toml tools/patch_lava.py
+$(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt pyproject.toml deploy/lava_install.py
 	@if [ ! -x $(VPY) ]; then \
 	  command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 1; }; \
 	  echo "creating $(VENV) with $(PYTHON)"; \
@@ -46,8 +46,8 @@ $(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt
 	@$(PIP) --no-deps -r requirements/interop.txt 2>&1 | $(PIP_QUIET)
 	@echo "== pip install --no-deps -e ."
 	@$(PIP) --no-deps -e . 2>&1 | $(PIP_QUIET)
-	@echo "== tools/patch_lava.py"
-	@$(VPY) tools/patch_lava.py
+	@echo "== python -m deploy.lava_install (the patch)"
+	@$(VPY) -m deploy.lava_install
 	@touch $@
 
 # Fashion-MNIST comes from Debian (docs/sources.md section 4.2); checked on every `make venv`.

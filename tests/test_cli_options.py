@@ -94,3 +94,27 @@ def test_under_torchrun_only_rank_0_prints(tmp_path, capsys, monkeypatch):
         assert (printed in out) if printed else out == ""
         if printed:
             assert json.loads(out)["spikes"]
+
+
+def test_a_lava_command_without_lava_says_how_to_install_it(monkeypatch, capsys):
+    import toolchain.cli as cli
+
+    def missing(args):
+        raise ModuleNotFoundError("No module named 'lava'", name="lava")
+    monkeypatch.setitem(cli.COMMANDS, "run", missing)
+    assert main(["run", "x.nir"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run `sddpm install-lava`" in err[0]
+
+
+def test_install_lava_takes_lavas_dependencies_from_the_lava_extra():
+    import tomllib
+    from pathlib import Path
+
+    from deploy.lava_install import lava_extra
+
+    from packaging.requirements import Requirement
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    as_set = lambda lines: {(r.name, r.specifier) for r in map(Requirement, lines)}  # noqa: E731
+    assert lava_extra() and as_set(lava_extra()) == as_set(declared["project"]["optional-dependencies"]["lava"])

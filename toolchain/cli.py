@@ -546,10 +546,17 @@ def cmd_release(args) -> None:
           f"{os.path.getsize(args.out) / 2**20:.1f} MiB")
 
 
+def cmd_install_lava(args) -> int:
+    from deploy.lava_install import install
+
+    install()
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "fid": cmd_fid, "release": cmd_release, "compile": cmd_compile,
             "verify": cmd_verify, "export": cmd_export, "import-nir": cmd_import_nir, "deploy": cmd_deploy, "energy": cmd_energy,
             "report": cmd_report, "run": cmd_run,
-            "quality": cmd_quality, "demo": cmd_demo, "eval-eps": cmd_eval_eps}
+            "quality": cmd_quality, "demo": cmd_demo, "eval-eps": cmd_eval_eps, "install-lava": cmd_install_lava}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -573,4 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sddpm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if args.debug or not (e.name or "").startswith("lava"):
+            raise
+        print(f"sddpm {args.command}: error: this needs Lava (lava-nc 0.10.0, lava-dl 0.6.0), which is not installed "
+              f"here: run `sddpm install-lava` (`make venv` installs it)", file=sys.stderr)
         return 2

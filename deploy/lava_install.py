@@ -1,7 +1,9 @@
-"""Make the installed lava-nc 0.10.0 work on Python 3.11 next to the rest of sddpm-loihi.
+"""Lava for sddpm-loihi on Python 3.11: `sddpm install-lava` installs it, and `patch` fixes the installed copy.
 
-Two small edits to the installed copy of lava-nc 0.10.0 (``pip`` cannot do them; the release is
-the last one and declares Python < 3.11):
+lava-nc 0.10.0 and lava-dl 0.6.0, Lava's last releases, declare Python < 3.11, which stops any resolver on 3.11,
+and pins that the rest of the environment replaces: pip installs them with --no-deps --ignore-requires-python,
+their dependencies in the ranges of this project's `lava` extra, and then two small edits to the installed
+lava-nc 0.10.0 (docs/lava-fixed-point.md section 8.2), which pip cannot make:
 
 1. ``lava/magma/compiler/var_model.py`` (Python 3.11 incompatibility). Three dataclasses
    (``CoreEncoder``, ``ChipEncoder``, ``AxonEncoder``) declare fields such as
@@ -11,7 +13,6 @@ the last one and declares Python < 3.11):
    default_factory``. The Lava compiler imports this module, so no Lava network can run. The
    defaults become ``field(default_factory=ByteEncoder)`` (a fresh ``ByteEncoder`` per instance,
    which is what the code meant) and ``field`` is imported from ``dataclasses``.
-   See docs/lava-fixed-point.md, sections 8.2 and 9.
 
 2. ``lava/magma/runtime/message_infrastructure/multiprocessing.py`` (import-order bug, any Python).
    At import it calls ``multiprocessing.set_start_method('fork')`` without ``force``, which raises
@@ -23,14 +24,14 @@ the last one and declares Python < 3.11):
    ``SystemProcess`` is a default-context ``mp.Process`` and needs fork).
 
 Both files are located through ``importlib.util.find_spec("lava")`` (``lava`` is a namespace
-package, so no Lava code runs). The script is idempotent: on already patched files it changes
+package, so no Lava code runs). Patching is idempotent: on already patched files it changes
 nothing. A file that looks like neither the original nor the patched version is an error with a
 message. Afterwards it checks, in a fresh interpreter, that the patched modules, the compiler,
 ``lava.magma.core.run_configs`` and ``lava.lib.dl.netx`` import, also after tqdm has used the
 multiprocessing context.
 
-Usage: ``.venv/bin/python tools/patch_lava.py`` (run by ``make venv``). Exit status 0 on success,
-1 with a message on stderr otherwise.
+Usage: ``sddpm install-lava`` (pip, then the patch), or ``python -m deploy.lava_install`` (the patch alone,
+after requirements/nodeps.txt: `make venv`). Exit status 0 on success, 1 with a message on stderr otherwise.
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-MARK = "# patched by sddpm-loihi tools/patch_lava.py"
+from deploy.errors import DeployError
+
+MARK = "# patched by sddpm-loihi"  # a prefix of what earlier versions wrote, so that they count as patched
 
 VAR_MODEL = Path("magma") / "compiler" / "var_model.py"
 MP_INFRA = Path("magma") / "runtime" / "message_infrastructure" / "multiprocessing.py"
@@ -69,8 +72,12 @@ for m in sys.argv[1:]:
 """
 
 
-class PatchError(RuntimeError):
-    """The installed Lava does not look like lava-nc 0.10.0 as expected."""
+class PatchError(DeployError, RuntimeError):
+    """The installed Lava does not look like lava-nc 0.10.0 as expected, or pip could not install it."""
+
+
+# Lava's last releases; installed without their metadata's checks (the module docstring)
+LAVA_RELEASES = ("lava-nc==0.10.0", "lava-dl==0.6.0")
 
 
 def unexpected(path: Path, what: str) -> PatchError:
@@ -81,8 +88,8 @@ def lava_file(relative: Path) -> Path:
     """Path of an installed lava-nc file, found without importing Lava."""
     spec = importlib.util.find_spec("lava")  # `lava` is a namespace package: no code runs here
     if spec is None or not spec.submodule_search_locations:
-        raise PatchError(f"lava-nc is not installed for {sys.executable} (no `lava` package found); "
-                         "install requirements/nodeps.txt first")
+        raise PatchError(f"lava-nc is not installed for {sys.executable} (no `lava` package found): run "
+                         f"`sddpm install-lava`")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / relative
         if candidate.is_file():
@@ -143,12 +150,12 @@ def apply(relative: Path, patch, description: str) -> None:
     text = path.read_text(encoding="utf-8")
     new_text, count = patch(text, path)
     if new_text == text:
-        print(f"patch_lava: {path} is already patched")
+        print(f"lava_install: {path} is already patched")
         return
     tmp = path.with_name(path.name + ".sddpm-tmp")
     tmp.write_text(new_text, encoding="utf-8")
     tmp.replace(path)  # atomic on POSIX
-    print(f"patch_lava: {path}: {count} x {description}")
+    print(f"lava_install: {path}: {count} x {description}")
 
 
 def verify_imports(modules=VERIFY_MODULES) -> None:
@@ -159,15 +166,52 @@ def verify_imports(modules=VERIFY_MODULES) -> None:
         raise PatchError(f"after patching, `import {', '.join(modules)}` still fails with {sys.executable}:\n{tail}")
 
 
+def patch() -> None:
+    """Both edits to the installed lava-nc 0.10.0, then the imports checked in a fresh interpreter."""
+    for relative, fix, description in PATCHES:
+        apply(relative, fix, description)
+    verify_imports()
+    print("lava_install: `import " + "`, `import ".join(VERIFY_MODULES) + "` work")
+
+
+def _declared() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        return requires("sddpm-loihi") or []
+    except PackageNotFoundError:
+        raise PatchError("sddpm-loihi is not installed in this environment (pip install . first)") from None
+
+
+def lava_extra() -> list[str]:
+    """Lava's dependencies as this project declares them (its `lava` extra), read from the installed metadata."""
+    return [r.split(";")[0].strip() for r in _declared() if re.search(r"extra\s*==\s*['\"]lava['\"]", r)]
+
+
+def core_requirements() -> list[str]:
+    """The project's own dependencies: given to pip beside the extra, so that it keeps them satisfied (alone, the
+    extra's newest opencv would pull numpy 2, which lava-nc 0.10 and this project exclude)."""
+    return [r for r in _declared() if ";" not in r]
+
+
+def install() -> None:
+    """pip installs Lava's releases without their metadata's checks, then their dependencies in the ranges of the
+    `lava` extra, into this interpreter's environment; then `patch`."""
+    steps = [[*LAVA_RELEASES, "--no-deps", "--ignore-requires-python"], [*lava_extra(), *core_requirements()]]
+    for args in steps:
+        command = [sys.executable, "-m", "pip", "install", *args]
+        print("lava_install: " + " ".join(command), flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise PatchError(f"`{' '.join(command)}` failed (its output is above)")
+    patch()
+
+
 def main() -> int:
     try:
-        for relative, patch, description in PATCHES:
-            apply(relative, patch, description)
-        verify_imports()
-        print("patch_lava: `import " + "`, `import ".join(VERIFY_MODULES) + "` work")
+        patch()
         return 0
     except PatchError as exc:
-        print(f"patch_lava: ERROR: {exc}", file=sys.stderr)
+        print(f"lava_install: ERROR: {exc}", file=sys.stderr)
         return 1
 
 
