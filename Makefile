@@ -3,7 +3,7 @@
 #   make test    run the test suite (what CI runs, through .ci/run)
 #   make demo    sample, compile, verify and count the shipped MNIST SDDPM -> out/demo/grid.png, out/demo/report.md
 #   make bench   run every script in benchmarks/
-#   make quality run the README's quality rows still without a result (sddpm quality; hours on a CPU)
+#   make quality run the quality rows (docs/quality.md) still without a result (sddpm quality; hours on a CPU)
 #   make retrain-NAME  rebuild checkpoints/NAME.pt from scratch (resuming runs/NAME), e.g. retrain-fashion-sddpm
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

@@ -150,7 +150,9 @@ def cmd_quality(args) -> int:
     elif args.markdown:
         print(quality.markdown(args.results, args.grid_dir), end="")
     elif args.update_readme:
-        quality.update_readme(args.update_readme, quality.markdown(args.results, args.grid_dir))
+        page_dir = os.path.dirname(os.path.abspath(args.update_readme))  # the grids' links, relative to the page
+        quality.update_readme(args.update_readme,
+                              quality.markdown(args.results, os.path.relpath(args.grid_dir, page_dir)))
     else:
         failed = quality.run_rows(rows, args.out, args.results, args.grid_dir, main)
         if failed:

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("quality", help="the README's quality tables: sample, FID and grid of each row",
+    p = sub.add_parser("quality", help="the quality tables (docs/quality.md): sample, FID and grid of each row",
                        description="Run the rows of the quality tables (all, or those matching NAME patterns "
                                    "such as 'fashion-*'): each row samples a shipped checkpoint with `sddpm "
                                    "sample` and scores it with `sddpm fid --real-baseline`, then writes a grid "

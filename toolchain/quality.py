@@ -1,4 +1,4 @@
-"""The quality tables of the README: every row a sampling run and an FID, made by `sddpm quality NAME`.
+"""The quality tables (docs/quality.md): every row a sampling run and an FID, made by `sddpm quality NAME`.
 
 A row is two `sddpm` commands, run in-process exactly as printed by `sddpm quality --commands`:
 `sddpm sample` (seeded noise, so rows that differ in one option start from the same noise) and
@@ -235,7 +235,7 @@ def command_lines(row: Row, out: str, results: str) -> list[str]:
             "sddpm " + " ".join(row.fid_argv(results))]
 
 
-BEGIN_MARK = "<!-- quality tables: made by `sddpm quality --update-readme README.md`; do not edit by hand -->"
+BEGIN_MARK = "<!-- quality tables: made by `sddpm quality --update-readme docs/quality.md`; do not edit by hand -->"
 END_MARK = "<!-- end of quality tables -->"
 
 
@@ -254,7 +254,8 @@ def update_readme(path: str, tables: str) -> None:
 
 
 def markdown(results: str, grid_dir: str) -> str:
-    """The README's quality tables from the results in `results` (rows not yet run say so)."""
+    """The quality tables from the results in `results` (rows not yet run say so), their grids linked at
+    `grid_dir` (relative to the page they go into)."""
     by_name = {row.name: row for row in ROWS}
     parts = []
     for table, (title, borrowed) in TABLES.items():
