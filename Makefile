@@ -1,6 +1,7 @@
 # sddpm-loihi: environment, tests, demo, benchmarks.
 #   make venv    create/refresh .venv from the pinned requirements (idempotent, stamp-based)
-#   make test    run the test suite (what CI runs, through .ci/run)
+#   make test    build the docs (strict) and run the test suite (what CI runs, through .ci/run)
+#   make docs    write docs/cli.md from the parser and build the site of docs/ into out/site
 #   make demo    sample, compile, verify and count the shipped MNIST SDDPM -> out/demo/grid.png, out/demo/report.md
 #   make bench   run every script in benchmarks/
 #   make quality run the quality rows (docs/quality.md) still without a result (sddpm quality; hours on a CPU)
@@ -21,7 +22,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PIP_QUIET := sed -u -e "/^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$$/d"
 PIP := $(VPY) -m pip install --progress-bar off
 
-.PHONY: help venv test demo bench quality
+.PHONY: help venv test docs demo bench quality
 
 help:
 	@sed -n 's/^#   make /make /p' Makefile
@@ -63,7 +64,13 @@ $(FASHION_MNIST):
 
 test: venv
 	$(VENV)/bin/lint-imports --no-cache
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(VPY) -m pytest -q
+
+# docs/cli.md from the parser, then the site (out/site) with warnings as errors
+docs: venv
+	$(VPY) -m toolchain.cli_reference docs/cli.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 demo: venv
 	$(VENV)/bin/sddpm demo

@@ -7,14 +7,15 @@ The public API (stable; every other name may change):
 
 A network with spike inputs on Lava (seconds: Lava starts a process per node), as the simulator runs it:
 
->>> import nir, numpy as np
->>> from export import compile_foreign
->>> from deploy import run_spikes_on_lava
->>> net = compile_foreign(nir.NIRGraph.from_list(
-...     nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
-...     nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)), nir.Output(np.array([1]))))
->>> run_spikes_on_lava(net, {"input": np.ones((5, 2), dtype=np.int64)})["if"][:, 0].tolist()
-[False, True, True, True, True]
+Examples:
+    >>> import nir, numpy as np
+    >>> from export import compile_foreign
+    >>> from deploy import run_spikes_on_lava
+    >>> net = compile_foreign(nir.NIRGraph.from_list(
+    ...     nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
+    ...     nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)), nir.Output(np.array([1]))))
+    >>> run_spikes_on_lava(net, {"input": np.ones((5, 2), dtype=np.int64)})["if"][:, 0].tolist()
+    [False, True, True, True, True]
 """
 import importlib
 

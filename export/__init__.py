@@ -12,28 +12,29 @@ The public API (stable; every other name may change):
 
 An SDDPM compiled from the shipped checkpoint (run from the repository's root):
 
->>> import tempfile
->>> from sddpm import NoiseSchedule, load_model
->>> from sddpm.data import load_images
->>> from export import calibration_batches, compile_model, write_chip_nir
->>> loaded = load_model("checkpoints/mnist-sddpm.pt")
->>> schedule = NoiseSchedule.linear(loaded.diffusion_config)
->>> net = compile_model(loaded.model, calibration_batches(load_images("mnist")[:64], schedule, 1, 4))
->>> net.snn_steps, net.populations[0].host_input
-(4, True)
->>> write_chip_nir(tempfile.mkdtemp() + "/network.nir", net)
+Examples:
+    >>> import tempfile
+    >>> from sddpm import NoiseSchedule, load_model
+    >>> from sddpm.data import load_images
+    >>> from export import calibration_batches, compile_model, write_chip_nir
+    >>> loaded = load_model("checkpoints/mnist-sddpm.pt")
+    >>> schedule = NoiseSchedule.linear(loaded.diffusion_config)
+    >>> net = compile_model(loaded.model, calibration_batches(load_images("mnist")[:64], schedule, 1, 4))
+    >>> net.snn_steps, net.populations[0].host_input
+    (4, True)
+    >>> write_chip_nir(tempfile.mkdtemp() + "/network.nir", net)
 
-A NIR graph of another tool, and the reference's spikes (an input spike pair every step: 2 x 0.6 > 1, so the
-neuron fires from step 1, one synapse after the input):
+    A NIR graph of another tool, and the reference's spikes (an input spike pair every step: 2 x 0.6 > 1, so the
+    neuron fires from step 1, one synapse after the input):
 
->>> import nir, numpy as np, torch
->>> from export import compile_foreign, run_reference_spikes
->>> graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
-...                                nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)),
-...                                nir.Output(np.array([1])))
->>> imported = compile_foreign(graph)
->>> run_reference_spikes(imported, {"input": torch.ones(5, 1, 2, dtype=torch.long)})["if"][:, 0, 0].tolist()
-[False, True, True, True, True]
+    >>> import nir, numpy as np, torch
+    >>> from export import compile_foreign, run_reference_spikes
+    >>> graph = nir.NIRGraph.from_list(nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
+    ...                                nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)),
+    ...                                nir.Output(np.array([1])))
+    >>> imported = compile_foreign(graph)
+    >>> run_reference_spikes(imported, {"input": torch.ones(5, 1, 2, dtype=torch.long)})["if"][:, 0, 0].tolist()
+    [False, True, True, True, True]
 """
 import importlib
 

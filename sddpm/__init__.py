@@ -11,14 +11,15 @@ The public API (stable; every other name may change):
 
 Run from the repository's root (the shipped checkpoint's path):
 
->>> from sddpm import SamplerConfig, generate_images, load_model, model_denoiser
->>> loaded = load_model("checkpoints/mnist-sddpm.pt")
->>> loaded.model_config.snn_steps, loaded.model_config.neuron
-(4, 'if')
->>> images = generate_images(model_denoiser(loaded.model), (1, 32, 32), loaded.diffusion_config, count=2,
-...                          sampler=SamplerConfig("ddim", steps=2, eta=1.0), progress=False)
->>> images.shape, images.dtype
-(torch.Size([2, 1, 32, 32]), torch.uint8)
+Examples:
+    >>> from sddpm import SamplerConfig, generate_images, load_model, model_denoiser
+    >>> loaded = load_model("checkpoints/mnist-sddpm.pt")
+    >>> loaded.model_config.snn_steps, loaded.model_config.neuron
+    (4, 'if')
+    >>> images = generate_images(model_denoiser(loaded.model), (1, 32, 32), loaded.diffusion_config, count=2,
+    ...                          sampler=SamplerConfig("ddim", steps=2, eta=1.0), progress=False)
+    >>> images.shape, images.dtype
+    (torch.Size([2, 1, 32, 32]), torch.uint8)
 """
 import importlib
 

@@ -8,18 +8,19 @@ The public API (stable; every other name may change):
 
 A network with spike inputs, simulated, equal to the quantized reference spike for spike:
 
->>> import tempfile, nir, numpy as np, torch
->>> from export import compile_foreign, run_reference_spikes, write_chip_nir
->>> from simulators import ChipSimulator
->>> net = compile_foreign(nir.NIRGraph.from_list(
-...     nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
-...     nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)), nir.Output(np.array([1]))))
->>> path = tempfile.mkdtemp() + "/chip.nir"
->>> write_chip_nir(path, net)
->>> inputs = {"input": torch.ones(5, 1, 2, dtype=torch.long)}
->>> spikes = ChipSimulator.from_file(path).run_spikes(inputs)
->>> spikes["if"][:, 0, 0].tolist(), torch.equal(spikes["if"], run_reference_spikes(net, inputs)["if"])
-([False, True, True, True, True], True)
+Examples:
+    >>> import tempfile, nir, numpy as np, torch
+    >>> from export import compile_foreign, run_reference_spikes, write_chip_nir
+    >>> from simulators import ChipSimulator
+    >>> net = compile_foreign(nir.NIRGraph.from_list(
+    ...     nir.Input(np.array([2])), nir.Affine(np.full((1, 2), 0.6), np.zeros(1)),
+    ...     nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)), nir.Output(np.array([1]))))
+    >>> path = tempfile.mkdtemp() + "/chip.nir"
+    >>> write_chip_nir(path, net)
+    >>> inputs = {"input": torch.ones(5, 1, 2, dtype=torch.long)}
+    >>> spikes = ChipSimulator.from_file(path).run_spikes(inputs)
+    >>> spikes["if"][:, 0, 0].tolist(), torch.equal(spikes["if"], run_reference_spikes(net, inputs)["if"])
+    ([False, True, True, True, True], True)
 """
 import importlib
 

@@ -170,3 +170,12 @@ def test_relative_markdown_links_resolve():
                 broken.append(f"{where}: no heading #{anchor}")
     assert checked, "the link pattern found nothing: it is broken"
     assert not broken, "\n".join(broken)
+
+
+def test_the_command_reference_is_the_parsers():
+    from toolchain.cli_reference import reference
+
+    with open(os.path.join(DOCS, "cli.md")) as f:
+        written = f.read()
+    assert written == reference(), \
+        "docs/cli.md is stale: python -m toolchain.cli_reference (make docs)"
