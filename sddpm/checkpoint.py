@@ -57,7 +57,11 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain "
                               f"data (loading it would execute code from the file): {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    # torch's legacy (non-zip) loader reads any bytes as a pickle stream: on a file that is no checkpoint at all
+    # (a text file, say) its weights-only unpickler fails with whatever its parser meets, an IndexError or a
+    # KeyError among them
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, KeyError, ValueError, TypeError,
+            AttributeError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")

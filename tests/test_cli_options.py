@@ -61,12 +61,24 @@ def test_the_ranges_admit_their_defaults_and_closed_ends():
                 assert kind(str(kind.kind(end))) == end, name
 
 
-@pytest.mark.parametrize("argv, message", [
+WRONG_KIND = [
     (["fid", "--images", "/etc/passwd"], "not a readable .npz of images"),
     (["run", "/etc/passwd"], "/etc/passwd"),
     (["verify", "--nir", "/etc/passwd"], "/etc/passwd"),
+    (["deploy", "--nir", "/etc/passwd"], "/etc/passwd"),
+    (["energy", "--nir", "/etc/passwd"], "/etc/passwd"),
+    (["report", "--nir", "/etc/passwd"], "/etc/passwd"),
     (["import-nir", "/etc/passwd", "--out", "/tmp/never.nir"], "/etc/passwd"),
-], ids=["fid", "run", "verify", "import-nir"])
+    (["sample", "--checkpoint", "/etc/passwd", "--num-images", "1"], "/etc/passwd"),
+    (["compile", "--checkpoint", "/etc/passwd"], "/etc/passwd"),
+    (["export", "--format", "onnx", "--checkpoint", "/etc/passwd"], "/etc/passwd"),
+    (["release", "/etc/passwd", "/tmp/never.pt"], "/etc/passwd"),
+    (["eval-eps", "--checkpoint", "/etc/passwd"], "/etc/passwd"),
+    (["run", "checkpoints/mnist-sddpm.pt"], "checkpoints/mnist-sddpm.pt"),
+]
+
+
+@pytest.mark.parametrize("argv, message", WRONG_KIND, ids=[" ".join(a[:2]) for a, _ in WRONG_KIND])
 def test_a_file_of_the_wrong_kind_is_one_error_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
