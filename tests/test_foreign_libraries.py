@@ -1056,7 +1056,10 @@ def test_sinabs_expleak_adds_its_input_whole_by_default_which_its_file_does_not_
                                atol=LIBRARY_READOUT_ATOL)
 
 
-# the networks as published, with the `import-nir` options that read them (README's table)
+# A readout's relative L2 distance from its float discretization on 12 steps of 2 samples; the library table
+# measures 0.027-0.074 over 40 steps of 8: not derived, the bound test above is the rigorous one.
+READOUT_ERROR_MAX = 0.15
+# the networks as published, with the `import-nir` options that read them (docs/nir-and-lava.md's table)
 PUBLISHED = {"Sinabs CNN SumPool2d": ["--dt", "1"], "snnTorch conv AvgPool2d": [],
              "snnTorch RSynaptic": [], "Norse residual (nested NIRGraph)": ["--dt", "1e-3", "--norse-dt", "1e-3"],
              "Norse LI readout": ["--dt", "1e-3", "--norse-dt", "1e-3"]}
@@ -1086,7 +1089,10 @@ def test_a_published_graph_goes_through_every_command(case, tmp_path, capsys):
     verified = command("verify", "--nir", chip, *given, "--source", source)
     assert verified["exit"] == 0 and verified["identical"] and verified["first_mismatch"] is None
     assert set(library) <= set(verified["spikes"]) | set(verified["readouts"])
-    assert min(verified["float_spike_agreement"][n] for n in library) > CLI_AGREEMENT_MIN, verified
+    spiking = [n for n, s in library.items() if s.dtype == torch.bool]
+    assert min(verified["float_spike_agreement"][n] for n in spiking) > CLI_AGREEMENT_MIN, verified
+    # a readout inherits its sources' moved spikes: within the ~7 % the interop table measures
+    assert all(verified["float_readout_error"][n] < READOUT_ERROR_MAX for n in set(library) - set(spiking))
     deployed = command("deploy", "--nir", chip, "--input-steps", "8")
     assert deployed["exit"] == 0 and deployed["identical"] and deployed["compared"] == "simulator vs lava"
     energy = command("energy", "--nir", chip, *given)

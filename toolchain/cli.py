@@ -193,6 +193,8 @@ def _print_check(args, report: dict) -> int:
     else:
         for name, value in report.get("float_spike_agreement", {}).items():
             print(f"float discretization vs integers, {name}: spike agreement {value:.3f}")
+        for name, value in report.get("float_readout_error", {}).items():
+            print(f"float discretization vs integers, {name}: readout voltage relative L2 {value:.4f}")
         where = report["first_mismatch"]
         print(f"{report['compared']} on {report['nir_file']}: {report['steps']} steps x {report['samples']} samples, "
               f"{sum(report['spikes'].values())} spikes: " +
@@ -214,7 +216,8 @@ def check_imported(args, net, path: str, backend: str, batch: int = 1) -> int:
         if args.source:
             from toolchain.spiking import float_agreement
 
-            report["float_spike_agreement"] = float_agreement(net, args.source, inputs, simulated)
+            report["float_spike_agreement"], report["float_readout_error"] = \
+                float_agreement(net, args.source, inputs, simulated)
     else:
         from deploy.chip_lava import run_config
 

@@ -125,10 +125,11 @@ def format_energy_table(report: dict) -> str:
 
 
 def float_agreement(net: ChipNetwork, source_path: str, inputs: dict[str, torch.Tensor],
-                    spikes: dict[str, torch.Tensor]) -> dict[str, float]:
+                    spikes: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
     """The close rung of an imported graph's ladder: per population, the spike agreement 2|A and B| / (|A| + |B|)
     (1 where neither fires) of the source graph's float discretization, as `sddpm import-nir` recorded it,
-    with the integer network's spikes; for a voltage readout 1 - |V_int - V_float| / |V_float| (L2 over the run). Both run on the same timing (one step per synapse), so step t is step t."""
+    with the integer network's spikes; and per voltage readout the relative L2 distance |V_int - V_float| / |V_float|
+    over the run (the integer voltage times the population's scale / 64). Returns (agreements, readout errors). Both run on the same timing (one step per synapse), so step t is step t."""
     from export.nir_foreign import ALWAYS_ON_SUFFIX, Discretization, run_discrete
     from export.nir_foreign_read import read_foreign
 
@@ -140,14 +141,14 @@ def float_agreement(net: ChipNetwork, source_path: str, inputs: dict[str, torch.
     missing = sorted(name for name in set(spikes) - set(floats) if not name.endswith(ALWAYS_ON_SUFFIX))
     if missing:
         raise UsageError(f"{source_path} has no neuron nodes {missing}: not the graph this network was imported from")
-    out = {}
+    agreement, readout_error = {}, {}
     for pop in (p for p in net.populations if p.name in floats):
         name, s = pop.name, spikes[pop.name]
-        if pop.voltage_out:  # a readout: 1 - the relative L2 distance of the voltages, the float's scale
+        if pop.voltage_out:
             ours = s.double() * pop.scale / V_PER_A
-            out[name] = 1.0 - float((ours - floats[name]).norm() / floats[name].norm().clamp_min(1e-300))
+            readout_error[name] = float((ours - floats[name]).norm() / floats[name].norm().clamp_min(1e-300))
             continue
         a, b = s.bool(), floats[name].bool()
         both, total = int((a & b).sum()), int(a.sum()) + int(b.sum())
-        out[name] = 1.0 if total == 0 else 2 * both / total
-    return out
+        agreement[name] = 1.0 if total == 0 else 2 * both / total
+    return agreement, readout_error
