@@ -1,4 +1,4 @@
-"""notebooks/tutorial.ipynb runs top to bottom in a fresh kernel, and what it shows holds: the simulator equals
+"""docs/tutorial.ipynb runs top to bottom in a fresh kernel, and what it shows holds: the simulator equals
 the quantized reference, and Lava equals the simulator."""
 from pathlib import Path
 
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.lava
 def test_the_tutorial_runs_and_its_checks_hold():
-    notebook = nbformat.read(ROOT / "notebooks" / "tutorial.ipynb", as_version=4)
+    notebook = nbformat.read(ROOT / "docs" / "tutorial.ipynb", as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for o in cell.outputs if o.get("name") == "stdout")
