@@ -75,6 +75,7 @@ from .chip import (BIAS_EXP_MAX, BIAS_MANT_MAX, CURRENT_LIMIT, DECAY_UNITY, V_PE
 from .nir_chip import write_chip_nir
 from .nir_foreign_check import (DT_CANDIDATES, NO_CURRENT_MEMORY, VTH_A, CheckedGraph, DegenerateGraphWarning,
                                 Discretization, ForeignGraphError, NeuronMap, check_graph, raise_problems)
+from .nir_foreign_paths import linear_part
 
 
 def _mant_exp(values: np.ndarray, mant_max: int) -> tuple[np.ndarray, int]:
@@ -101,8 +102,7 @@ def _quantize(checked: CheckedGraph) -> tuple[dict, list[ChipSynapse], list[str]
              for name, m in maps.items()}  # float voltage per a-unit
     synapses = _quantize_synapses(checked, scale, problems, degenerate)
     bias_v, always_on = _constant_drive(checked, scale, problems)
-    for syn in always_on:
-        synapses.append(syn)
+    synapses += always_on
     pops = _quantize_neurons(checked, scale, bias_v, problems, degenerate)
     pops.update(_always_on_populations(checked, always_on))
     if not problems:
@@ -212,12 +212,11 @@ def _constant_drive(checked: CheckedGraph, scale: dict, problems: list[str]) -> 
         if quantized is None:
             continue
         mant, exp = quantized
-        if len(shape) == 1:  # one input neuron, a weight per target neuron
-            weight, geometry = mant.reshape(-1, 1), {"stride": 1, "padding": 0}
-        else:  # one input neuron per position, a 1 x 1 convolution with a weight per channel
-            weight, geometry = mant.reshape(-1, 1, 1, 1), {"stride": 1, "padding": 0}
-        always_on.append(ChipSynapse(source, name, weight.astype(np.int8), exp, upsample=1, out_offset=0, delay=1,
-                                     **geometry))
+        # one input neuron and a dense weight per target neuron, or one input neuron per position and a 1 x 1
+        # convolution with a weight per channel
+        weight = mant.reshape(-1, 1) if len(shape) == 1 else mant.reshape(-1, 1, 1, 1)
+        always_on.append(ChipSynapse(source, name, weight.astype(np.int8), exp, stride=1, padding=0, upsample=1,
+                                     out_offset=0, delay=1))
     return bias_v, always_on
 
 
@@ -355,14 +354,6 @@ def write_foreign(path: str, graph: nir.NIRGraph, disc: Discretization = Discret
     return net
 
 
-def _linear_part(ops, spikes: torch.Tensor) -> torch.Tensor:
-    """A path's linear nodes applied in order, as the source graph says (not composed), without their biases."""
-    x = spikes
-    for op in ops:
-        x = op.apply(x, with_bias=False)
-    return x
-
-
 @torch.no_grad()
 def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
                  disc: Discretization = Discretization()) -> dict[str, torch.Tensor]:
@@ -372,15 +363,15 @@ def run_discrete(graph: nir.NIRGraph, inputs: dict[str, torch.Tensor],
     checked = check_graph(graph, disc)
     maps, shapes = checked.maps, checked.shapes
     steps, batch = next(iter(inputs.values())).shape[:2]
-    state = {n: torch.zeros(batch, *shapes[n], dtype=torch.float64) for n in maps}
-    i, v = dict(state), dict(state)
+    i = {n: torch.zeros(batch, *shapes[n], dtype=torch.float64) for n in maps}  # current
+    v = dict(i)  # voltage: both start at 0, and every update below makes a new tensor
     history = {n: [] for n in [*maps, *inputs]}
     for step in range(steps):
         drive = {n: torch.zeros(batch, *shapes[n], dtype=torch.float64) for n in maps}
         for cp in checked.paths:
             k = step - cp.delay
             if k >= 0:
-                drive[cp.path.target] += _linear_part(cp.ops, history[cp.path.source][k])
+                drive[cp.path.target] += linear_part(cp.ops, history[cp.path.source][k])
         for n, m in maps.items():
             if step >= checked.bias_start[n]:
                 drive[n] = drive[n] + torch.from_numpy(checked.drive[n])

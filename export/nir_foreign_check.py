@@ -239,7 +239,7 @@ class _Linear:
         return self.zero[name]
 
 
-def _depths(paths: list[Path], inputs: list[str], problems: list[str]) -> tuple[dict[str, int], set[int]]:
+def _depths(paths: list[Path], inputs: list[str]) -> tuple[dict[str, int], set[int]]:
     """Each node's depth, the longest chain of forward paths from a root (a source no forward path reaches):
     NIR's nodes act within the step, the chip's synapses take a step each, so a node's step t is the chip's
     t + depth. Back paths (those closing a cycle, found depth-first from the inputs) carry the previous step,
@@ -345,7 +345,7 @@ def check_graph(graph: nir.NIRGraph, disc: Discretization) -> CheckedGraph:
     paths = trace_paths(nodes, edges, problems)
     linear = _Linear(nodes, edges, shapes, disc.dt, problems)
     inputs = sorted(n for n, node in nodes.items() if isinstance(node, nir.Input))
-    depth, back = _depths(paths, inputs, problems)
+    depth, back = _depths(paths, inputs)
     checked = []
     for i, p in enumerate(paths):
         ops = [linear.op(name) for name in p.ops]

@@ -88,7 +88,7 @@ class Path:
 
 def trace_paths(nodes: dict, edges: list[tuple[str, str]], problems: list[str]) -> list[Path]:
     """Every path from every source (Input or spiking neuron) to a neuron node; a cycle through linear nodes
-    alone, a linear node that reaches no neuron, and an unsupported node type are problems."""
+    alone, and an Output that reads a linear node, are problems."""
     succ: dict[str, list[str]] = {}
     for a, b in edges:
         succ.setdefault(a, []).append(b)
@@ -289,16 +289,18 @@ def _conv(name: str, node, weight, bias, shape, problems: list[str]) -> Op | Non
 def _pool(name: str, node, shape, problems: list[str]) -> Op | None:
     kernel = _pair(node.kernel_size)
     geo = _geometry(name, problems, stride=node.stride, padding=node.padding, dilation=1)
-    if kernel is None or min(kernel) < 1 or geo is None:
-        if kernel is None or min(kernel) < 1:
-            problems.append(f"node {name!r}: kernel_size must be one or two integers >= 1, is {node.kernel_size!r}")
+    bad_kernel = kernel is None or min(kernel) < 1
+    if bad_kernel:
+        problems.append(f"node {name!r}: kernel_size must be one or two integers >= 1, is {node.kernel_size!r}")
+    if bad_kernel or geo is None:
         return None
-    if len(shape) != 3 or min(_out_size(shape, kernel, geo)) < 1:
+    size = _out_size(shape, kernel, geo) if len(shape) == 3 else (0, 0)
+    if min(size) < 1:
         problems.append(f"node {name!r}: a {type(node).__name__} of kernel {kernel} does not read its {shape} input")
         return None
     tap = 1.0 if isinstance(node, nir.SumPool2d) else 1.0 / (kernel[0] * kernel[1])
     weight = np.full((shape[0], 1, *kernel), tap)
-    return Op(name, "conv", shape, (shape[0], *_out_size(shape, kernel, geo)), weight=weight, groups=shape[0], **geo)
+    return Op(name, "conv", shape, (shape[0], *size), weight=weight, groups=shape[0], **geo)
 
 
 # ---- a path's ops composed into one synapse
@@ -352,17 +354,18 @@ def compose(path: Path, ops: list[Op], source_shape: tuple[int, ...], dt: float,
                                             "groups": groups}, delay)
 
 
+def linear_part(ops, x: torch.Tensor) -> torch.Tensor:
+    """A path's linear nodes applied in order, as the source graph says (not composed), without their biases."""
+    for op in ops:
+        x = op.apply(x, with_bias=False)
+    return x
+
+
 def _dense_matrix(ops: list[Op], source_shape: tuple[int, ...]) -> np.ndarray:
     """The linear map as a matrix [N_out, N_in]: its transpose applied to every output basis vector (autograd's
     vector-Jacobian product, exact for a linear map)."""
     x = torch.zeros(1, *source_shape, dtype=torch.float64)
-
-    def run(v):
-        for op in ops:
-            v = op.apply(v, with_bias=False)
-        return v
-
-    out, pull = torch.func.vjp(run, x)
+    out, pull = torch.func.vjp(lambda v: linear_part(ops, v), x)
     n_out = int(np.prod(out.shape[1:]))
     rows = torch.func.vmap(pull)(torch.eye(n_out, dtype=torch.float64).view(n_out, *out.shape))[0]
     return rows.reshape(n_out, -1).numpy()
