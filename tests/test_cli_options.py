@@ -1,21 +1,15 @@
 """Every numeric option of every `sddpm` command declares its range (`toolchain.parser.Bounded`), and a value
 outside it, not a number, NaN or infinite, is one error line and exit status 2 before anything runs; files of
 the wrong kind given to the commands that read them are one line and exit status 2 too."""
-import argparse
 
 import pytest
 
 from toolchain.cli import main
-from toolchain.parser import Bounded, build_parser
-
-
-def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+from toolchain.parser import Bounded, build_parser, subcommands
 
 
 def _numeric_options():
-    for command, parser in _subparsers().items():
+    for command, parser in subcommands(build_parser()).items():
         positionals = ["x" for a in parser._actions if not a.option_strings and a.nargs is None]
         for action in parser._actions:
             if action.option_strings and action.type in (int, float) or isinstance(action.type, Bounded):

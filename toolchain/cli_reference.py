@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolchain.parser import build_parser
+from toolchain.parser import build_parser, subcommands
 
 WIDTH = 110  # fixed, so that the page does not depend on the terminal it is written from
 HEADER = ("# The `sddpm` command: reference\n\n"
@@ -17,11 +17,11 @@ HEADER = ("# The `sddpm` command: reference\n\n"
 
 def reference() -> str:
     parser = build_parser()
-    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for p in (parser, *sub.choices.values()):
+    commands = subcommands(parser)
+    for p in (parser, *commands.values()):
         p.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=WIDTH)
     parts = [HEADER, "```text\n" + parser.format_help().rstrip() + "\n```\n"]
-    for name, command in sub.choices.items():
+    for name, command in commands.items():
         parts.append(f"## sddpm {name}\n\n```text\n{command.format_help().rstrip()}\n```\n")
     return "\n".join(parts)
 

@@ -185,6 +185,12 @@ def _add_spike_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-seed", type=_count, default=0, help="seed of the random input (default: %(default)s)")
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each `sddpm` subcommand, by name, in the order `sddpm --help` lists them."""
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand. Long on purpose: one declaration per subcommand, in the order
     `sddpm --help` lists them, reads better than the same split over a dozen functions."""
