@@ -1,9 +1,10 @@
-"""Lava for sddpm-loihi on Python 3.11: `sddpm install-lava` installs it, and `patch` fixes the installed copy.
+"""Lava for sddpm-loihi: `sddpm install-lava` installs it where pip cannot, and `patch` fixes the installed copy.
 
 lava-nc 0.10.0 and lava-dl 0.6.0, Lava's last releases, declare Python < 3.11, which stops any resolver on 3.11,
-and pins that the rest of the environment replaces: pip installs them with --no-deps --ignore-requires-python,
-their dependencies in the ranges of this project's `lava` extra, and then two small edits to the installed
-lava-nc 0.10.0 (docs/lava-fixed-point.md section 8.2), which pip cannot make:
+and pins that the rest of the environment replaces. On Python 3.10 `pip install .[lava]` installs them; on 3.11
+pip installs them with --no-deps --ignore-requires-python and their dependencies in the ranges of this project's
+`lava` extra. Either way two small edits to the installed lava-nc 0.10.0 follow (docs/lava-fixed-point.md
+section 8.2), which pip cannot make:
 
 1. ``lava/magma/compiler/var_model.py`` (Python 3.11 incompatibility). Three dataclasses
    (``CoreEncoder``, ``ChipEncoder``, ``AxonEncoder``) declare fields such as
@@ -184,8 +185,26 @@ def _declared() -> list[str]:
 
 
 def lava_extra() -> list[str]:
-    """Lava's dependencies as this project declares them (its `lava` extra), read from the installed metadata."""
-    return [r.split(";")[0].strip() for r in _declared() if re.search(r"extra\s*==\s*['\"]lava['\"]", r)]
+    """Lava's dependencies as this project declares them (its `lava` extra, read from the installed metadata), without
+    Lava's releases themselves, which the extra lists for Python 3.10 only and `install` installs without checks."""
+    releases = {name.split("==")[0] for name in LAVA_RELEASES}
+    extra = [r.split(";")[0].strip() for r in _declared() if re.search(r"extra\s*==\s*['\"]lava['\"]", r)]
+    return [r for r in extra if re.split(r"[<>=!~ ;]", r, maxsplit=1)[0] not in releases]
+
+
+def missing_releases() -> list[str]:
+    """Those of Lava's releases that are not installed at their version (on Python 3.10, `pip install .[lava]`
+    installs both)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(release: str) -> bool:
+        name, wanted = release.split("==")
+        try:
+            return version(name) == wanted
+        except PackageNotFoundError:
+            return False
+
+    return [r for r in LAVA_RELEASES if not installed(r)]
 
 
 def core_requirements() -> list[str]:
@@ -195,9 +214,11 @@ def core_requirements() -> list[str]:
 
 
 def install() -> None:
-    """pip installs Lava's releases without their metadata's checks, then their dependencies in the ranges of the
-    `lava` extra, into this interpreter's environment; then `patch`."""
-    steps = [[*LAVA_RELEASES, "--no-deps", "--ignore-requires-python"], [*lava_extra(), *core_requirements()]]
+    """pip installs Lava's releases that are missing without their metadata's checks, then their dependencies in the
+    ranges of the `lava` extra, into this interpreter's environment; then `patch`. Where both releases are installed
+    (`pip install .[lava]` on Python 3.10), only `patch` runs."""
+    missing = missing_releases()
+    steps = [[*missing, "--no-deps", "--ignore-requires-python"], [*lava_extra(), *core_requirements()]] if missing else []
     for args in steps:
         command = [sys.executable, "-m", "pip", "install", *args]
         print("lava_install: " + " ".join(command), flush=True)

@@ -1,6 +1,7 @@
 """The declared dependency ranges of pyproject.toml and the pinned, tested set of requirements/*.txt agree: every
 pin of a declared package lies inside its range, and every runtime import of the code is declared."""
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -55,3 +56,13 @@ def test_every_third_party_import_of_the_package_is_a_core_dependency():
         for path in (ROOT / package).rglob("*.py"):
             found |= set(re.findall(r"^(?:import|from) (\w+)", path.read_text(), re.MULTILINE))
     assert {module_of[m] for m in found if m in module_of} <= core
+
+
+def test_the_demo_model_ships_with_a_non_editable_install():
+    # toolchain.paths looks for it in the clone, then under sys.prefix where pip put [tool.setuptools.data-files]
+    from toolchain import paths
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    relative = Path(paths.SHIPPED_CHECKPOINT).relative_to(ROOT)
+    installed = Path(paths.INSTALLED_DATA).relative_to(sys.prefix) / relative.parent
+    assert str(relative) in data_files[str(installed)]
