@@ -492,12 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spike_input_args(p)
 
     p = sub.add_parser("install-lava", help="install Lava (lava-nc 0.10.0, lava-dl 0.6.0) into this environment and "
-                                             "patch it for Python 3.11",
+                                             "patch it",
                        description="pip install lava-nc 0.10.0 and lava-dl 0.6.0 with --no-deps "
-                                   "--ignore-requires-python (their metadata says Python < 3.11, which stops any "
-                                   "resolver here), their dependencies in the ranges of sddpm-loihi's `lava` extra, "
-                                   "then patch the installed lava-nc for Python 3.11 and check that it imports. "
-                                   "`make venv` does the same from the pinned requirement files.")
+                                   "--ignore-requires-python where they are missing (their metadata says Python < "
+                                   "3.11, which stops any resolver on 3.11; on 3.10 `pip install .[lava]` installs "
+                                   "them), their dependencies in the ranges of sddpm-loihi's `lava` extra, then patch "
+                                   "the installed lava-nc (for Python 3.11, and its multiprocessing start method) and "
+                                   "check that it imports. `make venv` does the same from the pinned requirement "
+                                   "files.")
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
