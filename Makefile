@@ -32,7 +32,7 @@ venv: $(STAMP) $(FASHION_MNIST)
 # The pinned requirement files are the tested set inside the ranges pyproject.toml declares (tests/test_packaging.py).
 # lava-nc/lava-dl declare Python < 3.11: requirements/nodeps.txt goes in with --no-deps
 # --ignore-requires-python, then deploy/lava_install.py fixes lava-nc's one Python 3.11 bug. The test-only
-# libraries of requirements/interop.txt (snnTorch, Norse, Sinabs) go in with --no-deps.
+# libraries of requirements/interop.txt (snnTorch, Norse, Sinabs, NeuroBench, NVML) go in with --no-deps.
 $(STAMP): requirements/base.txt requirements/nodeps.txt requirements/interop.txt pyproject.toml deploy/lava_install.py
 	@if [ ! -x $(VPY) ]; then \
 	  command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 1; }; \

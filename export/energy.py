@@ -14,11 +14,16 @@ Counts, exact integers per image:
 Elementwise work (BN, Swish, the readout's scaling, the membrane output) is not counted, for either network,
 as in the paper.
 
-Energy of a forward pass under a model (`EnergyModel`):
-  E = e_MAC x MACs + e_SOP x SOPs + e_update x neuron updates + e_idle x idle updates
-For the paper's model this is SDM's E = E_MAC x FLOP(first conv) + E_AC x sum SOP (docs/sources.md section 2.1)
-with our host's tail convs, which read analog values, priced as MACs too. The ANN twin's energy is its conv
-MACs x e_MAC: the paper's baseline. A generated image costs (denoising steps) x (energy of a forward pass).
+Beside them, the float model's own counts (`export.float_ops`: the paper's and NeuroBench's measure). The chip
+network composes the float model's analog shortcuts into spiking synapses, so its SOPs are a different, larger
+count of the same forward pass: `summarize` reports both.
+
+Energy of a forward pass under the paper's 45 nm model (`EnergyModel`): E = e_MAC x MACs + e_SOP x SOPs, SDM's
+E = E_MAC x FLOP(first conv) + E_AC x sum SOP (docs/sources.md section 2.1). Priced twice: on the float model as
+the paper counts it (the first conv's FLOPs, rate x T x FLOPs of the spiking layers), and on the chip network (the
+host's convs, which read analog values, as MACs; the chip's SOPs). The ANN twin's energy is its conv MACs x e_MAC:
+the paper's baseline. A generated image costs (denoising steps) x (energy of a forward pass). Loihi 2's own time
+and energy: `export.loihi2`.
 """
 from __future__ import annotations
 
@@ -35,35 +40,25 @@ from sddpm.unet import ANNUNet, SpikingUNet
 
 from .chip import ChipNetwork, pair
 from .errors import ExportInputError
+from .float_ops import LayerOps, summarize_float
 
 
 @dataclass(frozen=True)
 class EnergyModel:
-    """Energy per operation, in picojoules. `confirmed` is False where the constants come from secondary sources."""
+    """Energy per operation, in picojoules."""
     name: str
-    mac_pj: float  # per multiply-accumulate: the SNN's host convs and every layer of the ANN twin
-    sop_pj: float  # per synaptic operation on the chip
-    update_pj: float  # per neuron update inside the neuron's window (it receives input)
-    idle_update_pj: float  # per neuron update outside its window (Lava's timing; no input)
+    mac_pj: float  # per multiply-accumulate: analog inputs (the SNN's first conv or host convs, every ANN layer)
+    sop_pj: float  # per synaptic operation (an accumulate)
     source: str
-    confirmed: bool
 
 
 PJ = 1e-12  # joules
 # SDM section 5 / Tab. 4 (docs/sources.md section 2.2), citing Panda et al. 2020 and Yao et al. TPAMI 2023:
 # Horowitz's (ISSCC 2014) 45 nm energies of a 32-bit float multiply + add (3.7 + 0.9 pJ) and of an add.
-PAPER_45NM = EnergyModel(
-    name="paper-45nm", mac_pj=4.6, sop_pj=0.9, update_pj=0.0, idle_update_pj=0.0,
-    source="SDDPM/SDM Tab. 4, 45 nm (Horowitz, ISSCC 2014); neuron updates not counted", confirmed=True)
-# Loihi (1), Intel 14 nm: Davies et al., IEEE Micro 38(1) 2018, Table 2 - "energy per synaptic spike op (min)
-# 23.6 pJ", "energy per neuron update (active / inactive) 81 pJ / 52 pJ". Quoted by several secondary sources;
-# the primary table text was not retrieved (docs/sources.md section 3.3), hence unconfirmed. No per-op figures
-# for Loihi 2 are published. The host is not the chip: its MACs keep the 45 nm figure.
-LOIHI_DAVIES_2018 = EnergyModel(
-    name="loihi-davies2018", mac_pj=4.6, sop_pj=23.6, update_pj=81.0, idle_update_pj=52.0,
-    source="Loihi 1 (14 nm), Davies et al., IEEE Micro 2018, Tab. 2, as quoted secondhand (UNCONFIRMED: the "
-           "primary table was not retrieved); host MACs at the 45 nm figure", confirmed=False)
-ENERGY_MODELS = (PAPER_45NM, LOIHI_DAVIES_2018)
+PAPER_45NM = EnergyModel(name="paper-45nm", mac_pj=4.6, sop_pj=0.9,
+                         source="SDDPM/SDM Tab. 4, 45 nm (Horowitz, ISSCC 2014); neuron updates not counted")
+ENERGY_MODELS = (PAPER_45NM,)
+FIRST_CONV = "conv"  # the float SNN's layer that reads x_t: the paper's one MAC layer
 
 # Denoising steps of one generated image, per sampler.
 SAMPLERS = {"DDPM 1000": 1000, "DDIM 100": 100, "DDIM 50": 50}
@@ -250,7 +245,7 @@ def count_forward(net: ChipNetwork, spike_trains: dict[str, torch.Tensor]) -> Fo
 @dataclass(frozen=True)
 class Operations:
     """Operations of one forward pass (one denoising step) of one image; means over runs where measured."""
-    macs: float  # priced at e_MAC: the SNN's host convs, or every conv of the ANN twin
+    macs: float  # priced at e_MAC: the SNN's first conv or host convs, or every conv of the ANN twin
     sops: float = 0.0
     updates: float = 0.0
     idle_updates: float = 0.0
@@ -266,6 +261,15 @@ def snn_operations(runs: list[ForwardCounts]) -> Operations:
                       time_embedding_macs=first.time_embedding_macs)
 
 
+def float_operations(layers: list[LayerOps]) -> Operations:
+    """The float SNN's forward pass as the paper prices it: its first conv's FLOPs as MACs, rate x T x FLOPs of
+    its spiking layers as SOPs."""
+    first = [l for l in layers if l.layer == FIRST_CONV]
+    if not first:
+        raise ExportInputError(f"the float model's counts hold no layer {FIRST_CONV!r} (its first conv)")
+    return Operations(macs=first[0].flops, sops=sum(l.paper for l in layers if l.kind == "sop"))
+
+
 def ann_operations(cfg: ModelConfig) -> Operations:
     macs = ann_macs(cfg)
     return Operations(macs=sum(v for k, v in macs.items() if not is_time_embedding(k)),
@@ -274,9 +278,7 @@ def ann_operations(cfg: ModelConfig) -> Operations:
 
 def energy(ops: Operations, model: EnergyModel) -> dict[str, float]:
     """Joules of one forward pass of one image, by kind of operation, and their total."""
-    pj = {"macs": ops.macs * model.mac_pj, "sops": ops.sops * model.sop_pj, "updates": ops.updates * model.update_pj,
-          "idle_updates": ops.idle_updates * model.idle_update_pj}
-    joules = {kind: value * PJ for kind, value in pj.items()}
+    joules = {"macs": ops.macs * model.mac_pj * PJ, "sops": ops.sops * model.sop_pj * PJ}
     return {**joules, "total": sum(joules.values())}
 
 
@@ -285,22 +287,28 @@ def per_image(joules_per_step: float) -> dict[str, float]:
     return {name: steps * joules_per_step for name, steps in SAMPLERS.items()}
 
 
-def summarize(runs: list[ForwardCounts], ann: Operations, models: tuple[EnergyModel, ...] = ENERGY_MODELS) -> dict:
-    """JSON-ready summary of forward passes on the chip (`runs`) against the ANN twin: per population and in
-    total, per denoising step (one forward pass) of one image, means over the `forward_passes` (images x runs)
-    counted; the energy of a denoising step and of a generated image (`SAMPLERS`) under each model."""
+def summarize(runs: list[ForwardCounts], ann: Operations, float_layers: list[LayerOps],
+              models: tuple[EnergyModel, ...] = ENERGY_MODELS) -> dict:
+    """JSON-ready summary of forward passes on the chip (`runs`) and of the float model over the same denoising
+    steps (`float_layers`, from `export.float_ops.float_ops`) against the ANN twin: per population and in total,
+    per denoising step (one forward pass) of one image, means over the `forward_passes` (images x runs) counted;
+    the energy of a denoising step and of a generated image (`SAMPLERS`) under each model, for the float model as
+    the paper counts it and for the chip network."""
     first, passes = runs[0], sum(r.sops.shape[1] for r in runs)
     steps = first.snn_steps
 
     def mean(values) -> float:  # per image, summed over SNN steps
         return sum(int(v.sum()) for v in values) / passes
 
+    floats = summarize_float(float_layers)
     populations = []
     for i, p in enumerate(first.populations):
         spikes = mean(r.populations[i].spikes for r in runs)
+        in_float = floats["by_population"].get(p.name, {})
         populations.append({"name": p.name, "neurons": p.neurons, "firing_rate": spikes / (p.neurons * steps),
-                            "spikes": spikes, "sops": mean(r.populations[i].sops for r in runs)})
-    snn = snn_operations(runs)
+                            "spikes": spikes, "sops": mean(r.populations[i].sops for r in runs),
+                            "float_sops": in_float.get("sops", 0.0), "paper_sops": in_float.get("paper_sops", 0.0)})
+    snn, on_float = snn_operations(runs), float_operations(float_layers)
     out = {
         "snn_steps": steps, "chip_steps": first.chip_steps, "forward_passes": passes, "populations": populations,
         "per_denoising_step": {
@@ -308,15 +316,21 @@ def summarize(runs: list[ForwardCounts], ann: Operations, models: tuple[EnergyMo
             "sops_per_snn_step": [sum(int(r.sops[k].sum()) for r in runs) / passes for k in range(steps)],
             "neuron_updates": snn.updates, "idle_neuron_updates": snn.idle_updates,
             "host_macs": dict(first.host_macs), "time_embedding_macs": snn.time_embedding_macs},
+        "float_sops": floats,
+        "chip_sops": {"total": snn.sops, "by_population": {p["name"]: p["sops"] for p in populations}},
         "ann": {"macs": ann.macs, "time_embedding_macs": ann.time_embedding_macs},
         "energy": {},
     }
     for model in models:
-        e_snn, e_ann = energy(snn, model), energy(ann, model)
+        e_ann = energy(ann, model)
+
+        def priced(ops: Operations) -> dict:
+            e = energy(ops, model)
+            return {"macs": ops.macs, "sops": ops.sops, "per_denoising_step_j": e,
+                    "per_image_j": per_image(e["total"]), "over_ann": e["total"] / e_ann["total"]}
+
         out["energy"][model.name] = {
-            "source": model.source, "confirmed": model.confirmed,
-            "constants_pj": {k: getattr(model, k) for k in ("mac_pj", "sop_pj", "update_pj", "idle_update_pj")},
-            "snn": {"per_denoising_step_j": e_snn, "per_image_j": per_image(e_snn["total"])},
-            "ann": {"per_denoising_step_j": e_ann, "per_image_j": per_image(e_ann["total"])},
-            "snn_over_ann": e_snn["total"] / e_ann["total"]}
+            "source": model.source, "constants_pj": {"mac_pj": model.mac_pj, "sop_pj": model.sop_pj},
+            "float_snn": priced(on_float), "chip_snn": priced(snn),
+            "ann": {"macs": ann.macs, "per_denoising_step_j": e_ann, "per_image_j": per_image(e_ann["total"])}}
     return out

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from chip_helpers import compiled_tiny, firing_tiny_model
-from export.energy import (LOIHI_DAVIES_2018, PAPER_45NM, SAMPLERS, Operations, ann_macs, ann_operations,
+from export.energy import (PAPER_45NM, SAMPLERS, Operations, ann_macs, ann_operations,
                            count_forward, energy, fanout_map, is_time_embedding, per_image, synapse_sops)
 from helpers import TINY, TINY_TRAIN
 from sddpm.checkpoint import save_checkpoint
@@ -222,9 +222,6 @@ def test_the_energy_of_a_forward_pass_and_of_an_image():
     ops = Operations(macs=1000, sops=2e6, updates=300, idle_updates=4000, time_embedding_macs=77)
     paper = energy(ops, PAPER_45NM)
     assert paper["total"] == pytest.approx(1000 * 4.6e-12 + 2e6 * 0.9e-12)  # neuron updates are free there
-    loihi = energy(ops, LOIHI_DAVIES_2018)
-    assert loihi["total"] == pytest.approx(1000 * 4.6e-12 + 2e6 * 23.6e-12 + 300 * 81e-12 + 4000 * 52e-12)
-    assert not LOIHI_DAVIES_2018.confirmed and "UNCONFIRMED" in LOIHI_DAVIES_2018.source
     assert per_image(2.0) == {"DDPM 1000": 2000.0, "DDIM 100": 200.0, "DDIM 50": 100.0}
     assert set(SAMPLERS) == set(per_image(1.0))
 
@@ -249,14 +246,115 @@ def test_sddpm_energy_counts_a_chain_on_the_simulator(tmp_path, capsys):
     assert report["ann"]["macs"] == ann_operations(TINY).macs
     paper = report["energy"]["paper-45nm"]
     expected = sum(step["host_macs"].values()) * 4.6e-12 + step["sops"] * 0.9e-12
-    assert paper["snn"]["per_denoising_step_j"]["total"] == pytest.approx(expected)
-    assert paper["snn"]["per_image_j"]["DDPM 1000"] == pytest.approx(1000 * expected)
-    assert report["energy"]["loihi-davies2018"]["confirmed"] is False
+    assert paper["chip_snn"]["per_denoising_step_j"]["total"] == pytest.approx(expected)
+    assert paper["chip_snn"]["per_image_j"]["DDPM 1000"] == pytest.approx(1000 * expected)
+    # the paper's count: the first conv's FLOPs (3x3, 1 -> 8 channels on 32x32: 9 x 8 x 1024) and rate x T x FLOPs
+    floats = report["float_sops"]
+    assert paper["float_snn"]["macs"] == 9 * 8 * 1024 and paper["float_snn"]["sops"] == floats["paper_sops"]
+    assert report["chip_sops"]["total"] == step["sops"]
+    assert floats["sops"] == pytest.approx(sum(p["float_sops"] for p in report["populations"]))
+    nb = report["neurobench"]["snn"]["SynapticOperations"]
+    assert report["neurobench"]["version"] == "2.3.0" and nb["Dense"] == floats["dense"]
+    loihi2 = report["loihi2"]
+    assert loihi2["chip_steps_per_denoising_step"] == report["chip_steps"] and loihi2["sources"]
+    assert set(loihi2["latency_s_per_image"]) == set(loihi2["energy_j_per_image"]) == set(SAMPLERS)
 
-    assert main([*common, "--loihi-sop-pj", "10"]) == 0
+    assert main(common) == 0
     text = capsys.readouterr().out
     for p in report["populations"]:
         assert f"\n{p['name']} " in text
-    for name in ("DDPM 1000", "DDIM 100", "DDIM 50", "paper-45nm", "loihi-davies2018 *", "ANN twin", "UNCONFIRMED"):
+    for name in ("DDPM 1000", "DDIM 100", "DDIM 50", "the paper's count", "chip network", "ANN twin",
+                 "NeuroBench 2.3.0", "Loihi 2 estimate", "PilotNet"):
         assert name in text
-    assert "10 pJ per SOP" in text
+
+
+# -- the float model's counts against NeuroBench, and the Loihi 2 estimate --------------------------------------
+
+def test_a_layer_counts_its_input_synapse_pairs_as_derived_by_hand():
+    from export.float_ops import connections
+
+    conv = torch.nn.Conv2d(2, 5, 3, padding=1)
+    spikes = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    spikes[0, 1, 0, 0] = True  # a corner: the 3x3 windows of output rows {0, 1} x columns {0, 1} cover it
+    assert connections(spikes, conv) == 4 * 5
+    spikes[0, 0, 1, 2] = True  # inside: the whole kernel, 9 outputs per output channel
+    assert connections(spikes, conv) == (4 + 9) * 5
+    # every input: each output position counts its taps inside the image, summed (rows 2 + 3 + 3 + 2 = 10, same
+    # for columns), times C_in and C_out
+    assert connections(torch.ones(1, 2, 4, 4, dtype=torch.bool), conv) == 10 * 10 * 2 * 5
+    assert connections(torch.tensor([[True, False, True]]), torch.nn.Linear(3, 7)) == 2 * 7
+
+
+@pytest.fixture(scope="module")
+def float_states():
+    """The firing TINY model and two batches of noisy digits at t = 999 and at t = 0."""
+    from chip_helpers import digits_batches
+
+    model = firing_tiny_model().eval()
+    (x, _), = digits_batches(batches=1, batch_size=2)
+    return model, [(x, torch.full((2,), 999)), (x, torch.zeros(2, dtype=torch.long))]
+
+
+def test_the_float_sops_are_neurobenchs_effective_acs_where_the_definitions_agree(float_states):
+    from export.float_ops import ANALOG_LAYERS, float_ops, summarize_float
+    from export.neurobench_metrics import neurobench_metrics
+
+    model, states = float_states
+    ours = summarize_float(float_ops(model, states[:1]))
+    package = neurobench_metrics(model, states[:1])["snn"]["SynapticOperations"]
+    assert ours["sops"] > 0 and ours["sops"] == package["Effective_ACs"]
+    assert ours["macs"] == package["Effective_MACs"] and ours["dense"] == package["Dense"]
+    # every analog layer is named with its reason; the spiking ones with the population they read
+    assert all(any(layer == k or layer.endswith("." + k) for k in ANALOG_LAYERS) for layer in ours["analog_layers"])
+    assert set(ours["by_population"]) == {n for n, m in model.named_modules() if type(m).__name__ == "IF"}
+
+    # Where they differ: NeuroBench calls a layer spiking when its whole input is 0/+-1. At t = 0 the sinusoidal
+    # embedding is sin(0) = 0 and cos(0) = 1 (ch / 2 of each), so it counts the time MLP's first Linear (ch 8 ->
+    # 32) as ACs: ch / 2 = 4 nonzero inputs x 32 outputs = 128 per image, moved from MACs to ACs.
+    both = summarize_float(float_ops(model, states))
+    package = neurobench_metrics(model, states)["snn"]["SynapticOperations"]
+    moved = 4 * 32 / 2  # per denoising step of one image: one of the two steps
+    assert package["Effective_ACs"] == both["sops"] + moved and package["Effective_MACs"] == both["macs"] - moved
+
+
+def test_the_ann_twins_macs_count_padded_taps_and_neurobenchs_dense_does_not(float_states):
+    from export.neurobench_metrics import neurobench_metrics
+
+    model, states = float_states
+    dense = neurobench_metrics(model, states[:1])["ann"]["SynapticOperations"]["Dense"]
+    # the paper's convention (and ann_macs'): output x C_in x k^2, the padded border taps included; a 3x3,
+    # padding 1 conv on 32x32 reads (3 x 32 - 2)^2 = 8836 taps per channel pair instead of 9 x 1024 = 9216
+    macs = ann_macs(TINY)
+    assert macs["head"] == 9 * 1 * 8 * 1024
+    # so Dense is smaller, by 8836 / 9216 = 0.959 for a 3x3 conv at 32x32 and (3 x 16 - 2)^2 / (9 x 256) = 0.918 at
+    # 16x16; 1x1 convs and Linear layers have no border
+    assert 0.918 * sum(macs.values()) < dense < 0.959 * sum(macs.values())
+
+
+def test_the_loihi2_estimate_from_intels_measurements_derived_by_hand():
+    from export.loihi2 import MEASUREMENTS, Span, constants, estimate
+
+    c = constants()
+    # time per step: S4D 30.985 us (lowest); PilotNet 1 / (408.91 frames/s x 16 steps) = 152.85 us (highest of
+    # its three runs: 408.91, 413.76, 415.51 frames/s)
+    assert c["seconds_per_chip_step"].low == pytest.approx(30.98498733e-6)
+    assert c["seconds_per_chip_step"].high == pytest.approx(152.846e-6, rel=1e-5)
+    assert (c["static_w_per_chip"].low, c["static_w_per_chip"].high) == (0.142275, 0.309377)
+    # dynamic J per core and step: S4D 0.010235 W x 30.985 us / 6 cores = 52.85 nJ; PilotNet (run b9e3691)
+    # 0.447156 W x 152.846 us / 74 cores = 923.6 nJ
+    assert c["dynamic_j_per_core_step"].low == pytest.approx(52.855e-9, rel=1e-4)
+    assert c["dynamic_j_per_core_step"].high == pytest.approx(923.6e-9, rel=1e-4)
+    assert all("lava-dl" in m.source and "Loihi 2" in m.source for m in MEASUREMENTS)
+
+    # 31 chip steps per denoising step, DDIM 50; 2 chips and 100 cores at the low end, 5 and 500 at the high end:
+    #   low:  latency 31 x 30.985 us = 0.9605 ms; energy 2 x 0.142275 W x 0.9605 ms + 31 x 100 x 52.855 nJ
+    #         = 0.27332 mJ + 0.16385 mJ = 0.43717 mJ per step, x 50 = 21.86 mJ per image
+    #   high: latency 31 x 152.846 us = 4.7382 ms; 5 x 0.309377 x 4.7382 ms + 31 x 500 x 923.6 nJ
+    #         = 7.3295 mJ + 14.316 mJ = 21.645 mJ per step, x 50 = 1.0823 J
+    e = estimate(31, Span(100, 500), Span(2, 5), {"DDIM 50": 50})
+    assert e["latency_s_per_image"]["DDIM 50"]["low"] == pytest.approx(50 * 0.9605e-3, rel=1e-3)
+    assert e["latency_s_per_image"]["DDIM 50"]["high"] == pytest.approx(50 * 4.7382e-3, rel=1e-3)
+    assert e["energy_j_per_image"]["DDIM 50"]["low"] == pytest.approx(21.86e-3, rel=1e-3)
+    assert e["energy_j_per_image"]["DDIM 50"]["high"] == pytest.approx(1.0823, rel=1e-3)
+    assert e["static_share"]["low"] == pytest.approx(0.27332 / 0.43717, rel=1e-3)
+    assert e["static_share"]["high"] == pytest.approx(7.3295 / 21.645, rel=1e-3)

@@ -394,11 +394,10 @@ def energy_of_imported(args, net, path: str) -> dict:
 
 
 def cmd_energy(args) -> None:
-    import dataclasses
-
-    from export.energy import ENERGY_MODELS, LOIHI_DAVIES_2018, ann_operations, count_forward, summarize
+    from export.energy import count_forward
     from sddpm.checkpoint import load_model
     from simulators.network import ChipSimulator
+    from toolchain.pipeline import energy_summary
 
     net = _chip_file(args.nir)
     if _imported(net):
@@ -410,14 +409,11 @@ def cmd_energy(args) -> None:
     if args.nir:
         raise UsageError(f"{args.nir} is a diffusion network: `sddpm energy` compiles and counts --checkpoint")
     loaded = load_model(args.checkpoint)
-    cfg = loaded.model_config
     net = compile_chip(loaded, args.chip_out, args.threshold_factor, calibration_of(args))
     sim = ChipSimulator.from_file(args.chip_out)
-    _, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
+    model, states = float_chain(loaded, args.threshold_factor, args.batch_size, args.seed, args.ddim_steps, args.steps)
     runs = [count_forward(net, sim.run(x, t).spikes) for x, t in states]
-    loihi = dataclasses.replace(LOIHI_DAVIES_2018, sop_pj=args.loihi_sop_pj, update_pj=args.loihi_update_pj,
-                                idle_update_pj=args.loihi_idle_update_pj)
-    report = summarize(runs, ann_operations(cfg), tuple(loihi if m is LOIHI_DAVIES_2018 else m for m in ENERGY_MODELS))
+    report = energy_summary(model, net, runs, states)
     report.update(checkpoint=args.checkpoint, chip_file=args.chip_out, ddim_chain=args.ddim_steps,
                   images=args.batch_size, denoising_steps=[int(t[0]) for _, t in states],
                   threshold_factor=args.threshold_factor)

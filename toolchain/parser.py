@@ -194,8 +194,6 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand. Long on purpose: one declaration per subcommand, in the order
     `sddpm --help` lists them, reads better than the same split over a dozen functions."""
-    from export.energy import LOIHI_DAVIES_2018
-
     parser = argparse.ArgumentParser(
         prog="sddpm",
         description="Spiking denoising diffusion models (SDDPM): train, sample and measure FID; compile for "
@@ -429,15 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "Earlier Norse wrote tau = 1 / tau_mem_inv (seconds): read such a file without it, with the "
                         "--dt its cells ran at (a file does not say which Norse wrote it)")
 
-    p = sub.add_parser("energy", help="count spikes, synaptic operations and host MACs of denoising steps on the "
-                                      "chip network; energy per step and per image against the ANN twin",
+    p = sub.add_parser("energy", help="count the operations of denoising steps on the float model, the chip network "
+                                      "and the ANN twin; NeuroBench's metrics; energy at 45 nm and on Loihi 2",
                        description="Compile a checkpoint, run the bit-accurate simulator on --steps denoising steps "
                                    "spread over a float DDIM chain from seeded noise, and count exactly, per "
                                    "population, the spikes and the synaptic operations (SOPs: spikes x fan-out) of "
-                                   "its outgoing synapses, plus neuron updates and the host's MACs. Prints them per "
-                                   "denoising step of one image with the energy of a step and of a generated image "
-                                   "(DDPM 1000, DDIM 100 and DDIM 50 steps) under the paper's 45 nm model and a "
-                                   "Loihi-style model, against the ANN twin of the same configuration.")
+                                   "its outgoing synapses on the chip, beside the float model's own SOPs on the same "
+                                   "steps (exact, and as the paper counts them: rate x T x FLOPs), neuron updates, "
+                                   "MACs, and NeuroBench's metrics computed by the neurobench package on the float "
+                                   "SNN and the ANN twin. Prints them per denoising step of one image, with the "
+                                   "energy of a step and of a generated image (DDPM 1000, DDIM 100, DDIM 50) under "
+                                   "the paper's 45 nm model against the ANN twin, and a Loihi 2 estimate (latency and "
+                                   "energy per image, low-high) built on Intel's Loihi 2 hardware measurements and "
+                                   "the network's placement (docs/energy.md).")
     _add_checkpoint(p)
     _add_chain_args(p, steps=10, what="count", batch_size=4)
     _add_threshold_factor(p, "threshold factor of the chip network")
@@ -446,13 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
                                  "import-nir` is counted on its spike input (spikes, SOPs and neuron updates per "
                                  "population)")
     _add_spike_input_args(p)
-    g = p.add_argument_group("Loihi-style model (Davies et al. 2018 as quoted secondhand: unconfirmed)")
-    g.add_argument("--loihi-sop-pj", type=_non_negative, default=LOIHI_DAVIES_2018.sop_pj,
-                   help="energy per synaptic operation, pJ (default: %(default)s)")
-    g.add_argument("--loihi-update-pj", type=_non_negative, default=LOIHI_DAVIES_2018.update_pj,
-                   help="energy per neuron update inside its window, pJ (default: %(default)s)")
-    g.add_argument("--loihi-idle-update-pj", type=_non_negative, default=LOIHI_DAVIES_2018.idle_update_pj,
-                   help="energy per idle neuron update, pJ (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
 

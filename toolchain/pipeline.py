@@ -88,23 +88,46 @@ def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, ba
     return run(model_denoiser(loaded.model.to(info.device), threshold_factor), info.device)
 
 
+def energy_summary(model, net, runs, states) -> dict:
+    """`export.energy.summarize` of the chip's `runs` and of the float `model` on the same (x_t, t) `states`, with
+    the Loihi 2 estimate for the network's placement and NeuroBench's metrics (or why they are missing)."""
+    from export.energy import SAMPLERS, ann_operations, summarize
+    from export.float_ops import float_ops
+    from export.loihi2 import Span
+    from export.loihi2 import estimate as loihi2_estimate
+    from export.placement import place
+    from export.resources import estimate
+
+    summary = summarize(runs, ann_operations(model.cfg), float_ops(model, states))
+    shared, dense = (place(estimate(net), shared) for shared in (True, False))  # with and without weight sharing
+    summary["loihi2"] = loihi2_estimate(net.steps_per_denoising_step,
+                                        Span(*(sum(b.cores for b in p.blocks) for p in (shared, dense))),
+                                        Span(shared.chips, dense.chips), SAMPLERS)
+    try:
+        from export.neurobench_metrics import neurobench_metrics
+    except ModuleNotFoundError as e:  # neurobench is a test and quality dependency (requirements/interop.txt)
+        summary["neurobench"] = {"error": f"not installed ({e.name}): pip install --no-deps neurobench==2.3.0"}
+    else:
+        summary["neurobench"] = neurobench_metrics(model, states)
+    return summary
+
+
 def verify_and_report(loaded, net, chip_path: str, out_dir: str, *, batch: int, seed: int, ddim_steps: int,
                       steps: int, title: str):
     """The ladder on `steps` denoising steps of a seeded DDIM chain, the energy of those same simulator runs,
     the resource estimate, and the report in out_dir; returns (ladder, energy summary, report path)."""
-    from export.energy import ann_operations, count_forward, summarize
+    from export.energy import count_forward
     from export.placement import placement_summary
     from export.resources import estimate
     from simulators.network import ChipSimulator
     from toolchain.report import write_report
     from toolchain.verify import run_ladder
 
-    cfg = loaded.model_config
     model, states = float_chain(loaded, net.threshold_factor, batch, seed, ddim_steps, steps)
     runs = []
     ladder = run_ladder(model, net, ChipSimulator.from_file(chip_path), states, "delayed",
                         on_run=lambda out: runs.append(count_forward(net, out.spikes)))
-    summary = summarize(runs, ann_operations(cfg))
+    summary = energy_summary(model, net, runs, states)
     summary.update(checkpoint=loaded.path, chip_file=chip_path, ddim_chain=ddim_steps, images=batch,
                    denoising_steps=ladder.diffusion_steps, threshold_factor=net.threshold_factor)
     resources = estimate(net)

@@ -34,24 +34,26 @@ def _population_bars(names, values, xlabel: str, title: str, path: str, log: boo
 
 
 def _energy_plot(summary: dict, path: str) -> None:
-    """Grouped bars per energy model: a denoising step and a generated image per sampler, SNN vs ANN twin."""
+    """Bars per generated image and sampler (log scale): the 45 nm model on the float SNN as the paper counts it,
+    on the chip network, and on the ANN twin; the Loihi 2 estimate as a low-high range."""
     plt = pyplot()
-    models = list(summary["energy"])
-    samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
-    groups = ["one denoising\nstep"] + [f"image,\n{s}" for s in samplers]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), sharey=True, squeeze=False)
-    x, width = np.arange(len(groups)), 0.38
-    for ax, name in zip(axes[0], models):
-        e = summary["energy"][name]
-        for offset, kind, label, color in ((-width / 2, "snn", "SNN (chip + host)", "tab:orange"),
-                                           (width / 2, "ann", "ANN twin", "tab:gray")):
-            joules = [e[kind]["per_denoising_step_j"]["total"]] + [e[kind]["per_image_j"][s] for s in samplers]
-            ax.bar(x + offset, joules, width, label=label, color=color)
-        ax.set_xticks(x, groups, fontsize=8)
-        ax.set(yscale="log", title=name + ("" if e["confirmed"] else " (unconfirmed constants)"))
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("energy (J, log scale)")
-    axes[0][0].legend(fontsize=8)
+    paper, loihi2 = summary["energy"]["paper-45nm"], summary["loihi2"]
+    samplers = list(paper["ann"]["per_image_j"])
+    bars = [("45 nm: SNN, paper's count", paper["float_snn"]["per_image_j"], "tab:blue"),
+            ("45 nm: SNN, chip network", paper["chip_snn"]["per_image_j"], "tab:orange"),
+            ("45 nm: ANN twin", paper["ann"]["per_image_j"], "tab:gray")]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    x, width = np.arange(len(samplers)), 0.2
+    for i, (label, joules, color) in enumerate(bars):
+        ax.bar(x + (i - 1.5) * width, [joules[s] for s in samplers], width, label=label, color=color)
+    low = [loihi2["energy_j_per_image"][s]["low"] for s in samplers]
+    high = [loihi2["energy_j_per_image"][s]["high"] for s in samplers]
+    ax.bar(x + 1.5 * width, np.subtract(high, low), width, bottom=low, color="tab:green",
+           label="Loihi 2 estimate (low-high)")
+    ax.set_xticks(x, [f"image, {s}" for s in samplers], fontsize=8)
+    ax.set(yscale="log", ylabel="energy per image (J, log scale)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
     save_figure(fig, path, DPI)
 
 
@@ -129,24 +131,7 @@ def _placement_section(placement: dict) -> list[str]:
 
 
 def _energy_section(summary: dict) -> list[str]:
-    step = summary["per_denoising_step"]
-    samplers = list(next(iter(summary["energy"].values()))["snn"]["per_image_j"])
-    rows = []
-    for name, e in summary["energy"].items():
-        for kind, label in (("snn", "SNN"), ("ann", "ANN twin")):
-            rows.append([name if kind == "snn" else "", label, si(e[kind]["per_denoising_step_j"]["total"], "J"),
-                         *(si(e[kind]["per_image_j"][s], "J") for s in samplers)])
-    lines = ["## Energy", "", f"![energy]({PLOTS['energy']})", "",
-             f"Per denoising step of one image (means over {summary['forward_passes']} forward passes): "
-             f"{step['sops']:,.0f} SOPs, {step['spikes']:,.0f} spikes, {step['neuron_updates']:,} neuron updates, "
-             f"{sum(step['host_macs'].values()):,} host MACs; the ANN twin: {summary['ann']['macs']:,} MACs.", "",
-             *_table(["model", "network", "per step", *(f"per image, {s}" for s in samplers)], rows), ""]
-    for name, e in summary["energy"].items():
-        c = e["constants_pj"]
-        lines.append(f"- {name}: {c['mac_pj']:g} pJ/MAC, {c['sop_pj']:g} pJ/SOP, {c['update_pj']:g} / "
-                     f"{c['idle_update_pj']:g} pJ per neuron update / idle update; SNN / ANN = "
-                     f"{e['snn_over_ann']:.3f}; {e['source']}")
-    return lines
+    return ["## Energy", "", f"![energy]({PLOTS['energy']})", "", "```", format_energy(summary), "```"]
 
 
 def write_report(out_dir: str, summary: dict, ladder: LadderReport, resources: ResourceEstimate,
@@ -198,43 +183,77 @@ def format_network(net) -> str:
 
 
 def format_energy(report: dict) -> str:
-    """The counts of `export.energy.summarize` and the energies as terminal tables."""
-    from toolchain.report import si
-
+    """The counts of `export.energy.summarize`, NeuroBench's metrics, the 45 nm energies and the Loihi 2 estimate
+    as terminal tables."""
     steps = report["denoising_steps"]
     lines = [f"one denoising step of one image, T = {report['snn_steps']}: mean over {len(steps)} denoising steps (t = "
              f"{', '.join(map(str, steps))}) of a DDIM-{report['ddim_chain']} chain of {report['images']} images",
-             f"{'population':<24} {'neurons':>9} {'rate':>7} {'spikes':>12} {'SOPs (outgoing)':>16}"]
+             f"{'population':<24} {'neurons':>9} {'rate':>7} {'spikes':>12} {'float SOPs':>12} {'chip SOPs':>13} "
+             f"{'chip/float':>10}"]
     for p in report["populations"]:
+        ratio = f"{p['sops'] / p['float_sops']:>10.2f}" if p["float_sops"] else f"{'-':>10}"
         lines.append(f"{p['name']:<24} {p['neurons']:>9,} {p['firing_rate']:>7.3f} {p['spikes']:>12,.0f} "
-                     f"{p['sops']:>16,.0f}")
-    step, neurons = report["per_denoising_step"], sum(p["neurons"] for p in report["populations"])
+                     f"{p['float_sops']:>12,.0f} {p['sops']:>13,.0f} {ratio}")
+    step, floats, neurons = report["per_denoising_step"], report["float_sops"], sum(
+        p["neurons"] for p in report["populations"])
     rate = step["spikes"] / (neurons * report["snn_steps"])
     lines.append(f"{'all ' + str(len(report['populations'])) + ' populations':<24} {neurons:>9,} {rate:>7.3f} "
-                 f"{step['spikes']:>12,.0f} {step['sops']:>16,.0f}")
-    host = step["host_macs"]
+                 f"{step['spikes']:>12,.0f} {floats['sops']:>12,.0f} {step['sops']:>13,.0f} "
+                 f"{step['sops'] / floats['sops']:>10.2f}")
+    host, analog = step["host_macs"], floats["analog_layers"]
+    first = analog.get("conv", {"flops": 0})["flops"]
     lines += [
-        f"SOPs per SNN step: {', '.join(f'{v:,.0f}' for v in step['sops_per_snn_step'])}",
-        f"neuron updates: {step['neuron_updates']:,} in the windows (neurons x T), {step['idle_neuron_updates']:,} "
-        f"idle at the other chip steps of Lava's timing ({report['chip_steps']} per denoising step)",
-        f"host MACs: {sum(host.values()):,} ({', '.join(f'{k} {v:,}' for k, v in host.items())}); time embedding "
-        f"{step['time_embedding_macs']:,} (compiled into bias tables: not priced)",
-        f"ANN twin MACs: {report['ann']['macs']:,} (time embedding {report['ann']['time_embedding_macs']:,}, not "
-        "priced)", ""]
-    samplers = list(next(iter(report["energy"].values()))["snn"]["per_image_j"])
-    lines.append(f"{'energy model':<34} {'per step':>10} " + " ".join(f"{s:>10}" for s in samplers))
-    notes = []
-    for name, e in report["energy"].items():
-        c = e["constants_pj"]
-        label = name if e["confirmed"] else name + " *"
-        for who, kind in ((f"{label}: SNN", "snn"), ("  ANN twin", "ann")):
-            joules = e[kind]
-            lines.append(f"{who:<34} {si(joules['per_denoising_step_j']['total'], 'J', 'u'):>10} "
-                         + " ".join(f"{si(joules['per_image_j'][s], 'J', 'u'):>10}" for s in samplers))
-        lines.append(f"{'  SNN / ANN':<34} {e['snn_over_ann']:>10.3f}")
-        notes.append(f"{label}: {c['mac_pj']:g} pJ per MAC, {c['sop_pj']:g} pJ per SOP, {c['update_pj']:g} / "
-                     f"{c['idle_update_pj']:g} pJ per neuron update / idle update; {e['source']}")
-    return "\n".join(lines + [""] + notes)
+        "",
+        f"{'per denoising step of one image':<42} {'float SNN':>14} {'chip network':>14} {'ANN twin':>14}",
+        f"{'SOPs, exact (NeuroBench Effective_ACs)':<42} {floats['sops']:>14,.0f} {step['sops']:>14,.0f} {'-':>14}",
+        f"{'SOPs, the paper (rate x T x FLOPs)':<42} {floats['paper_sops']:>14,.0f} {'-':>14} {'-':>14}",
+        f"{'MACs priced (first conv / host convs)':<42} {first:>14,.0f} {sum(host.values()):>14,} "
+        f"{report['ann']['macs']:>14,}",
+        f"{'MACs of every analog layer':<42} {floats['macs']:>14,.0f} {sum(host.values()):>14,} "
+        f"{report['ann']['macs']:>14,}",
+        f"{'neuron updates (+ idle on Lava timing)':<42} {step['neuron_updates']:>14,} "
+        f"{step['neuron_updates']:>7,}+{step['idle_neuron_updates']:,}",
+        f"SOPs per SNN step on the chip: {', '.join(f'{v:,.0f}' for v in step['sops_per_snn_step'])}; time "
+        f"embedding {step['time_embedding_macs']:,} MACs (compiled into bias tables: not priced); the chip composes "
+        "the float model's analog shortcuts into spiking synapses, hence more SOPs",
+    ]
+    nb = report.get("neurobench")
+    if nb and "error" not in nb:
+        s, a = nb["snn"], nb["ann"]
+        lines += ["", f"NeuroBench {nb['version']} (the package, on the same denoising steps): float SNN Effective_ACs "
+                      f"{s['SynapticOperations']['Effective_ACs']:,.0f}, Effective_MACs "
+                      f"{s['SynapticOperations']['Effective_MACs']:,.0f}, Dense {s['SynapticOperations']['Dense']:,.0f}, "
+                      f"activation sparsity {s['ActivationSparsity']:.3f}, footprint {s['Footprint']:,} B, "
+                      f"{s['ParameterCount']:,} parameters; ANN twin Effective_MACs "
+                      f"{a['SynapticOperations']['Effective_MACs']:,.0f}, Dense {a['SynapticOperations']['Dense']:,.0f}"]
+    elif nb:
+        lines += ["", f"NeuroBench: {nb['error']}"]
+    paper = report["energy"]["paper-45nm"]
+    samplers = list(paper["ann"]["per_image_j"])
+    lines += ["", f"{'45 nm (the paper: 4.6 pJ/MAC, 0.9 pJ/SOP)':<42} {'per step':>10} "
+              + " ".join(f"{s:>10}" for s in samplers) + f" {'/ ANN':>7}"]
+    for label, e in (("SNN, float model, the paper's count", paper["float_snn"]),
+                     ("SNN, chip network", paper["chip_snn"]), ("ANN twin", paper["ann"])):
+        ratio = f"{e['over_ann']:>7.3f}" if "over_ann" in e else f"{'':>7}"
+        lines.append(f"{'  ' + label:<42} {si(e['per_denoising_step_j']['total'], 'J', 'u'):>10} "
+                     + " ".join(f"{si(e['per_image_j'][s], 'J', 'u'):>10}" for s in samplers) + f" {ratio}")
+    l2 = report["loihi2"]
+
+    def span(value: dict, unit: str) -> str:
+        return f"{si(value['low'], unit, 'u')}-{si(value['high'], unit, 'u')}"
+
+    lines += ["", f"Loihi 2 estimate ({l2['chips']['low']}-{l2['chips']['high']} chips, {l2['cores']['low']}-"
+                  f"{l2['cores']['high']} cores with and without weight sharing; {l2['chip_steps_per_denoising_step']} "
+                  "chip steps per denoising step; ranges over Intel's Loihi 2 runs; host excluded):",
+              f"  {'':<22} " + " ".join(f"{s:>22}" for s in samplers),
+              f"  {'latency per image':<22} " + " ".join(f"{span(l2['latency_s_per_image'][s], 's'):>22}"
+                                                         for s in samplers),
+              f"  {'energy per image':<22} " + " ".join(f"{span(l2['energy_j_per_image'][s], 'J'):>22}"
+                                                        for s in samplers),
+              f"  static power's share of the energy: {l2['static_share']['low']:.0%} at the low end, "
+              f"{l2['static_share']['high']:.0%} at the high end",
+              "  from: " + "; ".join(sorted({s["network"] for s in l2["sources"]})) + " (docs/energy.md)"]
+    return "\n".join(lines)
 
 
 def format_deploy(r: dict) -> str:
