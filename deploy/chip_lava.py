@@ -42,6 +42,11 @@ from deploy.processes import (DelayLine, FileSink, SpikeUpsample, WindowBiasLIF,
                               run_to_end)
 
 RUN_CONFIGS = ("sim", "loihi2-hw")
+# cpu: up-sampling and long delays through process types of ours (SpikeUpsample, DelayLine; Python models only);
+# loihi2: only process types that Loihi 2 executes (deploy.loihi2_profile)
+PROFILES = ("cpu", "loihi2")
+# Process types on the host's side of a graph: feeding it and reading it back (host I/O)
+HOST_TYPES = frozenset({"RingBuffer", "FileSink", "HostFeed", "WindowSink", "Monitor"})
 
 
 class LavaGraphError(DeployError, ValueError):
@@ -50,8 +55,8 @@ class LavaGraphError(DeployError, ValueError):
 
 def run_config(kind: str = "sim"):
     """Lava's run configuration. "sim": the CPU simulator with the bit-accurate fixed-point models.
-    "loihi2-hw": Loihi 2 itself; it needs Intel's lava-loihi extension (INRC members only) and chip-side
-    replacements for FileSink and DelayLine (probes and hardware synaptic delays). It has never been run here."""
+    "loihi2-hw": Loihi 2 itself, for graphs of the loihi2 profile; it needs Intel's lava-loihi extension (INRC
+    members only) and its embedded I/O between host and chip. It has never been run here."""
     from lava.magma.core.run_configs import Loihi2HwCfg, Loihi2SimCfg
 
     if kind == "sim":
@@ -108,6 +113,27 @@ def wire_synapses(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) 
     return processes
 
 
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise DeployInputError(f"profile must be one of {PROFILES}, got {profile!r}")
+    return profile
+
+
+def wire(net: ChipNetwork, sources: dict[str, OutPort], targets: dict, profile: str = "cpu") -> list:
+    """`wire_synapses` for the cpu profile, `deploy.loihi2_profile.wire_loihi2` for the loihi2 one."""
+    if check_profile(profile) == "loihi2":
+        from deploy.loihi2_profile import wire_loihi2
+
+        return wire_loihi2(net, sources, targets)[0]
+    return wire_synapses(net, sources, targets)
+
+
+def process_types(processes) -> dict[str, list[str]]:
+    """The process types of a graph, split into the chip side and the host side (`HOST_TYPES`)."""
+    names = {type(p).__name__ for p in processes}
+    return {"chip_process_types": sorted(names - HOST_TYPES), "host_process_types": sorted(names & HOST_TYPES)}
+
+
 # Lava's Dense keeps only even mixed-sign weights (docs/lava-fixed-point.md section 3.1): it gets doubled
 # mantissas and one less in the exponent. Its floor shift then acts on sums of even numbers, so the result is
 # mant << exp exactly, exp = 0 too.
@@ -152,7 +178,7 @@ def _conv(syn: ChipSynapse, source: OutPort, target_shape, processes: list) -> O
 class ChipGraph:
     """The Lava processes of one denoising step of one image."""
 
-    def __init__(self, net: ChipNetwork, a_host: np.ndarray, t: int, sink_dir: str):
+    def __init__(self, net: ChipNetwork, a_host: np.ndarray, t: int, sink_dir: str, profile: str = "cpu"):
         from lava.proc.io.source import RingBuffer
         from lava.proc.lif.process import LIFReset
 
@@ -172,8 +198,8 @@ class ChipGraph:
         source.s_out.connect(self.lif[net.populations[0].name].a_in)
         self.processes.append(source)
         readout_sink = self._sink(READOUT, net.readout.shape)
-        self.processes += wire_synapses(net, {name: lif.s_out for name, lif in self.lif.items()},
-                                        {READOUT: readout_sink.a_in} | {name: lif.a_in for name, lif in self.lif.items()})
+        self.processes += wire(net, {name: lif.s_out for name, lif in self.lif.items()},
+                               {READOUT: readout_sink.a_in} | {name: lif.a_in for name, lif in self.lif.items()}, profile)
         self.processes += list(self.lif.values())
 
     def _sink(self, name: str, shape, port=None) -> FileSink:
@@ -196,8 +222,9 @@ class ChipGraph:
                 note)
 
 
-def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) -> ChipRun:
-    """One forward pass of the chip network on Lava for one image x_t [1, C, H, W] at diffusion step t."""
+def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None, profile: str = "cpu") -> ChipRun:
+    """One forward pass of the chip network on Lava for one image x_t [1, C, H, W] at diffusion step t, its graph
+    built for `profile` (`PROFILES`); the time embedding's bias row of t is the populations' bias."""
     check_ranges(net)  # every integer inside its hardware range, before any process starts
     if x.dim() != 4 or x.shape[0] != 1:
         raise DeployInputError(f"Lava runs one image at a time: x must be [1, C, H, W], got {list(x.shape)}")
@@ -206,14 +233,15 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None) 
     a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:
-        graph = ChipGraph(net, a_host, t, sink_dir)
+        graph = ChipGraph(net, a_host, t, sink_dir, check_profile(profile))
         build = time.perf_counter() - started
         records, seconds, note = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
     steps = net.snn_steps
     depth = {p.name: p.depth for p in net.populations} | {READOUT: net.readout.depth}
     windows = {name: record[depth[name]:depth[name] + steps] for name, record in records.items()}
     return lava_run(net, windows, t, {"build": build, "run": seconds},
-                    {"processes": len(graph.processes), "open_file_limit": note})
+                    {"processes": len(graph.processes), "open_file_limit": note, "profile": profile,
+                     **process_types(graph.processes)})
 
 
 def lava_run(net: ChipNetwork, windows: dict[str, np.ndarray], t: int, seconds: dict[str, float],

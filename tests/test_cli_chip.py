@@ -213,6 +213,39 @@ def test_deploy_whole_chain_runs_a_ddim_chain_on_one_lava_graph_identical_to_the
 
 @DIVERGING_CHAIN
 @pytest.mark.lava
+def test_the_loihi2_profile_runs_a_step_and_a_chain_with_loihi2_process_types_only(checkpoint, tmp_path, capsys):
+    from deploy.loihi2_profile import CHIP_TYPES
+
+    chip = str(tmp_path / "net.nir")
+    assert main(["deploy", "--profile", "loihi2", "--checkpoint", checkpoint, "--chip-out", chip, "--ddim-steps", "4",
+                 "--json", *SMALL]) == 0
+    step = json.loads(capsys.readouterr().out)
+    assert step["identical"] is True and step["counts_identical"] is True and step["profile"] == "loihi2"
+    # relays for the long skips (LIF, DelaySparse), Sparse for up-sampling; nothing of ours on the chip side
+    assert set(step["chip_process_types"]) <= CHIP_TYPES and {"LIF", "Sparse", "DelaySparse"} <= set(
+        step["chip_process_types"])
+    assert step["host_process_types"] == ["FileSink", "RingBuffer"]
+    assert main(["deploy", "--whole-chain", "--steps", "3", "--profile", "loihi2", "--checkpoint", checkpoint,
+                 "--nir", chip, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert chain["identical"] is True and chain["image_identical"] is True and chain["steps_checked"] == 3
+    assert set(chain["chip_process_types"]) <= CHIP_TYPES  # the time embedding's bias written by the host
+    assert chain["host_process_types"] == ["HostFeed", "WindowSink"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["deploy", "--run-config", "loihi2-hw", "--profile", "cpu"], "--run-config loihi2-hw runs the loihi2 profile"),
+    (["sample", "--backend", "sim", "--profile", "loihi2"], "--profile chooses the process types of a Lava graph"),
+])
+def test_a_profile_that_cannot_run_there_exits_2(checkpoint, args, message, tmp_path, capsys):
+    assert main([*args, "--checkpoint", checkpoint, "--out" if args[0] == "sample" else "--chip-out",
+                 str(tmp_path / "x"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+@DIVERGING_CHAIN
+@pytest.mark.lava
 def test_sample_on_lava_writes_the_simulators_images(checkpoint, tmp_path):
     import numpy as np
 

@@ -34,11 +34,12 @@ def lif_chip(tmp_path_factory):
     return compiled_tiny(tmp_path_factory.mktemp("deploy-lif"), neuron="lif")
 
 
-@pytest.mark.parametrize("network", ["chip", "lif_chip"])
-def test_one_denoising_step_on_lava_is_identical_to_the_simulator(network, request):
-    # IF and LIF (dv = 2048: Lava's own leak) populations alike
+@pytest.mark.parametrize("network, profile", [("chip", "cpu"), ("lif_chip", "cpu"), ("chip", "loihi2"),
+                                              ("lif_chip", "loihi2")])
+def test_one_denoising_step_on_lava_is_identical_to_the_simulator(network, profile, request):
+    # IF and LIF (dv = 2048: Lava's own leak) populations alike, in both profiles
     net, path, (x, t) = request.getfixturevalue(network)
-    run = run_denoising_step(net, x[:1], int(t[0]))
+    run = run_denoising_step(net, x[:1], int(t[0]), profile=profile)
     sim = ChipSimulator.from_file(path).run(x[:1], t[:1], "delayed")
     for name, s in sim.spikes.items():
         rate = float(s.float().mean())
@@ -79,6 +80,28 @@ def test_an_up_sampling_synapse_on_lava_is_the_conv_of_the_up_sampled_spikes_one
     got = np.transpose(read_record(sink), (0, 3, 2, 1))  # Lava's (W, H, C) back to (C, H, W)
     assert not got[0].any()
     assert np.array_equal(got[1:], expected.numpy())
+
+
+def test_the_loihi2_profiles_up_sampling_is_one_sparse_matrix_per_copy_summing_to_the_up_sampled_conv(chip):
+    from deploy.loihi2_profile import lava_index, upsample_pieces
+
+    net, _, _ = chip
+    syn = next(s for s in net.synapses if s.upsample != 1)
+    source, target = net.population(syn.source).shape, net.population(syn.target).shape
+    pieces = upsample_pieces(syn, source, target)
+    assert len(pieces) == syn.upsample ** 2 and all(np.abs(p.data).max() <= 127 for p in pieces)  # 8-bit entries
+    spikes = (torch.rand(*source, generator=torch.Generator().manual_seed(1)) < 0.4).double()
+    up = spikes.repeat_interleave(syn.upsample, 1).repeat_interleave(syn.upsample, 2)
+    expected = torch.zeros(target, dtype=torch.float64)
+    expected[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = F.conv2d(
+        up[None], torch.from_numpy(syn.weight.astype(np.float64)), stride=syn.stride, padding=syn.padding)[0]
+    # in Lava's flat (W, H, C) order: the sum of the pieces times the flat spikes
+    c, y, x = np.meshgrid(*map(np.arange, source), indexing="ij")
+    flat = np.zeros(int(np.prod(source)))
+    flat[lava_index(source, c, y, x).ravel()] = spikes.numpy().ravel()
+    got = sum(p.tocsr() @ flat for p in pieces)
+    c, y, x = np.meshgrid(*map(np.arange, target), indexing="ij")
+    assert np.array_equal(got[lava_index(target, c, y, x)], expected.numpy())
 
 
 def test_what_lava_cannot_run_is_refused_before_any_process_starts(chip, monkeypatch):

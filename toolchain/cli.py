@@ -35,7 +35,8 @@ def _sample(args, count: int):
 
     # `sddpm fid` samples the float model; `sddpm sample` also the simulator or Lava
     backend = {} if args.command == "fid" else dict(backend=args.backend, calibration=calibration_of(args),
-                                                     sim_mode=args.sim_mode, sim_device=args.device, out_dir=args.out)
+                                                     sim_mode=args.sim_mode, sim_device=args.device, out_dir=args.out,
+                                                     profile=profile_of(args))
     return sample_images(load_model(args.checkpoint, use_ema=not args.no_ema), count, sampler_config_of(args),
                          batch_size=args.batch_size, seed=args.seed, threshold_factor=args.threshold_factor, **backend)
 
@@ -301,10 +302,21 @@ def cmd_deploy(args) -> int:
     if args.whole_chain:
         return deploy_whole_chain(args, loaded, net, sim, path)
     _, states = float_chain(loaded, args.threshold_factor, 1, args.seed, args.ddim_steps, args.steps)
-    report = steps_on_lava(net, sim, states, run_config(args.run_config))
+    report = steps_on_lava(net, sim, states, run_config(args.run_config), profile_of(args))
     report.update(nir_file=path, run_config=args.run_config)
     print(json.dumps(report) if args.json else format_deploy(report))
     return 0 if report["identical"] and report["counts_identical"] else 1
+
+
+def profile_of(args) -> str:
+    """--profile (default cpu), which Loihi 2 hardware (--run-config loihi2-hw) can only run as loihi2."""
+    if getattr(args, "run_config", "sim") == "loihi2-hw":
+        if args.profile == "cpu":
+            raise UsageError("--run-config loihi2-hw runs the loihi2 profile only")
+        return "loihi2"
+    if args.profile and getattr(args, "backend", "lava") != "lava":
+        raise UsageError(f"--profile chooses the process types of a Lava graph: it needs --backend lava")
+    return args.profile or "cpu"
 
 
 def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
@@ -320,7 +332,7 @@ def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
     x_T = torch.randn(1, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(args.seed))
     report = whole_chain_on_lava(net, sim, model_denoiser(loaded.model.eval(), args.threshold_factor),
                                  NoiseSchedule.linear(loaded.diffusion_config), x_T, args.steps,
-                                 run_config(args.run_config))
+                                 run_config(args.run_config), profile_of(args))
     report.pop("images")
     report.update(nir_file=path, run_config=args.run_config, seed=args.seed)
     print(json.dumps(report) if args.json else format_whole_chain(report))

@@ -145,8 +145,18 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                         "process graph kept up for the whole run (one image at a time) (default: %(default)s)")
     g.add_argument("--sim-mode", choices=("zero_delay", "delayed"), default="zero_delay",
                    help="simulator timing (default: %(default)s; both give identical results)")
+    _add_profile(g)
     _add_device(g)
     _add_calibration_args(p)
+
+
+def _add_profile(p) -> None:
+    p.add_argument("--profile", choices=("cpu", "loihi2"), default=None,
+                   help="the Lava graph's process types. cpu: up-sampling and long delays through processes of "
+                        "ours with Python models only; loihi2: only types Loihi 2 executes (LIF, LIFReset, Dense, "
+                        "Sparse, Conv, DelayDense, DelaySparse): up-sampling as Sparse synapses, long delays as "
+                        "relay populations, the time embedding's bias written by the host between denoising steps; "
+                        "host I/O on the host side (default: cpu; --run-config loihi2-hw builds loihi2)")
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
@@ -391,8 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chain_args(p, steps=1, what="run", batch_size=None)
     _add_threshold_factor(p, "threshold factor when compiling")
     p.add_argument("--run-config", choices=("sim", "loihi2-hw"), default="sim",
-                   help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg, for "
-                        "a machine with Loihi 2 and Intel's lava-loihi (never run here) (default: %(default)s)")
+                   help="sim: Lava's CPU simulator, Loihi2SimCfg(select_tag='fixed_pt'); loihi2-hw: Loihi2HwCfg with "
+                        "the loihi2 profile, for a machine with Loihi 2, Intel's lava-loihi and its embedded I/O "
+                        "(never run here) (default: %(default)s)")
+    _add_profile(p)
     p.add_argument("--whole-chain", action="store_true",
                    help="run a whole DDIM chain of --steps denoising steps of one image on one Lava graph built "
                         "once; compare every step's spikes and the final image with the simulator's chain, and the "

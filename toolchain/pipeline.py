@@ -59,7 +59,7 @@ def float_chain(loaded, threshold_factor: float, batch: int, seed: int, ddim_ste
 
 def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, backend: str = "float",
                   threshold_factor: float = 1.0, calibration: Calibration = Calibration(),
-                  sim_mode: str = "zero_delay", sim_device="cpu", out_dir: str = "."):
+                  sim_mode: str = "zero_delay", sim_device="cpu", out_dir: str = ".", profile: str = "cpu"):
     """`count` images of the loaded model with `sampler` (a `SamplerConfig`) on `backend` (float: PyTorch;
     sim, lava: the model compiled to out_dir/network.nir and run there, the simulator's chip part on
     `sim_device`), and the distributed run's info."""
@@ -80,7 +80,7 @@ def sample_images(loaded, count: int, sampler, *, batch_size: int, seed: int, ba
             from deploy.chain_lava import ChainGraph
             from export.nir_chip import read_chip_nir
 
-            with ChainGraph(read_chip_nir(chip_path)) as graph:  # the network as exported
+            with ChainGraph(read_chip_nir(chip_path), profile=profile) as graph:  # the network as exported
                 return run(graph.denoiser(), "cpu")
         from simulators.network import ChipSimulator
 

@@ -207,15 +207,16 @@ def format_ladder(report: LadderReport) -> str:
     return "\n".join(lines)
 
 
-def steps_on_lava(net: ChipNetwork, sim: ChipSimulator, states, run_cfg=None) -> dict:
-    """Denoising steps (x_t, t) of one image, each on a Lava graph built for it (`deploy.chip_lava`), compared
-    with the simulator spike for spike, and the energy accounting counted from both; stops at a mismatch."""
+def steps_on_lava(net: ChipNetwork, sim: ChipSimulator, states, run_cfg=None, profile: str = "cpu") -> dict:
+    """Denoising steps (x_t, t) of one image, each on a Lava graph built for it (`deploy.chip_lava`, process types
+    of `profile`), compared with the simulator spike for spike, and the energy accounting counted from both; stops
+    at a mismatch."""
     from deploy.chip_lava import run_denoising_step
     from export.energy import count_forward
 
     mismatch, count_mismatch, lava_s, sim_s, runs, sops = None, None, [], [], [], []
     for x, t in states:
-        run = run_denoising_step(net, x, int(t[0]), run_cfg)
+        run = run_denoising_step(net, x, int(t[0]), run_cfg, profile)
         started = time.perf_counter()
         out = sim.run(x, t, "delayed")
         sim_s.append(time.perf_counter() - started)
@@ -235,18 +236,21 @@ def steps_on_lava(net: ChipNetwork, sim: ChipSimulator, states, run_cfg=None) ->
             "lava_build_seconds": median([r.seconds["build"] for r in runs]),
             "lava_processes": runs[0].info["processes"],
             "chip_steps_per_denoising_step": net.steps_per_denoising_step,
-            "open_file_limit": runs[0].info["open_file_limit"]}
+            "open_file_limit": runs[0].info["open_file_limit"], "profile": profile,
+            "chip_process_types": runs[0].info["chip_process_types"],
+            "host_process_types": runs[0].info["host_process_types"]}
 
 
 def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, schedule: NoiseSchedule,
-                        x_T: torch.Tensor, steps: int, run_cfg=None) -> dict:
+                        x_T: torch.Tensor, steps: int, run_cfg=None, profile: str = "cpu") -> dict:
     """A DDIM chain of `steps` denoising steps of one image x_T on one Lava graph (`deploy.chain_lava`).
     Every step is compared with the simulator on the same x_t (spikes of every population, output currents);
     the final image with the simulator's own chain and with the float model's, from the same noise."""
     from deploy.chain_lava import ChainGraph
+    from deploy.chip_lava import process_types
 
     mismatch, lava_s, sim_s, checked = None, [], [], []
-    graph = ChainGraph(net, run_cfg)
+    graph = ChainGraph(net, run_cfg, profile)
     with graph:
         def lava_checked(x, t):
             nonlocal mismatch
@@ -271,5 +275,5 @@ def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, 
             "lava_seconds_per_step": median(lava_s), "sim_seconds_per_step": median(sim_s),
             "max_abs_diff_vs_float": float((lava_image - float_image).abs().max()),
             "lava_processes": len(graph.processes), "chip_steps_per_denoising_step": net.steps_per_denoising_step,
-            "open_file_limit": graph.note,
+            "open_file_limit": graph.note, "profile": profile, **process_types(graph.processes),
             "images": {"lava": lava_image, "simulator": sim_image, "float": float_image}}

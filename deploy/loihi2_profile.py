@@ -1,0 +1,189 @@
+"""The chip network's synapses built only from process types that Loihi 2 executes (`--profile loihi2`).
+
+The CPU profile (`chip_lava.wire_synapses`) uses two process types of ours with Python models only:
+`SpikeUpsample` (nearest up-sampling in front of a Conv) and `DelayLine` (a delay of more than one step). Lava's
+compiler finds no Loihi 2 model for them. This profile replaces them:
+
+- **Up-sampling synapse** (nearest x u, then the conv) -> u x u `Sparse` synapses from the source's spikes, one
+  per copy (a, b) of the up-sampled grid: entry [output neuron, input neuron] = the kernel tap through which the
+  output reads copy (a, b) of the input, if any. Within one copy an (output, input) pair meets at most one tap
+  (the tap row is fixed by the output row and the copy's row), so every entry is one 8-bit mantissa, and the four
+  currents summed at the target are the up-sampled conv's. A single Sparse holding the sum of the taps would need
+  up to 10-bit weights. Cost on the chip: no neuron; the entries are every (output, input) pair per copy, the
+  dense synapse count of `export.resources` (up to u x u of them per pair) instead of the Conv's shared kernel.
+- **Delay d > 1 on a Conv or Sparse path** -> a **relay population** in front of the synapse, delayed by d - 1:
+  LIFs with du = dv = 4095 (no current or voltage kept from the step before) and vth = 0, fed through an identity
+  synapse of weight 1; a spike gives u = 1 << 6 = 64 > vth << 6 = 0, so a relay spikes exactly one step after its
+  input arrives (docs/lava-fixed-point.md section 2.3). The identity synapse is a `DelaySparse` of delay k (a
+  spike at t arrives at t + 1 + k), so one relay stands for any delay up to 63 steps; the relays of one source
+  form a chain in increasing delay, each fed by the one before, and are shared by every synapse of that source and
+  delay. Cost: one population of the source's size and one synapse per neuron for each distinct delay of the
+  source. Lava 0.10 has no delayed Conv, and a DelaySparse of the conv itself (every (output, input) pair its own
+  entry) costs C_out x k x k entries per source neuron instead of one.
+- **Delay d > 1 on a Dense path** -> Lava's `DelayDense` with delay d - 1 (a spike at t arrives at t + 1 + d - 1).
+
+Loihi 2 executes every type of `CHIP_TYPES`: lava-dl's netx tutorials (PilotNet) run Dense, Conv, Sparse and
+CUBA (LIF) blocks on Loihi 2 hardware; LIFReset is the LIF with a periodic reset that netx builds for a reset
+interval; DelayDense and DelaySparse are Lava's synaptic-delay synapses, whose bit-accurate models follow
+Loihi 2's 6-bit delays. The weights are Dense's: doubled mantissas with one less in the exponent, so that the
+even mixed-sign weights Lava keeps are ours exactly (`chip_lava.DENSE_WEIGHT_FACTOR`).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from lava.magma.core.process.ports.ports import OutPort
+from scipy.sparse import SparseEfficiencyWarning, coo_matrix, identity
+
+from export.chip import READOUT, ChipNetwork, ChipSynapse, pair
+
+from deploy.chip_lava import DENSE_EXP_OFFSET, DENSE_WEIGHT_FACTOR, LavaGraphError, _conv
+from deploy.layout import lava_shape
+
+# Process types of the chip side of this profile (the host side: the feeds and sinks of host I/O)
+CHIP_TYPES = frozenset({"LIF", "LIFReset", "Dense", "Sparse", "Conv", "DelayDense", "DelaySparse"})
+RELAY_DU = RELAY_DV = 4095  # keep nothing from the step before
+RELAY_VTH = 0  # one unit of input (64 in v) crosses it
+
+
+def lava_index(shape: tuple[int, ...], c: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Flat index in Lava's (W, H, C) C-order of NIR position (c, y, x) in a population of NIR shape (C, H, W)."""
+    channels, height, _ = shape
+    return (x * height + y) * channels + c
+
+
+def upsample_pieces(syn: ChipSynapse, source_shape: tuple[int, int, int],
+                    target_shape: tuple[int, int, int]) -> list[coo_matrix]:
+    """The u x u integer mantissa matrices [target neurons, source neurons] (Lava's flat layouts) of an
+    up-sampling synapse, one per copy of the up-sampled grid (module docstring)."""
+    if syn.groups != 1:
+        raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: up-sampling with groups={syn.groups}")
+    u, (c_in, h_in, w_in) = syn.upsample, source_shape
+    _, h_out, w_out = target_shape
+    (s_y, s_x), (p_y, p_x), (d_y, d_x) = pair(syn.stride), pair(syn.padding), pair(syn.dilation)
+    c_out, _, k_h, k_w = syn.weight.shape
+
+    def taps(size_out: int, size_in: int, kernel: int, stride: int, pad: int, dil: int, copy: int):
+        """(tap, output positions, input positions) along one axis where the tap reads copy `copy`."""
+        out = np.arange(size_out)
+        for k in range(kernel):
+            row = out * stride - pad + k * dil  # the up-sampled input row this tap reads
+            ok = (row >= 0) & (row < size_in * u) & (row % u == copy)
+            if ok.any():
+                yield k, out[ok], row[ok] // u
+
+    pieces = []
+    for a in range(u):
+        for b in range(u):
+            rows, cols, vals = [], [], []
+            for k_y, y_out, y_in in taps(h_out, h_in, k_h, s_y, p_y, d_y, a):
+                for k_x, x_out, x_in in taps(w_out, w_in, k_w, s_x, p_x, d_x, b):
+                    co, ci, yo, xo = np.meshgrid(np.arange(c_out), np.arange(c_in), y_out, x_out, indexing="ij")
+                    _, _, yi, xi = np.meshgrid(np.arange(c_out), np.arange(c_in), y_in, x_in, indexing="ij")
+                    rows.append(lava_index(target_shape, co + syn.out_offset, yo, xo).ravel())
+                    cols.append(lava_index(source_shape, ci, yi, xi).ravel())
+                    vals.append(np.broadcast_to(syn.weight[:, :, k_y, k_x][:, :, None, None], co.shape).ravel())
+            if not rows:
+                continue
+            shape = (int(np.prod(target_shape)), int(np.prod(source_shape)))
+            piece = coo_matrix((np.concatenate(vals).astype(np.int32),
+                                (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+            if piece.tocsr().nnz != piece.nnz:  # one tap per pair and copy: nothing summed
+                raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: two taps met in copy ({a}, {b})")
+            pieces.append(piece)
+    return pieces
+
+
+MAX_SYNAPTIC_DELAY = 63  # DelaySparse's 6-bit delays (docs/lava-fixed-point.md section 3.3)
+
+
+class Loihi2Wiring:
+    """Wires a network's synapses with `CHIP_TYPES` only; relays are made once per (source, delay)."""
+
+    def __init__(self, net: ChipNetwork, sources: dict[str, OutPort]):
+        from lava.proc.lif.process import LIF
+        from lava.proc.sparse.process import DelaySparse, Sparse
+
+        # Lava's DelaySparse model rebuilds its delay matrices at every step and scipy warns each time; the forked
+        # processes inherit this filter
+        warnings.filterwarnings("ignore", "Changing the sparsity structure", SparseEfficiencyWarning)
+        self.net, self.sources, self.processes = net, sources, []
+        self.relays: dict[tuple[str, int], OutPort] = {}
+        self.relay_neurons = 0
+        delays: dict[str, set[int]] = {}
+        for syn in net.synapses:
+            if not syn.dense and syn.delay > 1:
+                delays.setdefault(syn.source, set()).add(syn.delay - 1)
+        for source, steps in delays.items():
+            before, late = sources[source], 0
+            for k in sorted(steps):
+                n, wait = int(np.prod(before.shape)), k - late - 1  # the relay itself adds one step
+                if wait > MAX_SYNAPTIC_DELAY:
+                    raise LavaGraphError(f"{source}: a relay would need a synaptic delay of {wait} steps, beyond "
+                                         f"{MAX_SYNAPTIC_DELAY}")
+                ones = identity(n, dtype=np.int32, format="csr")
+                if wait:
+                    # the delays as a matrix of the weights' sparsity: an int would make Lava build a dense n x n
+                    # matrix of it (2 GB at 16,384 neurons)
+                    delays = ones.astype(int)
+                    delays.data[:] = wait
+                    link = DelaySparse(weights=ones, delays=delays)
+                else:
+                    link = Sparse(weights=ones)
+                relay = LIF(shape=before.shape, du=RELAY_DU, dv=RELAY_DV, vth=RELAY_VTH, name=f"{source}.relay{k}")
+                before.flatten().connect(link.s_in)
+                link.a_out.reshape(before.shape).connect(relay.a_in)
+                self.processes += [link, relay]
+                self.relay_neurons += n
+                self.relays[source, k] = before = relay.s_out
+                late = k
+
+    def delayed(self, source: str, steps: int) -> OutPort:
+        """The spikes of `source`, `steps` chip steps late."""
+        return self.sources[source] if steps == 0 else self.relays[source, steps]
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        if name == READOUT:
+            return self.net.readout.shape
+        inputs = {i.name: i.shape for i in self.net.inputs}
+        return inputs[name] if name in inputs else self.net.population(name).shape
+
+    def wire(self, syn: ChipSynapse) -> OutPort:
+        """The output port of one chip synapse, its delay included."""
+        from lava.proc.dense.process import DelayDense, Dense
+        from lava.proc.sparse.process import Sparse
+
+        target_shape = self.shape_of(syn.target)
+        if syn.dense:
+            weight = np.zeros((target_shape[0], syn.weight.shape[1]), dtype=np.int32)
+            weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = DENSE_WEIGHT_FACTOR * syn.weight
+            kwargs = dict(weights=weight, weight_exp=syn.weight_exp + DENSE_EXP_OFFSET)
+            dense = DelayDense(delays=syn.delay - 1, **kwargs) if syn.delay > 1 else Dense(**kwargs)
+            source = self.sources[syn.source]
+            (source.transpose().flatten() if syn.flatten and len(source.shape) > 1 else source).connect(dense.s_in)
+            self.processes.append(dense)
+            return dense.a_out
+        source = self.delayed(syn.source, syn.delay - 1)
+        if syn.upsample == 1:
+            return _conv(syn, source, target_shape, self.processes)
+        outs = []
+        for piece in upsample_pieces(syn, self.shape_of(syn.source), target_shape):
+            sparse = Sparse(weights=(DENSE_WEIGHT_FACTOR * piece).tocsr(), weight_exp=syn.weight_exp + DENSE_EXP_OFFSET)
+            source.flatten().connect(sparse.s_in)
+            self.processes.append(sparse)
+            outs.append(sparse.a_out.reshape(lava_shape(target_shape)))
+        if not outs:
+            raise LavaGraphError(f"synapse {syn.source} -> {syn.target}: up-sampling reaches no target neuron")
+        return outs
+
+
+def wire_loihi2(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) -> tuple[list, int]:
+    """Every chip synapse from its source's port to its target's a_in with `CHIP_TYPES` only; returns the
+    processes made and the relay neurons among them."""
+    wiring = Loihi2Wiring(net, sources)
+    for syn in net.synapses:
+        out = wiring.wire(syn)
+        for port in out if isinstance(out, list) else [out]:
+            port.connect(targets[syn.target])
+    return wiring.processes, wiring.relay_neurons
