@@ -13,8 +13,10 @@ For each denoising step (x_t of a float DDIM chain, one image: Lava has no batch
   sim          the simulator in Lava's timing (delayed mode) on the same x_t, t, one thread
 and then the same denoising steps on one persistent graph (`deploy.chain_lava.ChainGraph`), side by side:
   chain build  the process graph, Lava's compile and the fork, once for all the steps
-  chain step   one period of chip steps on the running graph, with the host's sends and the records read back
-Every run is checked identical (spikes and output currents) before it counts. Medians over the steps.
+  chain step   one period of chip steps on the running graph, with the host's sends (and, in the loihi2
+               profile, the bias rows written with Var.set) and the records read back
+Both profiles (`--profile cpu`, `--profile loihi2`: `deploy.loihi2_profile`) in one run, side by side. Every run is
+checked identical (spikes and output currents) before it counts. Medians over the steps.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from deploy.chain_lava import ChainGraph  # noqa: E402
-from deploy.chip_lava import run_denoising_step  # noqa: E402
+from deploy.chip_lava import PROFILES, run_denoising_step  # noqa: E402
 from export.compiler import calibration_batches, compile_model  # noqa: E402
 from export.nir_chip import read_chip_nir, write_chip_nir  # noqa: E402
 from export.host import ChipOverflowWarning  # noqa: E402
@@ -111,47 +113,54 @@ def measured_chain(doc: str, extra_steps: int = 0):
     return args, net, states
 
 
-def main() -> None:
-    args, net, states = measured_chain(__doc__)
+def measure(net, sim, states, profile: str) -> tuple[dict[str, float], int]:
+    """Medians of the rows for one profile's graphs, and their process count; every run checked identical."""
     rows = {"lava build (s)": [], "lava run (s)": [], "lava PSS (MiB)": [], "sim (s)": [],
             "chain build (s)": [], "chain step (s)": [], "chain PSS (MiB)": []}
+    for x, t in states:
+        with PeakChildPss() as pss:
+            run = run_denoising_step(net, x, int(t[0]), profile=profile)
+        started = time.perf_counter()
+        out = sim.run(x, t, "delayed")
+        rows["sim (s)"].append(time.perf_counter() - started)
+        mismatch = compare_runs(out, run, int(t[0]))
+        if mismatch is not None:
+            raise SystemExit(f"Lava ({profile}) and the simulator differ: {mismatch}")
+        rows["lava build (s)"].append(run.seconds["build"])
+        rows["lava run (s)"].append(run.seconds["run"])
+        rows["lava PSS (MiB)"].append(pss.peak / 1024)
+    with PeakChildPss() as pss, ChainGraph(net, profile=profile) as graph:
+        for x, t in states:
+            step = graph.step(x, int(t[0]))
+            out = sim.run(x, t, "delayed")
+            mismatch = compare_runs(out, step, int(t[0]))
+            if mismatch is not None:
+                raise SystemExit(f"the persistent graph ({profile}) and the simulator differ: {mismatch}")
+            rows["chain step (s)"].append(step.seconds["run"])
+    rows["chain build (s)"].append(graph.build_seconds)
+    rows["chain PSS (MiB)"].append(pss.peak / 1024)
+    return {k: statistics.median(v) for k, v in rows.items()}, run.info["processes"]
+
+
+def main() -> None:
+    args, net, states = measured_chain(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "network.nir")
         write_chip_nir(path, net)
         net, sim = read_chip_nir(path), ChipSimulator.from_file(path)
-        for x, t in states:
-            with PeakChildPss() as pss:
-                run = run_denoising_step(net, x, int(t[0]))
-            started = time.perf_counter()
-            out = sim.run(x, t, "delayed")
-            rows["sim (s)"].append(time.perf_counter() - started)
-            mismatch = compare_runs(out, run, int(t[0]))
-            if mismatch is not None:
-                raise SystemExit(f"Lava and the simulator differ: {mismatch}")
-            rows["lava build (s)"].append(run.seconds["build"])
-            rows["lava run (s)"].append(run.seconds["run"])
-            rows["lava PSS (MiB)"].append(pss.peak / 1024)
-        with PeakChildPss() as pss, ChainGraph(net) as graph:
-            for x, t in states:
-                step = graph.step(x, int(t[0]))
-                out = sim.run(x, t, "delayed")
-                mismatch = compare_runs(out, step, int(t[0]))
-                if mismatch is not None:
-                    raise SystemExit(f"the persistent graph and the simulator differ: {mismatch}")
-                rows["chain step (s)"].append(step.seconds["run"])
-        rows["chain build (s)"].append(graph.build_seconds)
-        rows["chain PSS (MiB)"].append(pss.peak / 1024)
-    median = {k: statistics.median(v) for k, v in rows.items()}
+        results = {profile: measure(net, sim, states, profile) for profile in PROFILES}
     print(f"shipped model ({os.path.basename(args.checkpoint)}), {len(states)} denoising steps of one image, "
-          f"{run.info['processes']} Lava processes, {net.steps_per_denoising_step} chip steps each; medians; identical "
-          f"spikes and output currents in every step")
-    print("| per denoising step | value |\n|---|---|")
-    for key, value in median.items():
-        print(f"| {key} | {value:.3g} |")
-    lava_total = median["lava build (s)"] + median["lava run (s)"]
-    print(f"| Lava rebuilt per step / simulator | {lava_total / median['sim (s)']:.0f}x |")
-    print(f"| Lava persistent graph / simulator | {median['chain step (s)'] / median['sim (s)']:.0f}x |")
-    print(f"| rebuilt per step / persistent graph | {lava_total / median['chain step (s)']:.1f}x |")
+          f"{net.steps_per_denoising_step} chip steps each; medians; identical spikes and output currents in every "
+          "step of both profiles")
+    print("| per denoising step | " + " | ".join(f"--profile {p}" for p in PROFILES) + " |")
+    print("|---|" + "---:|" * len(PROFILES))
+    print("| Lava processes | " + " | ".join(str(results[p][1]) for p in PROFILES) + " |")
+    for key in results[PROFILES[0]][0]:
+        print(f"| {key} | " + " | ".join(f"{results[p][0][key]:.3g}" for p in PROFILES) + " |")
+    for label, ratio in (("Lava rebuilt per step / simulator",
+                          lambda m: (m["lava build (s)"] + m["lava run (s)"]) / m["sim (s)"]),
+                         ("Lava persistent graph / simulator", lambda m: m["chain step (s)"] / m["sim (s)"])):
+        print(f"| {label} | " + " | ".join(f"{ratio(results[p][0]):.0f}x" for p in PROFILES) + " |")
 
 
 if __name__ == "__main__":

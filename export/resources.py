@@ -8,6 +8,12 @@ Per chip population (and the readout, whose non-spiking compartments also live o
                             over input positions of the fan-out (`export.energy.fanout_map`), exact at borders,
                             strides and up-sampling; what a dense or sparse matrix per synapse would store
   input axons     source neurons of its incoming synapses (one axon per source neuron and synapse)
+The graph counted is the one Loihi 2 would run (`deploy.loihi2_profile`, the Lava graph of `--profile loihi2`):
+  - an up-sampling synapse is u x u Sparse matrices, one entry per (output, input, copy) that a tap joins, in
+    both counts (a Sparse matrix shares no weight);
+  - a conv or sparse path of delay d > 1 reads a relay population of its source delayed by d - 1: one relay per
+    source and distinct delay (`RELAY_SUFFIX`), as many neurons as the source, fed through an identity synapse of
+    one entry per neuron.
 Cores of a population: max(ceil(neurons / neurons per core), ceil(synapse bytes / synaptic memory per core)), for
 each way of counting synapses; the larger term is what bounds it. The memory term is a lower bound: it prices each
 synapse at its weight bits alone (no index or routing overhead) and assumes weights are split across the cores of
@@ -84,19 +90,44 @@ class PopulationResources:
         return (by_memory, "synaptic memory") if by_memory > by_neurons else (by_neurons, "neurons")
 
 
+RELAY_SUFFIX = ".relay"  # a relay population is named <source>.relay<delay>, as the Lava graph names it
+
+
 def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> PopulationResources:
     shared = dense = axons = 0
     for syn in incoming:
-        shared += math.prod(syn.weight_shape)
         if syn.dense:  # every weight its own synapse, every source neuron an axon
+            shared += math.prod(syn.weight_shape)
             dense += math.prod(syn.weight_shape)
             axons += syn.weight_shape[1]
             continue
         c_in = syn.weight_shape[1] * syn.groups
-        dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, syn.upsample,
-                                       syn.dilation, syn.groups).sum())
+        if syn.upsample == 1:
+            shared += math.prod(syn.weight_shape)
+            dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, 1, syn.dilation,
+                                           syn.groups).sum())
+        else:  # Sparse matrices, one per copy: each tap's pairs of the conv on the up-sampled grid
+            up = (syn.in_hw[0] * syn.upsample, syn.in_hw[1] * syn.upsample)
+            entries = c_in * int(fanout_map(syn.weight_shape, up, syn.stride, syn.padding, 1, syn.dilation,
+                                            syn.groups).sum())
+            shared += entries
+            dense += entries
         axons += c_in * syn.in_hw[0] * syn.in_hw[1]
     return PopulationResources(name, neurons, shared, dense, axons)
+
+
+def relay_resources(net: ChipNetwork) -> dict[str, list[PopulationResources]]:
+    """Source -> its relay populations (one per distinct delay d - 1 of its conv and sparse paths of delay d > 1),
+    each with an identity synapse: one entry and one axon per neuron."""
+    delays: dict[str, set[int]] = {}
+    for s in net.synapses:
+        if not s.dense and s.delay > 1:
+            delays.setdefault(s.source, set()).add(s.delay - 1)
+    out = {}
+    for source, steps in delays.items():
+        n = math.prod(net.source_shape(source))
+        out[source] = [PopulationResources(f"{source}{RELAY_SUFFIX}{k}", n, n, n, n) for k in sorted(steps)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -139,11 +170,16 @@ class ResourceEstimate:
 
 
 def estimate(net: ChipNetwork, limits: Loihi2Limits = LOIHI2) -> ResourceEstimate:
-    """Resources of every population of `net` (and of its readout, where it has one), in network order."""
+    """Resources of every population of `net` (and of its readout, where it has one) in network order, each
+    followed by its relays."""
     targets = [(p.name, p.shape) for p in net.populations] + \
         ([(READOUT, net.readout.shape)] if net.readout is not None else [])
-    pops = tuple(population_resources(
-        name, math.prod(shape),
-        [Incoming(tuple(s.weight.shape), tuple(net.source_shape(s.source)[1:]), s.stride, s.padding, s.upsample,
-                  s.dense, s.dilation, s.groups) for s in net.inputs_of(name)]) for name, shape in targets)
-    return ResourceEstimate(pops, limits)
+    relays = relay_resources(net)
+    pops = [r for i in net.inputs for r in relays.get(i.name, [])]  # a spike input's relays live on the chip too
+    for name, shape in targets:
+        pops.append(population_resources(
+            name, math.prod(shape),
+            [Incoming(tuple(s.weight.shape), tuple(net.source_shape(s.source)[1:]), s.stride, s.padding, s.upsample,
+                      s.dense, s.dilation, s.groups) for s in net.inputs_of(name)]))
+        pops += relays.get(name, [])
+    return ResourceEstimate(tuple(pops), limits)

@@ -1,26 +1,28 @@
 """Loihi 2 resource estimate: synapse counts and cores derived by hand, and the estimate of a compiled network."""
+import math
+
 import pytest
 
 from chip_helpers import digits_batches, firing_tiny_model
 from export.chip import READOUT
 from export.compiler import compile_model
-from export.resources import LOIHI2, SOURCES, Incoming, Loihi2Limits, ResourceEstimate, estimate, population_resources
+from export.resources import LOIHI2, RELAY_SUFFIX, SOURCES, Incoming, Loihi2Limits, ResourceEstimate, estimate, population_resources
 
 
-@pytest.mark.parametrize("incoming, dense", [
+@pytest.mark.parametrize("incoming, dense, shared", [
     # 3x3, padding 1, 4x4 input, 1 -> 1 channel: 4 inner outputs read 9 taps, 8 edge outputs 6, 4 corners 4
-    (Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), 4 * 9 + 8 * 6 + 4 * 4),
+    (Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), 4 * 9 + 8 * 6 + 4 * 4, 9),
     # stride 2 -> 2x2 outputs reading 2x2, 2x3, 3x2 and 3x3 taps inside the input
-    (Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1), 4 + 6 + 6 + 9),
-    # nearest up-sampling 2x2 -> 4x4, then 3x3 padding 1: output rows 0..3 reach input rows {0}, {0,1}, {0,1},
-    # {1}, so each output reaches (1 + 2 + 2 + 1) / 4 input positions per axis: 6 x 6 pairs
-    (Incoming((1, 1, 3, 3), (2, 2), 1, 1, 2), 6 * 6),
+    (Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1), 4 + 6 + 6 + 9, 9),
+    # nearest up-sampling 2x2 -> 4x4, then 3x3 padding 1: Loihi 2 holds it as 2 x 2 Sparse matrices, one entry per
+    # tap of the conv on the up-sampled 4x4 grid (the first case's 100), shared or not: a Sparse shares nothing
+    (Incoming((1, 1, 3, 3), (2, 2), 1, 1, 2), 4 * 9 + 8 * 6 + 4 * 4, 4 * 9 + 8 * 6 + 4 * 4),
     # 1x1 shortcut: one pair per position
-    (Incoming((1, 1, 1, 1), (4, 4), 1, 0, 1), 16),
+    (Incoming((1, 1, 1, 1), (4, 4), 1, 0, 1), 16, 1),
 ])
-def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, dense):
+def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, dense, shared):
     one = population_resources("p", 16, [incoming])
-    assert one.synapses_dense == dense and one.synapses_shared == incoming.weight_shape[2] * incoming.weight_shape[3]
+    assert one.synapses_dense == dense and one.synapses_shared == shared
     # channels multiply both counts: every (input channel, output channel) pair has its own kernel
     wide = Incoming((3, 2) + incoming.weight_shape[2:], incoming.in_hw, incoming.stride, incoming.padding,
                     incoming.upsample)
@@ -97,12 +99,23 @@ def test_every_limit_names_its_source_and_the_unconfirmed_one_says_so():
 def test_the_estimate_of_a_compiled_network_covers_every_population_and_the_readout():
     net = compile_model(firing_tiny_model(), digits_batches()[:1])
     est = estimate(net)
-    assert [p.name for p in est.populations] == [p.name for p in net.populations] + [READOUT]
+    relays = [p for p in est.populations if RELAY_SUFFIX in p.name]
+    assert [p.name for p in est.populations if p not in relays] == [p.name for p in net.populations] + [READOUT]
     first = est.populations[0]
     assert first.synapses_shared == first.synapses_dense == 0  # the host injects its current
-    assert est.synapses(True) == sum(s.weight.size for s in net.synapses)
+    # one relay per source and distinct delay d - 1 > 0 of its conv paths, each right after its source, as large,
+    # with one identity synapse per neuron
+    expected = {f"{s.source}{RELAY_SUFFIX}{s.delay - 1}" for s in net.synapses if s.delay > 1}
+    assert {r.name for r in relays} == expected
+    names = [p.name for p in est.populations]
+    for r in relays:
+        source = r.name.split(RELAY_SUFFIX)[0]
+        assert names.index(source) < names.index(r.name)
+        assert r.neurons == r.synapses_shared == r.synapses_dense == r.input_axons == math.prod(net.population(source).shape)
+    upsampled = {s.target for s in net.synapses if s.upsample > 1}
     for p in est.populations[1:]:
-        assert p.synapses_dense > p.synapses_shared > 0  # a conv reuses each weight at many positions
+        if p not in relays and p.name not in upsampled:
+            assert p.synapses_dense > p.synapses_shared > 0  # a conv reuses each weight at many positions
     report = est.to_json()
     assert report["neurons"] == est.neurons and len(report["populations"]) == len(est.populations)
     assert report["dense"]["chips"] >= report["shared"]["chips"] >= 1
