@@ -210,6 +210,12 @@ def test_deploy_whole_chain_runs_a_ddim_chain_on_one_lava_graph_identical_to_the
     assert report["build_seconds"] > 0 and report["lava_seconds_per_step"] > report["sim_seconds_per_step"] > 0
     assert 0 < report["max_abs_diff_vs_float"] <= 2  # images in [-1, 1]; the chip is not the float model
 
+    # eta 1: DDPM-like noise at every step but the last, drawn on the host from the seed for all three chains
+    assert main(["deploy", "--whole-chain", "--steps", "3", "--eta", "1", "--checkpoint", checkpoint, "--nir", chip,
+                 "--json"]) == 0
+    noisy = json.loads(capsys.readouterr().out)
+    assert noisy["identical"] is True and noisy["image_identical"] is True and noisy["eta"] == 1.0
+
 
 @DIVERGING_CHAIN
 @pytest.mark.lava

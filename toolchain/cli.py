@@ -332,9 +332,9 @@ def deploy_whole_chain(args, loaded, net, sim, path: str) -> int:
     x_T = torch.randn(1, cfg.img_ch, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(args.seed))
     report = whole_chain_on_lava(net, sim, model_denoiser(loaded.model.eval(), args.threshold_factor),
                                  NoiseSchedule.linear(loaded.diffusion_config), x_T, args.steps,
-                                 run_config(args.run_config), profile_of(args))
+                                 run_config(args.run_config), profile_of(args), args.eta, args.seed)
     report.pop("images")
-    report.update(nir_file=path, run_config=args.run_config, seed=args.seed)
+    report.update(nir_file=path, run_config=args.run_config, seed=args.seed, eta=args.eta)
     print(json.dumps(report) if args.json else format_whole_chain(report))
     return 0 if report["identical"] and report["image_identical"] else 1
 

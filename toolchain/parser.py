@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a whole DDIM chain of --steps denoising steps of one image on one Lava graph built "
                         "once; compare every step's spikes and the final image with the simulator's chain, and the "
                         "image with the float model's chain from the same noise")
+    p.add_argument("--eta", type=Bounded(float, 0, 1), default=0.0,
+                   help="DDIM eta of --whole-chain; above 0 the host draws each step's noise from --seed, the same "
+                        "draws for the Lava, simulator and float chains (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
     _add_spike_input_args(p)

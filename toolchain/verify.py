@@ -242,10 +242,13 @@ def steps_on_lava(net: ChipNetwork, sim: ChipSimulator, states, run_cfg=None, pr
 
 
 def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, schedule: NoiseSchedule,
-                        x_T: torch.Tensor, steps: int, run_cfg=None, profile: str = "cpu") -> dict:
-    """A DDIM chain of `steps` denoising steps of one image x_T on one Lava graph (`deploy.chain_lava`).
+                        x_T: torch.Tensor, steps: int, run_cfg=None, profile: str = "cpu", eta: float = 0.0,
+                        seed: int = 0) -> dict:
+    """A DDIM chain (`eta`) of `steps` denoising steps of one image x_T on one Lava graph (`deploy.chain_lava`).
     Every step is compared with the simulator on the same x_t (spikes of every population, output currents);
-    the final image with the simulator's own chain and with the float model's, from the same noise."""
+    the final image with the simulator's own chain and with the float model's, from the same noise. With eta > 0
+    the host draws each chain's step noise from a generator seeded with `seed`, so the three chains see the same
+    draws."""
     from deploy.chain_lava import ChainGraph
     from deploy.chip_lava import process_types
 
@@ -263,10 +266,14 @@ def whole_chain_on_lava(net: ChipNetwork, sim: ChipSimulator, model: nn.Module, 
             mismatch = mismatch or compare_runs(out, step, t=int(t[0]))
             return step.eps
 
-        lava_image = ddim_sample(lava_checked, x_T, schedule, steps=steps)
-    sim_image = ddim_sample(sim.denoiser("delayed"), x_T, schedule, steps=steps)
+        def chain(denoiser):
+            return ddim_sample(denoiser, x_T, schedule, steps=steps, eta=eta,
+                               generator=torch.Generator().manual_seed(seed))
+
+        lava_image = chain(lava_checked)
+    sim_image = chain(sim.denoiser("delayed"))
     with torch.no_grad():
-        float_image = ddim_sample(model, x_T, schedule, steps=steps)
+        float_image = chain(model)
     return {"identical": mismatch is None and len(checked) == steps, "steps_checked": len(checked),
             "image_identical": bool(torch.equal(lava_image, sim_image)),
             "first_mismatch": None if mismatch is None else mismatch.to_json(),
