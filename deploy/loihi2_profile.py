@@ -4,13 +4,18 @@ The CPU profile (`chip_lava.wire_synapses`) uses two process types of ours with 
 `SpikeUpsample` (nearest up-sampling in front of a Conv) and `DelayLine` (a delay of more than one step). Lava's
 compiler finds no Loihi 2 model for them. This profile replaces them:
 
-- **Up-sampling synapse** (nearest x u, then the conv) -> u x u `Sparse` synapses from the source's spikes, one
-  per copy (a, b) of the up-sampled grid: entry [output neuron, input neuron] = the kernel tap through which the
-  output reads copy (a, b) of the input, if any. Within one copy an (output, input) pair meets at most one tap
-  (the tap row is fixed by the output row and the copy's row), so every entry is one 8-bit mantissa, and the four
-  currents summed at the target are the up-sampled conv's. A single Sparse holding the sum of the taps would need
-  up to 10-bit weights. Cost on the chip: no neuron; the entries are every (output, input) pair per copy, the
-  dense synapse count of `export.resources` (up to u x u of them per pair) instead of the Conv's shared kernel.
+- **Up-sampling synapse** (nearest x u, then the conv), whichever costs less on the chip:
+  - of delay d >= 2: an **up-sampling relay population** of the up-sampled grid (u x u x the source's neurons),
+    each relay neuron fed by its source neuron through a `Sparse` (or a `DelaySparse` of delay d - 2) of weight 1,
+    then the synapse's `Conv` with its shared kernel: the relay spikes in the step its input arrives (see the
+    relays below), so the path takes 1 + (d - 2) + 1 = d steps. Cost: u x u x n neurons and as many synapses.
+  - of delay 1, where no step is left for a relay: u x u `Sparse` synapses from the source's spikes, one per
+    copy (a, b) of the up-sampled grid: entry [output neuron, input neuron] = the kernel tap through which the
+    output reads copy (a, b) of the input, if any. Within one copy an (output, input) pair meets at most one tap
+    (the tap row is fixed by the output row and the copy's row), so every entry is one 8-bit mantissa, and the
+    currents summed at the target are the up-sampled conv's (a single Sparse holding the sum of the taps would
+    need up to 10-bit weights). Cost: no neuron; an entry per tap and copy, the conv's pairs on the up-sampled
+    grid, instead of a shared kernel.
 - **Delay d > 1 on a Conv or Sparse path** -> a **relay population** in front of the synapse, delayed by d - 1:
   LIFs with du = dv = 4095 (no current or voltage kept from the step before) and vth = 0, fed through an identity
   synapse of weight 1; a spike gives u = 1 << 6 = 64 > vth << 6 = 0, so a relay spikes exactly one step after its
@@ -45,6 +50,7 @@ from deploy.layout import lava_shape
 CHIP_TYPES = frozenset({"LIF", "LIFReset", "Dense", "Sparse", "Conv", "DelayDense", "DelaySparse"})
 RELAY_DU = RELAY_DV = 4095  # keep nothing from the step before
 RELAY_VTH = 0  # one unit of input (64 in v) crosses it
+UP_RELAY = ".up{factor}.relay"  # <source>.up<u>.relay<delay>, as export.resources names it (UP_RELAY)
 
 
 def lava_index(shape: tuple[int, ...], c: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -109,11 +115,11 @@ class Loihi2Wiring:
         # processes inherit this filter
         warnings.filterwarnings("ignore", "Changing the sparsity structure", SparseEfficiencyWarning)
         self.net, self.sources, self.processes = net, sources, []
-        self.relays: dict[tuple[str, int], OutPort] = {}
+        self.relays: dict[tuple, OutPort] = {}  # (source, delay) or (source, factor, delay)
         self.relay_neurons = 0
         delays: dict[str, set[int]] = {}
         for syn in net.synapses:
-            if not syn.dense and syn.delay > 1:
+            if not syn.dense and syn.delay > 1 and syn.upsample == 1:
                 delays.setdefault(syn.source, set()).add(syn.delay - 1)
         for source, steps in delays.items():
             before, late = sources[source], 0
@@ -143,6 +149,34 @@ class Loihi2Wiring:
         """The spikes of `source`, `steps` chip steps late."""
         return self.sources[source] if steps == 0 else self.relays[source, steps]
 
+    def upsampled(self, source: str, factor: int, steps: int) -> OutPort:
+        """The spikes of `source` up-sampled by `factor`, `steps` >= 1 chip steps late (an up-sampling relay)."""
+        from lava.proc.lif.process import LIF
+        from lava.proc.sparse.process import DelaySparse, Sparse
+
+        if (source, factor, steps) not in self.relays:
+            shape = self.shape_of(source)
+            up_shape = (shape[0], shape[1] * factor, shape[2] * factor)
+            c, y, x = np.meshgrid(*map(np.arange, up_shape), indexing="ij")
+            rows, cols = lava_index(up_shape, c, y, x).ravel(), lava_index(shape, c, y // factor, x // factor).ravel()
+            ones = coo_matrix((np.ones(rows.size, dtype=np.int32), (rows, cols)),
+                              shape=(rows.size, int(np.prod(shape)))).tocsr()
+            wait = steps - 1  # the relay itself adds one step
+            if wait:
+                delays = ones.astype(int)
+                delays.data[:] = wait
+                link = DelaySparse(weights=ones, delays=delays)
+            else:
+                link = Sparse(weights=ones)
+            relay = LIF(shape=lava_shape(up_shape), du=RELAY_DU, dv=RELAY_DV, vth=RELAY_VTH,
+                        name=f"{source}{UP_RELAY.format(factor=factor)}{steps}")
+            self.sources[source].flatten().connect(link.s_in)
+            link.a_out.reshape(relay.a_in.shape).connect(relay.a_in)
+            self.processes += [link, relay]
+            self.relay_neurons += rows.size
+            self.relays[source, factor, steps] = relay.s_out
+        return self.relays[source, factor, steps]
+
     def shape_of(self, name: str) -> tuple[int, ...]:
         if name == READOUT:
             return self.net.readout.shape
@@ -164,10 +198,11 @@ class Loihi2Wiring:
             (source.transpose().flatten() if syn.flatten and len(source.shape) > 1 else source).connect(dense.s_in)
             self.processes.append(dense)
             return dense.a_out
-        source = self.delayed(syn.source, syn.delay - 1)
         if syn.upsample == 1:
-            return _conv(syn, source, target_shape, self.processes)
-        outs = []
+            return _conv(syn, self.delayed(syn.source, syn.delay - 1), target_shape, self.processes)
+        if syn.delay > 1:
+            return _conv(syn, self.upsampled(syn.source, syn.upsample, syn.delay - 1), target_shape, self.processes)
+        source, outs = self.sources[syn.source], []
         for piece in upsample_pieces(syn, self.shape_of(syn.source), target_shape):
             sparse = Sparse(weights=(DENSE_WEIGHT_FACTOR * piece).tocsr(), weight_exp=syn.weight_exp + DENSE_EXP_OFFSET)
             source.flatten().connect(sparse.s_in)

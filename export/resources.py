@@ -9,11 +9,12 @@ Per chip population (and the readout, whose non-spiking compartments also live o
                             strides and up-sampling; what a dense or sparse matrix per synapse would store
   input axons     source neurons of its incoming synapses (one axon per source neuron and synapse)
 The graph counted is the one Loihi 2 would run (`deploy.loihi2_profile`, the Lava graph of `--profile loihi2`):
-  - an up-sampling synapse is u x u Sparse matrices, one entry per (output, input, copy) that a tap joins, in
-    both counts (a Sparse matrix shares no weight);
-  - a conv or sparse path of delay d > 1 reads a relay population of its source delayed by d - 1: one relay per
-    source and distinct delay (`RELAY_SUFFIX`), as many neurons as the source, fed through an identity synapse of
-    one entry per neuron.
+  - an up-sampling synapse of delay 1 is u x u Sparse matrices, one entry per (output, input, copy) that a tap
+    joins, in both counts (a Sparse matrix shares no weight); one of delay d >= 2 is a conv reading an
+    up-sampling relay population (`UP_RELAY`: u x u x the source's neurons, delayed by d - 1, one synapse each);
+  - any other conv or sparse path of delay d > 1 reads a relay population of its source delayed by d - 1: one
+    relay per source and distinct delay (`RELAY_SUFFIX`), as many neurons as the source, fed through an identity
+    synapse of one entry per neuron.
 Cores of a population: max(ceil(neurons / neurons per core), ceil(synapse bytes / synaptic memory per core)), for
 each way of counting synapses; the larger term is what bounds it. The memory term is a lower bound: it prices each
 synapse at its weight bits alone (no index or routing overhead) and assumes weights are split across the cores of
@@ -72,6 +73,7 @@ class Incoming:
     dense: bool = False
     dilation: int = 1
     groups: int = 1
+    delay: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class PopulationResources:
 
 
 RELAY_SUFFIX = ".relay"  # a relay population is named <source>.relay<delay>, as the Lava graph names it
+UP_RELAY = ".up{factor}.relay"  # an up-sampling relay: <source>.up<u>.relay<delay>
 
 
 def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> PopulationResources:
@@ -102,31 +105,31 @@ def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> P
             axons += syn.weight_shape[1]
             continue
         c_in = syn.weight_shape[1] * syn.groups
-        if syn.upsample == 1:
-            shared += math.prod(syn.weight_shape)
-            dense += c_in * int(fanout_map(syn.weight_shape, syn.in_hw, syn.stride, syn.padding, 1, syn.dilation,
-                                           syn.groups).sum())
-        else:  # Sparse matrices, one per copy: each tap's pairs of the conv on the up-sampled grid
-            up = (syn.in_hw[0] * syn.upsample, syn.in_hw[1] * syn.upsample)
-            entries = c_in * int(fanout_map(syn.weight_shape, up, syn.stride, syn.padding, 1, syn.dilation,
-                                            syn.groups).sum())
-            shared += entries
-            dense += entries
-        axons += c_in * syn.in_hw[0] * syn.in_hw[1]
+        up = (syn.in_hw[0] * syn.upsample, syn.in_hw[1] * syn.upsample)
+        # the pairs of the conv on the up-sampled grid: a conv reading an up-sampling relay there (delay >= 2), or
+        # the entries of the Sparse matrices, one per tap and copy (delay 1); without up-sampling the source's
+        pairs = c_in * int(fanout_map(syn.weight_shape, up, syn.stride, syn.padding, 1, syn.dilation,
+                                      syn.groups).sum())
+        sparse = syn.upsample > 1 and syn.delay == 1
+        shared += pairs if sparse else math.prod(syn.weight_shape)
+        dense += pairs
+        axons += c_in * (syn.in_hw[0] * syn.in_hw[1] if sparse else up[0] * up[1])
     return PopulationResources(name, neurons, shared, dense, axons)
 
 
 def relay_resources(net: ChipNetwork) -> dict[str, list[PopulationResources]]:
     """Source -> its relay populations (one per distinct delay d - 1 of its conv and sparse paths of delay d > 1),
     each with an identity synapse: one entry and one axon per neuron."""
-    delays: dict[str, set[int]] = {}
+    delays: dict[str, set[tuple[int, int]]] = {}  # source -> {(up-sampling factor, delay)}
     for s in net.synapses:
         if not s.dense and s.delay > 1:
-            delays.setdefault(s.source, set()).add(s.delay - 1)
+            delays.setdefault(s.source, set()).add((s.upsample, s.delay - 1))
     out = {}
     for source, steps in delays.items():
         n = math.prod(net.source_shape(source))
-        out[source] = [PopulationResources(f"{source}{RELAY_SUFFIX}{k}", n, n, n, n) for k in sorted(steps)]
+        out[source] = [PopulationResources(f"{source}{RELAY_SUFFIX}{k}", n, n, n, n) if u == 1 else
+                       PopulationResources(f"{source}{UP_RELAY.format(factor=u)}{k}", u * u * n, u * u * n,
+                                           u * u * n, n) for u, k in sorted(steps)]
     return out
 
 
@@ -180,6 +183,6 @@ def estimate(net: ChipNetwork, limits: Loihi2Limits = LOIHI2) -> ResourceEstimat
         pops.append(population_resources(
             name, math.prod(shape),
             [Incoming(tuple(s.weight.shape), tuple(net.source_shape(s.source)[1:]), s.stride, s.padding, s.upsample,
-                      s.dense, s.dilation, s.groups) for s in net.inputs_of(name)]))
+                      s.dense, s.dilation, s.groups, s.delay) for s in net.inputs_of(name)]))
         pops += relays.get(name, [])
     return ResourceEstimate(tuple(pops), limits)

@@ -6,7 +6,7 @@ import pytest
 from chip_helpers import digits_batches, firing_tiny_model
 from export.chip import READOUT
 from export.compiler import compile_model
-from export.resources import LOIHI2, RELAY_SUFFIX, SOURCES, Incoming, Loihi2Limits, ResourceEstimate, estimate, population_resources
+from export.resources import LOIHI2, RELAY_SUFFIX, SOURCES, UP_RELAY, Incoming, Loihi2Limits, ResourceEstimate, estimate, population_resources
 
 
 @pytest.mark.parametrize("incoming, dense, shared", [
@@ -14,9 +14,12 @@ from export.resources import LOIHI2, RELAY_SUFFIX, SOURCES, Incoming, Loihi2Limi
     (Incoming((1, 1, 3, 3), (4, 4), 1, 1, 1), 4 * 9 + 8 * 6 + 4 * 4, 9),
     # stride 2 -> 2x2 outputs reading 2x2, 2x3, 3x2 and 3x3 taps inside the input
     (Incoming((1, 1, 3, 3), (4, 4), 2, 1, 1), 4 + 6 + 6 + 9, 9),
-    # nearest up-sampling 2x2 -> 4x4, then 3x3 padding 1: Loihi 2 holds it as 2 x 2 Sparse matrices, one entry per
-    # tap of the conv on the up-sampled 4x4 grid (the first case's 100), shared or not: a Sparse shares nothing
+    # nearest up-sampling 2x2 -> 4x4, then 3x3 padding 1, delay 1: Loihi 2 holds it as 2 x 2 Sparse matrices, one
+    # entry per tap of the conv on the up-sampled 4x4 grid (the first case's 100), shared or not: a Sparse shares
+    # nothing
     (Incoming((1, 1, 3, 3), (2, 2), 1, 1, 2), 4 * 9 + 8 * 6 + 4 * 4, 4 * 9 + 8 * 6 + 4 * 4),
+    # the same of delay 3: the conv's shared kernel reads an up-sampling relay of the 4x4 grid
+    (Incoming((1, 1, 3, 3), (2, 2), 1, 1, 2, delay=3), 4 * 9 + 8 * 6 + 4 * 4, 9),
     # 1x1 shortcut: one pair per position
     (Incoming((1, 1, 1, 1), (4, 4), 1, 0, 1), 16, 1),
 ])
@@ -25,10 +28,12 @@ def test_dense_synapses_are_the_receptive_field_taps_inside_the_input(incoming, 
     assert one.synapses_dense == dense and one.synapses_shared == shared
     # channels multiply both counts: every (input channel, output channel) pair has its own kernel
     wide = Incoming((3, 2) + incoming.weight_shape[2:], incoming.in_hw, incoming.stride, incoming.padding,
-                    incoming.upsample)
+                    incoming.upsample, delay=incoming.delay)
     many = population_resources("p", 16, [wide, wide])
     assert many.synapses_dense == 2 * 3 * 2 * dense and many.synapses_shared == 2 * 3 * 2 * one.synapses_shared
-    assert many.input_axons == 2 * 2 * incoming.in_hw[0] * incoming.in_hw[1]
+    # an axon per neuron read: the source's, or its up-sampling relay's
+    read = incoming.upsample ** 2 if incoming.delay > 1 else 1
+    assert many.input_axons == 2 * 2 * read * incoming.in_hw[0] * incoming.in_hw[1]
 
 
 def _ones_conv_pairs(syn: Incoming) -> int:
@@ -104,17 +109,20 @@ def test_the_estimate_of_a_compiled_network_covers_every_population_and_the_read
     first = est.populations[0]
     assert first.synapses_shared == first.synapses_dense == 0  # the host injects its current
     # one relay per source and distinct delay d - 1 > 0 of its conv paths, each right after its source, as large,
-    # with one identity synapse per neuron
-    expected = {f"{s.source}{RELAY_SUFFIX}{s.delay - 1}" for s in net.synapses if s.delay > 1}
-    assert {r.name for r in relays} == expected
+    # with one synapse per neuron; an up-sampling synapse's relay is u x u times as large
+    expected = {f"{s.source}{RELAY_SUFFIX}{s.delay - 1}" if s.upsample == 1 else
+                f"{s.source}{UP_RELAY.format(factor=s.upsample)}{s.delay - 1}" for s in net.synapses if s.delay > 1}
+    assert {r.name for r in relays} == expected and any(".up2." in name for name in expected)
     names = [p.name for p in est.populations]
     for r in relays:
-        source = r.name.split(RELAY_SUFFIX)[0]
+        source = r.name.split(".up")[0].split(RELAY_SUFFIX)[0]
+        factor = 2 if ".up2." in r.name else 1
         assert names.index(source) < names.index(r.name)
-        assert r.neurons == r.synapses_shared == r.synapses_dense == r.input_axons == math.prod(net.population(source).shape)
-    upsampled = {s.target for s in net.synapses if s.upsample > 1}
+        n = math.prod(net.population(source).shape)
+        assert r.neurons == r.synapses_shared == r.synapses_dense == factor ** 2 * n and r.input_axons == n
+    sparse = {s.target for s in net.synapses if s.upsample > 1 and s.delay == 1}  # no step left for a relay
     for p in est.populations[1:]:
-        if p not in relays and p.name not in upsampled:
+        if p not in relays and p.name not in sparse:
             assert p.synapses_dense > p.synapses_shared > 0  # a conv reuses each weight at many positions
     report = est.to_json()
     assert report["neurons"] == est.neurons and len(report["populations"]) == len(est.populations)
