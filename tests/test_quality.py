@@ -113,7 +113,9 @@ def test_markdown_tables_show_results_and_borrowed_rows(tmp_path):
     row = ("| SDDPM, T = 4, step 13,000 | our DDIM 50, eta 0, final image clipped | 500 | 1,000 | 123.5 |  | 15.6 |  | "
            '<a href="docs/img/quality/mnist-sddpm-ddim50.png"><img src="docs/img/quality/mnist-sddpm-ddim50.png" '
            'width="128" alt="mnist-sddpm-ddim50"></a> | `sddpm quality mnist-sddpm-ddim50` |')
-    assert text.count(row) == 2  # its own MNIST table and, as the factor-1 baseline, the threshold table
+    # its own MNIST table and, borrowed, the threshold table (as the factor-1 baseline) and the neuron table (the IF
+    # beside the LIF)
+    assert text.count(row) == 3
     assert ("| paper's SDDPM (ch 128, T = 4; SDM Tab. 1) | DDPM 1000 | 50,000 | all 60,000 | 21.38 | | | | | |"
             in text)
     assert "`sddpm quality mnist-ann-ddpm`" in text and "| not run |" in text

@@ -102,9 +102,9 @@ SCORED_BEFORE_KEEPING = frozenset(
     + [f"mnist-sddpm-ddim50-tg{factor}" for factor in THRESHOLD_FACTORS])
 
 
-def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None) -> Row:
+def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None, ref_count=None) -> Row:
     sampler_label, options = sampler
-    ref_count = EARLIER_REF_COUNT if name in SCORED_BEFORE_KEEPING else REF_COUNT
+    ref_count = ref_count or (EARLIER_REF_COUNT if name in SCORED_BEFORE_KEEPING else REF_COUNT)
     return Row(name, table, model, f"checkpoints/{checkpoint}.pt", dataset, label or sampler_label,
                (*options, *extra), SAMPLES[sampler], ref_count)
 
@@ -134,6 +134,10 @@ def _rows() -> tuple[Row, ...]:
                      MNIST_SDDPM_13K, "mnist", DDIM100, ("--backend", "sim")))
     rows.append(_row(f"{name}-ddim100-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
                      "mnist", DDIM100, ("--backend", "sim")))
+    # the LIF SDDPM beside the IF rows of the same recipe, scored against their 1,000 reference images
+    for tag, sampler in (("ddim100", DDIM100), ("ddim50", DDIM50)):
+        rows.append(_row(f"mnist-sddpm-lif-{tag}", "neuron", "SDDPM, LIF (tau 2), T = 4, step 13,000",
+                         "mnist-sddpm-lif", "mnist", sampler, ref_count=EARLIER_REF_COUNT))
     for dataset, prefix, title in DATASETS:
         for kind, model, budget in KINDS:
             rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, {budget}",
@@ -152,6 +156,8 @@ TABLES = {
     "T": ("SNN time steps: T = 4 against T = 8 (MNIST, same budget: 2,000 steps of batch 32)", ()),
     "threshold": ("Threshold-guided strategy (float SDDPM, every IF threshold scaled; MNIST)",
                   ("mnist-sddpm-ddim50",)),
+    "neuron": ("Neuron: the official IF against a leaky LIF (tau 2), same recipe and budget (MNIST)",
+               ("mnist-sddpm-ddim100", "mnist-sddpm-ddim50")),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100")),
     # Separates the sampler from the clipping: our DDIM rows clip only the final image.
