@@ -124,7 +124,7 @@ def wire(net: ChipNetwork, sources: dict[str, OutPort], targets: dict, profile: 
     if check_profile(profile) == "loihi2":
         from deploy.loihi2_profile import wire_loihi2
 
-        return wire_loihi2(net, sources, targets)[0]
+        return wire_loihi2(net, sources, targets)
     return wire_synapses(net, sources, targets)
 
 
@@ -199,7 +199,8 @@ class ChipGraph:
         self.processes.append(source)
         readout_sink = self._sink(READOUT, net.readout.shape)
         self.processes += wire(net, {name: lif.s_out for name, lif in self.lif.items()},
-                               {READOUT: readout_sink.a_in} | {name: lif.a_in for name, lif in self.lif.items()}, profile)
+                               {READOUT: readout_sink.a_in} | {name: lif.a_in for name, lif in self.lif.items()},
+                               profile)
         self.processes += list(self.lif.values())
 
     def _sink(self, name: str, shape, port=None) -> FileSink:
@@ -233,7 +234,7 @@ def run_denoising_step(net: ChipNetwork, x: torch.Tensor, t: int, run_cfg=None, 
     a_host = host_input_current(net, x)[0].numpy().astype(np.int32)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sddpm-lava-") as sink_dir:
-        graph = ChipGraph(net, a_host, t, sink_dir, check_profile(profile))
+        graph = ChipGraph(net, a_host, t, sink_dir, profile)  # `wire` checks the profile
         build = time.perf_counter() - started
         records, seconds, note = graph.run(run_cfg if run_cfg is not None else run_config("sim"))
     steps = net.snn_steps

@@ -42,6 +42,7 @@ from lava.magma.core.process.ports.ports import OutPort
 from scipy.sparse import SparseEfficiencyWarning, coo_matrix, identity
 
 from export.chip import READOUT, ChipNetwork, ChipSynapse, pair
+from export.resources import RELAY_SUFFIX, UP_RELAY, relay_plan
 
 from deploy.chip_lava import DENSE_EXP_OFFSET, DENSE_WEIGHT_FACTOR, LavaGraphError, _conv
 from deploy.layout import lava_shape
@@ -50,7 +51,6 @@ from deploy.layout import lava_shape
 CHIP_TYPES = frozenset({"LIF", "LIFReset", "Dense", "Sparse", "Conv", "DelayDense", "DelaySparse"})
 RELAY_DU = RELAY_DV = 4095  # keep nothing from the step before
 RELAY_VTH = 0  # one unit of input (64 in v) crosses it
-UP_RELAY = ".up{factor}.relay"  # <source>.up<u>.relay<delay>, as export.resources names it (UP_RELAY)
 
 
 def lava_index(shape: tuple[int, ...], c: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -105,90 +105,67 @@ MAX_SYNAPTIC_DELAY = 63  # DelaySparse's 6-bit delays (docs/lava-fixed-point.md 
 
 
 class Loihi2Wiring:
-    """Wires a network's synapses with `CHIP_TYPES` only; relays are made once per (source, delay)."""
+    """Wires a network's synapses with `CHIP_TYPES` only; the relays of `export.resources.relay_plan` are made
+    first, once each."""
 
     def __init__(self, net: ChipNetwork, sources: dict[str, OutPort]):
-        from lava.proc.lif.process import LIF
-        from lava.proc.sparse.process import DelaySparse, Sparse
-
         # Lava's DelaySparse model rebuilds its delay matrices at every step and scipy warns each time; the forked
         # processes inherit this filter
         warnings.filterwarnings("ignore", "Changing the sparsity structure", SparseEfficiencyWarning)
         self.net, self.sources, self.processes = net, sources, []
-        self.relays: dict[tuple, OutPort] = {}  # (source, delay) or (source, factor, delay)
-        self.relay_neurons = 0
-        delays: dict[str, set[int]] = {}
-        for syn in net.synapses:
-            if not syn.dense and syn.delay > 1 and syn.upsample == 1:
-                delays.setdefault(syn.source, set()).add(syn.delay - 1)
-        for source, steps in delays.items():
-            before, late = sources[source], 0
-            for k in sorted(steps):
-                n, wait = int(np.prod(before.shape)), k - late - 1  # the relay itself adds one step
-                if wait > MAX_SYNAPTIC_DELAY:
-                    raise LavaGraphError(f"{source}: a relay would need a synaptic delay of {wait} steps, beyond "
-                                         f"{MAX_SYNAPTIC_DELAY}")
-                ones = identity(n, dtype=np.int32, format="csr")
-                if wait:
-                    # the delays as a matrix of the weights' sparsity: an int would make Lava build a dense n x n
-                    # matrix of it (2 GB at 16,384 neurons)
-                    delays = ones.astype(int)
-                    delays.data[:] = wait
-                    link = DelaySparse(weights=ones, delays=delays)
+        self.relays: dict[tuple[str, int, int], OutPort] = {}  # (source, up-sampling factor, delay)
+        for source, relays in relay_plan(net).items():
+            before, late = sources[source], 0  # plain relays chain, each fed by the one before
+            for factor, k in relays:
+                if factor == 1:
+                    n = int(np.prod(before.shape))
+                    before = self._relay(before, identity(n, dtype=np.int32, format="csr"), k - late - 1,
+                                         before.shape, f"{source}{RELAY_SUFFIX}{k}")
+                    self.relays[source, 1, k], late = before, k
                 else:
-                    link = Sparse(weights=ones)
-                relay = LIF(shape=before.shape, du=RELAY_DU, dv=RELAY_DV, vth=RELAY_VTH, name=f"{source}.relay{k}")
-                before.flatten().connect(link.s_in)
-                link.a_out.reshape(before.shape).connect(relay.a_in)
-                self.processes += [link, relay]
-                self.relay_neurons += n
-                self.relays[source, k] = before = relay.s_out
-                late = k
+                    self.relays[source, factor, k] = self._upsampling_relay(source, factor, k)
 
-    def delayed(self, source: str, steps: int) -> OutPort:
-        """The spikes of `source`, `steps` chip steps late."""
-        return self.sources[source] if steps == 0 else self.relays[source, steps]
-
-    def upsampled(self, source: str, factor: int, steps: int) -> OutPort:
-        """The spikes of `source` up-sampled by `factor`, `steps` >= 1 chip steps late (an up-sampling relay)."""
+    def _relay(self, before: OutPort, weights, wait: int, shape: tuple[int, ...], name: str) -> OutPort:
+        """A relay population of `shape` fed from `before` through `weights` (0/1, [relay neurons, inputs]) with a
+        synaptic delay of `wait` steps; returns its spikes, `wait` + 1 steps after its input's."""
         from lava.proc.lif.process import LIF
         from lava.proc.sparse.process import DelaySparse, Sparse
 
-        if (source, factor, steps) not in self.relays:
-            shape = self.shape_of(source)
-            up_shape = (shape[0], shape[1] * factor, shape[2] * factor)
-            c, y, x = np.meshgrid(*map(np.arange, up_shape), indexing="ij")
-            rows, cols = lava_index(up_shape, c, y, x).ravel(), lava_index(shape, c, y // factor, x // factor).ravel()
-            ones = coo_matrix((np.ones(rows.size, dtype=np.int32), (rows, cols)),
-                              shape=(rows.size, int(np.prod(shape)))).tocsr()
-            wait = steps - 1  # the relay itself adds one step
-            if wait:
-                delays = ones.astype(int)
-                delays.data[:] = wait
-                link = DelaySparse(weights=ones, delays=delays)
-            else:
-                link = Sparse(weights=ones)
-            relay = LIF(shape=lava_shape(up_shape), du=RELAY_DU, dv=RELAY_DV, vth=RELAY_VTH,
-                        name=f"{source}{UP_RELAY.format(factor=factor)}{steps}")
-            self.sources[source].flatten().connect(link.s_in)
-            link.a_out.reshape(relay.a_in.shape).connect(relay.a_in)
-            self.processes += [link, relay]
-            self.relay_neurons += rows.size
-            self.relays[source, factor, steps] = relay.s_out
-        return self.relays[source, factor, steps]
+        if wait > MAX_SYNAPTIC_DELAY:
+            raise LavaGraphError(f"{name}: a relay would need a synaptic delay of {wait} steps, beyond "
+                                 f"{MAX_SYNAPTIC_DELAY}")
+        if wait:
+            # the delays as a matrix of the weights' sparsity: an int would make Lava build a dense n x n matrix of
+            # it (2 GB at 16,384 neurons)
+            delays = weights.astype(int)
+            delays.data[:] = wait
+            link = DelaySparse(weights=weights, delays=delays)
+        else:
+            link = Sparse(weights=weights)
+        relay = LIF(shape=shape, du=RELAY_DU, dv=RELAY_DV, vth=RELAY_VTH, name=name)
+        before.flatten().connect(link.s_in)
+        link.a_out.reshape(shape).connect(relay.a_in)
+        self.processes += [link, relay]
+        return relay.s_out
 
-    def shape_of(self, name: str) -> tuple[int, ...]:
-        if name == READOUT:
-            return self.net.readout.shape
-        inputs = {i.name: i.shape for i in self.net.inputs}
-        return inputs[name] if name in inputs else self.net.population(name).shape
+    def _upsampling_relay(self, source: str, factor: int, steps: int) -> OutPort:
+        """The spikes of `source` up-sampled by `factor`, `steps` >= 1 chip steps late."""
+        shape = self.net.source_shape(source)
+        up_shape = (shape[0], shape[1] * factor, shape[2] * factor)
+        c, y, x = np.meshgrid(*map(np.arange, up_shape), indexing="ij")
+        rows, cols = lava_index(up_shape, c, y, x).ravel(), lava_index(shape, c, y // factor, x // factor).ravel()
+        ones = coo_matrix((np.ones(rows.size, dtype=np.int32), (rows, cols)),
+                          shape=(rows.size, int(np.prod(shape)))).tocsr()
+        return self._relay(self.sources[source], ones, steps - 1, lava_shape(up_shape),
+                           f"{source}{UP_RELAY.format(factor=factor)}{steps}")
 
-    def wire(self, syn: ChipSynapse) -> OutPort:
-        """The output port of one chip synapse, its delay included."""
+    def wire(self, syn: ChipSynapse) -> list[OutPort]:
+        """The output ports of one chip synapse (several Sparse matrices for a delay-1 up-sampling), its delay
+        included."""
         from lava.proc.dense.process import DelayDense, Dense
         from lava.proc.sparse.process import Sparse
 
-        target_shape = self.shape_of(syn.target)
+        target_shape = self.net.readout.shape if syn.target == READOUT else self.net.source_shape(syn.target)
         if syn.dense:
             weight = np.zeros((target_shape[0], syn.weight.shape[1]), dtype=np.int32)
             weight[syn.out_offset:syn.out_offset + syn.weight.shape[0]] = DENSE_WEIGHT_FACTOR * syn.weight
@@ -197,13 +174,13 @@ class Loihi2Wiring:
             source = self.sources[syn.source]
             (source.transpose().flatten() if syn.flatten and len(source.shape) > 1 else source).connect(dense.s_in)
             self.processes.append(dense)
-            return dense.a_out
-        if syn.upsample == 1:
-            return _conv(syn, self.delayed(syn.source, syn.delay - 1), target_shape, self.processes)
-        if syn.delay > 1:
-            return _conv(syn, self.upsampled(syn.source, syn.upsample, syn.delay - 1), target_shape, self.processes)
+            return [dense.a_out]
+        if syn.delay > 1 or syn.upsample == 1:  # a conv reading the source, a relay or an up-sampling relay
+            source = (self.relays[syn.source, syn.upsample, syn.delay - 1] if syn.delay > 1 else
+                      self.sources[syn.source])
+            return [_conv(syn, source, target_shape, self.processes)]
         source, outs = self.sources[syn.source], []
-        for piece in upsample_pieces(syn, self.shape_of(syn.source), target_shape):
+        for piece in upsample_pieces(syn, self.net.source_shape(syn.source), target_shape):
             sparse = Sparse(weights=(DENSE_WEIGHT_FACTOR * piece).tocsr(), weight_exp=syn.weight_exp + DENSE_EXP_OFFSET)
             source.flatten().connect(sparse.s_in)
             self.processes.append(sparse)
@@ -213,12 +190,11 @@ class Loihi2Wiring:
         return outs
 
 
-def wire_loihi2(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) -> tuple[list, int]:
+def wire_loihi2(net: ChipNetwork, sources: dict[str, OutPort], targets: dict) -> list:
     """Every chip synapse from its source's port to its target's a_in with `CHIP_TYPES` only; returns the
-    processes made and the relay neurons among them."""
+    processes made."""
     wiring = Loihi2Wiring(net, sources)
     for syn in net.synapses:
-        out = wiring.wire(syn)
-        for port in out if isinstance(out, list) else [out]:
+        for port in wiring.wire(syn):
             port.connect(targets[syn.target])
-    return wiring.processes, wiring.relay_neurons
+    return wiring.processes

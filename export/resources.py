@@ -117,19 +117,26 @@ def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> P
     return PopulationResources(name, neurons, shared, dense, axons)
 
 
-def relay_resources(net: ChipNetwork) -> dict[str, list[PopulationResources]]:
-    """Source -> its relay populations (one per distinct delay d - 1 of its conv and sparse paths of delay d > 1),
-    each with an identity synapse: one entry and one axon per neuron."""
-    delays: dict[str, set[tuple[int, int]]] = {}  # source -> {(up-sampling factor, delay)}
+def relay_plan(net: ChipNetwork) -> dict[str, list[tuple[int, int]]]:
+    """Source -> its relays as (up-sampling factor, delay), in increasing order: one per distinct (factor, d - 1) of
+    its conv and sparse paths of delay d > 1 (factor 1: a plain relay). The Lava graph of the loihi2 profile
+    builds exactly these (`deploy.loihi2_profile`)."""
+    plan: dict[str, set[tuple[int, int]]] = {}
     for s in net.synapses:
         if not s.dense and s.delay > 1:
-            delays.setdefault(s.source, set()).add((s.upsample, s.delay - 1))
+            plan.setdefault(s.source, set()).add((s.upsample, s.delay - 1))
+    return {source: sorted(relays) for source, relays in plan.items()}
+
+
+def relay_resources(net: ChipNetwork) -> dict[str, list[PopulationResources]]:
+    """Source -> its relay populations (`relay_plan`), each u x u x the source's neurons with one synapse per
+    neuron, reading one axon per source neuron."""
     out = {}
-    for source, steps in delays.items():
+    for source, relays in relay_plan(net).items():
         n = math.prod(net.source_shape(source))
         out[source] = [PopulationResources(f"{source}{RELAY_SUFFIX}{k}", n, n, n, n) if u == 1 else
                        PopulationResources(f"{source}{UP_RELAY.format(factor=u)}{k}", u * u * n, u * u * n,
-                                           u * u * n, n) for u, k in sorted(steps)]
+                                           u * u * n, n) for u, k in relays]
     return out
 
 

@@ -315,7 +315,7 @@ def profile_of(args) -> str:
             raise UsageError("--run-config loihi2-hw runs the loihi2 profile only")
         return "loihi2"
     if args.profile and getattr(args, "backend", "lava") != "lava":
-        raise UsageError(f"--profile chooses the process types of a Lava graph: it needs --backend lava")
+        raise UsageError("--profile chooses the process types of a Lava graph: it needs --backend lava")
     return args.profile or "cpu"
 
 

@@ -99,7 +99,8 @@ def energy_summary(model, net, runs, states) -> dict:
     from export.resources import estimate
 
     summary = summarize(runs, ann_operations(model.cfg), float_ops(model, states))
-    shared, dense = (place(estimate(net), shared) for shared in (True, False))  # with and without weight sharing
+    resources = estimate(net)
+    shared, dense = (place(resources, shared) for shared in (True, False))  # with and without weight sharing
     summary["loihi2"] = loihi2_estimate(net.steps_per_denoising_step,
                                         Span(*(sum(b.cores for b in p.blocks) for p in (shared, dense))),
                                         Span(shared.chips, dense.chips), SAMPLERS)

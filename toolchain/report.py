@@ -200,8 +200,8 @@ def format_energy(report: dict) -> str:
     lines.append(f"{'all ' + str(len(report['populations'])) + ' populations':<24} {neurons:>9,} {rate:>7.3f} "
                  f"{step['spikes']:>12,.0f} {floats['sops']:>12,.0f} {step['sops']:>13,.0f} "
                  f"{step['sops'] / floats['sops']:>10.2f}")
-    host, analog = step["host_macs"], floats["analog_layers"]
-    first = analog.get("conv", {"flops": 0})["flops"]
+    host, paper = step["host_macs"], report["energy"]["paper-45nm"]
+    first = paper["float_snn"]["macs"]  # the first conv's FLOPs, the paper's one MAC layer
     lines += [
         "",
         f"{'per denoising step of one image':<42} {'float SNN':>14} {'chip network':>14} {'ANN twin':>14}",
@@ -228,7 +228,6 @@ def format_energy(report: dict) -> str:
                       f"{a['SynapticOperations']['Effective_MACs']:,.0f}, Dense {a['SynapticOperations']['Dense']:,.0f}"]
     elif nb:
         lines += ["", f"NeuroBench: {nb['error']}"]
-    paper = report["energy"]["paper-45nm"]
     samplers = list(paper["ann"]["per_image_j"])
     lines += ["", f"{'45 nm (the paper: 4.6 pJ/MAC, 0.9 pJ/SOP)':<42} {'per step':>10} "
               + " ".join(f"{s:>10}" for s in samplers) + f" {'/ ANN':>7}"]
