@@ -41,8 +41,7 @@ import numpy as np
 from lava.magma.core.process.ports.ports import OutPort
 from scipy.sparse import SparseEfficiencyWarning, coo_matrix, identity
 
-from export.chip import READOUT, ChipNetwork, ChipSynapse, pair
-from export.resources import RELAY_SUFFIX, UP_RELAY, relay_plan
+from export.chip import READOUT, RELAY_SUFFIX, UP_RELAY, ChipNetwork, ChipSynapse, pair, relay_plan
 
 from deploy.chip_lava import DENSE_EXP_OFFSET, DENSE_WEIGHT_FACTOR, LavaGraphError, _conv
 from deploy.layout import lava_shape
@@ -105,7 +104,7 @@ MAX_SYNAPTIC_DELAY = 63  # DelaySparse's 6-bit delays (docs/lava-fixed-point.md 
 
 
 class Loihi2Wiring:
-    """Wires a network's synapses with `CHIP_TYPES` only; the relays of `export.resources.relay_plan` are made
+    """Wires a network's synapses with `CHIP_TYPES` only; the relays of `export.chip.relay_plan` are made
     first, once each."""
 
     def __init__(self, net: ChipNetwork, sources: dict[str, OutPort]):

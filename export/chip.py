@@ -336,3 +336,19 @@ def check_ranges(net: ChipNetwork) -> None:
     if problems:
         raise ChipFormatError((f"{len(problems)} design-rule violations: " if len(problems) > 1 else "")
                               + "; ".join(problems))
+
+
+RELAY_SUFFIX = ".relay"  # a relay population is named <source>.relay<delay>, in the Lava graph and the estimate
+UP_RELAY = ".up{factor}.relay"  # an up-sampling relay: <source>.up<u>.relay<delay>
+
+
+def relay_plan(net: ChipNetwork) -> dict[str, list[tuple[int, int]]]:
+    """Source -> its relays as (up-sampling factor, delay), in increasing order: one per distinct (factor, d - 1) of
+    its conv and sparse paths of delay d > 1 (factor 1: a plain relay). The Lava graph of the loihi2 profile
+    builds exactly these (`deploy.loihi2_profile`) and `export.resources` counts them. Here, not there, because
+    the Lava backend may not import the training code that `export.resources` reaches."""
+    plan: dict[str, set[tuple[int, int]]] = {}
+    for s in net.synapses:
+        if not s.dense and s.delay > 1:
+            plan.setdefault(s.source, set()).add((s.upsample, s.delay - 1))
+    return {source: sorted(relays) for source, relays in plan.items()}

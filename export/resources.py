@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .chip import READOUT, WEIGHT_BITS, ChipNetwork
+from .chip import READOUT, RELAY_SUFFIX, UP_RELAY, WEIGHT_BITS, ChipNetwork, relay_plan
 from .energy import fanout_map
 
 
@@ -92,8 +92,6 @@ class PopulationResources:
         return (by_memory, "synaptic memory") if by_memory > by_neurons else (by_neurons, "neurons")
 
 
-RELAY_SUFFIX = ".relay"  # a relay population is named <source>.relay<delay>, as the Lava graph names it
-UP_RELAY = ".up{factor}.relay"  # an up-sampling relay: <source>.up<u>.relay<delay>
 
 
 def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> PopulationResources:
@@ -115,17 +113,6 @@ def population_resources(name: str, neurons: int, incoming: list[Incoming]) -> P
         dense += pairs
         axons += c_in * (syn.in_hw[0] * syn.in_hw[1] if sparse else up[0] * up[1])
     return PopulationResources(name, neurons, shared, dense, axons)
-
-
-def relay_plan(net: ChipNetwork) -> dict[str, list[tuple[int, int]]]:
-    """Source -> its relays as (up-sampling factor, delay), in increasing order: one per distinct (factor, d - 1) of
-    its conv and sparse paths of delay d > 1 (factor 1: a plain relay). The Lava graph of the loihi2 profile
-    builds exactly these (`deploy.loihi2_profile`)."""
-    plan: dict[str, set[tuple[int, int]]] = {}
-    for s in net.synapses:
-        if not s.dense and s.delay > 1:
-            plan.setdefault(s.source, set()).add((s.upsample, s.delay - 1))
-    return {source: sorted(relays) for source, relays in plan.items()}
 
 
 def relay_resources(net: ChipNetwork) -> dict[str, list[PopulationResources]]:
