@@ -63,6 +63,15 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), device)
 
 
+def leave_distributed() -> None:
+    """Leave the process group, if any, once every rank is here. Without the barrier a rank that exits right after
+    a collective can close its sockets while a peer still reads the collective's last bytes (the peer then fails
+    with a connection reset)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, for parameters and float buffers alike.
@@ -177,8 +186,7 @@ def train(run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
     bar.close()
     if info.is_main:
         plot_loss(log_path, os.path.join(run_dir, "loss.png"))
-    if info.world_size > 1:
-        dist.destroy_process_group()
+    leave_distributed()
     return ckpt_path
 
 

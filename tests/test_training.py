@@ -118,17 +118,22 @@ def test_resume_after_kill_reaches_the_uninterrupted_state(tmp_path):
     assert (straight / "loss.jsonl").read_text() == (killed / "loss.jsonl").read_text()
 
 
+def _run(cmd):
+    """Run a command; on failure, fail with its stderr (which subprocess.CalledProcessError would not show)."""
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr[-4000:]}"
+
+
 def test_two_process_ddp_training_and_sampling_on_gloo(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run_dir = tmp_path / "ddp"
-    subprocess.run([*torchrun, "-m", "toolchain", "train", str(run_dir), *TINY_ARGS, "--steps", "2", "--ckpt-every", "2"],
-                   check=True, env=ENV, capture_output=True)
+    _run([*torchrun, "-m", "toolchain", "train", str(run_dir), *TINY_ARGS, "--steps", "2", "--ckpt-every", "2"])
     ckpt = str(run_dir / "last.pt")
     assert read_checkpoint(ckpt)["step"] == 2
     # Batch b always starts from seed + b, so 2 ranks produce exactly the images of 1 process.
     sample = ["-m", "toolchain", "sample", "--checkpoint", ckpt, "--num-images", "6", "--batch-size", "2", "--steps", "3"]
-    subprocess.run([*torchrun, *sample, "--out", str(tmp_path / "two")], check=True, env=ENV, capture_output=True)
-    subprocess.run([sys.executable, *sample, "--out", str(tmp_path / "one")], check=True, env=ENV, capture_output=True)
+    _run([*torchrun, *sample, "--out", str(tmp_path / "two")])
+    _run([sys.executable, *sample, "--out", str(tmp_path / "one")])
     two = np.load(tmp_path / "two" / "samples.npz")["images"]
     one = np.load(tmp_path / "one" / "samples.npz")["images"]
     assert two.shape == (6, 1, 32, 32) and np.array_equal(one, two)

@@ -588,7 +588,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull, \
                 contextlib.redirect_stdout(devnull if quiet else sys.stdout):
             warnings.showwarning = _one_line_warning  # the catch restores the process's display on the way out
-            return COMMANDS[args.command](args) or 0
+            status = COMMANDS[args.command](args) or 0
+        if "torch.distributed" in sys.modules:  # a command run under torchrun: the ranks leave together
+            from sddpm.training import leave_distributed
+
+            leave_distributed()
+        return status
     except USER_ERRORS as e:
         if args.debug:
             raise
