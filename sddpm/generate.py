@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, DiffusionConfig, VarType
+from .config import DEFAULT_DDIM_STEPS, DEFAULT_ETA, ConfigError, DiffusionConfig, VarType
 from .data import to_uint8
 from .neuron import set_threshold_factor
 from .samplers import ddim_sample, ddpm_sample, official_ddim_sample, official_ddpm_sample
@@ -57,6 +57,16 @@ class SamplerConfig:
         if self.sampler == "official-ddpm":
             return official_ddpm_sample(denoiser, x_T, schedule, generator=generator, progress=progress)
         return official_ddim_sample(denoiser, x_T, schedule, steps=self.steps, progress=progress)
+
+    @property
+    def label(self) -> str:
+        """What a person reads, e.g. 'DDIM 50, eta 1' or 'DDPM 1000, x0 clipped'."""
+        name = {"ddpm": "DDPM 1000", "ddim": f"DDIM {self.steps}, eta {self.eta:g}",
+                "official-ddpm": "official DDPM 1000", "official-ddim": f"official DDIM {self.steps}"}[self.sampler]
+        return name + (", x0 clipped" if self.clip_x0 else "")
+
+
+DEFAULT_SAMPLER = SamplerConfig("ddim", DEFAULT_DDIM_STEPS, DEFAULT_ETA)
 
 
 def model_denoiser(model: nn.Module, threshold_factor: float = 1.0) -> nn.Module:

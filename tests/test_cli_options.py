@@ -138,3 +138,16 @@ def test_install_lava_only_patches_where_pip_installed_lava(monkeypatch):
     assert lava_install.missing_releases() == []
     lava_install.install()
     assert calls == ["patch"]
+
+
+def test_the_default_eta_is_the_ddim_default_and_zero_for_the_official_samplers():
+    from sddpm.config import DEFAULT_DDIM_STEPS, DEFAULT_ETA
+    from toolchain.parser import sampler_config_of
+
+    parser = build_parser()
+    config = sampler_config_of(parser.parse_args(["sample"]))
+    assert (config.sampler, config.steps, config.eta) == ("ddim", DEFAULT_DDIM_STEPS, DEFAULT_ETA)
+    # the official samplers fix eta 0 (SamplerConfig refuses any other), so the DDIM default does not reach them
+    for sampler in ("official-ddpm", "official-ddim"):
+        assert sampler_config_of(parser.parse_args(["sample", "--sampler", sampler])).eta == 0.0
+    assert sampler_config_of(parser.parse_args(["sample", "--eta", "0"])).eta == 0.0

@@ -90,7 +90,8 @@ def test_a_failing_command_fails_its_row_only(tiny_row):
 
 
 def test_rows_are_selected_by_pattern_and_unknown_names_are_refused():
-    assert [r.name for r in quality.select(["mnist-t*"])] == ["mnist-t4-step2000-ddim100", "mnist-t8-step2000-ddim100"]
+    assert [r.name for r in quality.select(["mnist-t*-ddim100"])] == ["mnist-t4-step2000-ddim100",
+                                                                   "mnist-t8-step2000-ddim100"]
     assert len(quality.select([])) == len(quality.ROWS)
     with pytest.raises(UsageError, match="no quality row matches 'cifar-\\*'"):
         quality.select(["cifar-*"])
@@ -151,3 +152,25 @@ def test_every_row_samples_a_shipped_checkpoint_that_is_what_the_table_says():
                 assert f"T = {model['snn_steps']}," in row.model, row.name
             assert f"step {state['step']:,}" in row.model, row.name
             assert train["total_steps"] == state["step"] and train["batch_size"] == 32, row.name
+
+
+def test_every_ddim_row_names_its_eta_so_the_default_sampler_changes_no_row():
+    for row in quality.ROWS:
+        if row.options[:2] == ("--sampler", "ddim"):
+            assert "--eta" in row.options, row.name
+            eta = float(row.options[row.options.index("--eta") + 1])
+            assert f"eta {eta:g}" in row.sampler, row.name
+
+
+def test_the_fastest_good_sampler_is_the_fewest_calls_within_two_spreads_of_the_best():
+    # best: (100, 1) at FID 50.0 +- 2.0, so the bound is 50 + 2 * 2 = 54: (50, 1) at 53.9 and (50, 0.5) at 52.0 are
+    # in, (25, 1) at 54.1 is not; of the two 50-step samplers the lower FID, eta 0.5
+    results = {(100, 1.0): {"fid": 50.0, "fid_bootstrap_std": 2.0}, (50, 1.0): {"fid": 53.9},
+               (50, 0.5): {"fid": 52.0}, (25, 1.0): {"fid": 54.1}, (10, 0.0): {"fid": 180.0}}
+    assert quality.fastest_good_sampler(results) == (50, 0.5)
+    assert quality.fastest_good_sampler(results, spreads=0.0) == (100, 1.0)
+
+
+def test_the_sweep_plot_is_drawn_from_the_results(tmp_path):
+    path = quality.plot_sweep(str(REPO / "docs" / "quality"), str(tmp_path / "sweep.png"))
+    assert Image.open(path).size[0] > Image.open(path).size[1] > 300

@@ -154,6 +154,7 @@ def cmd_quality(args) -> int:
         page_dir = os.path.dirname(os.path.abspath(args.update_readme))  # the grids' links, relative to the page
         quality.update_readme(args.update_readme,
                               quality.markdown(args.results, os.path.relpath(args.grid_dir, page_dir)))
+        quality.plot_sweep(args.results, os.path.join(args.grid_dir, "sweep.png"))
     else:
         failed = quality.run_rows(rows, args.out, args.results, args.grid_dir, main)
         if failed:
@@ -506,7 +507,7 @@ DEMO_CHECK_IMAGES = 8
 def cmd_demo(args) -> int:
     from deploy.chip_lava import run_config
     from sddpm.checkpoint import load_model
-    from sddpm.generate import SamplerConfig, generate_images, model_denoiser
+    from sddpm.generate import DEFAULT_SAMPLER, generate_images, model_denoiser
     from sddpm.images import save_grid
     from simulators.network import ChipSimulator
     from toolchain.verify import format_ladder, steps_on_lava
@@ -518,12 +519,11 @@ def cmd_demo(args) -> int:
         f"trained {loaded.step} steps on {loaded.train_config.dataset if loaded.train_config else '?'}")
     started = time.time()
     model = model_denoiser(loaded.model)
-    # DDPM with x0 clipped (Ho et al.'s clip_denoised): the small model's deterministic DDIM chains drift off the
-    # data range late, where ancestral sampling with clipped x0 predictions gives clean digits (README, FID table)
+    # the default sampler of `sddpm sample`, chosen by the sampler sweep (sddpm.config.DEFAULT_DDIM_STEPS)
     images = generate_images(model, (cfg.img_ch, cfg.img_size, cfg.img_size), loaded.diffusion_config, args.num_images,
-                      SamplerConfig(sampler="ddpm", clip_x0=True))
+                             DEFAULT_SAMPLER)
     grid = save_grid(images, os.path.join(args.out, "grid.png"))
-    say(f"sampled {args.num_images} images (DDPM, 1000 steps, x0 clipped) in {time.time() - started:.1f} s -> {grid}")
+    say(f"sampled {args.num_images} images ({DEFAULT_SAMPLER.label}) in {time.time() - started:.1f} s -> {grid}")
 
     started = time.time()
     chip_path = os.path.join(args.out, "network.nir")

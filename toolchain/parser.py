@@ -5,7 +5,8 @@ import argparse
 import math
 import re
 
-from sddpm.config import LIF_TAU, MODEL_KINDS, NEURON_KINDS, PRESETS, ConfigError, TrainConfig
+from sddpm.config import (DEFAULT_DDIM_STEPS, DEFAULT_ETA, LIF_TAU, MODEL_KINDS, NEURON_KINDS, PRESETS, ConfigError,
+                          TrainConfig)
 from toolchain.paths import SHIPPED_CHECKPOINT
 
 EXPORT_FORMATS = ("nir", "nir-float", "onnx")  # `sddpm export --format`, see toolchain.pipeline.EXPORTERS
@@ -35,7 +36,8 @@ def model_config_of(args):
 def sampler_config_of(args):
     from sddpm.generate import SamplerConfig
 
-    return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=args.eta, var_type=args.var_type,
+    eta = args.eta if args.eta is not None else DEFAULT_ETA if args.sampler == "ddim" else 0.0
+    return SamplerConfig(sampler=args.sampler, steps=args.steps, eta=eta, var_type=args.var_type,
                          clip_x0=args.clip_x0)
 
 
@@ -96,17 +98,22 @@ def _add_threshold_factor(p, what: str) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampler")
+    g = p.add_argument_group("sampler", f"default: our DDIM, {DEFAULT_DDIM_STEPS} steps, eta {DEFAULT_ETA:g}: the "
+                                        "sampler with the fewest network calls whose FID on the shipped SDDPM is "
+                                        "within two bootstrap sds of the best of the sampler sweep (docs/quality.md). "
+                                        "The spiking network's eps error acts like noise, which eta 1 washes out and "
+                                        "eta 0 accumulates; DDPM 1000 costs 20 times the calls for a worse FID")
     g.add_argument("--sampler", choices=("ddpm", "ddim", "official-ddpm", "official-ddim"), default="ddim",
-                   help="ddpm: our ancestral sampler over all diffusion steps; ddim: our DDIM (eta 0 by default) on "
-                        "--steps steps spread over [0, 999], the model called at t = 0 too; official-ddpm and "
+                   help="ddpm: our ancestral sampler over all diffusion steps; ddim: our DDIM on --steps steps spread "
+                        "over [0, 999], the model called at t = 0 too; official-ddpm and "
                         "official-ddim: exactly the official SDDPM diffusion.py (DDPM with x0 clipped at every "
                         "step; DDIM with x0 clipped at every step beside the network's eps, on steps 999, 899, ..., "
                         "returning the x reached at t = 0) (default: %(default)s)")
-    g.add_argument("--sampler-steps", "--steps", dest="steps", type=_positive_int, default=100,
+    g.add_argument("--sampler-steps", "--steps", dest="steps", type=_positive_int, default=DEFAULT_DDIM_STEPS,
                    help="DDIM steps (ddim, official-ddim; default: %(default)s)")
-    g.add_argument("--eta", type=Bounded(float, 0, 1), default=0.0,
-                   help="DDIM eta in [0, 1]; 1.0 adds DDPM-like noise (default: 0)")
+    g.add_argument("--eta", type=Bounded(float, 0, 1),
+                   help=f"DDIM eta in [0, 1]: 0 is deterministic, 1 adds the DDPM posterior's noise at every step "
+                        f"(default: {DEFAULT_ETA:g} for ddim; the official samplers fix 0)")
     g.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"), default="fixedlarge",
                    help="DDPM posterior variance (default: %(default)s, as SDDPM)")
     g.add_argument("--clip-x0", action="store_true",
@@ -313,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--commands", action="store_true", help="print the two sddpm commands of each row")
     mode.add_argument("--markdown", action="store_true", help="print the tables (rows without results say so)")
     mode.add_argument("--update-readme", metavar="PATH",
-                      help="write the tables into PATH between its quality-table marker lines")
+                      help="write the tables into PATH between its quality-table marker lines, and the "
+                           "sampler sweep's plot into GRID_DIR/sweep.png")
 
     p = sub.add_parser("release", help="shrink a training checkpoint to its EMA weights and configs",
                        description="Write a small inference checkpoint (EMA weights stored as the model, "
@@ -409,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a whole DDIM chain of --steps denoising steps of one image on one Lava graph built "
                         "once; compare every step's spikes and the final image with the simulator's chain, and the "
                         "image with the float model's chain from the same noise")
-    p.add_argument("--eta", type=Bounded(float, 0, 1), default=0.0,
+    p.add_argument("--eta", type=Bounded(float, 0, 1), default=DEFAULT_ETA,
                    help="DDIM eta of --whole-chain; above 0 the host draws each step's noise from --seed, the same "
-                        "draws for the Lava, simulator and float chains (default: 0)")
+                        "draws for the Lava, simulator and float chains (default: %(default)g, as `sddpm sample`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_calibration_args(p)
     _add_spike_input_args(p)
@@ -513,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="sample the shipped MNIST SDDPM, compile it for Loihi 2, verify it",
                        description="The embedded default job: sample the shipped MNIST SDDPM checkpoint with "
-                                   "DDPM, 1000 steps, x0 clipped (out/demo/grid.png), compile it into a chip network "
+                                   f"the default sampler of `sddpm sample`, our DDIM {DEFAULT_DDIM_STEPS} with eta "
+                                   f"{DEFAULT_ETA:g} (out/demo/grid.png), compile it into a chip network "
                                    "(out/demo/network.nir), and check three denoising steps of a sampling chain "
                                    "on the bit-accurate simulator (Lava timing) against the quantized "
                                    "reference and the float model; prints the verification ladder and the "

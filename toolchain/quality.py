@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from sddpm.config import DEFAULT_DDIM_STEPS, DEFAULT_ETA
+
 from .errors import UsageError
 
 # The FID protocol of every row: reference statistics of REF_COUNT training images (seeded subset; 37-42 min
@@ -72,17 +74,32 @@ class PaperRow:
     fid: float
 
 
+def ddim(steps: int, eta: float) -> tuple[str, tuple[str, ...]]:
+    """Our DDIM at `steps` steps and `eta` (0: deterministic; 1: the DDPM posterior's noise at every step), eta
+    given explicitly so that a change of `sddpm sample`'s default changes no row."""
+    return (f"our DDIM {steps}, eta {eta:g}, final image clipped",
+            ("--sampler", "ddim", "--steps", str(steps), "--eta", f"{eta:g}"))
+
+
 # (what the README calls it, the `sddpm sample` options). Our DDPM with x0 clipped is the official DDPM
 # (tests/test_official_samplers.py derives it; tools/compare_official_samplers.py measures 2e-6 against the
 # official file), so those rows carry both names.
 DDPM = ("DDPM 1000, x0 clipped every step (= official DDPM)", ("--sampler", "ddpm", "--clip-x0"))
 OFFICIAL_DDIM100 = ("official DDIM 100 (x0 clipped every step, eps kept)",
                     ("--sampler", "official-ddim", "--steps", "100"))
-DDIM100 = ("our DDIM 100, eta 0, final image clipped", ("--sampler", "ddim", "--steps", "100"))
-DDIM50 = ("our DDIM 50, eta 0, final image clipped", ("--sampler", "ddim", "--steps", "50"))
-DDIM100_CLIP = ("our DDIM 100, eta 0, x0 clipped every step, eps derived again",
-                ("--sampler", "ddim", "--steps", "100", "--clip-x0"))
+DDIM100 = ddim(100, 0.0)
+DDIM50 = ddim(50, 0.0)
+DDIM100_CLIP = ("our DDIM 100, eta 0, x0 clipped every step, eps derived again", (*DDIM100[1], "--clip-x0"))
 SAMPLES = {DDPM: 200, OFFICIAL_DDIM100: 500, DDIM100: 500, DDIM50: 500, DDIM100_CLIP: 500}
+# The sampler sweep: every (steps, eta) pair for each model in SWEEP_MODELS, SWEEP_SAMPLES images per row (the
+# count of the DDPM rows, whose 1,000 network calls per image make them the dearest point of the comparison).
+SWEEP_STEPS = (10, 25, 50, 100)
+SWEEP_ETAS = (0.0, 0.5, 1.0)
+SWEEP_SAMPLES = 200
+# `sddpm sample`'s default, the sweep's choice: the neuron, T and chip comparisons are measured with it too
+CHOSEN = ddim(DEFAULT_DDIM_STEPS, DEFAULT_ETA)
+CHOSEN_TAG = f"ddim{DEFAULT_DDIM_STEPS}-eta{DEFAULT_ETA:g}"
+CHIP_CHAINS = 500
 TABLE_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
                   ("ddim50", DDIM50))
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
@@ -96,17 +113,26 @@ MNIST_SDDPM_13K = "mnist-sddpm-step13000"
 LONG_SDDPM = ("mnist-sddpm-step40000", "mnist-sddpm", "SDDPM, T = 4", "step 40,000")  # rows, checkpoint, ...
 LONG_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
                  ("ddim100-clip", DDIM100_CLIP))
+# (row prefix, checkpoint, what the tables call it) of the swept models: the shipped SDDPM and the two ANNs
+SWEEP_MODELS = (("mnist-sddpm-step40000", "mnist-sddpm", "SDDPM, T = 4, step 40,000 (shipped)"),
+                ("mnist-ann", "mnist-ann", "ANN twin (our U-Net), step 13,000"),
+                ("mnist-diffusers", "mnist-diffusers", "diffusers UNet2DModel (yardstick), step 13,000"))
 SCORED_BEFORE_KEEPING = frozenset(
     [f"{prefix}-sddpm-{tag}" for _, prefix, _ in DATASETS for tag in ("ddpm", "ddim100", "ddim50", "ddim100-clip")]
     + ["mnist-t4-step2000-ddim100", "mnist-t8-step2000-ddim100", "mnist-sddpm-ddim100-chip"]
     + [f"mnist-sddpm-ddim50-tg{factor}" for factor in THRESHOLD_FACTORS])
 
 
-def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None, ref_count=None) -> Row:
+def _row(name, table, model, checkpoint, dataset, sampler, extra=(), label=None, ref_count=None,
+         num_images=None) -> Row:
     sampler_label, options = sampler
     ref_count = ref_count or (EARLIER_REF_COUNT if name in SCORED_BEFORE_KEEPING else REF_COUNT)
     return Row(name, table, model, f"checkpoints/{checkpoint}.pt", dataset, label or sampler_label,
-               (*options, *extra), SAMPLES[sampler], ref_count)
+               (*options, *extra), num_images or SAMPLES[sampler], ref_count)
+
+
+def sweep_name(prefix: str, steps: int, eta: float) -> str:
+    return f"{prefix}-ddim{steps}-eta{eta:g}"
 
 
 def _checkpoint(prefix: str, kind: str) -> str:
@@ -138,14 +164,32 @@ def _rows() -> tuple[Row, ...]:
     for tag, sampler in (("ddim100", DDIM100), ("ddim50", DDIM50)):
         rows.append(_row(f"mnist-sddpm-lif-{tag}", "neuron", "SDDPM, LIF (tau 2), T = 4, step 13,000",
                          "mnist-sddpm-lif", "mnist", sampler, ref_count=EARLIER_REF_COUNT))
+    # the neuron and T comparisons again with the chosen sampler, on the sweep's protocol
+    for compared, label, weights, table in (
+            ("mnist-sddpm", "SDDPM, T = 4, step 13,000", MNIST_SDDPM_13K, "neuron"),
+            ("mnist-sddpm-lif", "SDDPM, LIF (tau 2), T = 4, step 13,000", "mnist-sddpm-lif", "neuron"),
+            ("mnist-t4-step2000", "SDDPM, T = 4, step 2,000", "mnist-sddpm-t4-step2000", "T"),
+            ("mnist-t8-step2000", "SDDPM, T = 8, step 2,000", "mnist-sddpm-t8-step2000", "T")):
+        rows.append(_row(f"{compared}-{CHOSEN_TAG}", table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
+    # the chip at the chosen sampler: the simulator's chains and the float model's from the same seeds, the
+    # stochastic noise drawn on the host (sddpm.generate), so both see the same draws
+    for suffix, extra, what in (("float", (), ""), ("chip", ("--backend", "sim"), ": chip network (simulator)")):
+        rows.append(_row(f"{name}-{CHOSEN_TAG}-{suffix}", "chip", f"{model}, {budget}{what}", checkpoint, "mnist",
+                         CHOSEN, extra, num_images=CHIP_CHAINS))
     for dataset, prefix, title in DATASETS:
         for kind, model, budget in KINDS:
             rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, {budget}",
                              _checkpoint(prefix, kind), dataset, DDIM100_CLIP))
+    for prefix, checkpoint, model in SWEEP_MODELS:
+        for eta in SWEEP_ETAS:
+            for steps in SWEEP_STEPS:
+                rows.append(_row(sweep_name(prefix, steps, eta), "sweep", model, checkpoint, "mnist",
+                                 ddim(steps, eta), num_images=SWEEP_SAMPLES))
     return tuple(rows)
 
 
 ROWS = _rows()
+BY_NAME = {row.name: row for row in ROWS}
 PAPER = (PaperRow("MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 1000", 29.48),
          PaperRow("Fashion-MNIST", "paper's SDDPM (ch 128, T = 4; SDM Tab. 1)", "DDPM 1000", 21.38))
 # table -> (title, rows borrowed from other tables so that a comparison reads in one place)
@@ -160,6 +204,9 @@ TABLES = {
                ("mnist-sddpm-ddim100", "mnist-sddpm-ddim50")),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
              ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100")),
+    "sweep": ("Sampler sweep: our DDIM at 10 to 100 steps and eta 0, 0.5, 1, beside DDPM 1000 and the official "
+              "DDIM 100 (MNIST)",
+              tuple(f"{prefix}-{tag}" for prefix, _, _ in SWEEP_MODELS for tag in ("ddpm", "official-ddim100"))),
     # Separates the sampler from the clipping: our DDIM rows clip only the final image.
     **{f"clip {title}": (f"Our DDIM with and without clipping the predicted x0 at every step ({title})",
                          tuple(f"{prefix}-{kind}-ddim100" for kind, _, _ in KINDS))
@@ -262,14 +309,13 @@ def update_readme(path: str, tables: str) -> None:
 def markdown(results: str, grid_dir: str) -> str:
     """The quality tables from the results in `results` (rows not yet run say so), their grids linked at
     `grid_dir` (relative to the page they go into)."""
-    by_name = {row.name: row for row in ROWS}
     parts = []
     for table, (title, borrowed) in TABLES.items():
         lines = [f"**{title}**", "",
                  "| model | sampler | samples | reference images | FID | bootstrap sd | "
                  "real test images, same count | flat or white | grid | command |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
-        for row in [by_name[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
+        for row in [BY_NAME[name] for name in borrowed] + [r for r in ROWS if r.table == table]:
             result = load_result(row, results) or {}
             fid = f"{result['fid']:.1f}" if result else "not run"
             floor = f"{result['real_vs_real_fid']:.1f}" if "real_vs_real_fid" in result else ""
@@ -290,3 +336,49 @@ def markdown(results: str, grid_dir: str) -> str:
                          f"{paper.fid} | | | | | |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def sweep_results(results: str) -> dict[str, dict[tuple[int, float], dict]]:
+    """Per swept model prefix, the result of each (steps, eta) row that has one."""
+    return {prefix: {(steps, eta): result for eta in SWEEP_ETAS for steps in SWEEP_STEPS
+                     if (result := load_result(BY_NAME[sweep_name(prefix, steps, eta)], results))}
+            for prefix, _, _ in SWEEP_MODELS}
+
+
+def fastest_good_sampler(by_sampler: dict[tuple[int, float], dict], spreads: float = 2.0) -> tuple[int, float]:
+    """The (steps, eta) with the fewest network calls (the cost of a DDIM image is its steps: one call each)
+    whose FID is within `spreads` bootstrap sds of the best FID of the sweep; among equal steps, the lower FID."""
+    best = min(by_sampler.values(), key=lambda r: r["fid"])
+    bound = best["fid"] + spreads * best["fid_bootstrap_std"]
+    good = [(steps, r["fid"], eta) for (steps, eta), r in by_sampler.items() if r["fid"] <= bound]
+    steps, _, eta = min(good)
+    return steps, eta
+
+
+def plot_sweep(results: str, png_path: str) -> str:
+    """FID against DDIM steps, one line per eta with its bootstrap sd, one panel per swept model; each model's
+    DDPM 1000 row as a dashed line and the real-image floor at the sweep's sample count as a grey one."""
+    from sddpm.plots import pyplot, save_figure
+
+    plt = pyplot()
+    swept = sweep_results(results)
+    fig, axes = plt.subplots(1, len(SWEEP_MODELS), figsize=(4.2 * len(SWEEP_MODELS), 3.6), dpi=110, sharey=True)
+    for ax, (prefix, _, model) in zip(axes, SWEEP_MODELS):
+        for eta, color in zip(SWEEP_ETAS, ("tab:red", "tab:orange", "tab:blue")):
+            points = sorted((steps, r) for (steps, e), r in swept[prefix].items() if e == eta)
+            if points:
+                ax.errorbar([s for s, _ in points], [r["fid"] for _, r in points],
+                            yerr=[r.get("fid_bootstrap_std", 0.0) for _, r in points], color=color, marker="o",
+                            markersize=4, capsize=3, label=f"DDIM, eta {eta:g}")
+        ddpm = load_result(BY_NAME[f"{prefix}-ddpm"], results)
+        if ddpm:
+            ax.axhline(ddpm["fid"], color="black", linestyle="--", linewidth=1, label="DDPM 1000")
+        floor = next((r["real_vs_real_fid"] for r in swept[prefix].values() if "real_vs_real_fid" in r), None)
+        if floor:
+            ax.axhline(floor, color="grey", linestyle=":", linewidth=1.5, label="real images (floor)")
+        ax.set(xscale="log", yscale="log", xlabel="DDIM steps (network calls per image)", title=model)
+        ax.set_xticks(SWEEP_STEPS, [str(s) for s in SWEEP_STEPS])
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(f"FID ({SWEEP_SAMPLES} samples, {REF_COUNT:,} references)")
+    axes[0].legend(fontsize=8)
+    return save_figure(fig, png_path)

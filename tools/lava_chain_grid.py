@@ -2,11 +2,13 @@
 Lava graph (`deploy.chain_lava`), every denoising step checked against the simulator on the same x_t, and the
 simulator's and the float model's chains from the same noise beside it (issue 17, part 4).
 
-    .venv/bin/python tools/lava_chain_grid.py --steps 25 --images 4 --out docs/img/lava-chain
+    .venv/bin/python tools/lava_chain_grid.py --images 4 --out docs/img/lava-chain
 
 writes OUT.png (rows: float model, simulator, Lava; one column per image) and OUT.json (per image: the
-identity checks, the timings, the largest difference from the float image). About 20 min per image of a
-25-step chain on this 2-core machine: run it in the background.
+identity checks, the timings, the largest difference from the float image). The sampler is `sddpm sample`'s
+default (our DDIM, its steps and eta); with eta > 0 the host draws image i's step noise from seed + i, the same
+draws for the three chains. About 20 min per image of a 25-step chain on this 2-core machine: run it in the
+background.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from tqdm import tqdm
 
 from deploy.chip_lava import run_config
 from export.nir_chip import read_chip_nir
-from sddpm.checkpoint import load_model
 from durableio import atomic_write
+from sddpm.checkpoint import load_model
+from sddpm.config import DEFAULT_DDIM_STEPS, DEFAULT_ETA
 from sddpm.generate import model_denoiser
 from sddpm.images import save_grid
 from sddpm.schedule import NoiseSchedule
@@ -34,7 +37,9 @@ from toolchain.verify import whole_chain_on_lava
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=25, help="DDIM denoising steps per image (default: 25)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_DDIM_STEPS,
+                        help="DDIM denoising steps per image (default: %(default)s)")
+    parser.add_argument("--eta", type=float, default=DEFAULT_ETA, help="DDIM eta (default: %(default)g)")
     parser.add_argument("--images", type=int, default=4, help="images, one chain each (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images' x_T (default: 0)")
     parser.add_argument("--out", default="docs/img/lava-chain", help="OUT.png and OUT.json")
@@ -59,7 +64,7 @@ def main() -> None:
     started = time.perf_counter()
     for i in tqdm(range(args.images), desc="images on Lava"):
         report = whole_chain_on_lava(net, sim, model, schedule, x_T[i:i + 1], args.steps,
-                                     run_config(deploy.run_config))
+                                     run_config(deploy.run_config), eta=args.eta, seed=args.seed + i)
         for name, image in report.pop("images").items():
             rows[name].append(image)
         reports.append(report)
@@ -67,7 +72,7 @@ def main() -> None:
                    f"Lava {report['lava_seconds_per_step']:.1f} s/step")
     images = torch.cat([torch.cat(rows[name]) for name in ("float", "simulator", "lava")])
     save_grid(images, args.out + ".png", nrow=args.images)
-    summary = {"checkpoint": deploy.checkpoint, "sampler": f"ddim (ours, final image clipped), {args.steps} steps",
+    summary = {"checkpoint": deploy.checkpoint, "sampler": f"ddim (ours, final image clipped), {args.steps} steps, eta {args.eta:g}",
                "seed": args.seed, "images": args.images, "rows": ["float", "simulator", "lava"],
                "all_identical": all(r["identical"] and r["image_identical"] for r in reports),
                "lava_identical_to_float": bool(torch.equal(torch.cat(rows["lava"]), torch.cat(rows["float"]))),
