@@ -7,7 +7,7 @@ The public API (stable; every other name may change):
 - `model_denoiser(model)`: an eval-mode copy of the model, eps = f(x_t, t)
 - `generate_images(denoiser, image_shape, diffusion_config, count, sampler)`: images, uint8 [N, C, H, W]
 - `SamplerConfig`: a sampler and its settings (our DDPM and DDIM with eta, the official code's samplers);
-  `DEFAULT_SAMPLER`, `sddpm sample`'s default, chosen by the sampler sweep of docs/quality.md
+  `sddpm.generate.DEFAULT_SAMPLER` is `sddpm sample`'s default, chosen by the sampler sweep of docs/quality.md
 - `NoiseSchedule`: the forward process, `NoiseSchedule.linear(diffusion_config)`
 
 Run from the repository's root (the shipped checkpoint's path):
@@ -21,7 +21,7 @@ Examples:
     ...                          sampler=SamplerConfig("ddim", steps=2, eta=1.0), progress=False)
     >>> images.shape, images.dtype
     (torch.Size([2, 1, 32, 32]), torch.uint8)
-    >>> from sddpm import DEFAULT_SAMPLER
+    >>> from sddpm.generate import DEFAULT_SAMPLER
     >>> DEFAULT_SAMPLER.label
     'DDIM 50, eta 1'
 """
@@ -29,8 +29,7 @@ import importlib
 
 # name -> the module that defines it; loaded on first use, so that `import sddpm.config` stays light
 _API = {"load_model": "sddpm.checkpoint", "LoadedModel": "sddpm.checkpoint", "model_denoiser": "sddpm.generate",
-        "generate_images": "sddpm.generate", "SamplerConfig": "sddpm.generate", "DEFAULT_SAMPLER": "sddpm.generate",
-        "NoiseSchedule": "sddpm.schedule"}
+        "generate_images": "sddpm.generate", "SamplerConfig": "sddpm.generate", "NoiseSchedule": "sddpm.schedule"}
 __all__ = sorted(_API)
 
 

@@ -171,6 +171,14 @@ def test_the_fastest_good_sampler_is_the_fewest_calls_within_two_spreads_of_the_
     assert quality.fastest_good_sampler(results, spreads=0.0) == (100, 1.0)
 
 
+def test_sddpm_sample_defaults_to_the_sampler_the_sweep_chose():
+    from sddpm.config import DEFAULT_DDIM_STEPS, DEFAULT_ETA
+
+    shipped = quality.sweep_results(str(REPO / "docs" / "quality"))["mnist-sddpm-step40000"]
+    assert set(shipped) == {(s, e) for s in quality.SWEEP_STEPS for e in quality.SWEEP_ETAS}, "the sweep is incomplete"
+    assert quality.fastest_good_sampler(shipped) == (DEFAULT_DDIM_STEPS, DEFAULT_ETA)
+
+
 def test_the_sweep_plot_is_drawn_from_the_results(tmp_path):
     path = quality.plot_sweep(str(REPO / "docs" / "quality"), str(tmp_path / "sweep.png"))
     assert Image.open(path).size[0] > Image.open(path).size[1] > 300

@@ -99,7 +99,6 @@ SWEEP_SAMPLES = 200
 # `sddpm sample`'s default, the sweep's choice: the neuron, T and chip comparisons are measured with it too
 CHOSEN = ddim(DEFAULT_DDIM_STEPS, DEFAULT_ETA)
 CHOSEN_TAG = f"ddim{DEFAULT_DDIM_STEPS}-eta{DEFAULT_ETA:g}"
-CHIP_CHAINS = 500
 TABLE_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
                   ("ddim50", DDIM50))
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
@@ -171,11 +170,10 @@ def _rows() -> tuple[Row, ...]:
             ("mnist-t4-step2000", "SDDPM, T = 4, step 2,000", "mnist-sddpm-t4-step2000", "T"),
             ("mnist-t8-step2000", "SDDPM, T = 8, step 2,000", "mnist-sddpm-t8-step2000", "T")):
         rows.append(_row(f"{compared}-{CHOSEN_TAG}", table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
-    # the chip at the chosen sampler: the simulator's chains and the float model's from the same seeds, the
-    # stochastic noise drawn on the host (sddpm.generate), so both see the same draws
-    for suffix, extra, what in (("float", (), ""), ("chip", ("--backend", "sim"), ": chip network (simulator)")):
-        rows.append(_row(f"{name}-{CHOSEN_TAG}-{suffix}", "chip", f"{model}, {budget}{what}", checkpoint, "mnist",
-                         CHOSEN, extra, num_images=CHIP_CHAINS))
+    # the chip at the chosen sampler, on the sweep's protocol: the simulator's chains start from the seeds of the
+    # float sweep row, and the host draws their step noise from the same generators (sddpm.generate)
+    rows.append(_row(f"{name}-{CHOSEN_TAG}-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
+                     "mnist", CHOSEN, ("--backend", "sim"), num_images=SWEEP_SAMPLES))
     for dataset, prefix, title in DATASETS:
         for kind, model, budget in KINDS:
             rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, {budget}",
@@ -203,7 +201,7 @@ TABLES = {
     "neuron": ("Neuron: the official IF against a leaky LIF (tau 2), same recipe and budget (MNIST)",
                ("mnist-sddpm-ddim100", "mnist-sddpm-ddim50")),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
-             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100")),
+             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100", f"{LONG_SDDPM[0]}-{CHOSEN_TAG}")),
     "sweep": ("Sampler sweep: our DDIM at 10 to 100 steps and eta 0, 0.5, 1, beside DDPM 1000 and the official "
               "DDIM 100 (MNIST)",
               tuple(f"{prefix}-{tag}" for prefix, _, _ in SWEEP_MODELS for tag in ("ddpm", "official-ddim100"))),
@@ -363,9 +361,11 @@ def plot_sweep(results: str, png_path: str) -> str:
     plt = pyplot()
     swept = sweep_results(results)
     fig, axes = plt.subplots(1, len(SWEEP_MODELS), figsize=(4.2 * len(SWEEP_MODELS), 3.6), dpi=110, sharey=True)
+    shown = []  # every FID drawn, for the shared y range
     for ax, (prefix, _, model) in zip(axes, SWEEP_MODELS):
         for eta, color in zip(SWEEP_ETAS, ("tab:red", "tab:orange", "tab:blue")):
             points = sorted((steps, r) for (steps, e), r in swept[prefix].items() if e == eta)
+            shown += [r["fid"] for _, r in points]
             if points:
                 ax.errorbar([s for s, _ in points], [r["fid"] for _, r in points],
                             yerr=[r.get("fid_bootstrap_std", 0.0) for _, r in points], color=color, marker="o",
@@ -374,11 +374,18 @@ def plot_sweep(results: str, png_path: str) -> str:
         if ddpm:
             ax.axhline(ddpm["fid"], color="black", linestyle="--", linewidth=1, label="DDPM 1000")
         floor = next((r["real_vs_real_fid"] for r in swept[prefix].values() if "real_vs_real_fid" in r), None)
+        shown += [r["fid"] for r in (ddpm,) if r] + ([floor] if floor else [])
         if floor:
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1.5, label="real images (floor)")
         ax.set(xscale="log", yscale="log", xlabel="DDIM steps (network calls per image)", title=model)
         ax.set_xticks(SWEEP_STEPS, [str(s) for s in SWEEP_STEPS])
         ax.grid(alpha=0.3, which="both")
+    if shown:
+        low, high = 0.8 * min(shown), 1.25 * max(shown)
+        axes[0].set_ylim(low, high)
+        ticks = [t for t in (10, 20, 30, 50, 100, 200, 300, 500) if low <= t <= high]
+        axes[0].set_yticks(ticks, [str(t) for t in ticks])
+        axes[0].minorticks_off()
     axes[0].set_ylabel(f"FID ({SWEEP_SAMPLES} samples, {REF_COUNT:,} references)")
     axes[0].legend(fontsize=8)
     return save_figure(fig, png_path)

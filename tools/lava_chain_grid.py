@@ -5,7 +5,8 @@ simulator's and the float model's chains from the same noise beside it (issue 17
     .venv/bin/python tools/lava_chain_grid.py --images 4 --out docs/img/lava-chain
 
 writes OUT.png (rows: float model, simulator, Lava; one column per image) and OUT.json (per image: the
-identity checks, the timings, the largest difference from the float image). The sampler is `sddpm sample`'s
+identity checks, the timings, the largest difference from the float image). A killed run resumes after its last
+finished image (OUT.partial.pt, removed at the end). The sampler is `sddpm sample`'s
 default (our DDIM, its steps and eta); with eta > 0 the host draws image i's step noise from seed + i, the same
 draws for the three chains. About 20 min per image of a 25-step chain on this 2-core machine: run it in the
 background.
@@ -60,25 +61,36 @@ def main() -> None:
     x_T = torch.randn(args.images, cfg.img_ch, cfg.img_size, cfg.img_size,
                       generator=torch.Generator().manual_seed(args.seed))
 
-    reports, rows = [], {"float": [], "simulator": [], "lava": []}
-    started = time.perf_counter()
-    for i in tqdm(range(args.images), desc="images on Lava"):
+    # the images done so far, saved after each one, so that a killed run resumes after its last finished image
+    partial = args.out + ".partial.pt"
+    run = {"checkpoint": deploy.checkpoint, "steps": args.steps, "eta": args.eta, "seed": args.seed}
+    done = torch.load(partial, weights_only=False) if os.path.isfile(partial) else None
+    if done is None or done["run"] != run:
+        done = {"run": run, "reports": [], "rows": {"float": [], "simulator": [], "lava": []}}
+    reports, rows = done["reports"], done["rows"]
+    for i in tqdm(range(len(reports), args.images), desc="images on Lava", initial=len(reports), total=args.images):
+        started = time.perf_counter()
         report = whole_chain_on_lava(net, sim, model, schedule, x_T[i:i + 1], args.steps,
                                      run_config(deploy.run_config), eta=args.eta, seed=args.seed + i)
         for name, image in report.pop("images").items():
             rows[name].append(image)
-        reports.append(report)
+        reports.append({**report, "seconds": time.perf_counter() - started})
+        with atomic_write(partial) as f:
+            torch.save(done, f)
         tqdm.write(f"image {i}: identical {report['identical']}, image_identical {report['image_identical']}, "
                    f"Lava {report['lava_seconds_per_step']:.1f} s/step")
+    rows = {name: images[:args.images] for name, images in rows.items()}
+    reports = reports[:args.images]
     images = torch.cat([torch.cat(rows[name]) for name in ("float", "simulator", "lava")])
     save_grid(images, args.out + ".png", nrow=args.images)
     summary = {"checkpoint": deploy.checkpoint, "sampler": f"ddim (ours, final image clipped), {args.steps} steps, eta {args.eta:g}",
                "seed": args.seed, "images": args.images, "rows": ["float", "simulator", "lava"],
                "all_identical": all(r["identical"] and r["image_identical"] for r in reports),
                "lava_identical_to_float": bool(torch.equal(torch.cat(rows["lava"]), torch.cat(rows["float"]))),
-               "seconds": time.perf_counter() - started, "per_image": reports}
+               "seconds": sum(r["seconds"] for r in reports), "per_image": reports}
     with atomic_write(args.out + ".json", "w") as f:
         json.dump(summary, f, indent=1)
+    os.remove(partial)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}))
 
 
