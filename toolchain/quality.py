@@ -98,7 +98,6 @@ SWEEP_ETAS = (0.0, 0.5, 1.0)
 SWEEP_SAMPLES = 200
 # `sddpm sample`'s default, the sweep's choice: the neuron, T and chip comparisons are measured with it too
 CHOSEN = ddim(DEFAULT_DDIM_STEPS, DEFAULT_ETA)
-CHOSEN_TAG = f"ddim{DEFAULT_DDIM_STEPS}-eta{DEFAULT_ETA:g}"
 TABLE_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
                   ("ddim50", DDIM50))
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
@@ -169,10 +168,10 @@ def _rows() -> tuple[Row, ...]:
             ("mnist-sddpm-lif", "SDDPM, LIF (tau 2), T = 4, step 13,000", "mnist-sddpm-lif", "neuron"),
             ("mnist-t4-step2000", "SDDPM, T = 4, step 2,000", "mnist-sddpm-t4-step2000", "T"),
             ("mnist-t8-step2000", "SDDPM, T = 8, step 2,000", "mnist-sddpm-t8-step2000", "T")):
-        rows.append(_row(f"{compared}-{CHOSEN_TAG}", table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
+        rows.append(_row(sweep_name(compared, DEFAULT_DDIM_STEPS, DEFAULT_ETA), table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
     # the chip at the chosen sampler, on the sweep's protocol: the simulator's chains start from the seeds of the
     # float sweep row, and the host draws their step noise from the same generators (sddpm.generate)
-    rows.append(_row(f"{name}-{CHOSEN_TAG}-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
+    rows.append(_row(sweep_name(name, DEFAULT_DDIM_STEPS, DEFAULT_ETA) + "-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
                      "mnist", CHOSEN, ("--backend", "sim"), num_images=SWEEP_SAMPLES))
     for dataset, prefix, title in DATASETS:
         for kind, model, budget in KINDS:
@@ -201,7 +200,7 @@ TABLES = {
     "neuron": ("Neuron: the official IF against a leaky LIF (tau 2), same recipe and budget (MNIST)",
                ("mnist-sddpm-ddim100", "mnist-sddpm-ddim50")),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
-             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100", f"{LONG_SDDPM[0]}-{CHOSEN_TAG}")),
+             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100", sweep_name(LONG_SDDPM[0], DEFAULT_DDIM_STEPS, DEFAULT_ETA))),
     "sweep": ("Sampler sweep: our DDIM at 10 to 100 steps and eta 0, 0.5, 1, beside DDPM 1000 and the official "
               "DDIM 100 (MNIST)",
               tuple(f"{prefix}-{tag}" for prefix, _, _ in SWEEP_MODELS for tag in ("ddpm", "official-ddim100"))),
