@@ -98,6 +98,7 @@ SWEEP_ETAS = (0.0, 0.5, 1.0)
 SWEEP_SAMPLES = 200
 # `sddpm sample`'s default, the sweep's choice: the neuron, T and chip comparisons are measured with it too
 CHOSEN = ddim(DEFAULT_DDIM_STEPS, DEFAULT_ETA)
+CHIP_CHAINS = SAMPLES[DDIM100]  # the float-vs-chip rows' sample count at every sampler
 TABLE_SAMPLERS = (("ddpm", DDPM), ("official-ddim100", OFFICIAL_DDIM100), ("ddim100", DDIM100),
                   ("ddim50", DDIM50))
 THRESHOLD_FACTORS = (0.995, 0.997, 1.003, 1.005)
@@ -169,10 +170,12 @@ def _rows() -> tuple[Row, ...]:
             ("mnist-t4-step2000", "SDDPM, T = 4, step 2,000", "mnist-sddpm-t4-step2000", "T"),
             ("mnist-t8-step2000", "SDDPM, T = 8, step 2,000", "mnist-sddpm-t8-step2000", "T")):
         rows.append(_row(sweep_name(compared, DEFAULT_DDIM_STEPS, DEFAULT_ETA), table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
-    # the chip at the chosen sampler, on the sweep's protocol: the simulator's chains start from the seeds of the
-    # float sweep row, and the host draws their step noise from the same generators (sddpm.generate)
-    rows.append(_row(sweep_name(name, DEFAULT_DDIM_STEPS, DEFAULT_ETA) + "-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
-                     "mnist", CHOSEN, ("--backend", "sim"), num_images=SWEEP_SAMPLES))
+    # the chip at the chosen sampler, CHIP_CHAINS chains as under eta 0, beside the float model on the same seeds:
+    # the host draws the step noise of both from the same generators (sddpm.generate)
+    chosen = f"{sweep_name(name, DEFAULT_DDIM_STEPS, DEFAULT_ETA)}-n{CHIP_CHAINS}"
+    rows.append(_row(chosen, "chip", f"{model}, {budget}", checkpoint, "mnist", CHOSEN, num_images=CHIP_CHAINS))
+    rows.append(_row(f"{chosen}-chip", "chip", f"{model}, {budget}: chip network (simulator)", checkpoint,
+                     "mnist", CHOSEN, ("--backend", "sim"), num_images=CHIP_CHAINS))
     for dataset, prefix, title in DATASETS:
         for kind, model, budget in KINDS:
             rows.append(_row(f"{prefix}-{kind}-ddim100-clip", f"clip {title}", f"{model}, {budget}",
@@ -200,7 +203,7 @@ TABLES = {
     "neuron": ("Neuron: the official IF against a leaky LIF (tau 2), same recipe and budget (MNIST)",
                ("mnist-sddpm-ddim100", "mnist-sddpm-ddim50")),
     "chip": ("Float model against the quantized chip network on the bit-accurate simulator (MNIST)",
-             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100", sweep_name(LONG_SDDPM[0], DEFAULT_DDIM_STEPS, DEFAULT_ETA))),
+             ("mnist-sddpm-ddim100", f"{LONG_SDDPM[0]}-ddim100")),
     "sweep": ("Sampler sweep: our DDIM at 10 to 100 steps and eta 0, 0.5, 1, beside DDPM 1000 and the official "
               "DDIM 100 (MNIST)",
               tuple(f"{prefix}-{tag}" for prefix, _, _ in SWEEP_MODELS for tag in ("ddpm", "official-ddim100"))),
