@@ -16,7 +16,6 @@ alike, after one untimed pass of the default. The FID column is the sampler's ro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -169,7 +169,8 @@ def _rows() -> tuple[Row, ...]:
             ("mnist-sddpm-lif", "SDDPM, LIF (tau 2), T = 4, step 13,000", "mnist-sddpm-lif", "neuron"),
             ("mnist-t4-step2000", "SDDPM, T = 4, step 2,000", "mnist-sddpm-t4-step2000", "T"),
             ("mnist-t8-step2000", "SDDPM, T = 8, step 2,000", "mnist-sddpm-t8-step2000", "T")):
-        rows.append(_row(sweep_name(compared, DEFAULT_DDIM_STEPS, DEFAULT_ETA), table, label, weights, "mnist", CHOSEN, num_images=SWEEP_SAMPLES))
+        rows.append(_row(sweep_name(compared, DEFAULT_DDIM_STEPS, DEFAULT_ETA), table, label, weights, "mnist", CHOSEN,
+                         num_images=SWEEP_SAMPLES))
     # the chip at the chosen sampler, CHIP_CHAINS chains as under eta 0, beside the float model on the same seeds:
     # the host draws the step noise of both from the same generators (sddpm.generate)
     chosen = f"{sweep_name(name, DEFAULT_DDIM_STEPS, DEFAULT_ETA)}-n{CHIP_CHAINS}"
@@ -375,9 +376,10 @@ def plot_sweep(results: str, png_path: str) -> str:
         ddpm = load_result(BY_NAME[f"{prefix}-ddpm"], results)
         if ddpm:
             ax.axhline(ddpm["fid"], color="black", linestyle="--", linewidth=1, label="DDPM 1000")
+            shown.append(ddpm["fid"])
         floor = next((r["real_vs_real_fid"] for r in swept[prefix].values() if "real_vs_real_fid" in r), None)
-        shown += [r["fid"] for r in (ddpm,) if r] + ([floor] if floor else [])
         if floor:
+            shown.append(floor)
             ax.axhline(floor, color="grey", linestyle=":", linewidth=1.5, label="real images (floor)")
         ax.set(xscale="log", yscale="log", xlabel="DDIM steps (network calls per image)", title=model)
         ax.set_xticks(SWEEP_STEPS, [str(s) for s in SWEEP_STEPS])

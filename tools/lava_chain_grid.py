@@ -83,7 +83,8 @@ def main() -> None:
     reports = reports[:args.images]
     images = torch.cat([torch.cat(rows[name]) for name in ("float", "simulator", "lava")])
     save_grid(images, args.out + ".png", nrow=args.images)
-    summary = {"checkpoint": deploy.checkpoint, "sampler": f"ddim (ours, final image clipped), {args.steps} steps, eta {args.eta:g}",
+    summary = {"checkpoint": deploy.checkpoint,
+               "sampler": f"ddim (ours, final image clipped), {args.steps} steps, eta {args.eta:g}",
                "seed": args.seed, "images": args.images, "rows": ["float", "simulator", "lava"],
                "all_identical": all(r["identical"] and r["image_identical"] for r in reports),
                "lava_identical_to_float": bool(torch.equal(torch.cat(rows["lava"]), torch.cat(rows["float"]))),
